@@ -1,0 +1,212 @@
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Condition;
+
+/// `docker network create`: a network realized on the nodes it selects.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "netlet.io",
+    version = "v1alpha1",
+    kind = "Network",
+    status = "NetworkStatus",
+    shortname = "net",
+    category = "netlet",
+    printcolumn(name = "Driver", type_ = "string", json_path = ".spec.driver"),
+    printcolumn(
+        name = "Subnet",
+        type_ = "string",
+        json_path = ".spec.ipam.config[0].subnet"
+    ),
+    printcolumn(name = "Bridge", type_ = "string", json_path = ".status.bridge"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    #[serde(default)]
+    pub driver: Driver,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<BridgeOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// No traffic between this network and anything outside it.
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default, rename = "enableIPv6")]
+    pub enable_ipv6: bool,
+    #[serde(default)]
+    pub ipam: Ipam,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macvlan: Option<MacvlanOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<OverlayOptions>,
+    /// Kubernetes mode: labels a node must carry to realize this network.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Docker option keys accepted as aliases (`com.docker.network.*`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    #[default]
+    Bridge,
+    Macvlan,
+    Overlay,
+    Host,
+    Null,
+}
+
+impl Driver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Bridge => "bridge",
+            Driver::Macvlan => "macvlan",
+            Driver::Overlay => "overlay",
+            Driver::Host => "host",
+            Driver::Null => "null",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BridgeOptions {
+    /// Host bridge device (at most 15 characters); derived from the network when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Containers on this bridge may talk to each other (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icc: Option<bool>,
+    /// SNAT traffic that leaves the node (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_masquerade: Option<bool>,
+    /// Default host address for port mappings.
+    #[serde(
+        default,
+        rename = "hostBindingIPv4",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub host_binding_ipv4: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ipam {
+    /// One entry per subnet, IPv4 and IPv6.
+    #[serde(default)]
+    pub config: Vec<IpamConfig>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IpamConfig {
+    pub subnet: String,
+    /// Default: the first usable address of the subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Dynamic addresses come only from this range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+    /// Addresses never handed out, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MacvlanOptions {
+    pub parent: String,
+    #[serde(default)]
+    pub mode: MacvlanMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MacvlanMode {
+    #[default]
+    Bridge,
+    Private,
+    Vepa,
+    Passthru,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OverlayOptions {
+    pub vni: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub peers: Vec<OverlayPeer>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OverlayPeer {
+    pub node: String,
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Host bridge device realizing this network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// Gateway address of every subnet, in CIDR form.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+    /// Attachments realized on this network.
+    #[serde(default)]
+    pub attachments: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Per-node details (Kubernetes mode: one entry per node realizing it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NetworkNodeStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkNodeStatus {
+    pub node: String,
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub attachments: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Docker's `-o` option keys that alias our typed fields.
+pub mod docker_options {
+    pub const BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+    pub const ENABLE_ICC: &str = "com.docker.network.bridge.enable_icc";
+    pub const ENABLE_IP_MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade";
+    pub const HOST_BINDING_IPV4: &str = "com.docker.network.bridge.host_binding_ipv4";
+    pub const MTU: &str = "com.docker.network.driver.mtu";
+    pub const ALL: [&str; 5] = [
+        BRIDGE_NAME,
+        ENABLE_ICC,
+        ENABLE_IP_MASQUERADE,
+        HOST_BINDING_IPV4,
+        MTU,
+    ];
+}

@@ -1,0 +1,134 @@
+//! The desired objects one reconcile works from, whatever their source.
+
+use std::fmt;
+
+use kube::ResourceExt;
+
+use crate::api::{Attachment, Kind, Network, PortMapping};
+
+/// Identity of one object: kind, namespace (none for Networks), name.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct ObjectKey {
+    pub kind: KindName,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// `Kind` as a serializable string wrapper (state files are JSON).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum KindName {
+    Network,
+    Attachment,
+    PortMapping,
+}
+
+impl From<Kind> for KindName {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::Network => KindName::Network,
+            Kind::Attachment => KindName::Attachment,
+            Kind::PortMapping => KindName::PortMapping,
+        }
+    }
+}
+
+impl From<KindName> for Kind {
+    fn from(kind: KindName) -> Self {
+        match kind {
+            KindName::Network => Kind::Network,
+            KindName::Attachment => Kind::Attachment,
+            KindName::PortMapping => Kind::PortMapping,
+        }
+    }
+}
+
+impl ObjectKey {
+    pub fn network(name: &str) -> Self {
+        ObjectKey {
+            kind: KindName::Network,
+            namespace: None,
+            name: name.into(),
+        }
+    }
+    pub fn attachment(namespace: &str, name: &str) -> Self {
+        ObjectKey {
+            kind: KindName::Attachment,
+            namespace: Some(namespace.into()),
+            name: name.into(),
+        }
+    }
+    pub fn port_mapping(namespace: &str, name: &str) -> Self {
+        ObjectKey {
+            kind: KindName::PortMapping,
+            namespace: Some(namespace.into()),
+            name: name.into(),
+        }
+    }
+    /// `namespace/name`, or `name` for cluster-scoped objects.
+    pub fn ns_name(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", Kind::from(self.kind), self.ns_name())
+    }
+}
+
+/// Namespace of a namespaced object; standalone objects without one are in `default`.
+pub fn namespace_of<K: ResourceExt>(obj: &K) -> String {
+    obj.namespace().unwrap_or_else(|| "default".into())
+}
+
+pub fn network_key(n: &Network) -> ObjectKey {
+    ObjectKey::network(&n.name_any())
+}
+pub fn attachment_key(a: &Attachment) -> ObjectKey {
+    ObjectKey::attachment(&namespace_of(a), &a.name_any())
+}
+pub fn port_mapping_key(p: &PortMapping) -> ObjectKey {
+    ObjectKey::port_mapping(&namespace_of(p), &p.name_any())
+}
+
+/// Every desired object, each list in creation order (creationTimestamp,
+/// then source order, then namespace/name): the order in which addresses and
+/// ports are handed out and conflicts are won.
+#[derive(Clone, Debug, Default)]
+pub struct ObjectSet {
+    pub networks: Vec<Network>,
+    pub attachments: Vec<Attachment>,
+    pub port_mappings: Vec<PortMapping>,
+}
+
+impl ObjectSet {
+    /// Sorts each list into creation order. Sorting is stable, so objects
+    /// with equal timestamps (standalone manifests have none) keep source order.
+    pub fn sort_by_creation(&mut self) {
+        fn stamp<K: ResourceExt>(o: &K) -> Option<k8s_openapi::jiff::Timestamp> {
+            o.creation_timestamp().map(|t| t.0)
+        }
+        self.networks.sort_by_key(stamp);
+        self.attachments.sort_by_key(stamp);
+        self.port_mappings.sort_by_key(stamp);
+    }
+
+    pub fn network(&self, name: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.name_any() == name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.networks.len() + self.attachments.len() + self.port_mappings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,106 @@
+//! The desired state of one node: what the dataplane must make true.
+//!
+//! Plain data, ordered deterministically, so that two plans of the same
+//! inputs compare equal and the dataplane can diff against the kernel.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use super::attachment::SandboxRef;
+use crate::api::{MacvlanMode, Protocol};
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DesiredState {
+    pub bridges: Vec<BridgeLink>,
+    /// Every sandbox an endpoint or a null attachment lives in.
+    pub sandboxes: Vec<SandboxSpec>,
+    pub endpoints: Vec<Endpoint>,
+    pub firewall: FirewallPlan,
+    /// net.ipv4.ip_forward / net.ipv6.conf.all.forwarding in the node namespace.
+    pub ipv4_forwarding: bool,
+    pub ipv6_forwarding: bool,
+}
+
+/// A bridge device in the node namespace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BridgeLink {
+    pub name: String,
+    pub network: String,
+    pub mtu: u32,
+    /// Gateway addresses with the subnet prefix.
+    pub addresses: Vec<IpNet>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SandboxSpec {
+    pub sandbox: SandboxRef,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum EndpointKind {
+    /// veth pair: host end on `bridge`, the other end in the sandbox.
+    Veth { host_name: String, bridge: String },
+    /// macvlan on `parent`, created straight into the sandbox.
+    Macvlan { parent: String, mode: MacvlanMode },
+}
+
+/// One interface in one sandbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    /// `namespace/name` of the Attachment.
+    pub owner: String,
+    pub network: String,
+    pub kind: EndpointKind,
+    pub sandbox: SandboxRef,
+    pub ifname: String,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub addresses: Vec<IpNet>,
+    /// Default route via these gateways, when the attachment carries it.
+    pub gateway_v4: Option<Ipv4Addr>,
+    pub gateway_v6: Option<Ipv6Addr>,
+}
+
+impl Endpoint {
+    pub fn host_name(&self) -> Option<&str> {
+        match &self.kind {
+            EndpointKind::Veth { host_name, .. } => Some(host_name),
+            EndpointKind::Macvlan { .. } => None,
+        }
+    }
+}
+
+/// Everything the node firewall must express, rendered into netlet's one
+/// nftables table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FirewallPlan {
+    pub networks: Vec<FirewallNetwork>,
+    pub ports: Vec<PublishedPort>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FirewallNetwork {
+    pub name: String,
+    pub bridge: String,
+    pub subnets: Vec<IpNet>,
+    /// Containers on the bridge may talk to each other.
+    pub icc: bool,
+    /// SNAT traffic leaving the node.
+    pub masquerade: bool,
+    /// Sealed: nothing in or out but among members.
+    pub internal: bool,
+}
+
+/// One host port forwarded to one container port (ranges are expanded).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PublishedPort {
+    pub protocol: Protocol,
+    /// None: every address of the node.
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub container_ip: IpAddr,
+    pub container_port: u16,
+    /// The bridge the container sits on (for hairpin and localhost rules).
+    pub bridge: String,
+}

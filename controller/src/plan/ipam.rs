@@ -1,0 +1,277 @@
+//! Address management for one subnet: pure, deterministic, stable.
+//!
+//! Order of precedence, so that a running container never changes address
+//! and a manifest set always yields the same addresses:
+//! 1. addresses already held (persisted from earlier reconciles) stay,
+//! 2. static addresses are claimed in creation order,
+//! 3. dynamic addresses are handed out lowest-free-first from the range,
+//!    in creation order.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::network::Subnet;
+use super::outcome::{reason, Failure};
+
+/// One attachment asking for an address in this subnet.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// `namespace/name` of the attachment.
+    pub owner: String,
+    pub static_ip: Option<IpAddr>,
+    /// The address it held before, if any.
+    pub previous: Option<IpAddr>,
+}
+
+/// Allocates every request; the result holds one entry per request.
+pub fn allocate(
+    subnet: &Subnet,
+    requests: &[Request],
+) -> BTreeMap<String, Result<IpAddr, Failure>> {
+    let mut used: BTreeMap<IpAddr, String> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+
+    // 1. Keep what is held, when it still fits the request.
+    for req in requests {
+        let Some(prev) = req.previous else { continue };
+        let fits = match req.static_ip {
+            Some(ip) => ip == prev,
+            None => subnet.net.contains(&prev) && subnet.reserved_reason(prev).is_none(),
+        };
+        if fits && !used.contains_key(&prev) {
+            used.insert(prev, req.owner.clone());
+            out.insert(req.owner.clone(), Ok(prev));
+        }
+    }
+    // 2. Static addresses.
+    for req in requests {
+        let Some(ip) = req.static_ip else { continue };
+        if out.contains_key(&req.owner) {
+            continue;
+        }
+        let result = check_static(subnet, ip).and_then(|()| match used.get(&ip) {
+            Some(holder) => Err(Failure::new(
+                reason::ADDRESS_IN_USE,
+                format!("address {ip} is already assigned to attachment {holder}"),
+            )),
+            None => Ok(ip),
+        });
+        if result.is_ok() {
+            used.insert(ip, req.owner.clone());
+        }
+        out.insert(req.owner.clone(), result);
+    }
+    // 3. Dynamic addresses, lowest free first. The cursor only moves
+    // forward: nothing is freed during one pass.
+    let (mut cursor, last) = (
+        to_u128(subnet.range.network()),
+        to_u128(subnet.range.broadcast()),
+    );
+    let v4 = subnet.net.addr().is_ipv4();
+    for req in requests {
+        if out.contains_key(&req.owner) {
+            continue;
+        }
+        let mut found = None;
+        while cursor <= last {
+            let candidate = from_u128(cursor, v4);
+            cursor += 1;
+            if subnet.reserved_reason(candidate).is_none() && !used.contains_key(&candidate) {
+                found = Some(candidate);
+                break;
+            }
+        }
+        let result = match found {
+            Some(ip) => {
+                used.insert(ip, req.owner.clone());
+                Ok(ip)
+            }
+            None => Err(Failure::new(
+                reason::POOL_EXHAUSTED,
+                format!(
+                    "no free address left in {} (subnet {})",
+                    subnet.range, subnet.net
+                ),
+            )),
+        };
+        out.insert(req.owner.clone(), result);
+    }
+    out
+}
+
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn from_u128(value: u128, v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4((value as u32).into())
+    } else {
+        IpAddr::V6(value.into())
+    }
+}
+
+/// A static address must lie in the subnet and not be reserved.
+pub fn check_static(subnet: &Subnet, ip: IpAddr) -> Result<(), Failure> {
+    if !subnet.net.contains(&ip) {
+        return Err(Failure::invalid(format!(
+            "address {ip} is outside the subnet {}",
+            subnet.net
+        )));
+    }
+    if let Some(what) = subnet.reserved_reason(ip) {
+        return Err(Failure::invalid(format!(
+            "address {ip} is {what} of {} and cannot be assigned",
+            subnet.net
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subnet(net: &str, gw: &str, range: Option<&str>, aux: &[&str]) -> Subnet {
+        let net = net.parse().unwrap();
+        Subnet {
+            net,
+            gateway: gw.parse().unwrap(),
+            range: range.map(|r| r.parse().unwrap()).unwrap_or(net),
+            aux: aux.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+    fn dynamic(owner: &str) -> Request {
+        Request {
+            owner: owner.into(),
+            static_ip: None,
+            previous: None,
+        }
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn dynamic_addresses_skip_network_gateway_and_aux() {
+        let s = subnet("10.0.0.0/24", "10.0.0.1", None, &["10.0.0.3"]);
+        let got = allocate(&s, &[dynamic("a"), dynamic("b"), dynamic("c")]);
+        assert_eq!(got["a"], Ok(ip("10.0.0.2")));
+        assert_eq!(got["b"], Ok(ip("10.0.0.4")));
+        assert_eq!(got["c"], Ok(ip("10.0.0.5")));
+    }
+
+    #[test]
+    fn dynamic_addresses_come_only_from_the_ip_range() {
+        let s = subnet("172.25.0.0/16", "172.25.0.1", Some("172.25.5.0/24"), &[]);
+        let got = allocate(&s, &[dynamic("a"), dynamic("b")]);
+        assert_eq!(got["a"], Ok(ip("172.25.5.0")));
+        assert_eq!(got["b"], Ok(ip("172.25.5.1")));
+    }
+
+    #[test]
+    fn statics_are_claimed_before_dynamics_regardless_of_order() {
+        let s = subnet("10.0.0.0/29", "10.0.0.1", None, &[]);
+        let reqs = [
+            dynamic("a"),
+            Request {
+                owner: "b".into(),
+                static_ip: Some(ip("10.0.0.2")),
+                previous: None,
+            },
+        ];
+        let got = allocate(&s, &reqs);
+        assert_eq!(got["b"], Ok(ip("10.0.0.2")));
+        assert_eq!(got["a"], Ok(ip("10.0.0.3")));
+    }
+
+    #[test]
+    fn held_addresses_are_kept_even_when_lower_ones_are_free() {
+        let s = subnet("10.0.0.0/24", "10.0.0.1", None, &[]);
+        let reqs = [
+            dynamic("a"),
+            Request {
+                owner: "b".into(),
+                static_ip: None,
+                previous: Some(ip("10.0.0.9")),
+            },
+        ];
+        let got = allocate(&s, &reqs);
+        assert_eq!(got["b"], Ok(ip("10.0.0.9")));
+        assert_eq!(got["a"], Ok(ip("10.0.0.2")));
+    }
+
+    #[test]
+    fn a_static_address_already_held_is_a_conflict_for_the_later_one() {
+        let s = subnet("10.0.0.0/24", "10.0.0.1", None, &[]);
+        let reqs = [
+            Request {
+                owner: "old".into(),
+                static_ip: None,
+                previous: Some(ip("10.0.0.7")),
+            },
+            Request {
+                owner: "new".into(),
+                static_ip: Some(ip("10.0.0.7")),
+                previous: None,
+            },
+        ];
+        let got = allocate(&s, &reqs);
+        let err = got["new"].clone().unwrap_err();
+        assert_eq!(err.reason, reason::ADDRESS_IN_USE);
+        assert!(err.message.contains("old"));
+    }
+
+    #[test]
+    fn exhaustion_fails_only_the_attachment_that_did_not_fit() {
+        // /30: network .0, gateway .1, one host .2, broadcast .3
+        let s = subnet("10.0.0.0/30", "10.0.0.1", None, &[]);
+        let got = allocate(&s, &[dynamic("a"), dynamic("b")]);
+        assert_eq!(got["a"], Ok(ip("10.0.0.2")));
+        assert_eq!(got["b"].clone().unwrap_err().reason, reason::POOL_EXHAUSTED);
+    }
+
+    #[test]
+    fn range_ending_at_the_top_of_the_address_space_terminates() {
+        let s = subnet("255.255.255.248/29", "255.255.255.249", None, &[]);
+        let reqs: Vec<_> = (0..10).map(|i| dynamic(&format!("x{i}"))).collect();
+        let got = allocate(&s, &reqs);
+        assert_eq!(got.values().filter(|r| r.is_ok()).count(), 5);
+    }
+
+    #[test]
+    fn static_addresses_are_validated() {
+        let s = subnet("10.0.0.0/24", "10.0.0.1", None, &["10.0.0.5"]);
+        assert!(check_static(&s, ip("10.0.1.1"))
+            .unwrap_err()
+            .message
+            .contains("outside"));
+        assert!(check_static(&s, ip("10.0.0.1"))
+            .unwrap_err()
+            .message
+            .contains("gateway"));
+        assert!(check_static(&s, ip("10.0.0.0"))
+            .unwrap_err()
+            .message
+            .contains("network address"));
+        assert!(check_static(&s, ip("10.0.0.255"))
+            .unwrap_err()
+            .message
+            .contains("broadcast"));
+        assert!(check_static(&s, ip("10.0.0.5"))
+            .unwrap_err()
+            .message
+            .contains("auxiliary"));
+        assert!(check_static(&s, ip("10.0.0.6")).is_ok());
+    }
+
+    #[test]
+    fn ipv6_allocation_works_the_same_way() {
+        let s = subnet("fd00::/64", "fd00::1", None, &[]);
+        let got = allocate(&s, &[dynamic("a")]);
+        assert_eq!(got["a"], Ok(ip("fd00::2")));
+    }
+}

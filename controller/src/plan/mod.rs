@@ -1,0 +1,627 @@
+//! The plan: a pure function from desired objects, node facts and held
+//! allocations to the node's desired state and each object's outcome.
+//!
+//! No I/O happens here. Everything the dataplane will do is decided here,
+//! which is why this is where most unit tests live.
+
+pub mod attachment;
+pub mod desired;
+pub mod ipam;
+pub mod network;
+pub mod outcome;
+pub mod ports;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Attachment, Driver, Protocol};
+use crate::naming;
+use crate::objects::{namespace_of, ObjectSet};
+use attachment::{CheckedAttachment, SandboxChoice, SandboxRef};
+use desired::{BridgeLink, DesiredState, Endpoint, EndpointKind, FirewallNetwork, SandboxSpec};
+use network::ResolvedNetwork;
+use outcome::{reason, Failure};
+
+/// What the plan needs to know about the node it plans for.
+#[derive(Clone, Debug, Default)]
+pub struct NodeFacts {
+    pub node_name: String,
+    /// net.ipv4.ip_local_port_range: where ephemeral host ports come from.
+    pub ephemeral_ports: (u16, u16),
+    /// Sockets listening in the node namespace (not ours).
+    pub bound_ports: Vec<(Protocol, IpAddr, u16)>,
+    /// The node's own addresses (status of host-mode attachments).
+    pub node_addresses: Vec<IpNet>,
+}
+
+/// Resources held by attachments and port mappings, persisted in the state
+/// directory so they survive restarts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Allocations {
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, HeldEndpoint>,
+    /// Ephemeral host ports by `ns/name|protocol|containerPort|hostIP`.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldEndpoint {
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NetworkInfo {
+    pub bridge: Option<String>,
+    pub gateways: Vec<String>,
+    pub attachments: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AttachmentInfo {
+    pub network: String,
+    pub interface: Option<String>,
+    pub host_interface: Option<String>,
+    pub ipv4: Option<IpNet>,
+    pub ipv6: Option<IpNet>,
+    pub gateway: Option<IpAddr>,
+    pub ipv6_gateway: Option<IpAddr>,
+    pub mac: Option<String>,
+    pub sandbox_path: Option<String>,
+    /// Host mode: the node's addresses, reported for information.
+    pub node_addresses: Vec<String>,
+}
+
+/// The plan's answer.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub desired: DesiredState,
+    pub allocations: Allocations,
+    pub networks: BTreeMap<String, Result<NetworkInfo, Failure>>,
+    /// By `namespace/name`; only attachments of this node.
+    pub attachments: BTreeMap<String, Result<AttachmentInfo, Failure>>,
+    /// By `namespace/name`; only port mappings of this node's attachments.
+    pub port_mappings: BTreeMap<String, Result<Vec<crate::api::PortBinding>, Failure>>,
+}
+
+/// Is this attachment for the node `node`? (No nodeName: whoever reads it.)
+pub fn is_local(att: &Attachment, node: &str) -> bool {
+    att.spec.node_name.as_deref().is_none_or(|n| n == node)
+}
+
+/// Computes the whole desired state of the node.
+pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
+    let mut out = Plan::default();
+    let networks = resolve_networks(objects, &mut out);
+
+    // Attachments of this node, checked, in creation order.
+    let mut local: Vec<(String, &Attachment, CheckedAttachment)> = Vec::new();
+    for att in objects
+        .attachments
+        .iter()
+        .filter(|a| is_local(a, &node.node_name))
+    {
+        let key = format!("{}/{}", namespace_of(att), att.name_any());
+        match attachment::check(att)
+            .and_then(|checked| check_against_network(att, &checked, &networks).map(|()| checked))
+        {
+            Ok(checked) => local.push((key, att, checked)),
+            Err(failure) => {
+                out.attachments.insert(key, Err(failure));
+            }
+        }
+    }
+
+    let addresses = allocate_addresses(&local, &networks, held, &mut out);
+    let interfaces = assign_interfaces(&local, held, &mut out);
+    let default_routes = choose_default_routes(&local, &networks, &out);
+
+    let mut macs: BTreeMap<(String, [u8; 6]), String> = BTreeMap::new();
+    let mut sandboxes: BTreeSet<SandboxRef> = BTreeSet::new();
+    for (key, att, checked) in &local {
+        if out.attachments.contains_key(key) {
+            continue; // already failed
+        }
+        let SandboxChoice::Namespace(sandbox) = &checked.sandbox else {
+            continue;
+        };
+        let net = &networks[&att.spec.network]
+            .as_ref()
+            .expect("checked against a ready network");
+        sandboxes.insert(sandbox.clone());
+        if net.driver == Driver::Null {
+            out.attachments.insert(
+                key.clone(),
+                Ok(AttachmentInfo {
+                    network: net.name.clone(),
+                    sandbox_path: Some(sandbox.path()),
+                    ..Default::default()
+                }),
+            );
+            out.allocations.endpoints.insert(
+                key.clone(),
+                HeldEndpoint {
+                    network: net.name.clone(),
+                    ..Default::default()
+                },
+            );
+            continue;
+        }
+        let (v4, v6) = addresses.get(key).cloned().unwrap_or_default();
+        let mac = checked.mac.unwrap_or_else(|| match v4 {
+            Some(IpAddr::V4(ip)) => naming::mac_from_ipv4(ip),
+            _ => naming::mac_from_key(key),
+        });
+        if let Some(holder) = macs.get(&(net.name.clone(), mac)) {
+            out.attachments.insert(
+                key.clone(),
+                Err(Failure::new(
+                    reason::DUPLICATE_MAC,
+                    format!(
+                        "MAC address {} is already used by attachment {holder} on network {}",
+                        naming::format_mac(&mac),
+                        net.name
+                    ),
+                )),
+            );
+            continue;
+        }
+        macs.insert((net.name.clone(), mac), key.clone());
+
+        let ifname = interfaces[key].clone();
+        let with_prefix = |ip: Option<IpAddr>| {
+            ip.and_then(|ip| {
+                net.subnet_for(ip)
+                    .map(|s| IpNet::new(ip, s.net.prefix_len()).expect("valid prefix"))
+            })
+        };
+        let (cidr4, cidr6) = (with_prefix(v4), with_prefix(v6));
+        let gw4 = v4.and_then(|ip| net.subnet_for(ip)).map(|s| s.gateway);
+        let gw6 = v6.and_then(|ip| net.subnet_for(ip)).map(|s| s.gateway);
+        let carries_default = default_routes.get(&sandbox.clone()) == Some(key);
+        let kind = match net.driver {
+            Driver::Macvlan => {
+                let (parent, mode) = net
+                    .macvlan
+                    .clone()
+                    .expect("resolved macvlan network has a parent");
+                EndpointKind::Macvlan { parent, mode }
+            }
+            _ => EndpointKind::Veth {
+                host_name: naming::host_veth_name(&namespace_of(*att), &att.name_any()),
+                bridge: net.bridge.clone(),
+            },
+        };
+        let endpoint = Endpoint {
+            owner: key.clone(),
+            network: net.name.clone(),
+            sandbox: sandbox.clone(),
+            ifname: ifname.clone(),
+            mac,
+            mtu: net.mtu,
+            addresses: cidr4.into_iter().chain(cidr6).collect(),
+            gateway_v4: carries_default.then_some(gw4).flatten().and_then(as_v4),
+            gateway_v6: carries_default.then_some(gw6).flatten().and_then(as_v6),
+            kind,
+        };
+        out.attachments.insert(
+            key.clone(),
+            Ok(AttachmentInfo {
+                network: net.name.clone(),
+                interface: Some(ifname.clone()),
+                host_interface: endpoint.host_name().map(String::from),
+                ipv4: cidr4,
+                ipv6: cidr6,
+                gateway: gw4,
+                ipv6_gateway: gw6,
+                mac: Some(naming::format_mac(&mac)),
+                sandbox_path: Some(sandbox.path()),
+                node_addresses: Vec::new(),
+            }),
+        );
+        out.allocations.endpoints.insert(
+            key.clone(),
+            HeldEndpoint {
+                network: net.name.clone(),
+                ipv4: v4,
+                ipv6: v6,
+                interface: Some(ifname),
+            },
+        );
+        out.desired.endpoints.push(endpoint);
+    }
+
+    // Host and container-mode attachments borrow everything from elsewhere.
+    for (key, att, checked) in &local {
+        if out.attachments.contains_key(key) {
+            continue;
+        }
+        let info = match &checked.sandbox {
+            SandboxChoice::Host => Ok(AttachmentInfo {
+                network: att.spec.network.clone(),
+                sandbox_path: Some("/proc/1/ns/net".into()),
+                node_addresses: node.node_addresses.iter().map(|a| a.to_string()).collect(),
+                ..Default::default()
+            }),
+            SandboxChoice::SharedWith(owner) => {
+                let owner_key = format!("{}/{owner}", namespace_of(*att));
+                match out.attachments.get(&owner_key) {
+                    Some(Ok(info)) => Ok(AttachmentInfo { host_interface: None, ..info.clone() }),
+                    _ => Err(Failure::new(
+                        reason::SANDBOX_OWNER_GONE,
+                        format!("attachment {owner_key}, whose namespace this one shares, does not exist or is not ready"),
+                    )),
+                }
+            }
+            SandboxChoice::Namespace(_) => continue,
+        };
+        out.attachments.insert(key.clone(), info);
+    }
+
+    // Networks: bridges, firewall, counts.
+    for (name, net) in &networks {
+        let Ok(net) = net else { continue };
+        let count = out
+            .attachments
+            .values()
+            .filter(|a| matches!(a, Ok(info) if &info.network == name))
+            .count() as u32;
+        let gateways: Vec<String> = net
+            .subnets
+            .iter()
+            .map(|s| s.gateway_cidr().to_string())
+            .collect();
+        if net.has_bridge() {
+            out.desired.bridges.push(BridgeLink {
+                name: net.bridge.clone(),
+                network: name.clone(),
+                mtu: net.mtu,
+                addresses: net.subnets.iter().map(|s| s.gateway_cidr()).collect(),
+            });
+            out.desired.firewall.networks.push(FirewallNetwork {
+                name: name.clone(),
+                bridge: net.bridge.clone(),
+                subnets: net.subnets.iter().map(|s| s.net).collect(),
+                icc: net.icc,
+                masquerade: net.masquerade && !net.internal,
+                internal: net.internal,
+            });
+            out.desired.ipv4_forwarding |= net.subnet_v4().is_some();
+            out.desired.ipv6_forwarding |= net.subnet_v6().is_some();
+        }
+        out.networks.insert(
+            name.clone(),
+            Ok(NetworkInfo {
+                bridge: net.has_bridge().then(|| net.bridge.clone()),
+                gateways,
+                attachments: count,
+            }),
+        );
+    }
+
+    ports::plan_ports(objects, node, held, &networks, &mut out);
+
+    out.desired.sandboxes = sandboxes
+        .into_iter()
+        .map(|sandbox| SandboxSpec { sandbox })
+        .collect();
+    out.desired.endpoints.sort_by(|a, b| a.owner.cmp(&b.owner));
+    out
+}
+
+fn as_v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    }
+}
+fn as_v6(ip: IpAddr) -> Option<Ipv6Addr> {
+    match ip {
+        IpAddr::V6(v6) => Some(v6),
+        IpAddr::V4(_) => None,
+    }
+}
+
+/// Resolves every network; a later network that collides with an earlier
+/// ready one (bridge name, overlapping subnet) fails, the earlier one stays.
+fn resolve_networks(
+    objects: &ObjectSet,
+    out: &mut Plan,
+) -> BTreeMap<String, Result<ResolvedNetwork, Failure>> {
+    let mut resolved: BTreeMap<String, Result<ResolvedNetwork, Failure>> = BTreeMap::new();
+    let mut ready: Vec<ResolvedNetwork> = Vec::new();
+    for net in &objects.networks {
+        let name = net.name_any();
+        let result = network::resolve(net).and_then(|r| {
+            for earlier in &ready {
+                if r.has_bridge() && earlier.has_bridge() && r.bridge == earlier.bridge {
+                    return Err(Failure::new(
+                        reason::BRIDGE_NAME_CONFLICT,
+                        format!(
+                            "bridge name {} is already used by network {}",
+                            r.bridge, earlier.name
+                        ),
+                    ));
+                }
+                if let Some((mine, theirs)) = network::overlap(&r, earlier) {
+                    return Err(Failure::new(
+                        reason::SUBNET_OVERLAP,
+                        format!(
+                            "subnet {mine} overlaps subnet {theirs} of network {}",
+                            earlier.name
+                        ),
+                    ));
+                }
+            }
+            Ok(r)
+        });
+        if let Ok(r) = &result {
+            ready.push(r.clone());
+        }
+        if let Err(f) = &result {
+            out.networks.insert(name.clone(), Err(f.clone()));
+        }
+        resolved.insert(name, result);
+    }
+    resolved
+}
+
+/// Checks that combine an attachment with its network.
+fn check_against_network(
+    att: &Attachment,
+    checked: &CheckedAttachment,
+    networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
+) -> Result<(), Failure> {
+    if let SandboxChoice::SharedWith(_) = checked.sandbox {
+        return Ok(()); // no network of its own
+    }
+    let name = &att.spec.network;
+    let net = match networks.get(name) {
+        None => {
+            return Err(Failure::new(
+                reason::NETWORK_NOT_FOUND,
+                format!("network {name:?} does not exist"),
+            ))
+        }
+        Some(Err(f)) => {
+            return Err(Failure::new(
+                reason::NETWORK_NOT_READY,
+                format!("network {name:?} is not ready: {}", f.message),
+            ))
+        }
+        Some(Ok(net)) => net,
+    };
+    match (net.driver, &checked.sandbox) {
+        (Driver::Host, SandboxChoice::Host) => return Ok(()),
+        (Driver::Host, _) => {
+            return Err(Failure::invalid(format!(
+                "network {name:?} has driver host: the attachment needs sandbox.host: true"
+            )))
+        }
+        (_, SandboxChoice::Host) => {
+            return Err(Failure::invalid(format!(
+                "sandbox.host: true needs a network with driver host; {name:?} has driver {}",
+                net.driver.as_str()
+            )))
+        }
+        (Driver::Overlay, _) => {
+            return Err(Failure::new(
+                reason::UNSUPPORTED,
+                "overlay networks are not implemented yet",
+            ))
+        }
+        _ => {}
+    }
+    for ip in checked.ipv4.iter().chain(checked.ipv6.iter()) {
+        if net.driver == Driver::Null {
+            return Err(Failure::invalid(format!(
+                "network {name:?} has driver null: it takes no addresses"
+            )));
+        }
+        match net.subnet_for(*ip) {
+            Some(subnet) => ipam::check_static(subnet, *ip)?,
+            None => {
+                let subnets: Vec<String> = net.subnets.iter().map(|s| s.net.to_string()).collect();
+                return Err(Failure::invalid(format!(
+                    "address {ip} is outside every subnet of network {name:?} ({})",
+                    subnets.join(", ")
+                )));
+            }
+        }
+    }
+    if checked.ipv6.is_some() && !net.enable_ipv6 {
+        return Err(Failure::invalid(format!(
+            "ipv6Address is set but network {name:?} does not enable IPv6"
+        )));
+    }
+    Ok(())
+}
+
+type Addresses = BTreeMap<String, (Option<IpAddr>, Option<IpAddr>)>;
+
+/// Runs IPAM for every subnet of every ready network.
+fn allocate_addresses(
+    local: &[(String, &Attachment, CheckedAttachment)],
+    networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
+    held: &Allocations,
+    out: &mut Plan,
+) -> Addresses {
+    let mut addresses: Addresses = BTreeMap::new();
+    for (name, net) in networks {
+        let Ok(net) = net else { continue };
+        if !matches!(net.driver, Driver::Bridge | Driver::Macvlan) {
+            continue;
+        }
+        let members: Vec<&(String, &Attachment, CheckedAttachment)> = local
+            .iter()
+            .filter(|(_, att, checked)| {
+                &att.spec.network == name && matches!(checked.sandbox, SandboxChoice::Namespace(_))
+            })
+            .collect();
+        for (family_v4, first) in [(true, net.subnet_v4()), (false, net.subnet_v6())] {
+            let Some(first) = first else { continue };
+            for subnet in net
+                .subnets
+                .iter()
+                .filter(|s| s.net.addr().is_ipv4() == family_v4)
+            {
+                let requests: Vec<ipam::Request> = members
+                    .iter()
+                    .filter_map(|(key, _, checked)| {
+                        let static_ip = if family_v4 {
+                            checked.ipv4
+                        } else {
+                            checked.ipv6
+                        };
+                        let wanted_subnet = match static_ip {
+                            Some(ip) => net.subnet_for(ip)?,
+                            None => first,
+                        };
+                        if wanted_subnet != subnet {
+                            return None;
+                        }
+                        let previous = held
+                            .endpoints
+                            .get(key)
+                            .filter(|h| &h.network == name)
+                            .and_then(|h| if family_v4 { h.ipv4 } else { h.ipv6 })
+                            .filter(|ip| subnet.net.contains(ip));
+                        Some(ipam::Request {
+                            owner: key.clone(),
+                            static_ip,
+                            previous,
+                        })
+                    })
+                    .collect();
+                for (owner, result) in ipam::allocate(subnet, &requests) {
+                    match result {
+                        Ok(ip) => {
+                            let entry = addresses.entry(owner).or_default();
+                            if family_v4 {
+                                entry.0 = Some(ip);
+                            } else {
+                                entry.1 = Some(ip);
+                            }
+                        }
+                        Err(f) => {
+                            out.attachments.entry(owner).or_insert(Err(f));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    addresses
+}
+
+/// Names interfaces per sandbox: explicit names first, then eth0, eth1, ...
+/// for the rest in creation order, keeping names assigned earlier.
+fn assign_interfaces(
+    local: &[(String, &Attachment, CheckedAttachment)],
+    held: &Allocations,
+    out: &mut Plan,
+) -> BTreeMap<String, String> {
+    let mut by_sandbox: BTreeMap<SandboxRef, Vec<&(String, &Attachment, CheckedAttachment)>> =
+        BTreeMap::new();
+    for entry in local {
+        if let SandboxChoice::Namespace(sandbox) = &entry.2.sandbox {
+            by_sandbox.entry(sandbox.clone()).or_default().push(entry);
+        }
+    }
+    let mut names = BTreeMap::new();
+    for members in by_sandbox.values() {
+        // interface name -> attachment holding it, within this sandbox
+        let mut taken: BTreeMap<String, String> = BTreeMap::new();
+        let explicit = members
+            .iter()
+            .filter_map(|(key, att, _)| Some((key, att.spec.interface.clone()?)));
+        let kept = members
+            .iter()
+            .filter(|(_, att, _)| att.spec.interface.is_none())
+            .filter_map(|(key, _, _)| Some((key, held.endpoints.get(key)?.interface.clone()?)));
+        // Explicit names first, then names held from earlier reconciles.
+        for (key, ifname) in explicit.collect::<Vec<_>>() {
+            match taken.get(&ifname) {
+                Some(holder) => {
+                    out.attachments.entry(key.clone()).or_insert(Err(Failure::new(
+                        reason::INTERFACE_CONFLICT,
+                        format!("interface {ifname} in this sandbox is already used by attachment {holder}"),
+                    )));
+                }
+                None => {
+                    taken.insert(ifname.clone(), key.clone());
+                    names.insert(key.clone(), ifname);
+                }
+            }
+        }
+        for (key, ifname) in kept.collect::<Vec<_>>() {
+            if !taken.contains_key(&ifname) {
+                taken.insert(ifname.clone(), key.clone());
+                names.insert(key.clone(), ifname);
+            }
+        }
+        // The rest: the lowest free ethN, in creation order.
+        let mut next = 0;
+        for (key, _, _) in members.iter() {
+            if names.contains_key(key) || out.attachments.contains_key(key) {
+                continue;
+            }
+            while taken.contains_key(&format!("eth{next}")) {
+                next += 1;
+            }
+            let ifname = format!("eth{next}");
+            taken.insert(ifname.clone(), key.clone());
+            names.insert(key.clone(), ifname);
+        }
+    }
+    names
+}
+
+/// One default route per sandbox: an explicit `defaultRoute: true` wins over
+/// the default; ties go to the earliest created. Internal and null networks
+/// never carry it.
+fn choose_default_routes(
+    local: &[(String, &Attachment, CheckedAttachment)],
+    networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
+    out: &Plan,
+) -> BTreeMap<SandboxRef, String> {
+    let mut chosen: BTreeMap<SandboxRef, (bool, String)> = BTreeMap::new();
+    for (key, att, checked) in local {
+        let SandboxChoice::Namespace(sandbox) = &checked.sandbox else {
+            continue;
+        };
+        if out.attachments.contains_key(key) || att.spec.default_route == Some(false) {
+            continue;
+        }
+        let Some(Ok(net)) = networks.get(&att.spec.network) else {
+            continue;
+        };
+        if net.internal || net.driver == Driver::Null {
+            continue;
+        }
+        let explicit = att.spec.default_route == Some(true);
+        match chosen.get(sandbox) {
+            Some((true, _)) => {}
+            Some((false, _)) if !explicit => {}
+            _ => {
+                chosen.insert(sandbox.clone(), (explicit, key.clone()));
+            }
+        }
+    }
+    chosen.into_iter().map(|(s, (_, k))| (s, k)).collect()
+}
+
+#[cfg(test)]
+mod tests;
