@@ -1,7 +1,14 @@
 //! netlet: Docker-style container networking as a declarative node agent.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
+pub mod dataplane;
+pub mod get;
 pub mod naming;
 pub mod objects;
 pub mod plan;
+pub mod reconcile;
+pub mod source;
+pub mod state;
+pub mod status;

@@ -1,1 +1,196 @@
-fn main() {}
+//! The `netlet` binary: agent (standalone or Kubernetes), `get`, `crds`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use netlet::api::Kind;
+use netlet::get::{self, OutputFormat, Query};
+use netlet::state::{StateDir, DEFAULT_STATE_DIR};
+
+#[derive(Parser)]
+#[command(
+    name = "netlet",
+    version,
+    about = "Docker-style container networking as a declarative, self-healing node agent"
+)]
+struct Cli {
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: standalone with --manifests, else Kubernetes mode.
+    Run(RunArgs),
+    /// Show standalone status, kubectl-style.
+    Get(GetArgs),
+    /// Print the CustomResourceDefinitions.
+    Crds,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// File or directory of Network/Attachment/PortMapping YAML (standalone mode).
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Default: $NODE_NAME, else the hostname.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Reconcile once; exit 0 only if every object is Ready.
+    #[arg(long)]
+    once: bool,
+    /// Full reconcile at least this often, repairing drift (e.g. 30s, 5m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    resync_period: Duration,
+    /// Address for /metrics, /healthz, /readyz.
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct GetArgs {
+    /// networks, attachments (att), portmappings (pm), ...
+    kind: String,
+    name: Option<String>,
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    #[arg(short = 'o', long, value_enum)]
+    output: Option<OutputFormat>,
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    if secs <= 0.0 {
+        return Err("duration must be positive".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn node_name(given: Option<String>) -> String {
+    given.filter(|n| !n.is_empty()).unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into())
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds => {
+            print!("{}", netlet::api::crds_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Get(args) => {
+            let Some(kind) = Kind::parse(&args.kind) else {
+                eprintln!("error: the server doesn't have a resource type \"{}\" (netlet has networks, attachments, portmappings)", args.kind);
+                return ExitCode::from(1);
+            };
+            let store = match StateDir::open(&args.state_dir) {
+                Ok(state) => state.load_status(),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let namespace = if args.all_namespaces {
+                None
+            } else {
+                args.namespace
+                    .or_else(|| args.name.as_ref().map(|_| "default".into()))
+            };
+            let query = Query {
+                kind,
+                name: args.name,
+                namespace,
+                output: args.output,
+            };
+            match get::run(&store, &query, &mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("Error from server (NotFound): {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Run(args) => {
+            init_logging(cli.verbose);
+            // One thread: the reconciler may setns briefly, so it must own
+            // its thread rather than share a multi-threaded pool.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let Some(manifests) = args.manifests else {
+                eprintln!("error: Kubernetes mode is not available in this build yet; use --manifests PATH (standalone mode)");
+                return ExitCode::from(2);
+            };
+            let opts = netlet::agent::StandaloneOptions {
+                manifests,
+                state_dir: args.state_dir,
+                node_name: node_name(args.node_name),
+                once: args.once,
+                resync_period: args.resync_period,
+            };
+            match runtime.block_on(netlet::agent::run_standalone(opts)) {
+                Ok(code) => ExitCode::from(code as u8),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

@@ -35,7 +35,9 @@ use super::Condition;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkSpec {
-    #[serde(default)]
+    /// bridge (default) | macvlan | overlay | host | null. An unquoted YAML
+    /// `null` also means the null driver (what a user writing it means).
+    #[serde(default, deserialize_with = "driver_or_null")]
     pub driver: Driver,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<BridgeOptions>,
@@ -69,6 +71,10 @@ pub enum Driver {
     Overlay,
     Host,
     Null,
+}
+
+fn driver_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Driver, D::Error> {
+    Ok(Option::<Driver>::deserialize(d)?.unwrap_or(Driver::Null))
 }
 
 impl Driver {

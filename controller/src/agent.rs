@@ -1,0 +1,70 @@
+//! Standalone mode: manifests from a file or directory, watched and
+//! reconciled on change and on every resync period.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::reconcile::Reconciler;
+use crate::source::manifests;
+use crate::state::StateDir;
+
+pub struct StandaloneOptions {
+    pub manifests: PathBuf,
+    pub state_dir: PathBuf,
+    pub node_name: String,
+    pub once: bool,
+    pub resync_period: Duration,
+}
+
+/// How often the manifest set is checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Runs until SIGTERM/SIGINT (or one pass with `once`). Returns the exit code.
+pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
+    let state = StateDir::open(&opts.state_dir)?;
+    let mut reconciler = Reconciler::new(state, opts.node_name.clone())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tracing::info!(manifests = %opts.manifests.display(), state_dir = %opts.state_dir.display(), node = %opts.node_name, "netlet standalone agent starting");
+
+    let mut fingerprint = manifests::fingerprint(&opts.manifests);
+    loop {
+        let loaded = manifests::load(&opts.manifests);
+        let outcome = reconciler.reconcile(&loaded.objects, &loaded.errors).await;
+        if opts.once {
+            let failures = outcome.failures();
+            for f in &failures {
+                eprintln!("{f}");
+            }
+            let ready = outcome.verdicts.iter().filter(|v| v.ready).count();
+            println!(
+                "{ready}/{} objects ready, {} kernel mutations",
+                outcome.verdicts.len(),
+                outcome.mutations
+            );
+            return Ok(if outcome.all_ready() { 0 } else { 1 });
+        }
+        // Wait for a change, the resync deadline, or a signal. A graceful
+        // stop leaves the dataplane in place: containers keep networking.
+        let deadline = Instant::now() + opts.resync_period;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping, dataplane left in place"); return Ok(0); }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping, dataplane left in place"); return Ok(0); }
+                _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+            }
+            let now = manifests::fingerprint(&opts.manifests);
+            if now != fingerprint {
+                fingerprint = now;
+                tracing::debug!("manifests changed");
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::debug!("resync period elapsed");
+                break;
+            }
+        }
+    }
+}

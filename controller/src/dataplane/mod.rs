@@ -1,0 +1,641 @@
+//! All side effects on the node: namespaces, links, addresses, routes,
+//! sysctls and the nftables table. The only module that touches the kernel.
+//!
+//! [`Dataplane::sync`] observes the kernel, compares with the desired state
+//! and changes only what differs (ensure / delete / prune). Every change is
+//! counted: an in-sync node costs zero mutations.
+
+pub mod facts;
+pub mod netlink;
+pub mod netns;
+pub mod sysctl;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use ipnet::IpNet;
+
+use crate::naming::OWNER_ALIAS_PREFIX;
+use crate::plan::attachment::SandboxRef;
+use crate::plan::desired::{DesiredState, Endpoint, EndpointKind};
+use crate::plan::outcome::{reason, Failure};
+use crate::state::Owned;
+use netlink::{Link, LinkChange, Netlink, NetlinkError};
+
+/// What one sync did and what went wrong, per object.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub mutations: u32,
+    /// By attachment `namespace/name`.
+    pub endpoint_errors: BTreeMap<String, Failure>,
+    /// By network name.
+    pub network_errors: BTreeMap<String, Failure>,
+    /// Node-wide problems (sysctls, pruning) that belong to no one object.
+    pub node_errors: Vec<String>,
+    /// The nftables transaction failed: every published port is affected.
+    pub firewall_error: Option<String>,
+}
+
+impl SyncReport {
+    fn kernel(op: &NetlinkError) -> Failure {
+        Failure::new(reason::KERNEL_ERROR, op.to_string())
+    }
+}
+
+/// A sandbox we hold a netlink socket in, and the file identity it was
+/// opened for (a namespace recreated at the same path gets a new socket).
+struct SandboxHandle {
+    file: File,
+    netlink: Netlink,
+    identity: (u64, u64),
+}
+
+pub struct Dataplane {
+    node: Netlink,
+    sandboxes: HashMap<String, SandboxHandle>,
+}
+
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn is_ours(link: &Link) -> bool {
+    link.alias
+        .as_deref()
+        .is_some_and(|a| a.starts_with(OWNER_ALIAS_PREFIX))
+}
+
+fn is_link_local(net: &IpNet) -> bool {
+    matches!(net.addr(), IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}
+
+impl Dataplane {
+    /// Opens the node-namespace handle. Needs a tokio runtime context on the
+    /// reconciler's dedicated thread.
+    pub fn new() -> Result<Self, NetlinkError> {
+        Ok(Dataplane {
+            node: Netlink::connect()?,
+            sandboxes: HashMap::new(),
+        })
+    }
+
+    pub fn node(&self) -> &Netlink {
+        &self.node
+    }
+
+    /// Converges the node to `desired`. `owned` records the namespaces we
+    /// created; `record_owned` persists it before anything relies on it.
+    pub async fn sync(
+        &mut self,
+        desired: &DesiredState,
+        owned: &mut Owned,
+        record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
+    ) -> SyncReport {
+        let mut report = SyncReport::default();
+        self.sync_sysctls(desired, &mut report);
+        let node_links = match self.node.links().await {
+            Ok(links) => links,
+            Err(e) => {
+                report.node_errors.push(e.to_string());
+                return report;
+            }
+        };
+        let bridges = self.sync_bridges(desired, &node_links, &mut report).await;
+        self.sync_sandboxes(desired, owned, record_owned, &mut report)
+            .await;
+        self.sync_endpoints(desired, &node_links, &bridges, &mut report)
+            .await;
+        self.prune(desired, owned, record_owned, &mut report).await;
+        report
+    }
+
+    fn sync_sysctls(&self, desired: &DesiredState, report: &mut SyncReport) {
+        let mut wanted: Vec<(String, &str)> = Vec::new();
+        if desired.ipv4_forwarding {
+            wanted.push(("net/ipv4/ip_forward".into(), "1"));
+        }
+        if desired.ipv6_forwarding {
+            wanted.push(("net/ipv6/conf/all/forwarding".into(), "1"));
+        }
+        for (key, value) in wanted {
+            match sysctl::ensure(&key, value) {
+                Ok(true) => report.mutations += 1,
+                Ok(false) => {}
+                Err(e) => report.node_errors.push(format!("sysctl {key}: {e}")),
+            }
+        }
+    }
+
+    /// Ensures every bridge; returns name -> index of the ready ones.
+    async fn sync_bridges(
+        &mut self,
+        desired: &DesiredState,
+        node_links: &[Link],
+        report: &mut SyncReport,
+    ) -> HashMap<String, u32> {
+        let mut ready = HashMap::new();
+        let addresses = match self.node.addresses().await {
+            Ok(a) => a,
+            Err(e) => {
+                report.node_errors.push(e.to_string());
+                return ready;
+            }
+        };
+        for bridge in &desired.bridges {
+            let alias = format!("{OWNER_ALIAS_PREFIX}network/{}", bridge.network);
+            let existing = node_links.iter().find(|l| l.name == bridge.name);
+            let result: Result<u32, Failure> = async {
+                let link = match existing {
+                    Some(l) if l.kind.as_deref() == Some("bridge") && is_ours(l) => l.clone(),
+                    Some(_) => {
+                        return Err(Failure::new(
+                            reason::BRIDGE_NAME_CONFLICT,
+                            format!("a link named {} already exists on the node and was not created by netlet", bridge.name),
+                        ))
+                    }
+                    None => {
+                        self.node.create_bridge(&bridge.name, bridge.mtu, &alias).await.map_err(|e| SyncReport::kernel(&e))?;
+                        report.mutations += 1;
+                        let links = self.node.links().await.map_err(|e| SyncReport::kernel(&e))?;
+                        links.into_iter().find(|l| l.name == bridge.name).ok_or_else(|| Failure::new(reason::KERNEL_ERROR, format!("bridge {} vanished after creation", bridge.name)))?
+                    }
+                };
+                let change = LinkChange { up: !link.up, mtu: (link.mtu != bridge.mtu).then_some(bridge.mtu), ..Default::default() };
+                if !change.is_empty() {
+                    self.node.set_link(link.index, &bridge.name, change).await.map_err(|e| SyncReport::kernel(&e))?;
+                    report.mutations += 1;
+                }
+                let have: BTreeSet<IpNet> = addresses.iter().filter(|a| a.index == link.index && !is_link_local(&a.net)).map(|a| a.net).collect();
+                let want: BTreeSet<IpNet> = bridge.addresses.iter().copied().collect();
+                for net in want.difference(&have) {
+                    self.node.add_address(link.index, *net, &bridge.name).await.map_err(|e| SyncReport::kernel(&e))?;
+                    report.mutations += 1;
+                }
+                for net in have.difference(&want) {
+                    self.node.delete_address(link.index, *net, &bridge.name).await.map_err(|e| SyncReport::kernel(&e))?;
+                    report.mutations += 1;
+                }
+                // Published ports on 127.0.0.1 are DNATed out through the bridge.
+                match sysctl::ensure(&format!("net/ipv4/conf/{}/route_localnet", bridge.name), "1") {
+                    Ok(true) => report.mutations += 1,
+                    Ok(false) => {}
+                    Err(e) => return Err(Failure::new(reason::KERNEL_ERROR, format!("route_localnet on {}: {e}", bridge.name))),
+                }
+                Ok(link.index)
+            }
+            .await;
+            match result {
+                Ok(index) => {
+                    ready.insert(bridge.name.clone(), index);
+                }
+                Err(f) => {
+                    tracing::warn!(network = %bridge.network, bridge = %bridge.name, error = %f, "bridge not ready");
+                    report.network_errors.insert(bridge.network.clone(), f);
+                }
+            }
+        }
+        ready
+    }
+
+    async fn sync_sandboxes(
+        &mut self,
+        desired: &DesiredState,
+        owned: &mut Owned,
+        record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
+        report: &mut SyncReport,
+    ) {
+        for spec in &desired.sandboxes {
+            if let SandboxRef::Managed(name) = &spec.sandbox {
+                let path = Path::new(crate::plan::attachment::NETNS_DIR).join(name);
+                if netns::is_namespace(&path) {
+                    continue;
+                }
+                // Write-ahead: record before creating, so a crash cannot leak it.
+                if owned.netns.insert(name.clone()) {
+                    if let Err(e) = record_owned(owned) {
+                        report
+                            .node_errors
+                            .push(format!("recording namespace {name}: {e}"));
+                        continue;
+                    }
+                }
+                match netns::create(name) {
+                    Ok(()) => report.mutations += 1,
+                    Err(e) => report
+                        .node_errors
+                        .push(format!("creating namespace {name}: {e}")),
+                }
+            }
+        }
+    }
+
+    /// A netlink handle inside `sandbox`, reopened when the namespace at
+    /// that path was replaced.
+    fn sandbox(&mut self, sandbox: &SandboxRef) -> Result<&SandboxHandle, Failure> {
+        let path = sandbox.path();
+        let id = identity(Path::new(&path)).filter(|_| {
+            netns::is_namespace(Path::new(&path)) || matches!(sandbox, SandboxRef::Path(_))
+        });
+        let Some(id) = id else {
+            self.sandboxes.remove(&path);
+            return Err(Failure::new(
+                reason::SANDBOX_NOT_FOUND,
+                format!("network namespace {path} does not exist"),
+            ));
+        };
+        let stale = self.sandboxes.get(&path).is_none_or(|h| h.identity != id);
+        if stale {
+            let file = File::open(&path).map_err(|e| {
+                Failure::new(
+                    reason::SANDBOX_NOT_FOUND,
+                    format!("opening namespace {path}: {e}"),
+                )
+            })?;
+            let netlink = Netlink::connect_in(&file).map_err(|e| {
+                Failure::new(reason::SANDBOX_NOT_FOUND, format!("namespace {path}: {e}"))
+            })?;
+            self.sandboxes.insert(
+                path.clone(),
+                SandboxHandle {
+                    file,
+                    netlink,
+                    identity: id,
+                },
+            );
+        }
+        Ok(&self.sandboxes[&path])
+    }
+
+    async fn sync_endpoints(
+        &mut self,
+        desired: &DesiredState,
+        node_links: &[Link],
+        bridges: &HashMap<String, u32>,
+        report: &mut SyncReport,
+    ) {
+        // Group by sandbox: one dump of links, addresses and routes each.
+        let mut by_sandbox: BTreeMap<&SandboxRef, Vec<&Endpoint>> = BTreeMap::new();
+        for spec in &desired.sandboxes {
+            by_sandbox.entry(&spec.sandbox).or_default();
+        }
+        for ep in &desired.endpoints {
+            by_sandbox.entry(&ep.sandbox).or_default().push(ep);
+        }
+        for (sandbox, endpoints) in by_sandbox {
+            let handle = match self.sandbox(sandbox) {
+                Ok(h) => (h.netlink.clone(), h.file.try_clone()),
+                Err(f) => {
+                    for ep in endpoints {
+                        report.endpoint_errors.insert(ep.owner.clone(), f.clone());
+                    }
+                    continue;
+                }
+            };
+            let (sb, file) = handle;
+            let Ok(file) = file else { continue };
+            if let Err(e) = self
+                .sync_sandbox(&sb, &file, &endpoints, node_links, bridges, report)
+                .await
+            {
+                for ep in endpoints {
+                    report
+                        .endpoint_errors
+                        .entry(ep.owner.clone())
+                        .or_insert_with(|| SyncReport::kernel(&e));
+                }
+            }
+        }
+    }
+
+    /// Converges one sandbox: lo, its endpoints' links, addresses, routes.
+    async fn sync_sandbox(
+        &mut self,
+        sb: &Netlink,
+        file: &File,
+        endpoints: &[&Endpoint],
+        node_links: &[Link],
+        bridges: &HashMap<String, u32>,
+        report: &mut SyncReport,
+    ) -> Result<(), NetlinkError> {
+        let mut links = sb.links().await?;
+        if let Some(lo) = links.iter().find(|l| l.name == "lo") {
+            if !lo.up {
+                sb.set_link(
+                    lo.index,
+                    "lo",
+                    LinkChange {
+                        up: true,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                report.mutations += 1;
+            }
+        }
+        let mut created = false;
+        for ep in endpoints {
+            if let Err(f) = self
+                .ensure_link(file, ep, &links, node_links, bridges, report, &mut created)
+                .await
+            {
+                report.endpoint_errors.insert(ep.owner.clone(), f);
+            }
+        }
+        if created {
+            links = sb.links().await?;
+        }
+        let addresses = sb.addresses().await?;
+        let routes = sb.default_routes().await?;
+        let mut default_v4 = None;
+        let mut default_v6 = None;
+        let mut our_indexes = BTreeSet::new();
+        for ep in endpoints {
+            if report.endpoint_errors.contains_key(&ep.owner) {
+                continue;
+            }
+            let Some(link) = links.iter().find(|l| l.name == ep.ifname) else {
+                report.endpoint_errors.insert(
+                    ep.owner.clone(),
+                    Failure::new(
+                        reason::KERNEL_ERROR,
+                        format!("interface {} missing after creation", ep.ifname),
+                    ),
+                );
+                continue;
+            };
+            our_indexes.insert(link.index);
+            let result: Result<(), NetlinkError> = async {
+                let change = LinkChange {
+                    up: !link.up,
+                    mtu: (link.mtu != ep.mtu).then_some(ep.mtu),
+                    mac: (link.mac != ep.mac).then_some(ep.mac),
+                    controller: None,
+                };
+                if !change.is_empty() {
+                    sb.set_link(link.index, &ep.ifname, change).await?;
+                    report.mutations += 1;
+                }
+                let have: BTreeSet<IpNet> = addresses
+                    .iter()
+                    .filter(|a| a.index == link.index && !is_link_local(&a.net))
+                    .map(|a| a.net)
+                    .collect();
+                let want: BTreeSet<IpNet> = ep.addresses.iter().copied().collect();
+                for net in want.difference(&have) {
+                    sb.add_address(link.index, *net, &ep.ifname).await?;
+                    report.mutations += 1;
+                }
+                for net in have.difference(&want) {
+                    sb.delete_address(link.index, *net, &ep.ifname).await?;
+                    report.mutations += 1;
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                report
+                    .endpoint_errors
+                    .insert(ep.owner.clone(), SyncReport::kernel(&e));
+                continue;
+            }
+            if let Some(gw) = ep.gateway_v4 {
+                default_v4 = Some((link.index, IpAddr::V4(gw), ep.owner.clone()));
+            }
+            if let Some(gw) = ep.gateway_v6 {
+                default_v6 = Some((link.index, IpAddr::V6(gw), ep.owner.clone()));
+            }
+        }
+        for (want, v4) in [(default_v4, true), (default_v6, false)] {
+            let current: Vec<_> = routes
+                .iter()
+                .filter(|r| {
+                    r.message.header.address_family
+                        == if v4 {
+                            netlink_packet_route::AddressFamily::Inet
+                        } else {
+                            netlink_packet_route::AddressFamily::Inet6
+                        }
+                })
+                .collect();
+            match want {
+                Some((index, gw, owner)) => {
+                    let in_place = current
+                        .iter()
+                        .any(|r| r.oif == Some(index) && r.gateway == Some(gw));
+                    if !in_place {
+                        if let Err(e) = sb.replace_default_route(index, gw).await {
+                            report.endpoint_errors.insert(owner, SyncReport::kernel(&e));
+                        } else {
+                            report.mutations += 1;
+                        }
+                    }
+                    // Another default route through one of our interfaces is stale.
+                    for r in current.iter().filter(|r| {
+                        r.oif != Some(index) && r.oif.is_some_and(|o| our_indexes.contains(&o))
+                    }) {
+                        sb.delete_route(r).await?;
+                        report.mutations += 1;
+                    }
+                }
+                None => {
+                    for r in current
+                        .iter()
+                        .filter(|r| r.oif.is_some_and(|o| our_indexes.contains(&o)))
+                    {
+                        sb.delete_route(r).await?;
+                        report.mutations += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the endpoint's link exist: for a veth, the host end on its
+    /// bridge with the right peer in the sandbox; for macvlan, the link in
+    /// the sandbox.
+    #[allow(clippy::too_many_arguments)]
+    async fn ensure_link(
+        &mut self,
+        file: &File,
+        ep: &Endpoint,
+        sb_links: &[Link],
+        node_links: &[Link],
+        bridges: &HashMap<String, u32>,
+        report: &mut SyncReport,
+        created: &mut bool,
+    ) -> Result<(), Failure> {
+        let inner = sb_links.iter().find(|l| l.name == ep.ifname);
+        match &ep.kind {
+            EndpointKind::Veth { host_name, bridge } => {
+                let Some(&bridge_index) = bridges.get(bridge) else {
+                    return Err(Failure::new(
+                        reason::NETWORK_NOT_READY,
+                        format!("bridge {bridge} is not ready"),
+                    ));
+                };
+                let host = node_links.iter().find(|l| &l.name == host_name);
+                let paired = match (host, inner) {
+                    (Some(h), Some(i)) => {
+                        i.kind.as_deref() == Some("veth")
+                            && i.link == Some(h.index)
+                            && h.link == Some(i.index)
+                    }
+                    _ => false,
+                };
+                if let (Some(h), true) = (host, paired) {
+                    let change = LinkChange {
+                        up: !h.up,
+                        mtu: (h.mtu != ep.mtu).then_some(ep.mtu),
+                        controller: (h.controller != Some(bridge_index)).then_some(bridge_index),
+                        mac: None,
+                    };
+                    if !change.is_empty() {
+                        self.node
+                            .set_link(h.index, host_name, change)
+                            .await
+                            .map_err(|e| SyncReport::kernel(&e))?;
+                        report.mutations += 1;
+                    }
+                    return Ok(());
+                }
+                if let Some(i) = inner {
+                    // The name is taken in the sandbox by a link that is not our peer.
+                    return Err(Failure::new(
+                        reason::INTERFACE_CONFLICT,
+                        format!("interface {} already exists in sandbox {} (index {}) and is not netlet's", ep.ifname, ep.sandbox.path(), i.index),
+                    ));
+                }
+                if let Some(h) = host {
+                    // Our host end lost its peer (sandbox replaced): start over.
+                    if !is_ours(h) {
+                        return Err(Failure::new(
+                            reason::INTERFACE_CONFLICT,
+                            format!(
+                                "a link named {host_name} exists on the node and is not netlet's"
+                            ),
+                        ));
+                    }
+                    self.node
+                        .delete_link(h.index, host_name)
+                        .await
+                        .map_err(|e| SyncReport::kernel(&e))?;
+                    report.mutations += 1;
+                }
+                let alias = format!("{OWNER_ALIAS_PREFIX}attachment/{}", ep.owner);
+                self.node
+                    .create_veth(
+                        host_name,
+                        &alias,
+                        bridge_index,
+                        &ep.ifname,
+                        file,
+                        ep.mac,
+                        ep.mtu,
+                    )
+                    .await
+                    .map_err(|e| SyncReport::kernel(&e))?;
+                report.mutations += 1;
+                *created = true;
+                Ok(())
+            }
+            EndpointKind::Macvlan { parent, mode } => {
+                if inner.is_some_and(|i| i.kind.as_deref() == Some("macvlan")) {
+                    return Ok(());
+                }
+                if inner.is_some() {
+                    return Err(Failure::new(
+                        reason::INTERFACE_CONFLICT,
+                        format!(
+                            "interface {} already exists in sandbox {} and is not a macvlan",
+                            ep.ifname,
+                            ep.sandbox.path()
+                        ),
+                    ));
+                }
+                let Some(parent_link) = node_links.iter().find(|l| &l.name == parent) else {
+                    return Err(Failure::new(
+                        reason::NETWORK_NOT_READY,
+                        format!("macvlan parent {parent} does not exist on the node"),
+                    ));
+                };
+                self.node
+                    .create_macvlan(&ep.ifname, parent_link.index, *mode, file, ep.mac, ep.mtu)
+                    .await
+                    .map_err(|e| SyncReport::kernel(&e))?;
+                report.mutations += 1;
+                *created = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes what netlet created and no longer wants: host veths and
+    /// bridges carrying our alias, and namespaces recorded as ours.
+    async fn prune(
+        &mut self,
+        desired: &DesiredState,
+        owned: &mut Owned,
+        record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
+        report: &mut SyncReport,
+    ) {
+        let wanted_links: BTreeSet<&str> = desired
+            .bridges
+            .iter()
+            .map(|b| b.name.as_str())
+            .chain(desired.endpoints.iter().filter_map(|e| e.host_name()))
+            .collect();
+        match self.node.links().await {
+            Ok(links) => {
+                // Veths first, so a bridge is empty when it goes.
+                let mut stale: Vec<&Link> = links
+                    .iter()
+                    .filter(|l| is_ours(l) && !wanted_links.contains(l.name.as_str()))
+                    .collect();
+                stale.sort_by_key(|l| l.kind.as_deref() == Some("bridge"));
+                for link in stale {
+                    match self.node.delete_link(link.index, &link.name).await {
+                        Ok(()) => report.mutations += 1,
+                        Err(e) => report.node_errors.push(e.to_string()),
+                    }
+                }
+            }
+            Err(e) => report.node_errors.push(e.to_string()),
+        }
+        let wanted_netns: BTreeSet<&str> = desired
+            .sandboxes
+            .iter()
+            .filter_map(|s| s.sandbox.netns_name())
+            .collect();
+        let stale: Vec<String> = owned
+            .netns
+            .iter()
+            .filter(|n| !wanted_netns.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in stale {
+            let path = Path::new(crate::plan::attachment::NETNS_DIR).join(&name);
+            self.sandboxes.remove(&path.display().to_string());
+            let existed = path.exists();
+            match netns::delete(&name) {
+                Ok(()) => {
+                    if existed {
+                        report.mutations += 1;
+                    }
+                    owned.netns.remove(&name);
+                    if let Err(e) = record_owned(owned) {
+                        report
+                            .node_errors
+                            .push(format!("recording namespace removal {name}: {e}"));
+                    }
+                }
+                Err(e) => report
+                    .node_errors
+                    .push(format!("deleting namespace {name}: {e}")),
+            }
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! A small typed wrapper over rtnetlink for one network namespace.
+//!
+//! A netlink socket stays bound to the namespace it was opened in, so a
+//! handle for a sandbox is made by switching the (dedicated) reconciler
+//! thread into the sandbox just long enough to open the socket.
+
+use std::fs::File;
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    MacVlanMode,
+};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+use super::netns;
+use crate::api::MacvlanMode;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {message}")]
+pub struct NetlinkError {
+    pub op: String,
+    pub message: String,
+    /// Positive errno when the kernel answered with one.
+    pub errno: Option<i32>,
+}
+
+impl NetlinkError {
+    fn from_rtnetlink(op: impl Into<String>, e: rtnetlink::Error) -> Self {
+        let op = op.into();
+        match e {
+            rtnetlink::Error::NetlinkError(msg) => {
+                let errno = msg.code.map(|c| -c.get());
+                let io = errno.map(std::io::Error::from_raw_os_error);
+                let hint = match errno {
+                    Some(17) => " (EEXIST: a link or address of that name already exists and is not netlet's)",
+                    Some(19) => " (ENODEV: the device does not exist)",
+                    Some(1) => " (EPERM: the agent needs CAP_NET_ADMIN)",
+                    _ => "",
+                };
+                let message = format!(
+                    "{}{hint}",
+                    io.map(|e| e.to_string()).unwrap_or_else(|| msg.to_string())
+                );
+                NetlinkError { op, message, errno }
+            }
+            other => NetlinkError {
+                op,
+                message: other.to_string(),
+                errno: None,
+            },
+        }
+    }
+    fn io(op: impl Into<String>, e: std::io::Error) -> Self {
+        NetlinkError {
+            op: op.into(),
+            errno: e.raw_os_error(),
+            message: e.to_string(),
+        }
+    }
+    pub fn is_not_found(&self) -> bool {
+        matches!(self.errno, Some(19) | Some(2) | Some(3) | Some(99))
+    }
+}
+
+type Result<T> = std::result::Result<T, NetlinkError>;
+
+/// What we read back about a link.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub controller: Option<u32>,
+    pub mtu: u32,
+    pub mac: Vec<u8>,
+    pub up: bool,
+    pub alias: Option<String>,
+    /// IFLA_LINK: for a veth, the peer's index (in the peer's namespace).
+    pub link: Option<u32>,
+}
+
+fn parse_link(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        ..Default::default()
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::Address(a) => link.mac = a.clone(),
+            LinkAttribute::Controller(c) => link.controller = Some(*c),
+            LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
+            LinkAttribute::Link(l) => link.link = Some(*l),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        link.kind = Some(kind.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+/// An address on a link.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Address {
+    pub index: u32,
+    pub net: IpNet,
+}
+
+/// A default route of the main table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DefaultRoute {
+    pub oif: Option<u32>,
+    pub gateway: Option<IpAddr>,
+    pub message: RouteMessage,
+}
+
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// A handle in the calling thread's namespace. Needs a tokio runtime context.
+    pub fn connect() -> Result<Self> {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| NetlinkError::io("open netlink socket", e))?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A handle in the namespace `ns` (see the module comment).
+    pub fn connect_in(ns: &File) -> Result<Self> {
+        let opened = netns::with_netns(ns, rtnetlink::new_connection)
+            .map_err(|e| NetlinkError::io("enter namespace", e))?;
+        let (conn, handle, _) = opened.map_err(|e| NetlinkError::io("open netlink socket", e))?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink("list links", e))?;
+        Ok(msgs.iter().map(parse_link).collect())
+    }
+
+    pub async fn addresses(&self) -> Result<Vec<Address>> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink("list addresses", e))?;
+        let mut out = Vec::new();
+        for msg in msgs {
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = ip {
+                if let Ok(net) = IpNet::new(ip, msg.header.prefix_len) {
+                    out.push(Address {
+                        index: msg.header.index,
+                        net,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Default routes (0.0.0.0/0 and ::/0) of the main table.
+    pub async fn default_routes(&self) -> Result<Vec<DefaultRoute>> {
+        let mut out = Vec::new();
+        for query in [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let msgs: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| NetlinkError::from_rtnetlink("list routes", e))?;
+            for msg in msgs {
+                let table = msg
+                    .attributes
+                    .iter()
+                    .find_map(|a| {
+                        if let RouteAttribute::Table(t) = a {
+                            Some(*t)
+                        } else {
+                            None
+                        }
+                    })
+                    .unwrap_or(u32::from(msg.header.table));
+                if msg.header.destination_prefix_length != 0 || table != 254 {
+                    continue;
+                }
+                let mut route = DefaultRoute {
+                    oif: None,
+                    gateway: None,
+                    message: msg.clone(),
+                };
+                for attr in &msg.attributes {
+                    match attr {
+                        RouteAttribute::Oif(i) => route.oif = Some(*i),
+                        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => {
+                            route.gateway = Some(IpAddr::V4(*ip))
+                        }
+                        RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => {
+                            route.gateway = Some(IpAddr::V6(*ip))
+                        }
+                        _ => {}
+                    }
+                }
+                out.push(route);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn create_bridge(&self, name: &str, mtu: u32, alias: &str) -> Result<()> {
+        let msg = LinkBridge::new(name).mtu(mtu).up().build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink(format!("create bridge {name}"), e))?;
+        self.set_alias(name, alias).await
+    }
+
+    /// Creates a veth pair with the host end `host` (on `controller`, up)
+    /// and the peer created directly inside `peer_ns` as `peer`, down: the
+    /// kernel configures the peer before the pair is linked, so asking for
+    /// it up here fails with ENOTCONN; the sandbox pass brings it up.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_veth(
+        &self,
+        host: &str,
+        alias: &str,
+        controller: u32,
+        peer: &str,
+        peer_ns: &File,
+        mac: [u8; 6],
+        mtu: u32,
+    ) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .setns_by_fd(peer_ns.as_raw_fd())
+            .address(mac.to_vec())
+            .mtu(mtu)
+            .build();
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(host.to_string())
+            .mtu(mtu)
+            .controller(controller)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink(format!("create veth {host}/{peer}"), e))?;
+        self.set_alias(host, alias).await
+    }
+
+    /// Marks a link as netlet's. The kernel ignores IFLA_IFALIAS on
+    /// creation, so this is a second request right after it.
+    async fn set_alias(&self, name: &str, alias: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_name(name).alias(alias).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink(format!("mark link {name}"), e))
+    }
+
+    /// Creates a macvlan on `parent` (an index in this namespace) directly
+    /// inside `ns` as `name`, up.
+    pub async fn create_macvlan(
+        &self,
+        name: &str,
+        parent: u32,
+        mode: MacvlanMode,
+        ns: &File,
+        mac: [u8; 6],
+        mtu: u32,
+    ) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let mode = match mode {
+            MacvlanMode::Bridge => MacVlanMode::Bridge,
+            MacvlanMode::Private => MacVlanMode::Private,
+            MacvlanMode::Vepa => MacVlanMode::Vepa,
+            MacvlanMode::Passthru => MacVlanMode::Passthrough,
+        };
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::MacVlan)
+            .name(name.to_string())
+            .link(parent)
+            .address(mac.to_vec())
+            .mtu(mtu)
+            .setns_by_fd(ns.as_raw_fd())
+            .up()
+            .set_info_data(InfoData::MacVlan(vec![InfoMacVlan::Mode(mode)]))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink(format!("create macvlan {name}"), e))
+    }
+
+    /// Changes a link in place: any of up, MTU, MAC, controller.
+    pub async fn set_link(&self, index: u32, what: &str, change: LinkChange) -> Result<()> {
+        let mut b = LinkUnspec::new_with_index(index);
+        if change.up {
+            b = b.up();
+        }
+        if let Some(mtu) = change.mtu {
+            b = b.mtu(mtu);
+        }
+        if let Some(mac) = change.mac {
+            b = b.address(mac.to_vec());
+        }
+        if let Some(c) = change.controller {
+            b = b.controller(c);
+        }
+        self.handle
+            .link()
+            .set(b.build())
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink(format!("update link {what}"), e))
+    }
+
+    pub async fn delete_link(&self, index: u32, what: &str) -> Result<()> {
+        match self
+            .handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink(format!("delete link {what}"), e))
+        {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    pub async fn add_address(&self, index: u32, net: IpNet, what: &str) -> Result<()> {
+        let mut req = self
+            .handle
+            .address()
+            .add(index, net.addr(), net.prefix_len())
+            .replace();
+        if net.addr().is_ipv6() {
+            // Skip duplicate address detection, as Docker does: the address
+            // is usable at once instead of after a second of "tentative".
+            req.message_mut().attributes.push(AddressAttribute::Flags(
+                netlink_packet_route::address::AddressFlags::Nodad,
+            ));
+        }
+        req.execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink(format!("add address {net} to {what}"), e))
+    }
+
+    pub async fn delete_address(&self, index: u32, net: IpNet, what: &str) -> Result<()> {
+        let mut msg = netlink_packet_route::address::AddressMessage::default();
+        msg.header.index = index;
+        msg.header.prefix_len = net.prefix_len();
+        msg.header.family = if net.addr().is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        msg.attributes.push(AddressAttribute::Address(net.addr()));
+        if net.addr().is_ipv4() {
+            msg.attributes.push(AddressAttribute::Local(net.addr()));
+        }
+        match self.handle.address().del(msg).execute().await.map_err(|e| {
+            NetlinkError::from_rtnetlink(format!("delete address {net} from {what}"), e)
+        }) {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// `ip route replace default via GW dev INDEX`.
+    pub async fn replace_default_route(&self, index: u32, gateway: IpAddr) -> Result<()> {
+        let msg = match gateway {
+            IpAddr::V4(gw) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .output_interface(index)
+                .gateway(gw)
+                .build(),
+            IpAddr::V6(gw) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .output_interface(index)
+                .gateway(gw)
+                .build(),
+        };
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                NetlinkError::from_rtnetlink(format!("set default route via {gateway}"), e)
+            })
+    }
+
+    pub async fn delete_route(&self, route: &DefaultRoute) -> Result<()> {
+        match self
+            .handle
+            .route()
+            .del(route.message.clone())
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink("delete default route", e))
+        {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// Fields to change on an existing link; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LinkChange {
+    pub up: bool,
+    pub mtu: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    pub controller: Option<u32>,
+}
+
+impl LinkChange {
+    pub fn is_empty(&self) -> bool {
+        *self == LinkChange::default()
+    }
+}

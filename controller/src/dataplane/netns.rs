@@ -1,0 +1,116 @@
+//! Named network namespaces, made the way `ip netns add` makes them: a
+//! file in /run/netns with the namespace bind-mounted on it, on a shared
+//! mount so the namespace is visible to every mount namespace (and to a
+//! DaemonSet's host through bidirectional propagation).
+//!
+//! `setns` and `unshare` only ever run on short-lived threads of our own or
+//! the reconciler's dedicated thread, never on a tokio worker.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+use crate::plan::attachment::NETNS_DIR;
+
+/// Makes /run/netns a shared mount point (once per boot, as iproute2 does).
+fn ensure_netns_dir() -> io::Result<()> {
+    fs::create_dir_all(NETNS_DIR)?;
+    let shared = |dir: &str| {
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    match shared(NETNS_DIR) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) => {
+            // Not a mount point yet: bind it onto itself, then share it.
+            mount(
+                Some(NETNS_DIR),
+                NETNS_DIR,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )?;
+            shared(NETNS_DIR).map_err(io::Error::from)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Is `path` a live namespace (an nsfs mount), not a leftover plain file?
+pub fn is_namespace(path: &Path) -> bool {
+    // nsfs files live on a filesystem whose device differs from the
+    // directory holding them once mounted; a cheaper and sufficient check is
+    // that setns-able files report an inode on the nsfs device (dev major 0).
+    match (fs::metadata(path), path.parent().map(fs::metadata)) {
+        (Ok(file), Some(Ok(dir))) => file.dev() != dir.dev(),
+        _ => false,
+    }
+}
+
+/// Creates `/run/netns/<name>` holding a new network namespace with lo up
+/// left to the caller. Succeeds if it already exists as a namespace.
+pub fn create(name: &str) -> io::Result<()> {
+    ensure_netns_dir()?;
+    let path = Path::new(NETNS_DIR).join(name);
+    if is_namespace(&path) {
+        return Ok(());
+    }
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    let target = path.clone();
+    let result = std::thread::spawn(move || -> io::Result<()> {
+        // unshare(CLONE_NEWNET) changes only this thread's namespace; the
+        // thread ends right after, and the bind mount keeps the namespace.
+        unshare(CloneFlags::CLONE_NEWNET)?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        Ok(())
+    })
+    .join()
+    .map_err(|_| io::Error::other("netns creation thread panicked"))?;
+    if result.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+    result
+}
+
+/// Deletes `/run/netns/<name>`; succeeds if it is already gone.
+pub fn delete(name: &str) -> io::Result<()> {
+    let path = Path::new(NETNS_DIR).join(name);
+    match umount2(&path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `f` with the calling thread switched into the namespace `ns`, and
+/// switches back afterwards. Only for the reconciler's dedicated thread.
+pub fn with_netns<T>(ns: &File, f: impl FnOnce() -> T) -> io::Result<T> {
+    let home = File::open("/proc/thread-self/ns/net")?;
+    setns(ns, CloneFlags::CLONE_NEWNET)?;
+    let out = f();
+    setns(&home, CloneFlags::CLONE_NEWNET)
+        .expect("returning to the agent's own namespace must not fail");
+    Ok(out)
+}

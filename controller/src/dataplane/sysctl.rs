@@ -1,0 +1,34 @@
+//! Per-namespace sysctls under /proc/sys/net, which always reflect the
+//! network namespace of the thread that opens them.
+
+use std::fs;
+use std::io;
+
+/// Sets `/proc/sys/<key>` to `value` if it differs; returns whether it wrote.
+pub fn ensure(key: &str, value: &str) -> io::Result<bool> {
+    let path = format!("/proc/sys/{key}");
+    let current = fs::read_to_string(&path)?;
+    if current.trim() == value {
+        return Ok(false);
+    }
+    fs::write(&path, value)?;
+    Ok(true)
+}
+
+/// Reads `/proc/sys/<key>`.
+pub fn read(key: &str) -> io::Result<String> {
+    Ok(fs::read_to_string(format!("/proc/sys/{key}"))?
+        .trim()
+        .to_string())
+}
+
+/// The kernel's ephemeral port range (net.ipv4.ip_local_port_range).
+pub fn ephemeral_port_range() -> (u16, u16) {
+    read("net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>());
+            Some((it.next()?.ok()?, it.next()?.ok()?))
+        })
+        .unwrap_or((32768, 60999))
+}

@@ -1,0 +1,149 @@
+//! One reconcile, whatever woke it: load -> plan -> sync -> status.
+//!
+//! Level-triggered: each pass computes the node's whole desired state from
+//! the objects and converges to it; it never asks why it was called. The
+//! reconciler lives on one dedicated thread (it may `setns` briefly to open
+//! sandbox sockets), so it is never run on a shared tokio worker.
+
+use std::time::Instant;
+
+use crate::dataplane::{facts, sysctl, Dataplane, SyncReport};
+use crate::objects::ObjectSet;
+use crate::plan::{self, Allocations, NodeFacts};
+use crate::source::manifests::LoadError;
+use crate::state::{Owned, StateDir, StatusStore};
+use crate::status::{self, Verdict};
+
+/// What one pass did, for logs, `--once` and metrics.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub verdicts: Vec<Verdict>,
+    pub mutations: u32,
+    pub node_errors: Vec<String>,
+    pub load_errors: Vec<String>,
+    pub duration: std::time::Duration,
+}
+
+impl Outcome {
+    pub fn all_ready(&self) -> bool {
+        self.verdicts.iter().all(|v| v.ready)
+            && self.node_errors.is_empty()
+            && self.load_errors.is_empty()
+    }
+    /// Human-readable problems, one per line.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.load_errors.clone();
+        out.extend(
+            self.verdicts
+                .iter()
+                .filter(|v| !v.ready)
+                .map(|v| format!("{}: {}: {}", v.key, v.reason, v.message)),
+        );
+        out.extend(self.node_errors.iter().map(|e| format!("node: {e}")));
+        out
+    }
+}
+
+pub struct Reconciler {
+    state: StateDir,
+    node_name: String,
+    dataplane: Dataplane,
+    allocations: Allocations,
+    owned: Owned,
+    status: StatusStore,
+}
+
+impl Reconciler {
+    /// Needs a tokio runtime context (netlink sockets).
+    pub fn new(state: StateDir, node_name: String) -> anyhow::Result<Self> {
+        let dataplane = Dataplane::new()?;
+        Ok(Reconciler {
+            allocations: state.load_allocations(),
+            owned: state.load_owned(),
+            status: state.load_status(),
+            state,
+            node_name,
+            dataplane,
+        })
+    }
+
+    async fn facts(&self) -> NodeFacts {
+        let node_addresses = match self.dataplane.node().addresses().await {
+            Ok(addrs) => addrs
+                .into_iter()
+                .map(|a| a.net)
+                .filter(|n| !n.addr().is_loopback())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        NodeFacts {
+            node_name: self.node_name.clone(),
+            ephemeral_ports: sysctl::ephemeral_port_range(),
+            bound_ports: facts::bound_ports(),
+            node_addresses,
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %self.node_name, objects = objects.len()))]
+    pub async fn reconcile(&mut self, objects: &ObjectSet, load_errors: &[LoadError]) -> Outcome {
+        let started = Instant::now();
+        let mut objects = objects.clone();
+        objects.sort_by_creation();
+        let facts = self.facts().await;
+        let plan = plan::plan(&objects, &facts, &self.allocations);
+
+        // Allocations are durable before any container can be given one.
+        let mut node_errors = Vec::new();
+        if plan.allocations != self.allocations {
+            match self.state.store_allocations(&plan.allocations) {
+                Ok(()) => self.allocations = plan.allocations.clone(),
+                Err(e) => node_errors.push(format!("persisting allocations: {e}")),
+            }
+        }
+        let state = self.state.clone();
+        let mut record = |owned: &Owned| state.store_owned(owned).map_err(|e| e.to_string());
+        let report: SyncReport = self
+            .dataplane
+            .sync(&plan.desired, &mut self.owned, &mut record)
+            .await;
+        node_errors.extend(report.node_errors.iter().cloned());
+
+        let now = k8s_openapi::jiff::Timestamp::now()
+            .round(k8s_openapi::jiff::Unit::Second)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let computed = status::compute(
+            &objects,
+            &plan,
+            &report,
+            load_errors,
+            &self.status,
+            &self.node_name,
+            &now,
+        );
+        if computed.store != self.status {
+            match self.state.store_status(&computed.store) {
+                Ok(()) => self.status = computed.store,
+                Err(e) => node_errors.push(format!("writing status: {e}")),
+            }
+        }
+        let outcome = Outcome {
+            verdicts: computed.verdicts,
+            mutations: report.mutations,
+            node_errors,
+            load_errors: load_errors.iter().map(|e| e.to_string()).collect(),
+            duration: started.elapsed(),
+        };
+        for failure in outcome.failures() {
+            tracing::warn!("{failure}");
+        }
+        tracing::info!(
+            mutations = outcome.mutations,
+            ready = outcome.verdicts.iter().filter(|v| v.ready).count(),
+            not_ready = outcome.verdicts.iter().filter(|v| !v.ready).count(),
+            duration_ms = outcome.duration.as_secs_f64() * 1000.0,
+            "reconciled"
+        );
+        outcome
+    }
+}

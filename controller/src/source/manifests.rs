@@ -1,0 +1,296 @@
+//! Standalone mode's source: the same YAML `kubectl apply -f` takes, from a
+//! file or a directory (not recursive, like kubectl), multi-document files
+//! and `List` objects included.
+//!
+//! One bad document never hides the others: every problem becomes a
+//! [`LoadError`], tied to an object when its kind and name can be read.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::api::{Attachment, Kind, Network, PortMapping, API_VERSION};
+use crate::objects::{KindName, ObjectKey, ObjectSet};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadError {
+    pub file: PathBuf,
+    /// 1-based document number in the file.
+    pub document: usize,
+    /// The object, when its kind and name could be read.
+    pub key: Option<ObjectKey>,
+    pub message: String,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (document {})", self.file.display(), self.document)?;
+        if let Some(key) = &self.key {
+            write!(f, " {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub objects: ObjectSet,
+    pub errors: Vec<LoadError>,
+}
+
+fn is_manifest(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+/// The manifest files under `path`, sorted.
+pub fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && is_manifest(p)
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        files.sort();
+        Ok(files)
+    } else {
+        fs::metadata(path)?;
+        Ok(vec![path.to_path_buf()])
+    }
+}
+
+/// A cheap fingerprint of the manifest set: changes when a file is added,
+/// removed or modified. Used to decide when to reload.
+pub fn fingerprint(path: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    manifest_files(path)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let meta = fs::metadata(&p).ok();
+            let modified = meta.as_ref().and_then(|m| m.modified().ok());
+            let len = meta.map(|m| m.len()).unwrap_or(0);
+            (p, modified, len)
+        })
+        .collect()
+}
+
+/// Loads every object under `path`; problems are collected, not fatal.
+pub fn load(path: &Path) -> Loaded {
+    let mut loaded = Loaded::default();
+    let files = match manifest_files(path) {
+        Ok(files) => files,
+        Err(e) => {
+            loaded.errors.push(LoadError {
+                file: path.into(),
+                document: 0,
+                key: None,
+                message: format!("cannot read manifests: {e}"),
+            });
+            return loaded;
+        }
+    };
+    let mut seen = BTreeSet::new();
+    for file in files {
+        load_file(&file, &mut loaded, &mut seen);
+    }
+    loaded
+}
+
+fn load_file(file: &Path, loaded: &mut Loaded, seen: &mut BTreeSet<ObjectKey>) {
+    let text = match fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            loaded.errors.push(LoadError {
+                file: file.into(),
+                document: 0,
+                key: None,
+                message: format!("cannot read: {e}"),
+            });
+            return;
+        }
+    };
+    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let document = i + 1;
+        let value = match Value::deserialize(doc) {
+            Ok(Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                loaded.errors.push(LoadError {
+                    file: file.into(),
+                    document,
+                    key: None,
+                    message: format!("malformed YAML: {e}"),
+                });
+                // The parser cannot resynchronise after a syntax error.
+                break;
+            }
+        };
+        let items = match value.get("kind").and_then(Value::as_str) {
+            Some("List") => value
+                .get("items")
+                .and_then(Value::as_sequence)
+                .cloned()
+                .unwrap_or_default(),
+            _ => vec![value],
+        };
+        for item in items {
+            if let Err(e) = add_object(item, loaded, seen) {
+                loaded.errors.push(LoadError {
+                    file: file.into(),
+                    document,
+                    key: e.0,
+                    message: e.1,
+                });
+            }
+        }
+    }
+}
+
+type ObjectError = (Option<ObjectKey>, String);
+
+fn add_object(
+    value: Value,
+    loaded: &mut Loaded,
+    seen: &mut BTreeSet<ObjectKey>,
+) -> Result<(), ObjectError> {
+    let kind_text = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .map(String::from);
+    let namespace = value
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .map(String::from);
+    let kind = match Kind::parse(&kind_text) {
+        Some(k) if k.as_str() == kind_text => k,
+        _ if kind_text.is_empty() => return Err((None, "document has no kind".into())),
+        _ => {
+            return Err((
+                None,
+                format!(
+                    "unknown kind {kind_text:?} (netlet reads Network, Attachment and PortMapping)"
+                ),
+            ))
+        }
+    };
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return Err((None, format!("{kind} has no metadata.name")));
+    };
+    let namespace = kind
+        .namespaced()
+        .then(|| namespace.unwrap_or_else(|| "default".into()));
+    let key = ObjectKey {
+        kind: KindName::from(kind),
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    if api_version != API_VERSION {
+        return Err((
+            Some(key),
+            format!("unsupported apiVersion {api_version:?} for {kind}; expected {API_VERSION}"),
+        ));
+    }
+    if !seen.insert(key.clone()) {
+        return Err((
+            Some(key),
+            "defined more than once; the first definition is used".into(),
+        ));
+    }
+    let invalid = |e: serde_yaml::Error| (Some(key.clone()), format!("invalid {kind}: {e}"));
+    match kind {
+        Kind::Network => {
+            let net: Network = serde_yaml::from_value(value).map_err(invalid)?;
+            loaded.objects.networks.push(net);
+        }
+        Kind::Attachment => {
+            let mut att: Attachment = serde_yaml::from_value(value).map_err(invalid)?;
+            att.metadata.namespace = namespace;
+            loaded.objects.attachments.push(att);
+        }
+        Kind::PortMapping => {
+            let mut pm: PortMapping = serde_yaml::from_value(value).map_err(invalid)?;
+            pm.metadata.namespace = namespace;
+            loaded.objects.port_mappings.push(pm);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        fs::write(dir.join(name), text).unwrap();
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("netlet-manifests-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn loads_multi_document_files_and_reports_bad_ones_without_losing_others() {
+        let dir = temp_dir("mixed");
+        write(
+            &dir,
+            "a.yaml",
+            "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: n}\nspec:\n  ipam: {config: [{subnet: 10.0.0.0/24}]}\n---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {name: c1}\nspec: {network: n, sandbox: {netns: c1}}\n",
+        );
+        write(&dir, "b.yaml", "this: is: not: yaml: [\n");
+        write(&dir, "c.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n---\napiVersion: netlet.io/v1\nkind: Network\nmetadata: {name: old}\n");
+        write(&dir, "d.yaml", "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: typed}\nspec: {mtu: lots}\n");
+        write(&dir, "notes.txt", "ignored");
+        let loaded = load(&dir);
+        assert_eq!(loaded.objects.networks.len(), 1);
+        assert_eq!(loaded.objects.attachments.len(), 1);
+        assert_eq!(
+            loaded.objects.attachments[0].metadata.namespace.as_deref(),
+            Some("default")
+        );
+        let messages: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(loaded.errors.len(), 4, "{messages:#?}");
+        assert!(messages[0].contains("malformed YAML"));
+        assert!(messages[1].contains("unknown kind \"Pod\""));
+        assert!(messages[2].contains("unsupported apiVersion"));
+        assert!(messages[3].contains("invalid Network"));
+        assert_eq!(loaded.errors[3].key, Some(ObjectKey::network("typed")));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn duplicate_objects_keep_the_first() {
+        let dir = temp_dir("dup");
+        let net = "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: n}\nspec: {driver: null}\n";
+        write(&dir, "a.yaml", &format!("{net}---\n{net}"));
+        let loaded = load(&dir);
+        assert_eq!(loaded.objects.networks.len(), 1);
+        assert!(loaded.errors[0].message.contains("more than once"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

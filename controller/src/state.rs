@@ -1,0 +1,168 @@
+//! The state directory: what must survive a crash or restart.
+//!
+//! - `allocations.json`: addresses, interface names and ephemeral ports held
+//!   by objects (the plan's memory; losing it could move an address).
+//! - `owned.json`: namespaces netlet created, written *before* creating
+//!   them, so a crash never leaks one (links carry their own marker).
+//! - `status.json`: the last status of every object, for `netlet get`.
+//!
+//! Every file is written atomically: temp file, fsync, rename, fsync dir.
+//! A file that cannot be parsed is reported and set aside (`*.corrupt`),
+//! never silently trusted.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Allocations;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/netlet";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state dir {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("encoding {file}: {source}")]
+    Encode {
+        file: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Namespaces netlet created and may therefore delete.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Owned {
+    #[serde(default)]
+    pub netns: BTreeSet<String>,
+}
+
+/// One object's last reported state, as `netlet get` shows it.
+pub type StatusStore = Vec<serde_json::Value>;
+
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StateError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+            dir: dir.clone(),
+            source,
+        })?;
+        Ok(StateDir { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn load<T: DeserializeOwned + Default>(&self, name: &str) -> T {
+        let path = self.dir.join(name);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return T::default(),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot read state file; starting from empty");
+                return T::default();
+            }
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(value) => value,
+            Err(e) => {
+                let aside = path.with_extension("json.corrupt");
+                tracing::error!(
+                    file = %path.display(), error = %e, moved_to = %aside.display(),
+                    "state file is corrupt; it is set aside and rebuilt from the kernel and the objects"
+                );
+                let _ = fs::rename(&path, &aside);
+                T::default()
+            }
+        }
+    }
+
+    fn store<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Encode {
+            file: name.into(),
+            source,
+        })?;
+        write_atomically(&self.dir, name, &bytes).map_err(|source| StateError::Io {
+            dir: self.dir.clone(),
+            source,
+        })
+    }
+
+    pub fn load_allocations(&self) -> Allocations {
+        self.load("allocations.json")
+    }
+    pub fn store_allocations(&self, a: &Allocations) -> Result<(), StateError> {
+        self.store("allocations.json", a)
+    }
+    pub fn load_owned(&self) -> Owned {
+        self.load("owned.json")
+    }
+    pub fn store_owned(&self, o: &Owned) -> Result<(), StateError> {
+        self.store("owned.json", o)
+    }
+    pub fn load_status(&self) -> StatusStore {
+        self.load("status.json")
+    }
+    pub fn store_status(&self, s: &StatusStore) -> Result<(), StateError> {
+        self.store("status.json", s)
+    }
+}
+
+/// temp file in the same directory, fsync, rename over, fsync the directory.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))?;
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("netlet-state-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn allocations_round_trip() {
+        let dir = temp_dir("rt");
+        let state = StateDir::open(&dir).unwrap();
+        let mut a = Allocations::default();
+        a.ports.insert("default/web|tcp|80|0.0.0.0".into(), 32768);
+        state.store_allocations(&a).unwrap();
+        assert_eq!(state.load_allocations(), a);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_file_is_set_aside_not_trusted() {
+        let dir = temp_dir("corrupt");
+        let state = StateDir::open(&dir).unwrap();
+        fs::write(dir.join("allocations.json"), b"{\"endpoints\": {trunc").unwrap();
+        assert_eq!(state.load_allocations(), Allocations::default());
+        assert!(dir.join("allocations.json.corrupt").exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
