@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::source::manifests;
 use crate::state::StateDir;
@@ -16,6 +17,8 @@ pub struct StandaloneOptions {
     pub node_name: String,
     pub once: bool,
     pub resync_period: Duration,
+    /// Where to serve /metrics, /healthz, /readyz (None: not at all).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// How often the manifest set is checked for changes.
@@ -24,7 +27,15 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// Runs until SIGTERM/SIGINT (or one pass with `once`). Returns the exit code.
 pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
     let state = StateDir::open(&opts.state_dir)?;
-    let mut reconciler = Reconciler::new(state, opts.node_name.clone())?;
+    let metrics = Metrics::new();
+    let mut reconciler =
+        Reconciler::new(state, opts.node_name.clone())?.with_metrics(metrics.clone());
+    if let (Some(addr), false) = (opts.metrics_addr, opts.once) {
+        match crate::metrics::serve(addr, metrics).await {
+            Ok(bound) => tracing::info!(%bound, "serving /metrics, /healthz, /readyz"),
+            Err(e) => tracing::warn!(%addr, error = %e, "cannot serve metrics; continuing without"),
+        }
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tracing::info!(manifests = %opts.manifests.display(), state_dir = %opts.state_dir.display(), node = %opts.node_name, "netlet standalone agent starting");

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod dataplane;
 pub mod get;
+pub mod metrics;
 pub mod naming;
 pub mod objects;
 pub mod plan;

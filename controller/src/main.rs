@@ -49,7 +49,7 @@ struct RunArgs {
     /// Full reconcile at least this often, repairing drift (e.g. 30s, 5m).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     resync_period: Duration,
-    /// Address for /metrics, /healthz, /readyz.
+    /// Address for /metrics, /healthz, /readyz (default 127.0.0.1:9464; "off" disables).
     #[arg(long)]
     metrics_addr: Option<String>,
     #[arg(long)]
@@ -183,6 +183,16 @@ fn main() -> ExitCode {
                 node_name: node_name(args.node_name),
                 once: args.once,
                 resync_period: args.resync_period,
+                metrics_addr: match args.metrics_addr.as_deref().unwrap_or("127.0.0.1:9464") {
+                    "" | "0" | "off" => None,
+                    text => match text.parse() {
+                        Ok(addr) => Some(addr),
+                        Err(_) => {
+                            eprintln!("error: --metrics-addr {text:?} is not an address:port");
+                            return ExitCode::from(2);
+                        }
+                    },
+                },
             };
             match runtime.block_on(netlet::agent::run_standalone(opts)) {
                 Ok(code) => ExitCode::from(code as u8),

@@ -7,8 +7,13 @@
 
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use crate::dataplane::{facts, sysctl, Dataplane, SyncReport};
+use crate::metrics::{AddressUsage, Metrics};
 use crate::objects::ObjectSet;
+use crate::plan::desired::DesiredState;
 use crate::plan::{self, Allocations, NodeFacts};
 use crate::source::manifests::LoadError;
 use crate::state::{Owned, StateDir, StatusStore};
@@ -19,6 +24,7 @@ use crate::status::{self, Verdict};
 pub struct Outcome {
     pub verdicts: Vec<Verdict>,
     pub mutations: u32,
+    pub mutations_by_kind: std::collections::BTreeMap<&'static str, u32>,
     pub node_errors: Vec<String>,
     pub load_errors: Vec<String>,
     pub duration: std::time::Duration,
@@ -51,6 +57,10 @@ pub struct Reconciler {
     allocations: Allocations,
     owned: Owned,
     status: StatusStore,
+    metrics: Option<Arc<Metrics>>,
+    /// The previous pass's desired state: mutations made while it is
+    /// unchanged are drift repairs.
+    last_desired: Option<DesiredState>,
 }
 
 impl Reconciler {
@@ -64,7 +74,14 @@ impl Reconciler {
             state,
             node_name,
             dataplane,
+            metrics: None,
+            last_desired: None,
         })
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn facts(&self) -> NodeFacts {
@@ -129,7 +146,8 @@ impl Reconciler {
         }
         let outcome = Outcome {
             verdicts: computed.verdicts,
-            mutations: report.mutations,
+            mutations: report.total_mutations(),
+            mutations_by_kind: report.mutations.clone(),
             node_errors,
             load_errors: load_errors.iter().map(|e| e.to_string()).collect(),
             duration: started.elapsed(),
@@ -144,6 +162,30 @@ impl Reconciler {
             duration_ms = outcome.duration.as_secs_f64() * 1000.0,
             "reconciled"
         );
+        if let Some(metrics) = &self.metrics {
+            let drift = self.last_desired.as_ref() == Some(&plan.desired);
+            let usage: BTreeMap<String, AddressUsage> = plan
+                .networks
+                .iter()
+                .filter_map(|(name, n)| {
+                    n.as_ref().ok().map(|i| {
+                        (
+                            name.clone(),
+                            AddressUsage {
+                                in_use: i.addresses_in_use,
+                                capacity: i.address_capacity,
+                            },
+                        )
+                    })
+                })
+                .collect();
+            let mut ports: BTreeMap<&'static str, i64> = BTreeMap::new();
+            for p in &plan.desired.firewall.ports {
+                *ports.entry(p.protocol.as_str()).or_default() += 1;
+            }
+            metrics.record(&outcome, drift, &usage, &ports);
+        }
+        self.last_desired = Some(plan.desired);
         outcome
     }
 }

@@ -28,7 +28,8 @@ use netlink::{Link, LinkChange, Netlink, NetlinkError};
 /// What one sync did and what went wrong, per object.
 #[derive(Debug, Default)]
 pub struct SyncReport {
-    pub mutations: u32,
+    /// Kernel changes by kind (link, address, route, netns, sysctl, nft).
+    pub mutations: BTreeMap<&'static str, u32>,
     /// By attachment `namespace/name`.
     pub endpoint_errors: BTreeMap<String, Failure>,
     /// By network name.
@@ -40,6 +41,12 @@ pub struct SyncReport {
 }
 
 impl SyncReport {
+    pub fn mutated(&mut self, kind: &'static str) {
+        *self.mutations.entry(kind).or_default() += 1;
+    }
+    pub fn total_mutations(&self) -> u32 {
+        self.mutations.values().sum()
+    }
     fn kernel(op: &NetlinkError) -> Failure {
         Failure::new(reason::KERNEL_ERROR, op.to_string())
     }
@@ -122,7 +129,7 @@ impl Dataplane {
         }
         for (key, value) in wanted {
             match sysctl::ensure(&key, value) {
-                Ok(true) => report.mutations += 1,
+                Ok(true) => report.mutated("sysctl"),
                 Ok(false) => {}
                 Err(e) => report.node_errors.push(format!("sysctl {key}: {e}")),
             }
@@ -158,7 +165,7 @@ impl Dataplane {
                     }
                     None => {
                         self.node.create_bridge(&bridge.name, bridge.mtu, &alias).await.map_err(|e| SyncReport::kernel(&e))?;
-                        report.mutations += 1;
+                        report.mutated("link");
                         let links = self.node.links().await.map_err(|e| SyncReport::kernel(&e))?;
                         links.into_iter().find(|l| l.name == bridge.name).ok_or_else(|| Failure::new(reason::KERNEL_ERROR, format!("bridge {} vanished after creation", bridge.name)))?
                     }
@@ -166,21 +173,21 @@ impl Dataplane {
                 let change = LinkChange { up: !link.up, mtu: (link.mtu != bridge.mtu).then_some(bridge.mtu), ..Default::default() };
                 if !change.is_empty() {
                     self.node.set_link(link.index, &bridge.name, change).await.map_err(|e| SyncReport::kernel(&e))?;
-                    report.mutations += 1;
+                    report.mutated("link");
                 }
                 let have: BTreeSet<IpNet> = addresses.iter().filter(|a| a.index == link.index && !is_link_local(&a.net)).map(|a| a.net).collect();
                 let want: BTreeSet<IpNet> = bridge.addresses.iter().copied().collect();
                 for net in want.difference(&have) {
                     self.node.add_address(link.index, *net, &bridge.name).await.map_err(|e| SyncReport::kernel(&e))?;
-                    report.mutations += 1;
+                    report.mutated("address");
                 }
                 for net in have.difference(&want) {
                     self.node.delete_address(link.index, *net, &bridge.name).await.map_err(|e| SyncReport::kernel(&e))?;
-                    report.mutations += 1;
+                    report.mutated("address");
                 }
                 // Published ports on 127.0.0.1 are DNATed out through the bridge.
                 match sysctl::ensure(&format!("net/ipv4/conf/{}/route_localnet", bridge.name), "1") {
-                    Ok(true) => report.mutations += 1,
+                    Ok(true) => report.mutated("sysctl"),
                     Ok(false) => {}
                     Err(e) => return Err(Failure::new(reason::KERNEL_ERROR, format!("route_localnet on {}: {e}", bridge.name))),
                 }
@@ -223,7 +230,7 @@ impl Dataplane {
                     }
                 }
                 match netns::create(name) {
-                    Ok(()) => report.mutations += 1,
+                    Ok(()) => report.mutated("netns"),
                     Err(e) => report
                         .node_errors
                         .push(format!("creating namespace {name}: {e}")),
@@ -332,7 +339,7 @@ impl Dataplane {
                     },
                 )
                 .await?;
-                report.mutations += 1;
+                report.mutated("link");
             }
         }
         let mut created = false;
@@ -376,7 +383,7 @@ impl Dataplane {
                 };
                 if !change.is_empty() {
                     sb.set_link(link.index, &ep.ifname, change).await?;
-                    report.mutations += 1;
+                    report.mutated("link");
                 }
                 let have: BTreeSet<IpNet> = addresses
                     .iter()
@@ -386,11 +393,11 @@ impl Dataplane {
                 let want: BTreeSet<IpNet> = ep.addresses.iter().copied().collect();
                 for net in want.difference(&have) {
                     sb.add_address(link.index, *net, &ep.ifname).await?;
-                    report.mutations += 1;
+                    report.mutated("address");
                 }
                 for net in have.difference(&want) {
                     sb.delete_address(link.index, *net, &ep.ifname).await?;
-                    report.mutations += 1;
+                    report.mutated("address");
                 }
                 Ok(())
             }
@@ -429,7 +436,7 @@ impl Dataplane {
                         if let Err(e) = sb.replace_default_route(index, gw).await {
                             report.endpoint_errors.insert(owner, SyncReport::kernel(&e));
                         } else {
-                            report.mutations += 1;
+                            report.mutated("route");
                         }
                     }
                     // Another default route through one of our interfaces is stale.
@@ -437,7 +444,7 @@ impl Dataplane {
                         r.oif != Some(index) && r.oif.is_some_and(|o| our_indexes.contains(&o))
                     }) {
                         sb.delete_route(r).await?;
-                        report.mutations += 1;
+                        report.mutated("route");
                     }
                 }
                 None => {
@@ -446,7 +453,7 @@ impl Dataplane {
                         .filter(|r| r.oif.is_some_and(|o| our_indexes.contains(&o)))
                     {
                         sb.delete_route(r).await?;
-                        report.mutations += 1;
+                        report.mutated("route");
                     }
                 }
             }
@@ -498,7 +505,7 @@ impl Dataplane {
                             .set_link(h.index, host_name, change)
                             .await
                             .map_err(|e| SyncReport::kernel(&e))?;
-                        report.mutations += 1;
+                        report.mutated("link");
                     }
                     return Ok(());
                 }
@@ -523,7 +530,7 @@ impl Dataplane {
                         .delete_link(h.index, host_name)
                         .await
                         .map_err(|e| SyncReport::kernel(&e))?;
-                    report.mutations += 1;
+                    report.mutated("link");
                 }
                 let alias = format!("{OWNER_ALIAS_PREFIX}attachment/{}", ep.owner);
                 self.node
@@ -538,7 +545,7 @@ impl Dataplane {
                     )
                     .await
                     .map_err(|e| SyncReport::kernel(&e))?;
-                report.mutations += 1;
+                report.mutated("link");
                 *created = true;
                 Ok(())
             }
@@ -566,7 +573,7 @@ impl Dataplane {
                     .create_macvlan(&ep.ifname, parent_link.index, *mode, file, ep.mac, ep.mtu)
                     .await
                     .map_err(|e| SyncReport::kernel(&e))?;
-                report.mutations += 1;
+                report.mutated("link");
                 *created = true;
                 Ok(())
             }
@@ -598,7 +605,7 @@ impl Dataplane {
                 stale.sort_by_key(|l| l.kind.as_deref() == Some("bridge"));
                 for link in stale {
                     match self.node.delete_link(link.index, &link.name).await {
-                        Ok(()) => report.mutations += 1,
+                        Ok(()) => report.mutated("link"),
                         Err(e) => report.node_errors.push(e.to_string()),
                     }
                 }
@@ -623,7 +630,7 @@ impl Dataplane {
             match netns::delete(&name) {
                 Ok(()) => {
                     if existed {
-                        report.mutations += 1;
+                        report.mutated("netns");
                     }
                     owned.netns.remove(&name);
                     if let Err(e) = record_owned(owned) {

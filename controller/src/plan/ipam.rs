@@ -114,6 +114,23 @@ fn from_u128(value: u128, v4: bool) -> IpAddr {
     }
 }
 
+/// How many addresses the subnet's range can hand out.
+pub fn capacity(subnet: &Subnet) -> u64 {
+    let (first, last) = (
+        to_u128(subnet.range.network()),
+        to_u128(subnet.range.broadcast()),
+    );
+    let size = last - first + 1;
+    let v4 = subnet.net.addr().is_ipv4();
+    let reserved = [subnet.net.network(), subnet.net.broadcast(), subnet.gateway]
+        .into_iter()
+        .chain(subnet.aux.iter().copied())
+        .filter(|ip| subnet.range.contains(ip) && (v4 || *ip != subnet.net.broadcast()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u128;
+    u64::try_from(size.saturating_sub(reserved)).unwrap_or(u64::MAX)
+}
+
 /// A static address must lie in the subnet and not be reserved.
 pub fn check_static(subnet: &Subnet, ip: IpAddr) -> Result<(), Failure> {
     if !subnet.net.contains(&ip) {
@@ -266,6 +283,32 @@ mod tests {
             .message
             .contains("auxiliary"));
         assert!(check_static(&s, ip("10.0.0.6")).is_ok());
+    }
+
+    #[test]
+    fn capacity_excludes_reserved_addresses() {
+        assert_eq!(
+            capacity(&subnet("10.0.0.0/24", "10.0.0.1", None, &["10.0.0.9"])),
+            252
+        );
+        assert_eq!(
+            capacity(&subnet(
+                "172.25.0.0/16",
+                "172.25.0.1",
+                Some("172.25.5.0/24"),
+                &[]
+            )),
+            256
+        );
+        assert_eq!(
+            capacity(&subnet("fd00::/64", "fd00::1", None, &[])),
+            u64::MAX - 1
+        );
+        assert_eq!(
+            capacity(&subnet("fd00::/48", "fd00::1", None, &[])),
+            u64::MAX,
+            "saturates"
+        );
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct NetworkInfo {
     pub bridge: Option<String>,
     pub gateways: Vec<String>,
     pub attachments: u32,
+    /// Addresses handed out (IPv4 and IPv6 counted separately).
+    pub addresses_in_use: u64,
+    /// Addresses the ranges can hand out (saturating for big IPv6 ranges).
+    pub address_capacity: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -301,12 +305,26 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
             out.desired.ipv4_forwarding |= net.subnet_v4().is_some();
             out.desired.ipv6_forwarding |= net.subnet_v6().is_some();
         }
+        let addresses_in_use = out
+            .allocations
+            .endpoints
+            .values()
+            .filter(|h| &h.network == name)
+            .map(|h| u64::from(h.ipv4.is_some()) + u64::from(h.ipv6.is_some()))
+            .sum();
+        let address_capacity = net
+            .subnets
+            .iter()
+            .map(ipam::capacity)
+            .fold(0u64, u64::saturating_add);
         out.networks.insert(
             name.clone(),
             Ok(NetworkInfo {
                 bridge: net.has_bridge().then(|| net.bridge.clone()),
                 gateways,
                 attachments: count,
+                addresses_in_use,
+                address_capacity,
             }),
         );
     }

@@ -1,0 +1,298 @@
+//! Prometheus metrics and the admin endpoint (`/metrics`, `/healthz`,
+//! `/readyz`). One struct registers every metric; the reconciler records
+//! into it after each pass.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::reconcile::Outcome;
+
+pub struct Metrics {
+    pub registry: Registry,
+    reconcile_duration: HistogramVec,
+    reconciles: IntCounterVec,
+    errors: IntCounterVec,
+    objects: IntGaugeVec,
+    mutations: IntCounterVec,
+    drift_repairs: IntCounterVec,
+    addresses_in_use: IntGaugeVec,
+    address_capacity: IntGaugeVec,
+    published_ports: IntGaugeVec,
+    /// Set after the first complete reconcile: `/readyz` answers 200.
+    ready: AtomicBool,
+}
+
+/// Per-network address usage, computed by the reconciler.
+#[derive(Clone, Debug, Default)]
+pub struct AddressUsage {
+    pub in_use: u64,
+    pub capacity: u64,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    r.expect("metric definitions are static and valid")
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new_custom(Some("netlet".into()), None).expect("valid prefix");
+        let reconcile_duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "reconcile_duration_seconds",
+                "Time of one full reconcile of the node",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &[],
+        ));
+        let reconciles = must(IntCounterVec::new(
+            Opts::new(
+                "reconciles_total",
+                "Reconciles by result (ready: every object Ready)",
+            ),
+            &["result"],
+        ));
+        let errors = must(IntCounterVec::new(
+            Opts::new(
+                "reconcile_errors_total",
+                "Objects found not Ready, by reason, summed over reconciles",
+            ),
+            &["reason"],
+        ));
+        let objects = must(IntGaugeVec::new(
+            Opts::new(
+                "objects",
+                "Objects handled by this agent, by kind and readiness",
+            ),
+            &["kind", "ready"],
+        ));
+        let mutations = must(IntCounterVec::new(
+            Opts::new(
+                "kernel_mutations_total",
+                "Changes made to the kernel, by kind",
+            ),
+            &["kind"],
+        ));
+        let drift_repairs = must(IntCounterVec::new(
+            Opts::new("drift_repairs_total", "Kernel changes made while the desired state was unchanged (someone else changed the node)"),
+            &["kind"],
+        ));
+        let addresses_in_use = must(IntGaugeVec::new(
+            Opts::new("addresses_in_use", "Addresses assigned on a network"),
+            &["network"],
+        ));
+        let address_capacity = must(IntGaugeVec::new(
+            Opts::new("address_capacity", "Addresses a network can hand out"),
+            &["network"],
+        ));
+        let published_ports = must(IntGaugeVec::new(
+            Opts::new("published_ports", "Host ports published through nftables"),
+            &["protocol"],
+        ));
+        for c in [
+            Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconciles.clone()),
+            Box::new(errors.clone()),
+            Box::new(objects.clone()),
+            Box::new(mutations.clone()),
+            Box::new(drift_repairs.clone()),
+            Box::new(addresses_in_use.clone()),
+            Box::new(address_capacity.clone()),
+            Box::new(published_ports.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Arc::new(Metrics {
+            registry,
+            reconcile_duration,
+            reconciles,
+            errors,
+            objects,
+            mutations,
+            drift_repairs,
+            addresses_in_use,
+            address_capacity,
+            published_ports,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Records one reconcile. `drift` is true when the desired state did not
+    /// change since the previous pass, so every mutation was a repair.
+    pub fn record(
+        &self,
+        outcome: &Outcome,
+        drift: bool,
+        usage: &BTreeMap<String, AddressUsage>,
+        ports: &BTreeMap<&'static str, i64>,
+    ) {
+        self.reconcile_duration
+            .with_label_values::<&str>(&[])
+            .observe(outcome.duration.as_secs_f64());
+        self.reconciles
+            .with_label_values(&[if outcome.all_ready() {
+                "ready"
+            } else {
+                "not_ready"
+            }])
+            .inc();
+        for v in outcome.verdicts.iter().filter(|v| !v.ready) {
+            self.errors.with_label_values(&[v.reason.as_str()]).inc();
+        }
+        self.objects.reset();
+        for v in &outcome.verdicts {
+            let kind = crate::api::Kind::from(v.key.kind).as_str();
+            self.objects
+                .with_label_values(&[kind, if v.ready { "true" } else { "false" }])
+                .inc();
+        }
+        for (kind, n) in &outcome.mutations_by_kind {
+            self.mutations
+                .with_label_values(&[kind])
+                .inc_by(u64::from(*n));
+            if drift {
+                self.drift_repairs
+                    .with_label_values(&[kind])
+                    .inc_by(u64::from(*n));
+            }
+        }
+        self.addresses_in_use.reset();
+        self.address_capacity.reset();
+        for (network, u) in usage {
+            self.addresses_in_use
+                .with_label_values(&[network.as_str()])
+                .set(u.in_use as i64);
+            self.address_capacity
+                .with_label_values(&[network.as_str()])
+                .set(u.capacity as i64);
+        }
+        self.published_ports.reset();
+        for (protocol, n) in ports {
+            self.published_ports.with_label_values(&[protocol]).set(*n);
+        }
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+fn respond(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/metrics" => (StatusCode::OK, metrics.render()),
+        "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+        "/readyz" if metrics.is_ready() => (StatusCode::OK, "ok\n".to_string()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "first reconcile not finished\n".to_string(),
+        ),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+/// Serves the admin endpoints on `addr` until the runtime stops.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let metrics = metrics.clone();
+                    async move { Ok::<_, Infallible>(respond(&metrics, req.uri().path())) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::ObjectKey;
+    use crate::status::Verdict;
+
+    fn outcome(ready: bool) -> Outcome {
+        let mut o = Outcome::default();
+        o.verdicts.push(Verdict {
+            key: ObjectKey::network("n"),
+            ready,
+            reason: if ready { "Ready" } else { "InvalidSpec" }.into(),
+            message: String::new(),
+        });
+        o.mutations_by_kind.insert("link", 3);
+        o
+    }
+
+    #[test]
+    fn readiness_follows_the_first_reconcile() {
+        let m = Metrics::new();
+        assert_eq!(
+            respond(&m, "/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(respond(&m, "/healthz").status(), StatusCode::OK);
+        m.record(&outcome(true), false, &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(respond(&m, "/readyz").status(), StatusCode::OK);
+        assert_eq!(respond(&m, "/nope").status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn counters_move_with_reconciles() {
+        let m = Metrics::new();
+        let mut usage = BTreeMap::new();
+        usage.insert(
+            "n".to_string(),
+            AddressUsage {
+                in_use: 2,
+                capacity: 253,
+            },
+        );
+        m.record(&outcome(false), true, &usage, &BTreeMap::from([("tcp", 4)]));
+        let text = m.render();
+        assert!(
+            text.contains("netlet_reconciles_total{result=\"not_ready\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("netlet_reconcile_errors_total{reason=\"InvalidSpec\"} 1"));
+        assert!(text.contains("netlet_kernel_mutations_total{kind=\"link\"} 3"));
+        assert!(text.contains("netlet_drift_repairs_total{kind=\"link\"} 3"));
+        assert!(text.contains("netlet_objects{kind=\"Network\",ready=\"false\"} 1"));
+        assert!(text.contains("netlet_addresses_in_use{network=\"n\"} 2"));
+        assert!(text.contains("netlet_address_capacity{network=\"n\"} 253"));
+        assert!(text.contains("netlet_published_ports{protocol=\"tcp\"} 4"));
+        assert!(text.contains("netlet_reconcile_duration_seconds_count 1"));
+    }
+}
