@@ -49,7 +49,8 @@ struct RunArgs {
     /// Full reconcile at least this often, repairing drift (e.g. 30s, 5m).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     resync_period: Duration,
-    /// Address for /metrics, /healthz, /readyz (default 127.0.0.1:9464; "off" disables).
+    /// Address for /metrics, /healthz, /readyz (default 127.0.0.1:9464
+    /// standalone, 0.0.0.0:9464 in Kubernetes mode; "off" disables).
     #[arg(long)]
     metrics_addr: Option<String>,
     #[arg(long)]
@@ -173,28 +174,45 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let Some(manifests) = args.manifests else {
-                eprintln!("error: Kubernetes mode is not available in this build yet; use --manifests PATH (standalone mode)");
-                return ExitCode::from(2);
+            let kubernetes = args.manifests.is_none();
+            let default_metrics = if kubernetes {
+                "0.0.0.0:9464"
+            } else {
+                "127.0.0.1:9464"
             };
-            let opts = netlet::agent::StandaloneOptions {
-                manifests,
-                state_dir: args.state_dir,
-                node_name: node_name(args.node_name),
-                once: args.once,
-                resync_period: args.resync_period,
-                metrics_addr: match args.metrics_addr.as_deref().unwrap_or("127.0.0.1:9464") {
-                    "" | "0" | "off" => None,
-                    text => match text.parse() {
-                        Ok(addr) => Some(addr),
-                        Err(_) => {
-                            eprintln!("error: --metrics-addr {text:?} is not an address:port");
-                            return ExitCode::from(2);
-                        }
-                    },
+            let metrics_addr = match args.metrics_addr.as_deref().unwrap_or(default_metrics) {
+                "" | "0" | "off" => None,
+                text => match text.parse() {
+                    Ok(addr) => Some(addr),
+                    Err(_) => {
+                        eprintln!("error: --metrics-addr {text:?} is not an address:port");
+                        return ExitCode::from(2);
+                    }
                 },
             };
-            match runtime.block_on(netlet::agent::run_standalone(opts)) {
+            let node_name = node_name(args.node_name);
+            let result = match args.manifests {
+                None => runtime.block_on(netlet::source::kube::run_kubernetes(
+                    netlet::source::kube::KubeOptions {
+                        node_name,
+                        state_dir: args.state_dir,
+                        kubeconfig: args.kubeconfig,
+                        resync_period: args.resync_period,
+                        metrics_addr,
+                    },
+                )),
+                Some(manifests) => runtime.block_on(netlet::agent::run_standalone(
+                    netlet::agent::StandaloneOptions {
+                        manifests,
+                        state_dir: args.state_dir,
+                        node_name,
+                        once: args.once,
+                        resync_period: args.resync_period,
+                        metrics_addr,
+                    },
+                )),
+            };
+            match result {
                 Ok(code) => ExitCode::from(code as u8),
                 Err(e) => {
                     eprintln!("error: {e:#}");

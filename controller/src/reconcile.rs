@@ -79,6 +79,22 @@ impl Reconciler {
         })
     }
 
+    /// Adds allocations known from elsewhere (Kubernetes status) that the
+    /// state dir lacks; what the state dir holds wins.
+    pub fn seed_allocations(&mut self, held: Allocations) {
+        for (k, v) in held.endpoints {
+            self.allocations.endpoints.entry(k).or_insert(v);
+        }
+        for (k, v) in held.ports {
+            self.allocations.ports.entry(k).or_insert(v);
+        }
+    }
+
+    /// The last computed status of every object.
+    pub fn status(&self) -> &StatusStore {
+        &self.status
+    }
+
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self

@@ -3,4 +3,5 @@
 //!
 //! [`ObjectSet`]: crate::objects::ObjectSet
 
+pub mod kube;
 pub mod manifests;

@@ -1,0 +1,689 @@
+//! Kubernetes mode: desired objects from the API server, status and
+//! finalizers back to it. The only module that talks to the API.
+//!
+//! Contract (the same as kube-runtime's finalizer helper states for
+//! controllers): reconcile is level-triggered and idempotent; teardown is
+//! whatever the next reconcile does when an object is excluded from the
+//! desired set, so it works even if the object was never realized; a
+//! finalizer is removed only after a reconcile that excluded the object
+//! finished without node-level errors. The dataplane never depends on the
+//! API being reachable: while it is down, nothing is torn down.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{json, Value};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+
+use crate::api::{
+    ready_condition, Attachment, Condition, Network, NetworkNodeStatus, NetworkStatus, PortMapping,
+};
+use crate::metrics::Metrics;
+use crate::objects::{namespace_of, ObjectSet};
+use crate::plan::{Allocations, HeldEndpoint};
+use crate::reconcile::Reconciler;
+use crate::state::StateDir;
+use crate::status::key_of;
+
+/// Finalizer on Attachments and PortMappings: the node's agent tears the
+/// object down before it disappears.
+pub const TEARDOWN_FINALIZER: &str = "netlet.io/teardown";
+/// Finalizer on Networks: held while any Attachment references the network.
+pub const IN_USE_FINALIZER: &str = "netlet.io/in-use";
+
+pub struct KubeOptions {
+    pub node_name: String,
+    pub state_dir: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
+    pub resync_period: Duration,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Starts a reflector for `api` that pokes `changed` on every event.
+fn reflect<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "watch interrupted; retrying with backoff"),
+            }
+        }
+    });
+    store
+}
+
+fn selector_matches(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn has_finalizer<K: ResourceExt>(o: &K, f: &str) -> bool {
+    o.finalizers().iter().any(|x| x == f)
+}
+
+/// Addresses and ports recorded in status: the source of truth when the
+/// state dir was lost (a new node disk, a wiped /var/lib/netlet).
+fn allocations_from_status(
+    attachments: &[Attachment],
+    port_mappings: &[PortMapping],
+) -> Allocations {
+    let mut held = Allocations::default();
+    for a in attachments {
+        let Some(status) = &a.status else { continue };
+        let addr = |cidr: &Option<String>| {
+            cidr.as_deref()
+                .and_then(|c| c.split('/').next())
+                .and_then(|ip| ip.parse().ok())
+        };
+        let entry = HeldEndpoint {
+            network: a.spec.network.clone(),
+            ipv4: addr(&status.ipv4_address),
+            ipv6: addr(&status.ipv6_address),
+            interface: status.interface.clone(),
+        };
+        if entry.ipv4.is_some() || entry.ipv6.is_some() {
+            held.endpoints
+                .insert(format!("{}/{}", namespace_of(a), a.name_any()), entry);
+        }
+    }
+    for p in port_mappings {
+        let Some(status) = &p.status else { continue };
+        for b in &status.bindings {
+            let host_ip = if b.host_ip == "::" {
+                "0.0.0.0"
+            } else {
+                b.host_ip.as_str()
+            };
+            held.ports.insert(
+                format!(
+                    "{}/{}|{}|{}|{host_ip}",
+                    namespace_of(p),
+                    p.name_any(),
+                    b.protocol.as_str(),
+                    b.container_port
+                ),
+                b.host_port,
+            );
+        }
+    }
+    held
+}
+
+struct Cluster {
+    client: Client,
+    node: String,
+    networks: Store<Network>,
+    attachments: Store<Attachment>,
+    port_mappings: Store<PortMapping>,
+    nodes: Store<Node>,
+    recorder: Recorder,
+}
+
+impl Cluster {
+    /// The desired objects for this node, and those being deleted.
+    fn desired(
+        &self,
+    ) -> (
+        ObjectSet,
+        Vec<Arc<Attachment>>,
+        Vec<Arc<PortMapping>>,
+        Vec<Arc<Network>>,
+    ) {
+        let labels = self
+            .nodes
+            .state()
+            .into_iter()
+            .find(|n| n.name_any() == self.node)
+            .map(|n| n.labels().clone())
+            .unwrap_or_default();
+        let attachments = self.attachments.state();
+        let mut set = ObjectSet::default();
+        let mut deleting_networks = Vec::new();
+        for n in self.networks.state() {
+            if !selector_matches(&n.spec.node_selector, &labels) {
+                continue;
+            }
+            let referenced = attachments
+                .iter()
+                .any(|a| a.spec.network == n.name_any() && a.meta().deletion_timestamp.is_none());
+            if n.meta().deletion_timestamp.is_some() {
+                deleting_networks.push(n.clone());
+                if !referenced {
+                    continue; // torn down now; finalizer removed after
+                }
+            }
+            set.networks.push((*n).clone());
+        }
+        let mut deleting_attachments = Vec::new();
+        for a in &attachments {
+            if a.spec.node_name.as_deref() != Some(self.node.as_str()) {
+                // Another node's (or unscheduled): kept for port-mapping lookups only if ours.
+                continue;
+            }
+            if a.meta().deletion_timestamp.is_some() {
+                deleting_attachments.push(a.clone());
+            } else {
+                set.attachments.push((**a).clone());
+            }
+        }
+        let mut deleting_pms = Vec::new();
+        for p in self.port_mappings.state() {
+            let ours = attachments.iter().any(|a| {
+                namespace_of(&**a) == namespace_of(&*p)
+                    && a.name_any() == p.spec.attachment
+                    && a.spec.node_name.as_deref() == Some(self.node.as_str())
+            });
+            if !ours {
+                continue;
+            }
+            if p.meta().deletion_timestamp.is_some() {
+                deleting_pms.push(p.clone());
+            } else {
+                set.port_mappings.push((*p).clone());
+            }
+        }
+        (set, deleting_attachments, deleting_pms, deleting_networks)
+    }
+
+    async fn ensure_finalizer<K>(&self, api: &Api<K>, obj: &K, finalizer: &str)
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+    {
+        if has_finalizer(obj, finalizer) || obj.meta().deletion_timestamp.is_some() {
+            return;
+        }
+        let mut finalizers = obj.finalizers().to_vec();
+        finalizers.push(finalizer.into());
+        // resourceVersion makes this a conditional update: a concurrent
+        // writer makes it fail with 409 and the next reconcile retries.
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
+        if let Err(e) = api
+            .patch(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            tracing::warn!(object = %obj.name_any(), error = %e, "adding finalizer failed; will retry");
+        }
+    }
+
+    async fn remove_finalizer<K>(&self, api: &Api<K>, obj: &K, finalizer: &str)
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+    {
+        if !has_finalizer(obj, finalizer) {
+            return;
+        }
+        let finalizers: Vec<&String> = obj
+            .finalizers()
+            .iter()
+            .filter(|f| *f != finalizer)
+            .collect();
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
+        match api
+            .patch(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => tracing::info!(object = %obj.name_any(), "teardown done; finalizer removed"),
+            Err(e) => {
+                tracing::warn!(object = %obj.name_any(), error = %e, "removing finalizer failed; will retry")
+            }
+        }
+    }
+
+    /// Patches the status of namespaced objects this node alone writes.
+    async fn publish_status<K>(
+        &self,
+        api_for: impl Fn(&str) -> Api<K>,
+        current: Option<&K>,
+        wanted: &Value,
+    ) where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + serde::Serialize,
+    {
+        let Some(obj) = current else { return };
+        let have = serde_json::to_value(obj)
+            .ok()
+            .and_then(|v| v.get("status").cloned())
+            .unwrap_or(Value::Null);
+        let want = wanted.get("status").cloned().unwrap_or(Value::Null);
+        if have == want {
+            return;
+        }
+        let was_ready = ready_of(&have);
+        let is_ready = ready_of(&want);
+        let api = api_for(&obj.namespace().unwrap_or_default());
+        let patch = json!({"status": want});
+        if let Err(e) = tokio::time::timeout(
+            Duration::from_secs(10),
+            api.patch_status(
+                &obj.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| Err(kube::Error::Service("timeout".into())))
+        {
+            tracing::warn!(object = %obj.name_any(), error = %e, "status update failed; will retry");
+            return;
+        }
+        if was_ready != Some(false) && is_ready == Some(false) {
+            self.event(obj, &want).await;
+        }
+    }
+
+    async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, status: &Value) {
+        let Some(cond) = conditions_of(status)
+            .into_iter()
+            .find(|c| c.type_ == crate::api::READY)
+        else {
+            return;
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: cond.reason.clone(),
+            note: Some(cond.message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::debug!(error = %e, "event not published");
+        }
+    }
+
+    /// Networks are written by every node realizing them: each agent owns
+    /// its entry in `status.nodes`; Ready summarizes all entries. Conflicts
+    /// (409) are retried with a fresh read.
+    async fn publish_network_status(&self, name: &str, wanted: &Value) {
+        let api: Api<Network> = Api::all(self.client.clone());
+        let ours: NetworkStatus = wanted
+            .get("status")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default();
+        let our_ready = ours
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::api::READY)
+            .cloned();
+        for _ in 0..5 {
+            let Ok(current) = api.get_status(name).await else {
+                return;
+            };
+            let mut status = current.status.clone().unwrap_or_default();
+            let entry = NetworkNodeStatus {
+                node: self.node.clone(),
+                ready: our_ready.as_ref().is_some_and(|c| c.is_true()),
+                attachments: ours.attachments,
+                message: our_ready
+                    .as_ref()
+                    .filter(|c| !c.is_true())
+                    .map(|c| c.message.clone())
+                    .unwrap_or_default(),
+            };
+            let mut nodes: Vec<NetworkNodeStatus> = status
+                .nodes
+                .iter()
+                .filter(|n| n.node != self.node)
+                .cloned()
+                .collect();
+            nodes.push(entry);
+            nodes.sort_by(|a, b| a.node.cmp(&b.node));
+            let failing: Vec<String> = nodes
+                .iter()
+                .filter(|n| !n.ready)
+                .map(|n| format!("{}: {}", n.node, n.message))
+                .collect();
+            let mut cond = if failing.is_empty() {
+                Condition::ready(
+                    true,
+                    "Ready",
+                    format!("realized on {} node(s)", nodes.len()),
+                )
+            } else {
+                Condition::ready(
+                    false,
+                    our_ready
+                        .as_ref()
+                        .filter(|c| !c.is_true())
+                        .map(|c| c.reason.clone())
+                        .unwrap_or_else(|| "NotReadyOnSomeNodes".into()),
+                    failing.join("; "),
+                )
+            };
+            if current.meta().deletion_timestamp.is_some() {
+                let refs = self
+                    .attachments
+                    .state()
+                    .iter()
+                    .filter(|a| a.spec.network == name)
+                    .count();
+                cond = Condition::ready(
+                    false,
+                    "DeletionPending",
+                    format!(
+                        "deletion waits for {refs} attachment(s) that still reference this network"
+                    ),
+                );
+            }
+            cond.observed_generation = current.meta().generation;
+            let now = k8s_openapi::jiff::Timestamp::now()
+                .round(k8s_openapi::jiff::Unit::Second)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            let new = NetworkStatus {
+                conditions: crate::api::merge_condition(&status.conditions, cond, &now),
+                bridge: ours.bridge.clone(),
+                gateways: ours.gateways.clone(),
+                attachments: nodes.iter().map(|n| n.attachments).sum(),
+                observed_generation: current.meta().generation,
+                nodes,
+            };
+            if new == status {
+                return;
+            }
+            status = new;
+            let mut updated = current.clone();
+            updated.status = Some(status);
+            match api
+                .replace_status(name, &PostParams::default(), &updated)
+                .await
+            {
+                Ok(_) => return,
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => {
+                    tracing::warn!(network = name, error = %e, "network status update failed; will retry");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn conditions_of(status: &Value) -> Vec<Condition> {
+    status
+        .get("conditions")
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default()
+}
+
+fn ready_of(status: &Value) -> Option<bool> {
+    ready_condition(&conditions_of(status)).map(|c| c.is_true())
+}
+
+pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
+    let client = client(opts.kubeconfig.as_ref()).await?;
+    let changed = Arc::new(Notify::new());
+    let node_config =
+        watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name));
+    let cluster = Cluster {
+        networks: reflect(
+            Api::<Network>::all(client.clone()),
+            watcher::Config::default(),
+            changed.clone(),
+        ),
+        attachments: reflect(
+            Api::<Attachment>::all(client.clone()),
+            watcher::Config::default(),
+            changed.clone(),
+        ),
+        port_mappings: reflect(
+            Api::<PortMapping>::all(client.clone()),
+            watcher::Config::default(),
+            changed.clone(),
+        ),
+        nodes: reflect(
+            Api::<Node>::all(client.clone()),
+            node_config,
+            changed.clone(),
+        ),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "netlet".into(),
+                instance: Some(opts.node_name.clone()),
+            },
+        ),
+        node: opts.node_name.clone(),
+        client: client.clone(),
+    };
+    let metrics = Metrics::new();
+    if let Some(addr) = opts.metrics_addr {
+        match crate::metrics::serve(addr, metrics.clone()).await {
+            Ok(bound) => tracing::info!(%bound, "serving /metrics, /healthz, /readyz"),
+            Err(e) => tracing::warn!(%addr, error = %e, "cannot serve metrics; continuing without"),
+        }
+    }
+    let state = StateDir::open(&opts.state_dir)?;
+    let mut reconciler = Reconciler::new(state, opts.node_name.clone())?.with_metrics(metrics);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tracing::info!(node = %opts.node_name, "netlet Kubernetes agent starting; waiting for the initial lists");
+    let lists = async {
+        cluster.networks.wait_until_ready().await?;
+        cluster.attachments.wait_until_ready().await?;
+        cluster.port_mappings.wait_until_ready().await
+    };
+    tokio::select! {
+        r = lists => r?,
+        _ = term.recv() => return Ok(0),
+        _ = int.recv() => return Ok(0),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), cluster.nodes.wait_until_ready()).await;
+
+    loop {
+        let (objects, deleting_atts, deleting_pms, deleting_nets) = cluster.desired();
+        let held = allocations_from_status(&objects.attachments, &objects.port_mappings);
+        reconciler.seed_allocations(held);
+        let outcome = reconciler.reconcile(&objects, &[]).await;
+
+        // Finalizers first on live objects, so a later delete waits for us.
+        let att_api = |ns: &str| Api::<Attachment>::namespaced(client.clone(), ns);
+        let pm_api = |ns: &str| Api::<PortMapping>::namespaced(client.clone(), ns);
+        let net_api: Api<Network> = Api::all(client.clone());
+        for a in &objects.attachments {
+            cluster
+                .ensure_finalizer(&att_api(&namespace_of(a)), a, TEARDOWN_FINALIZER)
+                .await;
+        }
+        for p in &objects.port_mappings {
+            cluster
+                .ensure_finalizer(&pm_api(&namespace_of(p)), p, TEARDOWN_FINALIZER)
+                .await;
+        }
+        for n in &objects.networks {
+            cluster
+                .ensure_finalizer(&net_api, n, IN_USE_FINALIZER)
+                .await;
+        }
+        // Status, only where it changed.
+        let live_atts: BTreeMap<String, Arc<Attachment>> = cluster
+            .attachments
+            .state()
+            .into_iter()
+            .map(|a| (format!("{}/{}", namespace_of(&*a), a.name_any()), a))
+            .collect();
+        let live_pms: BTreeMap<String, Arc<PortMapping>> = cluster
+            .port_mappings
+            .state()
+            .into_iter()
+            .map(|p| (format!("{}/{}", namespace_of(&*p), p.name_any()), p))
+            .collect();
+        for value in reconciler.status().clone() {
+            let Some(key) = key_of(&value) else { continue };
+            match key.kind {
+                crate::objects::KindName::Network => {
+                    cluster.publish_network_status(&key.name, &value).await
+                }
+                crate::objects::KindName::Attachment => {
+                    cluster
+                        .publish_status(
+                            att_api,
+                            live_atts.get(&key.ns_name()).map(|a| &**a),
+                            &value,
+                        )
+                        .await
+                }
+                crate::objects::KindName::PortMapping => {
+                    cluster
+                        .publish_status(pm_api, live_pms.get(&key.ns_name()).map(|p| &**p), &value)
+                        .await
+                }
+            }
+        }
+        // Teardown finished for excluded objects: let them go.
+        if outcome.node_errors.is_empty() {
+            for a in &deleting_atts {
+                cluster
+                    .remove_finalizer(&att_api(&namespace_of(&**a)), &**a, TEARDOWN_FINALIZER)
+                    .await;
+            }
+            for p in &deleting_pms {
+                cluster
+                    .remove_finalizer(&pm_api(&namespace_of(&**p)), &**p, TEARDOWN_FINALIZER)
+                    .await;
+            }
+            let referenced: BTreeSet<String> = cluster
+                .attachments
+                .state()
+                .iter()
+                .map(|a| a.spec.network.clone())
+                .collect();
+            for n in deleting_nets
+                .iter()
+                .filter(|n| !referenced.contains(&n.name_any()))
+            {
+                cluster
+                    .remove_finalizer(&net_api, &**n, IN_USE_FINALIZER)
+                    .await;
+            }
+        }
+        for n in &deleting_nets {
+            let referenced = cluster
+                .attachments
+                .state()
+                .iter()
+                .any(|a| a.spec.network == n.name_any());
+            if referenced {
+                cluster
+                    .publish_network_status(&n.name_any(), &json!({"status": {}}))
+                    .await;
+            }
+        }
+
+        // Wait for a change (debounced), the resync period, or a signal.
+        tokio::select! {
+            _ = changed.notified() => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ = tokio::time::sleep(opts.resync_period) => {}
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping, dataplane left in place"); return Ok(0); }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping, dataplane left in place"); return Ok(0); }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{
+        AttachmentSpec, AttachmentStatus, PortBinding, PortMappingSpec, PortMappingStatus,
+        Protocol, Sandbox,
+    };
+
+    #[test]
+    fn allocations_are_rebuilt_from_status() {
+        let mut a = Attachment::new(
+            "c1",
+            AttachmentSpec {
+                network: "n".into(),
+                sandbox: Sandbox {
+                    netns: Some("c1".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        a.metadata.namespace = Some("ns".into());
+        a.status = Some(AttachmentStatus {
+            ipv4_address: Some("10.0.0.7/24".into()),
+            interface: Some("eth0".into()),
+            ..Default::default()
+        });
+        let mut p = PortMapping::new(
+            "web",
+            PortMappingSpec {
+                attachment: "c1".into(),
+                ..Default::default()
+            },
+        );
+        p.metadata.namespace = Some("ns".into());
+        p.status = Some(PortMappingStatus {
+            bindings: vec![PortBinding {
+                protocol: Protocol::Tcp,
+                host_ip: "0.0.0.0".into(),
+                host_port: 32800,
+                container_port: 80,
+            }],
+            ..Default::default()
+        });
+        let held = allocations_from_status(&[a], &[p]);
+        assert_eq!(
+            held.endpoints["ns/c1"].ipv4,
+            Some("10.0.0.7".parse().unwrap())
+        );
+        assert_eq!(held.endpoints["ns/c1"].interface.as_deref(), Some("eth0"));
+        assert_eq!(held.ports["ns/web|tcp|80|0.0.0.0"], 32800);
+    }
+
+    #[test]
+    fn node_selectors_match_labels() {
+        let labels = BTreeMap::from([("zone".to_string(), "a".to_string())]);
+        assert!(selector_matches(&BTreeMap::new(), &labels));
+        assert!(selector_matches(
+            &BTreeMap::from([("zone".into(), "a".into())]),
+            &labels
+        ));
+        assert!(!selector_matches(
+            &BTreeMap::from([("zone".into(), "b".into())]),
+            &labels
+        ));
+    }
+}
