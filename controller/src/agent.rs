@@ -40,6 +40,12 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
     let mut int = signal(SignalKind::interrupt())?;
     tracing::info!(manifests = %opts.manifests.display(), state_dir = %opts.state_dir.display(), node = %opts.node_name, "netlet standalone agent starting");
 
+    let kernel_changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    if !opts.once {
+        if let Err(e) = crate::dataplane::events::watch(kernel_changed.clone()) {
+            tracing::warn!(error = %e, "no kernel events; drift is repaired at each resync only");
+        }
+    }
     let mut fingerprint = manifests::fingerprint(&opts.manifests);
     loop {
         let loaded = manifests::load(&opts.manifests);
@@ -65,6 +71,12 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
                 _ = term.recv() => { tracing::info!("SIGTERM: stopping, dataplane left in place"); return Ok(0); }
                 _ = int.recv() => { tracing::info!("SIGINT: stopping, dataplane left in place"); return Ok(0); }
                 _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+                _ = kernel_changed.notified() => {
+                    // Let a burst of events settle, then repair in one pass.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tracing::debug!("kernel changed under us");
+                    break;
+                }
             }
             let now = manifests::fingerprint(&opts.manifests);
             if now != fingerprint {

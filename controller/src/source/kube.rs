@@ -486,6 +486,9 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
         node: opts.node_name.clone(),
         client: client.clone(),
     };
+    if let Err(e) = crate::dataplane::events::watch(changed.clone()) {
+        tracing::warn!(error = %e, "no kernel events; drift is repaired at each resync only");
+    }
     let metrics = Metrics::new();
     if let Some(addr) = opts.metrics_addr {
         match crate::metrics::serve(addr, metrics.clone()).await {
