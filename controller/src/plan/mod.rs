@@ -544,7 +544,7 @@ fn allocate_addresses(
     addresses
 }
 
-/// Names interfaces per sandbox: explicit names first, then eth0, eth1, ...
+/// Names interfaces per sandbox: names held before, then explicit names, then eth0, eth1, ...
 /// for the rest in creation order, keeping names assigned earlier.
 fn assign_interfaces(
     local: &[(String, &Attachment, CheckedAttachment)],
@@ -562,15 +562,35 @@ fn assign_interfaces(
     for members in by_sandbox.values() {
         // interface name -> attachment holding it, within this sandbox
         let mut taken: BTreeMap<String, String> = BTreeMap::new();
-        let explicit = members
-            .iter()
-            .filter_map(|(key, att, _)| Some((key, att.spec.interface.clone()?)));
-        let kept = members
-            .iter()
-            .filter(|(_, att, _)| att.spec.interface.is_none())
-            .filter_map(|(key, _, _)| Some((key, held.endpoints.get(key)?.interface.clone()?)));
-        // Explicit names first, then names held from earlier reconciles.
-        for (key, ifname) in explicit.collect::<Vec<_>>() {
+        // Names held from earlier reconciles come first: a running
+        // container's interface is never renamed because of a newcomer.
+        for (key, att, _) in members.iter() {
+            let Some(ifname) = held
+                .endpoints
+                .get(key.as_str())
+                .and_then(|h| h.interface.clone())
+            else {
+                continue;
+            };
+            if att
+                .spec
+                .interface
+                .as_ref()
+                .is_none_or(|wanted| wanted == &ifname)
+                && !taken.contains_key(&ifname)
+            {
+                taken.insert(ifname.clone(), key.clone());
+                names.insert(key.clone(), ifname);
+            }
+        }
+        // Then explicit names, in creation order.
+        for (key, att, _) in members.iter() {
+            let Some(ifname) = att.spec.interface.clone() else {
+                continue;
+            };
+            if names.contains_key(key) {
+                continue;
+            }
             match taken.get(&ifname) {
                 Some(holder) => {
                     out.attachments.entry(key.clone()).or_insert(Err(Failure::new(
@@ -582,12 +602,6 @@ fn assign_interfaces(
                     taken.insert(ifname.clone(), key.clone());
                     names.insert(key.clone(), ifname);
                 }
-            }
-        }
-        for (key, ifname) in kept.collect::<Vec<_>>() {
-            if !taken.contains_key(&ifname) {
-                taken.insert(ifname.clone(), key.clone());
-                names.insert(key.clone(), ifname);
             }
         }
         // The rest: the lowest free ethN, in creation order.
@@ -641,5 +655,7 @@ fn choose_default_routes(
     chosen.into_iter().map(|(s, (_, k))| (s, k)).collect()
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;
