@@ -74,6 +74,7 @@ type Result<T> = std::result::Result<T, NetlinkError>;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Link {
     pub index: u32,
+    pub group: u32,
     pub name: String,
     pub kind: Option<String>,
     pub controller: Option<u32>,
@@ -99,6 +100,7 @@ fn parse_link(msg: &LinkMessage) -> Link {
             LinkAttribute::Controller(c) => link.controller = Some(*c),
             LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
             LinkAttribute::Link(l) => link.link = Some(*l),
+            LinkAttribute::Group(g) => link.group = *g,
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {
@@ -369,6 +371,40 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| NetlinkError::from_rtnetlink(format!("delete link {what}"), e))
+        {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Deletes many links in one kernel transaction: they are moved to
+    /// `group` and the group is deleted (one RTM_DELLINK, one
+    /// synchronize_net, instead of one per link: ~1 ms instead of ~20 ms each).
+    /// The caller guarantees no other link is in `group`.
+    pub async fn delete_links_batched(&self, links: &[(u32, String)], group: u32) -> Result<()> {
+        for (index, name) in links {
+            let msg = LinkUnspec::new_with_index(*index).link_group(group).build();
+            match self
+                .handle
+                .link()
+                .set(msg)
+                .execute()
+                .await
+                .map_err(|e| NetlinkError::from_rtnetlink(format!("regroup link {name}"), e))
+            {
+                Err(e) if e.is_not_found() => {}
+                other => other?,
+            }
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::Group(group));
+        match self
+            .handle
+            .link()
+            .del_with_message(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink("delete link group", e))
         {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,
