@@ -44,6 +44,10 @@ pub enum StateError {
 pub struct Owned {
     #[serde(default)]
     pub netns: BTreeSet<String>,
+    /// Links created straight inside a sandbox (macvlan), which carry no
+    /// marker the node namespace can see: attachment -> (sandbox path, name).
+    #[serde(default)]
+    pub sandbox_links: std::collections::BTreeMap<String, (String, String)>,
 }
 
 /// One object's last reported state, as `netlet get` shows it.

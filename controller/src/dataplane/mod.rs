@@ -118,6 +118,26 @@ impl Dataplane {
         let bridges = self.sync_bridges(desired, &node_links, &mut report).await;
         self.sync_sandboxes(desired, owned, record_owned, &mut report)
             .await;
+        // Write-ahead for links made inside sandboxes, which the node
+        // namespace cannot mark.
+        let before = owned.sandbox_links.len();
+        for ep in desired
+            .endpoints
+            .iter()
+            .filter(|e| matches!(e.kind, EndpointKind::Macvlan { .. }))
+        {
+            owned
+                .sandbox_links
+                .entry(ep.owner.clone())
+                .or_insert_with(|| (ep.sandbox.path(), ep.ifname.clone()));
+        }
+        if owned.sandbox_links.len() != before {
+            if let Err(e) = record_owned(owned) {
+                report
+                    .node_errors
+                    .push(format!("recording sandbox links: {e}"));
+            }
+        }
         self.sync_endpoints(desired, &node_links, &bridges, &mut report)
             .await;
         self.prune(desired, owned, record_owned, &mut report).await;
@@ -640,6 +660,53 @@ impl Dataplane {
                 }
             }
             Err(e) => report.node_errors.push(e.to_string()),
+        }
+        let wanted_sandbox_links: BTreeSet<(String, String)> = desired
+            .endpoints
+            .iter()
+            .filter(|e| matches!(e.kind, EndpointKind::Macvlan { .. }))
+            .map(|e| (e.sandbox.path(), e.ifname.clone()))
+            .collect();
+        let stale: Vec<(String, (String, String))> = owned
+            .sandbox_links
+            .iter()
+            .filter(|(_, place)| !wanted_sandbox_links.contains(*place))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (owner, (path, ifname)) in stale {
+            let sandbox = SandboxRef::Path(path.clone());
+            let removed = match self.sandbox(&sandbox) {
+                // The namespace is gone, and the link with it.
+                Err(_) => Ok(false),
+                Ok(h) => {
+                    let sb = h.netlink.clone();
+                    match sb.links().await {
+                        Ok(links) => match links
+                            .iter()
+                            .find(|l| l.name == ifname && l.kind.as_deref() == Some("macvlan"))
+                        {
+                            Some(l) => sb.delete_link(l.index, &ifname).await.map(|()| true),
+                            None => Ok(false),
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            self.sandboxes.remove(&path);
+            match removed {
+                Ok(done) => {
+                    if done {
+                        report.mutated("link");
+                    }
+                    owned.sandbox_links.remove(&owner);
+                    if let Err(e) = record_owned(owned) {
+                        report
+                            .node_errors
+                            .push(format!("recording sandbox link removal: {e}"));
+                    }
+                }
+                Err(e) => report.node_errors.push(e.to_string()),
+            }
         }
         let wanted_netns: BTreeSet<&str> = desired
             .sandboxes
