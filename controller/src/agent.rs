@@ -28,8 +28,7 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
     let state = StateDir::open(&opts.state_dir)?;
     let metrics = Metrics::new();
-    let mut reconciler =
-        Reconciler::new(state, opts.node_name.clone())?.with_metrics(metrics.clone());
+    let mut reconciler = Reconciler::new(state, opts.node_name.clone())?.with_metrics(metrics.clone());
     if let (Some(addr), false) = (opts.metrics_addr, opts.once) {
         match crate::metrics::serve(addr, metrics).await {
             Ok(bound) => tracing::info!(%bound, "serving /metrics, /healthz, /readyz"),
@@ -56,11 +55,7 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
                 eprintln!("{f}");
             }
             let ready = outcome.verdicts.iter().filter(|v| v.ready).count();
-            println!(
-                "{ready}/{} objects ready, {} kernel mutations",
-                outcome.verdicts.len(),
-                outcome.mutations
-            );
+            println!("{ready}/{} objects ready, {} kernel mutations", outcome.verdicts.len(), outcome.mutations);
             return Ok(if outcome.all_ready() { 0 } else { 1 });
         }
         // Wait for a change, the resync deadline, or a signal. A graceful

@@ -34,11 +34,8 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
 }
 
 fn ready_of(v: &Value) -> (String, String) {
-    let conditions: Vec<Condition> = v
-        .get("status")
-        .and_then(|s| s.get("conditions"))
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .unwrap_or_default();
+    let conditions: Vec<Condition> =
+        v.get("status").and_then(|s| s.get("conditions")).and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
     match ready_condition(&conditions) {
         Some(c) => (c.status.clone(), c.reason.clone()),
         None => ("Unknown".into(), String::new()),
@@ -61,10 +58,7 @@ pub fn run(store: &[Value], q: &Query, out: &mut dyn Write) -> anyhow::Result<()
             let Some(key) = key_of(v) else { return false };
             Kind::from(key.kind) == q.kind
                 && q.name.as_ref().is_none_or(|n| n == &key.name)
-                && (!q.kind.namespaced()
-                    || q.namespace
-                        .as_ref()
-                        .is_none_or(|ns| Some(ns) == key.namespace.as_ref()))
+                && (!q.kind.namespaced() || q.namespace.as_ref().is_none_or(|ns| Some(ns) == key.namespace.as_ref()))
         })
         .collect();
     if let Some(name) = &q.name {
@@ -103,27 +97,9 @@ fn print_table(items: &[&Value], q: &Query, wide: bool, out: &mut dyn Write) -> 
     header.push("NAME");
     let extra: &[&str] = match (q.kind, wide) {
         (Kind::Network, false) => &["DRIVER", "SUBNET", "BRIDGE", "ATTACHMENTS", "READY"],
-        (Kind::Network, true) => &[
-            "DRIVER",
-            "SUBNET",
-            "GATEWAY",
-            "BRIDGE",
-            "ATTACHMENTS",
-            "READY",
-            "REASON",
-        ],
+        (Kind::Network, true) => &["DRIVER", "SUBNET", "GATEWAY", "BRIDGE", "ATTACHMENTS", "READY", "REASON"],
         (Kind::Attachment, false) => &["NETWORK", "INTERFACE", "ADDRESS", "READY"],
-        (Kind::Attachment, true) => &[
-            "NETWORK",
-            "INTERFACE",
-            "ADDRESS",
-            "IPV6",
-            "MAC",
-            "HOST-IF",
-            "SANDBOX",
-            "READY",
-            "REASON",
-        ],
+        (Kind::Attachment, true) => &["NETWORK", "INTERFACE", "ADDRESS", "IPV6", "MAC", "HOST-IF", "SANDBOX", "READY", "REASON"],
         (Kind::PortMapping, false) => &["ATTACHMENT", "PORTS", "READY"],
         (Kind::PortMapping, true) => &["ATTACHMENT", "PORTS", "READY", "REASON"],
     };
@@ -146,11 +122,7 @@ fn print_table(items: &[&Value], q: &Query, wide: bool, out: &mut dyn Write) -> 
                 let subnets: Vec<&str> = v
                     .pointer("/spec/ipam/config")
                     .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|c| c.get("subnet").and_then(Value::as_str))
-                            .collect()
-                    })
+                    .map(|a| a.iter().filter_map(|c| c.get("subnet").and_then(Value::as_str)).collect())
                     .unwrap_or_default();
                 row.push(driver.into());
                 row.push(cell(&subnets.join(",")));
@@ -163,12 +135,7 @@ fn print_table(items: &[&Value], q: &Query, wide: bool, out: &mut dyn Write) -> 
                     row.push(cell(&gws.join(",")));
                 }
                 row.push(cell(str_at(v, &["status", "bridge"])));
-                row.push(
-                    v.pointer("/status/attachments")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0)
-                        .to_string(),
-                );
+                row.push(v.pointer("/status/attachments").and_then(Value::as_u64).unwrap_or(0).to_string());
             }
             Kind::Attachment => {
                 row.push(match str_at(v, &["spec", "network"]) {
@@ -212,15 +179,9 @@ fn print_table(items: &[&Value], q: &Query, wide: bool, out: &mut dyn Write) -> 
         }
         rows.push(row);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         writeln!(out, "{}", line.join("   ").trim_end())?;
     }
     Ok(())

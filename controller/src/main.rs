@@ -10,11 +10,7 @@ use netlet::get::{self, OutputFormat, Query};
 use netlet::state::{StateDir, DEFAULT_STATE_DIR};
 
 #[derive(Parser)]
-#[command(
-    name = "netlet",
-    version,
-    about = "Docker-style container networking as a declarative, self-healing node agent"
-)]
+#[command(name = "netlet", version, about = "Docker-style container networking as a declarative, self-healing node agent")]
 struct Cli {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -74,23 +70,15 @@ struct GetArgs {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}"))?;
+    let value: f64 = num.parse().map_err(|_| format!("invalid duration {text:?}"))?;
     let secs = match unit {
         "ms" => value / 1000.0,
         "s" | "" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {text:?} (use ms, s, m or h)"
-            ))
-        }
+        _ => return Err(format!("invalid duration unit in {text:?} (use ms, s, m or h)")),
     };
     if secs <= 0.0 {
         return Err("duration must be positive".into());
@@ -104,21 +92,14 @@ fn init_logging(verbose: u8) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 fn node_name(given: Option<String>) -> String {
-    given.filter(|n| !n.is_empty()).unwrap_or_else(|| {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "localhost".into())
-    })
+    given
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into()))
 }
 
 fn main() -> ExitCode {
@@ -130,7 +111,10 @@ fn main() -> ExitCode {
         }
         Command::Get(args) => {
             let Some(kind) = Kind::parse(&args.kind) else {
-                eprintln!("error: the server doesn't have a resource type \"{}\" (netlet has networks, attachments, portmappings)", args.kind);
+                eprintln!(
+                    "error: the server doesn't have a resource type \"{}\" (netlet has networks, attachments, portmappings)",
+                    args.kind
+                );
                 return ExitCode::from(1);
             };
             let store = match StateDir::open(&args.state_dir) {
@@ -140,18 +124,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let namespace = if args.all_namespaces {
-                None
-            } else {
-                args.namespace
-                    .or_else(|| args.name.as_ref().map(|_| "default".into()))
-            };
-            let query = Query {
-                kind,
-                name: args.name,
-                namespace,
-                output: args.output,
-            };
+            let namespace =
+                if args.all_namespaces { None } else { args.namespace.or_else(|| args.name.as_ref().map(|_| "default".into())) };
+            let query = Query { kind, name: args.name, namespace, output: args.output };
             match get::run(&store, &query, &mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -164,10 +139,7 @@ fn main() -> ExitCode {
             init_logging(cli.verbose);
             // One thread: the reconciler may setns briefly, so it must own
             // its thread rather than share a multi-threaded pool.
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: starting runtime: {e}");
@@ -175,11 +147,7 @@ fn main() -> ExitCode {
                 }
             };
             let kubernetes = args.manifests.is_none();
-            let default_metrics = if kubernetes {
-                "0.0.0.0:9464"
-            } else {
-                "127.0.0.1:9464"
-            };
+            let default_metrics = if kubernetes { "0.0.0.0:9464" } else { "127.0.0.1:9464" };
             let metrics_addr = match args.metrics_addr.as_deref().unwrap_or(default_metrics) {
                 "" | "0" | "off" => None,
                 text => match text.parse() {
@@ -192,25 +160,21 @@ fn main() -> ExitCode {
             };
             let node_name = node_name(args.node_name);
             let result = match args.manifests {
-                None => runtime.block_on(netlet::source::kube::run_kubernetes(
-                    netlet::source::kube::KubeOptions {
-                        node_name,
-                        state_dir: args.state_dir,
-                        kubeconfig: args.kubeconfig,
-                        resync_period: args.resync_period,
-                        metrics_addr,
-                    },
-                )),
-                Some(manifests) => runtime.block_on(netlet::agent::run_standalone(
-                    netlet::agent::StandaloneOptions {
-                        manifests,
-                        state_dir: args.state_dir,
-                        node_name,
-                        once: args.once,
-                        resync_period: args.resync_period,
-                        metrics_addr,
-                    },
-                )),
+                None => runtime.block_on(netlet::source::kube::run_kubernetes(netlet::source::kube::KubeOptions {
+                    node_name,
+                    state_dir: args.state_dir,
+                    kubeconfig: args.kubeconfig,
+                    resync_period: args.resync_period,
+                    metrics_addr,
+                })),
+                Some(manifests) => runtime.block_on(netlet::agent::run_standalone(netlet::agent::StandaloneOptions {
+                    manifests,
+                    state_dir: args.state_dir,
+                    node_name,
+                    once: args.once,
+                    resync_period: args.resync_period,
+                    metrics_addr,
+                })),
             };
             match result {
                 Ok(code) => ExitCode::from(code as u8),

@@ -11,9 +11,7 @@ use std::sync::Arc;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::reconcile::Outcome;
 
@@ -47,59 +45,26 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new_custom(Some("netlet".into()), None).expect("valid prefix");
         let reconcile_duration = must(HistogramVec::new(
-            HistogramOpts::new(
-                "reconcile_duration_seconds",
-                "Time of one full reconcile of the node",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
+            HistogramOpts::new("reconcile_duration_seconds", "Time of one full reconcile of the node")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             &[],
         ));
-        let reconciles = must(IntCounterVec::new(
-            Opts::new(
-                "reconciles_total",
-                "Reconciles by result (ready: every object Ready)",
-            ),
-            &["result"],
-        ));
+        let reconciles =
+            must(IntCounterVec::new(Opts::new("reconciles_total", "Reconciles by result (ready: every object Ready)"), &["result"]));
         let errors = must(IntCounterVec::new(
-            Opts::new(
-                "reconcile_errors_total",
-                "Objects found not Ready, by reason, summed over reconciles",
-            ),
+            Opts::new("reconcile_errors_total", "Objects found not Ready, by reason, summed over reconciles"),
             &["reason"],
         ));
-        let objects = must(IntGaugeVec::new(
-            Opts::new(
-                "objects",
-                "Objects handled by this agent, by kind and readiness",
-            ),
-            &["kind", "ready"],
-        ));
-        let mutations = must(IntCounterVec::new(
-            Opts::new(
-                "kernel_mutations_total",
-                "Changes made to the kernel, by kind",
-            ),
-            &["kind"],
-        ));
+        let objects =
+            must(IntGaugeVec::new(Opts::new("objects", "Objects handled by this agent, by kind and readiness"), &["kind", "ready"]));
+        let mutations = must(IntCounterVec::new(Opts::new("kernel_mutations_total", "Changes made to the kernel, by kind"), &["kind"]));
         let drift_repairs = must(IntCounterVec::new(
             Opts::new("drift_repairs_total", "Kernel changes made while the desired state was unchanged (someone else changed the node)"),
             &["kind"],
         ));
-        let addresses_in_use = must(IntGaugeVec::new(
-            Opts::new("addresses_in_use", "Addresses assigned on a network"),
-            &["network"],
-        ));
-        let address_capacity = must(IntGaugeVec::new(
-            Opts::new("address_capacity", "Addresses a network can hand out"),
-            &["network"],
-        ));
-        let published_ports = must(IntGaugeVec::new(
-            Opts::new("published_ports", "Host ports published through nftables"),
-            &["protocol"],
-        ));
+        let addresses_in_use = must(IntGaugeVec::new(Opts::new("addresses_in_use", "Addresses assigned on a network"), &["network"]));
+        let address_capacity = must(IntGaugeVec::new(Opts::new("address_capacity", "Addresses a network can hand out"), &["network"]));
+        let published_ports = must(IntGaugeVec::new(Opts::new("published_ports", "Host ports published through nftables"), &["protocol"]));
         for c in [
             Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconciles.clone()),
@@ -130,52 +95,28 @@ impl Metrics {
 
     /// Records one reconcile. `drift` is true when the desired state did not
     /// change since the previous pass, so every mutation was a repair.
-    pub fn record(
-        &self,
-        outcome: &Outcome,
-        drift: bool,
-        usage: &BTreeMap<String, AddressUsage>,
-        ports: &BTreeMap<&'static str, i64>,
-    ) {
-        self.reconcile_duration
-            .with_label_values::<&str>(&[])
-            .observe(outcome.duration.as_secs_f64());
-        self.reconciles
-            .with_label_values(&[if outcome.all_ready() {
-                "ready"
-            } else {
-                "not_ready"
-            }])
-            .inc();
+    pub fn record(&self, outcome: &Outcome, drift: bool, usage: &BTreeMap<String, AddressUsage>, ports: &BTreeMap<&'static str, i64>) {
+        self.reconcile_duration.with_label_values::<&str>(&[]).observe(outcome.duration.as_secs_f64());
+        self.reconciles.with_label_values(&[if outcome.all_ready() { "ready" } else { "not_ready" }]).inc();
         for v in outcome.verdicts.iter().filter(|v| !v.ready) {
             self.errors.with_label_values(&[v.reason.as_str()]).inc();
         }
         self.objects.reset();
         for v in &outcome.verdicts {
             let kind = crate::api::Kind::from(v.key.kind).as_str();
-            self.objects
-                .with_label_values(&[kind, if v.ready { "true" } else { "false" }])
-                .inc();
+            self.objects.with_label_values(&[kind, if v.ready { "true" } else { "false" }]).inc();
         }
         for (kind, n) in &outcome.mutations_by_kind {
-            self.mutations
-                .with_label_values(&[kind])
-                .inc_by(u64::from(*n));
+            self.mutations.with_label_values(&[kind]).inc_by(u64::from(*n));
             if drift {
-                self.drift_repairs
-                    .with_label_values(&[kind])
-                    .inc_by(u64::from(*n));
+                self.drift_repairs.with_label_values(&[kind]).inc_by(u64::from(*n));
             }
         }
         self.addresses_in_use.reset();
         self.address_capacity.reset();
         for (network, u) in usage {
-            self.addresses_in_use
-                .with_label_values(&[network.as_str()])
-                .set(u.in_use as i64);
-            self.address_capacity
-                .with_label_values(&[network.as_str()])
-                .set(u.capacity as i64);
+            self.addresses_in_use.with_label_values(&[network.as_str()]).set(u.in_use as i64);
+            self.address_capacity.with_label_values(&[network.as_str()]).set(u.capacity as i64);
         }
         self.published_ports.reset();
         for (protocol, n) in ports {
@@ -190,9 +131,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }
@@ -202,10 +141,7 @@ fn respond(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
         "/metrics" => (StatusCode::OK, metrics.render()),
         "/healthz" => (StatusCode::OK, "ok\n".to_string()),
         "/readyz" if metrics.is_ready() => (StatusCode::OK, "ok\n".to_string()),
-        "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "first reconcile not finished\n".to_string(),
-        ),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "first reconcile not finished\n".to_string()),
         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -229,9 +165,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<S
                     async move { Ok::<_, Infallible>(respond(&metrics, req.uri().path())) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
             });
         }
     });
@@ -259,10 +193,7 @@ mod tests {
     #[test]
     fn readiness_follows_the_first_reconcile() {
         let m = Metrics::new();
-        assert_eq!(
-            respond(&m, "/readyz").status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        assert_eq!(respond(&m, "/readyz").status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(respond(&m, "/healthz").status(), StatusCode::OK);
         m.record(&outcome(true), false, &BTreeMap::new(), &BTreeMap::new());
         assert_eq!(respond(&m, "/readyz").status(), StatusCode::OK);
@@ -273,19 +204,10 @@ mod tests {
     fn counters_move_with_reconciles() {
         let m = Metrics::new();
         let mut usage = BTreeMap::new();
-        usage.insert(
-            "n".to_string(),
-            AddressUsage {
-                in_use: 2,
-                capacity: 253,
-            },
-        );
+        usage.insert("n".to_string(), AddressUsage { in_use: 2, capacity: 253 });
         m.record(&outcome(false), true, &usage, &BTreeMap::from([("tcp", 4)]));
         let text = m.render();
-        assert!(
-            text.contains("netlet_reconciles_total{result=\"not_ready\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("netlet_reconciles_total{result=\"not_ready\"} 1"), "{text}");
         assert!(text.contains("netlet_reconcile_errors_total{reason=\"InvalidSpec\"} 1"));
         assert!(text.contains("netlet_kernel_mutations_total{kind=\"link\"} 3"));
         assert!(text.contains("netlet_drift_repairs_total{kind=\"link\"} 3"));

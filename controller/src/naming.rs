@@ -40,21 +40,13 @@ pub fn check_ifname(name: &str) -> Result<(), String> {
         return Err("interface name is empty".into());
     }
     if name.len() > MAX_IFNAME {
-        return Err(format!(
-            "interface name {name:?} is {} characters long; Linux allows at most {MAX_IFNAME}",
-            name.len()
-        ));
+        return Err(format!("interface name {name:?} is {} characters long; Linux allows at most {MAX_IFNAME}", name.len()));
     }
     if name == "." || name == ".." {
         return Err(format!("interface name {name:?} is reserved"));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control() || !c.is_ascii())
-    {
-        return Err(format!(
-            "interface name {name:?} contains the invalid character {bad:?}"
-        ));
+    if let Some(bad) = name.chars().find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control() || !c.is_ascii()) {
+        return Err(format!("interface name {name:?} contains the invalid character {bad:?}"));
     }
     Ok(())
 }
@@ -72,10 +64,7 @@ pub fn default_bridge_name(network: &str) -> String {
 
 /// Host end of an attachment's veth pair.
 pub fn host_veth_name(namespace: &str, name: &str) -> String {
-    format!(
-        "{HOST_VETH_PREFIX}{}",
-        hex12(&format!("{namespace}/{name}"))
-    )
+    format!("{HOST_VETH_PREFIX}{}", hex12(&format!("{namespace}/{name}")))
 }
 
 /// Docker's MAC for an IPv4 endpoint: 02:42 followed by the four address bytes.
@@ -91,10 +80,7 @@ pub fn mac_from_key(key: &str) -> [u8; 6] {
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`; rejects multicast addresses, which no
@@ -102,14 +88,11 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = text.split(':').collect();
     if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
-        return Err(format!(
-            "MAC address {text:?} is not of the form aa:bb:cc:dd:ee:ff"
-        ));
+        return Err(format!("MAC address {text:?} is not of the form aa:bb:cc:dd:ee:ff"));
     }
     let mut mac = [0u8; 6];
     for (slot, part) in mac.iter_mut().zip(parts) {
-        *slot = u8::from_str_radix(part, 16)
-            .map_err(|_| format!("MAC address {text:?} has a non-hex byte {part:?}"))?;
+        *slot = u8::from_str_radix(part, 16).map_err(|_| format!("MAC address {text:?} has a non-hex byte {part:?}"))?;
     }
     if mac[0] & 1 == 1 {
         return Err(format!("MAC address {text:?} is a multicast address"));
@@ -126,10 +109,7 @@ mod tests {
 
     #[test]
     fn mac_follows_docker_convention() {
-        assert_eq!(
-            format_mac(&mac_from_ipv4("172.25.3.3".parse().unwrap())),
-            "02:42:ac:19:03:03"
-        );
+        assert_eq!(format_mac(&mac_from_ipv4("172.25.3.3".parse().unwrap())), "02:42:ac:19:03:03");
     }
 
     #[test]
@@ -147,23 +127,16 @@ mod tests {
     fn interface_names_are_checked() {
         assert!(check_ifname("eth0").is_ok());
         assert!(check_ifname("").is_err());
-        assert!(check_ifname("abcdefghijklmnop")
-            .unwrap_err()
-            .contains("at most 15"));
+        assert!(check_ifname("abcdefghijklmnop").unwrap_err().contains("at most 15"));
         assert!(check_ifname("a/b").is_err());
         assert!(check_ifname("a b").is_err());
     }
 
     #[test]
     fn macs_are_parsed_strictly() {
-        assert_eq!(
-            parse_mac("02:42:AC:19:03:03").unwrap(),
-            [2, 0x42, 0xac, 0x19, 3, 3]
-        );
+        assert_eq!(parse_mac("02:42:AC:19:03:03").unwrap(), [2, 0x42, 0xac, 0x19, 3, 3]);
         assert!(parse_mac("02:42:ac:19:03").is_err());
-        assert!(parse_mac("01:00:5e:00:00:01")
-            .unwrap_err()
-            .contains("multicast"));
+        assert!(parse_mac("01:00:5e:00:00:01").unwrap_err().contains("multicast"));
         assert!(parse_mac("zz:42:ac:19:03:03").is_err());
     }
 }

@@ -7,9 +7,7 @@ use kube::ResourceExt;
 use crate::api::{Attachment, Kind, Network, PortMapping};
 
 /// Identity of one object: kind, namespace (none for Networks), name.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct ObjectKey {
     pub kind: KindName,
     pub namespace: Option<String>,
@@ -17,9 +15,7 @@ pub struct ObjectKey {
 }
 
 /// `Kind` as a serializable string wrapper (state files are JSON).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum KindName {
     Network,
     Attachment,
@@ -48,25 +44,13 @@ impl From<KindName> for Kind {
 
 impl ObjectKey {
     pub fn network(name: &str) -> Self {
-        ObjectKey {
-            kind: KindName::Network,
-            namespace: None,
-            name: name.into(),
-        }
+        ObjectKey { kind: KindName::Network, namespace: None, name: name.into() }
     }
     pub fn attachment(namespace: &str, name: &str) -> Self {
-        ObjectKey {
-            kind: KindName::Attachment,
-            namespace: Some(namespace.into()),
-            name: name.into(),
-        }
+        ObjectKey { kind: KindName::Attachment, namespace: Some(namespace.into()), name: name.into() }
     }
     pub fn port_mapping(namespace: &str, name: &str) -> Self {
-        ObjectKey {
-            kind: KindName::PortMapping,
-            namespace: Some(namespace.into()),
-            name: name.into(),
-        }
+        ObjectKey { kind: KindName::PortMapping, namespace: Some(namespace.into()), name: name.into() }
     }
     /// `namespace/name`, or `name` for cluster-scoped objects.
     pub fn ns_name(&self) -> String {

@@ -32,19 +32,12 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn all_ready(&self) -> bool {
-        self.verdicts.iter().all(|v| v.ready)
-            && self.node_errors.is_empty()
-            && self.load_errors.is_empty()
+        self.verdicts.iter().all(|v| v.ready) && self.node_errors.is_empty() && self.load_errors.is_empty()
     }
     /// Human-readable problems, one per line.
     pub fn failures(&self) -> Vec<String> {
         let mut out: Vec<String> = self.load_errors.clone();
-        out.extend(
-            self.verdicts
-                .iter()
-                .filter(|v| !v.ready)
-                .map(|v| format!("{}: {}: {}", v.key, v.reason, v.message)),
-        );
+        out.extend(self.verdicts.iter().filter(|v| !v.ready).map(|v| format!("{}: {}: {}", v.key, v.reason, v.message)));
         out.extend(self.node_errors.iter().map(|e| format!("node: {e}")));
         out
     }
@@ -102,11 +95,7 @@ impl Reconciler {
 
     async fn facts(&self) -> NodeFacts {
         let node_addresses = match self.dataplane.node().addresses().await {
-            Ok(addrs) => addrs
-                .into_iter()
-                .map(|a| a.net)
-                .filter(|n| !n.addr().is_loopback())
-                .collect(),
+            Ok(addrs) => addrs.into_iter().map(|a| a.net).filter(|n| !n.addr().is_loopback()).collect(),
             Err(_) => Vec::new(),
         };
         NodeFacts {
@@ -135,25 +124,11 @@ impl Reconciler {
         }
         let state = self.state.clone();
         let mut record = |owned: &Owned| state.store_owned(owned).map_err(|e| e.to_string());
-        let report: SyncReport = self
-            .dataplane
-            .sync(&plan.desired, &mut self.owned, &mut record)
-            .await;
+        let report: SyncReport = self.dataplane.sync(&plan.desired, &mut self.owned, &mut record).await;
         node_errors.extend(report.node_errors.iter().cloned());
 
-        let now = k8s_openapi::jiff::Timestamp::now()
-            .round(k8s_openapi::jiff::Unit::Second)
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        let computed = status::compute(
-            &objects,
-            &plan,
-            &report,
-            load_errors,
-            &self.status,
-            &self.node_name,
-            &now,
-        );
+        let now = k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default();
+        let computed = status::compute(&objects, &plan, &report, load_errors, &self.status, &self.node_name, &now);
         if computed.store != self.status {
             match self.state.store_status(&computed.store) {
                 Ok(()) => self.status = computed.store,
@@ -184,15 +159,7 @@ impl Reconciler {
                 .networks
                 .iter()
                 .filter_map(|(name, n)| {
-                    n.as_ref().ok().map(|i| {
-                        (
-                            name.clone(),
-                            AddressUsage {
-                                in_use: i.addresses_in_use,
-                                capacity: i.address_capacity,
-                            },
-                        )
-                    })
+                    n.as_ref().ok().map(|i| (name.clone(), AddressUsage { in_use: i.addresses_in_use, capacity: i.address_capacity }))
                 })
                 .collect();
             let mut ports: BTreeMap<&'static str, i64> = BTreeMap::new();

@@ -61,10 +61,7 @@ pub struct StateDir {
 impl StateDir {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StateError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| StateError::Io {
-            dir: dir.clone(),
-            source,
-        })?;
+        fs::create_dir_all(&dir).map_err(|source| StateError::Io { dir: dir.clone(), source })?;
         Ok(StateDir { dir })
     }
 
@@ -97,14 +94,8 @@ impl StateDir {
     }
 
     fn store<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Encode {
-            file: name.into(),
-            source,
-        })?;
-        write_atomically(&self.dir, name, &bytes).map_err(|source| StateError::Io {
-            dir: self.dir.clone(),
-            source,
-        })
+        let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Encode { file: name.into(), source })?;
+        write_atomically(&self.dir, name, &bytes).map_err(|source| StateError::Io { dir: self.dir.clone(), source })
     }
 
     pub fn load_allocations(&self) -> Allocations {

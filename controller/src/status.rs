@@ -8,13 +8,10 @@ use kube::ResourceExt;
 use serde_json::{json, Value};
 
 use crate::api::{
-    merge_condition, Attachment, AttachmentStatus, Condition, Kind, Network, NetworkStatus,
-    PortMapping, PortMappingStatus, API_VERSION,
+    merge_condition, Attachment, AttachmentStatus, Condition, Kind, Network, NetworkStatus, PortMapping, PortMappingStatus, API_VERSION,
 };
 use crate::dataplane::SyncReport;
-use crate::objects::{
-    attachment_key, network_key, port_mapping_key, KindName, ObjectKey, ObjectSet,
-};
+use crate::objects::{attachment_key, network_key, port_mapping_key, KindName, ObjectKey, ObjectSet};
 use crate::plan::outcome::{reason, Failure};
 use crate::plan::{is_local, Plan};
 use crate::source::manifests::LoadError;
@@ -40,10 +37,7 @@ pub fn key_of(value: &Value) -> Option<ObjectKey> {
     let meta = value.get("metadata")?;
     Some(ObjectKey {
         kind: KindName::from(kind),
-        namespace: meta
-            .get("namespace")
-            .and_then(Value::as_str)
-            .map(String::from),
+        namespace: meta.get("namespace").and_then(Value::as_str).map(String::from),
         name: meta.get("name")?.as_str()?.to_string(),
     })
 }
@@ -52,8 +46,7 @@ fn previous_conditions(previous: &StatusStore) -> BTreeMap<ObjectKey, Vec<Condit
     previous
         .iter()
         .filter_map(|v| {
-            let conditions =
-                serde_json::from_value(v.get("status")?.get("conditions")?.clone()).ok()?;
+            let conditions = serde_json::from_value(v.get("status")?.get("conditions")?.clone()).ok()?;
             Some((key_of(v)?, conditions))
         })
         .collect()
@@ -67,23 +60,13 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn condition(
-        &mut self,
-        key: &ObjectKey,
-        generation: Option<i64>,
-        result: &Result<(), Failure>,
-    ) -> Vec<Condition> {
+    fn condition(&mut self, key: &ObjectKey, generation: Option<i64>, result: &Result<(), Failure>) -> Vec<Condition> {
         let mut c = match result {
             Ok(()) => Condition::ready(true, reason::READY, "realized on the node"),
             Err(f) => Condition::ready(false, f.reason, f.message.clone()),
         };
         c.observed_generation = generation;
-        self.verdicts.push(Verdict {
-            key: key.clone(),
-            ready: result.is_ok(),
-            reason: c.reason.clone(),
-            message: c.message.clone(),
-        });
+        self.verdicts.push(Verdict { key: key.clone(), ready: result.is_ok(), reason: c.reason.clone(), message: c.message.clone() });
         let previous = self.previous.get(key).cloned().unwrap_or_default();
         merge_condition(&previous, c, self.now)
     }
@@ -109,12 +92,7 @@ pub fn compute(
     node: &str,
     now: &str,
 ) -> Computed {
-    let mut b = Builder {
-        previous: previous_conditions(previous),
-        now,
-        store: Vec::new(),
-        verdicts: Vec::new(),
-    };
+    let mut b = Builder { previous: previous_conditions(previous), now, store: Vec::new(), verdicts: Vec::new() };
 
     for net in &objects.networks {
         let key = network_key(net);
@@ -134,10 +112,7 @@ pub fn compute(
             observed_generation: generation(net),
             nodes: Vec::new(),
         };
-        b.push::<Network>(
-            net,
-            serde_json::to_value(status).expect("status serializes"),
-        );
+        b.push::<Network>(net, serde_json::to_value(status).expect("status serializes"));
     }
 
     for att in objects.attachments.iter().filter(|a| is_local(a, node)) {
@@ -149,36 +124,23 @@ pub fn compute(
             report.endpoint_errors.get(&owner_key).map(|f| {
                 Failure::new(
                     reason::SANDBOX_OWNER_GONE,
-                    format!(
-                        "attachment {owner_key}, whose namespace this one shares, is not ready: {}",
-                        f.message
-                    ),
+                    format!("attachment {owner_key}, whose namespace this one shares, is not ready: {}", f.message),
                 )
             })
         });
-        let network_failure = report.network_errors.get(&att.spec.network).map(|f| {
-            Failure::new(
-                reason::NETWORK_NOT_READY,
-                format!("network {} is not ready: {}", att.spec.network, f.message),
-            )
-        });
+        let network_failure = report
+            .network_errors
+            .get(&att.spec.network)
+            .map(|f| Failure::new(reason::NETWORK_NOT_READY, format!("network {} is not ready: {}", att.spec.network, f.message)));
         let result = match planned {
             Some(Err(f)) => Err(f.clone()),
             None => Err(Failure::new(reason::KERNEL_ERROR, "not planned")),
-            Some(Ok(_)) => match report
-                .endpoint_errors
-                .get(&ns_name)
-                .cloned()
-                .or(owner_failure)
-                .or(network_failure)
-            {
+            Some(Ok(_)) => match report.endpoint_errors.get(&ns_name).cloned().or(owner_failure).or(network_failure) {
                 Some(f) => Err(f),
                 None => Ok(()),
             },
         };
-        let info = planned
-            .and_then(|p| p.as_ref().ok())
-            .filter(|_| result.is_ok());
+        let info = planned.and_then(|p| p.as_ref().ok()).filter(|_| result.is_ok());
         let conditions = b.condition(&key, generation(att), &result);
         let status = AttachmentStatus {
             phase: if result.is_ok() { "Ready" } else { "Failed" }.into(),
@@ -201,28 +163,19 @@ pub fn compute(
         b.push::<Attachment>(att, status);
     }
 
-    let ready_attachments: BTreeMap<String, bool> = b
-        .verdicts
-        .iter()
-        .filter(|v| v.key.kind == KindName::Attachment)
-        .map(|v| (v.key.ns_name(), v.ready))
-        .collect();
+    let ready_attachments: BTreeMap<String, bool> =
+        b.verdicts.iter().filter(|v| v.key.kind == KindName::Attachment).map(|v| (v.key.ns_name(), v.ready)).collect();
     for pm in &objects.port_mappings {
         let key = port_mapping_key(pm);
         let Some(planned) = plan.port_mappings.get(&key.ns_name()) else {
             continue;
         };
-        let att_key = format!(
-            "{}/{}",
-            key.namespace.as_deref().unwrap_or("default"),
-            pm.spec.attachment
-        );
+        let att_key = format!("{}/{}", key.namespace.as_deref().unwrap_or("default"), pm.spec.attachment);
         let result = match planned {
             Err(f) => Err(f.clone()),
-            Ok(_) if ready_attachments.get(&att_key) == Some(&false) => Err(Failure::new(
-                reason::ATTACHMENT_NOT_READY,
-                format!("attachment {att_key} is not ready"),
-            )),
+            Ok(_) if ready_attachments.get(&att_key) == Some(&false) => {
+                Err(Failure::new(reason::ATTACHMENT_NOT_READY, format!("attachment {att_key} is not ready")))
+            }
             Ok(_) => match &report.firewall_error {
                 Some(e) => Err(Failure::new(reason::KERNEL_ERROR, format!("firewall: {e}"))),
                 None => Ok(()),
@@ -230,12 +183,7 @@ pub fn compute(
         };
         let conditions = b.condition(&key, generation(pm), &result);
         let status = PortMappingStatus {
-            bindings: planned
-                .as_ref()
-                .ok()
-                .filter(|_| result.is_ok())
-                .cloned()
-                .unwrap_or_default(),
+            bindings: planned.as_ref().ok().filter(|_| result.is_ok()).cloned().unwrap_or_default(),
             observed_generation: generation(pm),
             conditions,
         };
@@ -260,8 +208,5 @@ pub fn compute(
             "status": {"conditions": conditions},
         }));
     }
-    Computed {
-        store: b.store,
-        verdicts: b.verdicts,
-    }
+    Computed { store: b.store, verdicts: b.verdicts }
 }

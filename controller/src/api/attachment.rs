@@ -18,16 +18,8 @@ use super::Condition;
     printcolumn(name = "Network", type_ = "string", json_path = ".spec.network"),
     printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),
     printcolumn(name = "Address", type_ = "string", json_path = ".status.ipv4Address"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AttachmentSpec {
@@ -41,17 +33,9 @@ pub struct AttachmentSpec {
     /// Interface name in the sandbox; default eth0, eth1, ... per sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
-    #[serde(
-        default,
-        rename = "ipv4Address",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "ipv4Address", skip_serializing_if = "Option::is_none")]
     pub ipv4_address: Option<String>,
-    #[serde(
-        default,
-        rename = "ipv6Address",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "ipv6Address", skip_serializing_if = "Option::is_none")]
     pub ipv6_address: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
@@ -128,25 +112,13 @@ pub struct AttachmentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_interface: Option<String>,
     /// IPv4 address in CIDR form.
-    #[serde(
-        default,
-        rename = "ipv4Address",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "ipv4Address", skip_serializing_if = "Option::is_none")]
     pub ipv4_address: Option<String>,
-    #[serde(
-        default,
-        rename = "ipv6Address",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "ipv6Address", skip_serializing_if = "Option::is_none")]
     pub ipv6_address: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
-    #[serde(
-        default,
-        rename = "ipv6Gateway",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "ipv6Gateway", skip_serializing_if = "Option::is_none")]
     pub ipv6_gateway: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,

@@ -51,11 +51,7 @@ pub fn merge_condition(existing: &[Condition], mut new: Condition, now: &str) ->
         Some(old) if old.status == new.status => old.last_transition_time.clone(),
         _ => Some(now.to_string()),
     };
-    let mut out: Vec<Condition> = existing
-        .iter()
-        .filter(|c| c.type_ != new.type_)
-        .cloned()
-        .collect();
+    let mut out: Vec<Condition> = existing.iter().filter(|c| c.type_ != new.type_).cloned().collect();
     out.push(new);
     out
 }

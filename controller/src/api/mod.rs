@@ -23,10 +23,7 @@ pub const API_VERSION: &str = "netlet.io/v1alpha1";
 /// it and as `crds/` holds it.
 pub fn crds_yaml() -> String {
     let crds = [Network::crd(), Attachment::crd(), PortMapping::crd()];
-    crds.iter()
-        .map(|crd| serde_yaml::to_string(crd).expect("CRDs always serialize"))
-        .collect::<Vec<_>>()
-        .join("---\n")
+    crds.iter().map(|crd| serde_yaml::to_string(crd).expect("CRDs always serialize")).collect::<Vec<_>>().join("---\n")
 }
 
 /// Which of the three kinds an object is; used by the manifest loader and
@@ -74,9 +71,7 @@ impl Kind {
     pub fn parse(word: &str) -> Option<Kind> {
         let word = word.to_ascii_lowercase();
         let word = word.strip_suffix(".netlet.io").unwrap_or(&word);
-        Kind::ALL.into_iter().find(|k| {
-            word == k.as_str().to_ascii_lowercase() || word == k.plural() || word == k.short_name()
-        })
+        Kind::ALL.into_iter().find(|k| word == k.as_str().to_ascii_lowercase() || word == k.plural() || word == k.short_name())
     }
 }
 
@@ -92,13 +87,7 @@ mod tests {
 
     #[test]
     fn kinds_resolve_like_kubectl() {
-        for word in [
-            "att",
-            "attachment",
-            "attachments",
-            "Attachment",
-            "attachments.netlet.io",
-        ] {
+        for word in ["att", "attachment", "attachments", "Attachment", "attachments.netlet.io"] {
             assert_eq!(Kind::parse(word), Some(Kind::Attachment), "{word}");
         }
         assert_eq!(Kind::parse("pm"), Some(Kind::PortMapping));
@@ -111,20 +100,13 @@ mod tests {
     fn committed_crds_match_the_rust_types() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/netlet.io.yaml");
         let committed = std::fs::read_to_string(path).expect("crds/netlet.io.yaml exists");
-        assert!(
-            committed == crds_yaml(),
-            "crds/netlet.io.yaml is stale: run `make crds`"
-        );
+        assert!(committed == crds_yaml(), "crds/netlet.io.yaml is stale: run `make crds`");
     }
 
     #[test]
     fn crds_name_all_three_kinds_with_status_subresource() {
         let yaml = crds_yaml();
-        for name in [
-            "networks.netlet.io",
-            "attachments.netlet.io",
-            "portmappings.netlet.io",
-        ] {
+        for name in ["networks.netlet.io", "attachments.netlet.io", "portmappings.netlet.io"] {
             assert!(yaml.contains(name), "{name} missing");
         }
         assert_eq!(yaml.matches("status: {}").count(), 3);

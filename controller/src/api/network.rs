@@ -16,22 +16,10 @@ use super::Condition;
     shortname = "net",
     category = "netlet",
     printcolumn(name = "Driver", type_ = "string", json_path = ".spec.driver"),
-    printcolumn(
-        name = "Subnet",
-        type_ = "string",
-        json_path = ".spec.ipam.config[0].subnet"
-    ),
+    printcolumn(name = "Subnet", type_ = "string", json_path = ".spec.ipam.config[0].subnet"),
     printcolumn(name = "Bridge", type_ = "string", json_path = ".status.bridge"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkSpec {
@@ -102,11 +90,7 @@ pub struct BridgeOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_masquerade: Option<bool>,
     /// Default host address for port mappings.
-    #[serde(
-        default,
-        rename = "hostBindingIPv4",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "hostBindingIPv4", skip_serializing_if = "Option::is_none")]
     pub host_binding_ipv4: Option<String>,
 }
 
@@ -208,11 +192,5 @@ pub mod docker_options {
     pub const ENABLE_IP_MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade";
     pub const HOST_BINDING_IPV4: &str = "com.docker.network.bridge.host_binding_ipv4";
     pub const MTU: &str = "com.docker.network.driver.mtu";
-    pub const ALL: [&str; 5] = [
-        BRIDGE_NAME,
-        ENABLE_ICC,
-        ENABLE_IP_MASQUERADE,
-        HOST_BINDING_IPV4,
-        MTU,
-    ];
+    pub const ALL: [&str; 5] = [BRIDGE_NAME, ENABLE_ICC, ENABLE_IP_MASQUERADE, HOST_BINDING_IPV4, MTU];
 }

@@ -15,12 +15,7 @@ use tokio::sync::Notify;
 /// Subscribes to link and address events; pokes `wake` on the ones that
 /// can mean drift. Needs a tokio runtime context.
 pub fn watch(wake: Arc<Notify>) -> std::io::Result<()> {
-    let groups = [
-        MulticastGroup::Link,
-        MulticastGroup::Ipv4Ifaddr,
-        MulticastGroup::Ipv6Ifaddr,
-        MulticastGroup::Ipv4Route,
-    ];
+    let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr, MulticastGroup::Ipv4Route];
     let (conn, _handle, mut messages) = rtnetlink::new_multicast_connection(&groups)?;
     tokio::spawn(conn);
     tokio::spawn(async move {
@@ -29,9 +24,7 @@ pub fn watch(wake: Arc<Notify>) -> std::io::Result<()> {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(_)) => true,
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(_)) => true,
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(_)) => true,
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
-                    !link.header.flags.contains(LinkFlags::Up)
-                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => !link.header.flags.contains(LinkFlags::Up),
                 _ => false,
             };
             if drift {

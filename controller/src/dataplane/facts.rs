@@ -10,12 +10,9 @@ use crate::api::Protocol;
 /// with: TCP in LISTEN, UDP bound (read from /proc/net, per namespace).
 pub fn bound_ports() -> Vec<(Protocol, IpAddr, u16)> {
     let mut out = Vec::new();
-    for (file, protocol, wanted_state) in [
-        ("tcp", Protocol::Tcp, "0A"),
-        ("tcp6", Protocol::Tcp, "0A"),
-        ("udp", Protocol::Udp, "07"),
-        ("udp6", Protocol::Udp, "07"),
-    ] {
+    for (file, protocol, wanted_state) in
+        [("tcp", Protocol::Tcp, "0A"), ("tcp6", Protocol::Tcp, "0A"), ("udp", Protocol::Udp, "07"), ("udp6", Protocol::Udp, "07")]
+    {
         let Ok(text) = fs::read_to_string(format!("/proc/net/{file}")) else {
             continue;
         };
@@ -48,14 +45,8 @@ fn parse_socket(text: &str) -> Option<(IpAddr, u16)> {
         bytes.extend_from_slice(&word.to_le_bytes());
     }
     match bytes.len() {
-        4 => Some((
-            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
-            port,
-        )),
-        16 => Some((
-            IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-            port,
-        )),
+        4 => Some((IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])), port)),
+        16 => Some((IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)), port)),
         _ => None,
     }
 }
@@ -66,17 +57,8 @@ mod tests {
 
     #[test]
     fn proc_net_sockets_parse() {
-        assert_eq!(
-            parse_socket("0100007F:1F90"),
-            Some(("127.0.0.1".parse().unwrap(), 8080))
-        );
-        assert_eq!(
-            parse_socket("00000000000000000000000001000000:0050"),
-            Some(("::1".parse().unwrap(), 80))
-        );
-        assert_eq!(
-            parse_socket("00000000000000000000000000000000:0016"),
-            Some(("::".parse().unwrap(), 22))
-        );
+        assert_eq!(parse_socket("0100007F:1F90"), Some(("127.0.0.1".parse().unwrap(), 8080)));
+        assert_eq!(parse_socket("00000000000000000000000001000000:0050"), Some(("::1".parse().unwrap(), 80)));
+        assert_eq!(parse_socket("00000000000000000000000000000000:0016"), Some(("::".parse().unwrap(), 22)));
     }
 }

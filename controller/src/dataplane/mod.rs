@@ -75,9 +75,7 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 }
 
 fn is_ours(link: &Link) -> bool {
-    link.alias
-        .as_deref()
-        .is_some_and(|a| a.starts_with(OWNER_ALIAS_PREFIX))
+    link.alias.as_deref().is_some_and(|a| a.starts_with(OWNER_ALIAS_PREFIX))
 }
 
 fn is_link_local(net: &IpNet) -> bool {
@@ -88,10 +86,7 @@ impl Dataplane {
     /// Opens the node-namespace handle. Needs a tokio runtime context on the
     /// reconciler's dedicated thread.
     pub fn new() -> Result<Self, NetlinkError> {
-        Ok(Dataplane {
-            node: Netlink::connect()?,
-            sandboxes: HashMap::new(),
-        })
+        Ok(Dataplane { node: Netlink::connect()?, sandboxes: HashMap::new() })
     }
 
     pub fn node(&self) -> &Netlink {
@@ -116,30 +111,19 @@ impl Dataplane {
             }
         };
         let bridges = self.sync_bridges(desired, &node_links, &mut report).await;
-        self.sync_sandboxes(desired, owned, record_owned, &mut report)
-            .await;
+        self.sync_sandboxes(desired, owned, record_owned, &mut report).await;
         // Write-ahead for links made inside sandboxes, which the node
         // namespace cannot mark.
         let before = owned.sandbox_links.len();
-        for ep in desired
-            .endpoints
-            .iter()
-            .filter(|e| matches!(e.kind, EndpointKind::Macvlan { .. }))
-        {
-            owned
-                .sandbox_links
-                .entry(ep.owner.clone())
-                .or_insert_with(|| (ep.sandbox.path(), ep.ifname.clone()));
+        for ep in desired.endpoints.iter().filter(|e| matches!(e.kind, EndpointKind::Macvlan { .. })) {
+            owned.sandbox_links.entry(ep.owner.clone()).or_insert_with(|| (ep.sandbox.path(), ep.ifname.clone()));
         }
         if owned.sandbox_links.len() != before {
             if let Err(e) = record_owned(owned) {
-                report
-                    .node_errors
-                    .push(format!("recording sandbox links: {e}"));
+                report.node_errors.push(format!("recording sandbox links: {e}"));
             }
         }
-        self.sync_endpoints(desired, &node_links, &bridges, &mut report)
-            .await;
+        self.sync_endpoints(desired, &node_links, &bridges, &mut report).await;
         self.prune(desired, owned, record_owned, &mut report).await;
         report
     }
@@ -162,12 +146,7 @@ impl Dataplane {
     }
 
     /// Ensures every bridge; returns name -> index of the ready ones.
-    async fn sync_bridges(
-        &mut self,
-        desired: &DesiredState,
-        node_links: &[Link],
-        report: &mut SyncReport,
-    ) -> HashMap<String, u32> {
+    async fn sync_bridges(&mut self, desired: &DesiredState, node_links: &[Link], report: &mut SyncReport) -> HashMap<String, u32> {
         let mut ready = HashMap::new();
         let addresses = match self.node.addresses().await {
             Ok(a) => a,
@@ -192,7 +171,10 @@ impl Dataplane {
                         self.node.create_bridge(&bridge.name, bridge.mtu, &alias).await.map_err(|e| SyncReport::kernel(&e))?;
                         report.mutated("link");
                         let links = self.node.links().await.map_err(|e| SyncReport::kernel(&e))?;
-                        links.into_iter().find(|l| l.name == bridge.name).ok_or_else(|| Failure::new(reason::KERNEL_ERROR, format!("bridge {} vanished after creation", bridge.name)))?
+                        links
+                            .into_iter()
+                            .find(|l| l.name == bridge.name)
+                            .ok_or_else(|| Failure::new(reason::KERNEL_ERROR, format!("bridge {} vanished after creation", bridge.name)))?
                     }
                 };
                 let change = LinkChange { up: !link.up, mtu: (link.mtu != bridge.mtu).then_some(bridge.mtu), ..Default::default() };
@@ -200,7 +182,8 @@ impl Dataplane {
                     self.node.set_link(link.index, &bridge.name, change).await.map_err(|e| SyncReport::kernel(&e))?;
                     report.mutated("link");
                 }
-                let have: BTreeSet<IpNet> = addresses.iter().filter(|a| a.index == link.index && !is_link_local(&a.net)).map(|a| a.net).collect();
+                let have: BTreeSet<IpNet> =
+                    addresses.iter().filter(|a| a.index == link.index && !is_link_local(&a.net)).map(|a| a.net).collect();
                 let want: BTreeSet<IpNet> = bridge.addresses.iter().copied().collect();
                 for net in want.difference(&have) {
                     self.node.add_address(link.index, *net, &bridge.name).await.map_err(|e| SyncReport::kernel(&e))?;
@@ -248,17 +231,13 @@ impl Dataplane {
                 // Write-ahead: record before creating, so a crash cannot leak it.
                 if owned.netns.insert(name.clone()) {
                     if let Err(e) = record_owned(owned) {
-                        report
-                            .node_errors
-                            .push(format!("recording namespace {name}: {e}"));
+                        report.node_errors.push(format!("recording namespace {name}: {e}"));
                         continue;
                     }
                 }
                 match netns::create(name) {
                     Ok(()) => report.mutated("netns"),
-                    Err(e) => report
-                        .node_errors
-                        .push(format!("creating namespace {name}: {e}")),
+                    Err(e) => report.node_errors.push(format!("creating namespace {name}: {e}")),
                 }
             }
         }
@@ -268,35 +247,17 @@ impl Dataplane {
     /// that path was replaced.
     fn sandbox(&mut self, sandbox: &SandboxRef) -> Result<&SandboxHandle, Failure> {
         let path = sandbox.path();
-        let id = identity(Path::new(&path)).filter(|_| {
-            netns::is_namespace(Path::new(&path)) || matches!(sandbox, SandboxRef::Path(_))
-        });
+        let id = identity(Path::new(&path)).filter(|_| netns::is_namespace(Path::new(&path)) || matches!(sandbox, SandboxRef::Path(_)));
         let Some(id) = id else {
             self.sandboxes.remove(&path);
-            return Err(Failure::new(
-                reason::SANDBOX_NOT_FOUND,
-                format!("network namespace {path} does not exist"),
-            ));
+            return Err(Failure::new(reason::SANDBOX_NOT_FOUND, format!("network namespace {path} does not exist")));
         };
         let stale = self.sandboxes.get(&path).is_none_or(|h| h.identity != id);
         if stale {
-            let file = File::open(&path).map_err(|e| {
-                Failure::new(
-                    reason::SANDBOX_NOT_FOUND,
-                    format!("opening namespace {path}: {e}"),
-                )
-            })?;
-            let netlink = Netlink::connect_in(&file).map_err(|e| {
-                Failure::new(reason::SANDBOX_NOT_FOUND, format!("namespace {path}: {e}"))
-            })?;
-            self.sandboxes.insert(
-                path.clone(),
-                SandboxHandle {
-                    file,
-                    netlink,
-                    identity: id,
-                },
-            );
+            let file = File::open(&path).map_err(|e| Failure::new(reason::SANDBOX_NOT_FOUND, format!("opening namespace {path}: {e}")))?;
+            let netlink =
+                Netlink::connect_in(&file).map_err(|e| Failure::new(reason::SANDBOX_NOT_FOUND, format!("namespace {path}: {e}")))?;
+            self.sandboxes.insert(path.clone(), SandboxHandle { file, netlink, identity: id });
         }
         Ok(&self.sandboxes[&path])
     }
@@ -328,15 +289,9 @@ impl Dataplane {
             };
             let (sb, file) = handle;
             let Ok(file) = file else { continue };
-            if let Err(e) = self
-                .sync_sandbox(&sb, &file, &endpoints, node_links, bridges, report)
-                .await
-            {
+            if let Err(e) = self.sync_sandbox(&sb, &file, &endpoints, node_links, bridges, report).await {
                 for ep in endpoints {
-                    report
-                        .endpoint_errors
-                        .entry(ep.owner.clone())
-                        .or_insert_with(|| SyncReport::kernel(&e));
+                    report.endpoint_errors.entry(ep.owner.clone()).or_insert_with(|| SyncReport::kernel(&e));
                 }
             }
         }
@@ -355,24 +310,13 @@ impl Dataplane {
         let mut links = sb.links().await?;
         if let Some(lo) = links.iter().find(|l| l.name == "lo") {
             if !lo.up {
-                sb.set_link(
-                    lo.index,
-                    "lo",
-                    LinkChange {
-                        up: true,
-                        ..Default::default()
-                    },
-                )
-                .await?;
+                sb.set_link(lo.index, "lo", LinkChange { up: true, ..Default::default() }).await?;
                 report.mutated("link");
             }
         }
         let mut created = false;
         for ep in endpoints {
-            if let Err(f) = self
-                .ensure_link(file, ep, &links, node_links, bridges, report, &mut created)
-                .await
-            {
+            if let Err(f) = self.ensure_link(file, ep, &links, node_links, bridges, report, &mut created).await {
                 report.endpoint_errors.insert(ep.owner.clone(), f);
             }
         }
@@ -391,10 +335,7 @@ impl Dataplane {
             let Some(link) = links.iter().find(|l| l.name == ep.ifname) else {
                 report.endpoint_errors.insert(
                     ep.owner.clone(),
-                    Failure::new(
-                        reason::KERNEL_ERROR,
-                        format!("interface {} missing after creation", ep.ifname),
-                    ),
+                    Failure::new(reason::KERNEL_ERROR, format!("interface {} missing after creation", ep.ifname)),
                 );
                 continue;
             };
@@ -410,11 +351,8 @@ impl Dataplane {
                     sb.set_link(link.index, &ep.ifname, change).await?;
                     report.mutated("link");
                 }
-                let have: BTreeSet<IpNet> = addresses
-                    .iter()
-                    .filter(|a| a.index == link.index && !is_link_local(&a.net))
-                    .map(|a| a.net)
-                    .collect();
+                let have: BTreeSet<IpNet> =
+                    addresses.iter().filter(|a| a.index == link.index && !is_link_local(&a.net)).map(|a| a.net).collect();
                 let want: BTreeSet<IpNet> = ep.addresses.iter().copied().collect();
                 for net in want.difference(&have) {
                     sb.add_address(link.index, *net, &ep.ifname).await?;
@@ -428,9 +366,7 @@ impl Dataplane {
             }
             .await;
             if let Err(e) = result {
-                report
-                    .endpoint_errors
-                    .insert(ep.owner.clone(), SyncReport::kernel(&e));
+                report.endpoint_errors.insert(ep.owner.clone(), SyncReport::kernel(&e));
                 continue;
             }
             if let Some(gw) = ep.gateway_v4 {
@@ -445,18 +381,12 @@ impl Dataplane {
                 .iter()
                 .filter(|r| {
                     r.message.header.address_family
-                        == if v4 {
-                            netlink_packet_route::AddressFamily::Inet
-                        } else {
-                            netlink_packet_route::AddressFamily::Inet6
-                        }
+                        == if v4 { netlink_packet_route::AddressFamily::Inet } else { netlink_packet_route::AddressFamily::Inet6 }
                 })
                 .collect();
             match want {
                 Some((index, gw, owner)) => {
-                    let in_place = current
-                        .iter()
-                        .any(|r| r.oif == Some(index) && r.gateway == Some(gw));
+                    let in_place = current.iter().any(|r| r.oif == Some(index) && r.gateway == Some(gw));
                     if !in_place {
                         if let Err(e) = sb.replace_default_route(index, gw).await {
                             report.endpoint_errors.insert(owner, SyncReport::kernel(&e));
@@ -465,18 +395,13 @@ impl Dataplane {
                         }
                     }
                     // Another default route through one of our interfaces is stale.
-                    for r in current.iter().filter(|r| {
-                        r.oif != Some(index) && r.oif.is_some_and(|o| our_indexes.contains(&o))
-                    }) {
+                    for r in current.iter().filter(|r| r.oif != Some(index) && r.oif.is_some_and(|o| our_indexes.contains(&o))) {
                         sb.delete_route(r).await?;
                         report.mutated("route");
                     }
                 }
                 None => {
-                    for r in current
-                        .iter()
-                        .filter(|r| r.oif.is_some_and(|o| our_indexes.contains(&o)))
-                    {
+                    for r in current.iter().filter(|r| r.oif.is_some_and(|o| our_indexes.contains(&o))) {
                         sb.delete_route(r).await?;
                         report.mutated("route");
                     }
@@ -504,18 +429,11 @@ impl Dataplane {
         match &ep.kind {
             EndpointKind::Veth { host_name, bridge } => {
                 let Some(&bridge_index) = bridges.get(bridge) else {
-                    return Err(Failure::new(
-                        reason::NETWORK_NOT_READY,
-                        format!("bridge {bridge} is not ready"),
-                    ));
+                    return Err(Failure::new(reason::NETWORK_NOT_READY, format!("bridge {bridge} is not ready")));
                 };
                 let host = node_links.iter().find(|l| &l.name == host_name);
                 let paired = match (host, inner) {
-                    (Some(h), Some(i)) => {
-                        i.kind.as_deref() == Some("veth")
-                            && i.link == Some(h.index)
-                            && h.link == Some(i.index)
-                    }
+                    (Some(h), Some(i)) => i.kind.as_deref() == Some("veth") && i.link == Some(h.index) && h.link == Some(i.index),
                     _ => false,
                 };
                 if let (Some(h), true) = (host, paired) {
@@ -526,10 +444,7 @@ impl Dataplane {
                         mac: None,
                     };
                     if !change.is_empty() {
-                        self.node
-                            .set_link(h.index, host_name, change)
-                            .await
-                            .map_err(|e| SyncReport::kernel(&e))?;
+                        self.node.set_link(h.index, host_name, change).await.map_err(|e| SyncReport::kernel(&e))?;
                         report.mutated("link");
                     }
                     return Ok(());
@@ -538,7 +453,12 @@ impl Dataplane {
                     // The name is taken in the sandbox by a link that is not our peer.
                     return Err(Failure::new(
                         reason::INTERFACE_CONFLICT,
-                        format!("interface {} already exists in sandbox {} (index {}) and is not netlet's", ep.ifname, ep.sandbox.path(), i.index),
+                        format!(
+                            "interface {} already exists in sandbox {} (index {}) and is not netlet's",
+                            ep.ifname,
+                            ep.sandbox.path(),
+                            i.index
+                        ),
                     ));
                 }
                 if let Some(h) = host {
@@ -546,28 +466,15 @@ impl Dataplane {
                     if !is_ours(h) {
                         return Err(Failure::new(
                             reason::INTERFACE_CONFLICT,
-                            format!(
-                                "a link named {host_name} exists on the node and is not netlet's"
-                            ),
+                            format!("a link named {host_name} exists on the node and is not netlet's"),
                         ));
                     }
-                    self.node
-                        .delete_link(h.index, host_name)
-                        .await
-                        .map_err(|e| SyncReport::kernel(&e))?;
+                    self.node.delete_link(h.index, host_name).await.map_err(|e| SyncReport::kernel(&e))?;
                     report.mutated("link");
                 }
                 let alias = format!("{OWNER_ALIAS_PREFIX}attachment/{}", ep.owner);
                 self.node
-                    .create_veth(
-                        host_name,
-                        &alias,
-                        bridge_index,
-                        &ep.ifname,
-                        file,
-                        ep.mac,
-                        ep.mtu,
-                    )
+                    .create_veth(host_name, &alias, bridge_index, &ep.ifname, file, ep.mac, ep.mtu)
                     .await
                     .map_err(|e| SyncReport::kernel(&e))?;
                 report.mutated("link");
@@ -581,18 +488,11 @@ impl Dataplane {
                 if inner.is_some() {
                     return Err(Failure::new(
                         reason::INTERFACE_CONFLICT,
-                        format!(
-                            "interface {} already exists in sandbox {} and is not a macvlan",
-                            ep.ifname,
-                            ep.sandbox.path()
-                        ),
+                        format!("interface {} already exists in sandbox {} and is not a macvlan", ep.ifname, ep.sandbox.path()),
                     ));
                 }
                 let Some(parent_link) = node_links.iter().find(|l| &l.name == parent) else {
-                    return Err(Failure::new(
-                        reason::NETWORK_NOT_READY,
-                        format!("macvlan parent {parent} does not exist on the node"),
-                    ));
+                    return Err(Failure::new(reason::NETWORK_NOT_READY, format!("macvlan parent {parent} does not exist on the node")));
                 };
                 self.node
                     .create_macvlan(&ep.ifname, parent_link.index, *mode, file, ep.mac, ep.mtu)
@@ -614,28 +514,16 @@ impl Dataplane {
         record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
         report: &mut SyncReport,
     ) {
-        let wanted_links: BTreeSet<&str> = desired
-            .bridges
-            .iter()
-            .map(|b| b.name.as_str())
-            .chain(desired.endpoints.iter().filter_map(|e| e.host_name()))
-            .collect();
+        let wanted_links: BTreeSet<&str> =
+            desired.bridges.iter().map(|b| b.name.as_str()).chain(desired.endpoints.iter().filter_map(|e| e.host_name())).collect();
         match self.node.links().await {
             Ok(links) => {
                 // Veths first (batched), so a bridge is empty when it goes.
-                let stale: Vec<&Link> = links
-                    .iter()
-                    .filter(|l| is_ours(l) && !wanted_links.contains(l.name.as_str()))
-                    .collect();
-                let (bridges, others): (Vec<&Link>, Vec<&Link>) = stale
-                    .into_iter()
-                    .partition(|l| l.kind.as_deref() == Some("bridge"));
-                let group_is_free = !links
-                    .iter()
-                    .any(|l| l.group == DOOMED_GROUP && !others.iter().any(|o| o.index == l.index));
+                let stale: Vec<&Link> = links.iter().filter(|l| is_ours(l) && !wanted_links.contains(l.name.as_str())).collect();
+                let (bridges, others): (Vec<&Link>, Vec<&Link>) = stale.into_iter().partition(|l| l.kind.as_deref() == Some("bridge"));
+                let group_is_free = !links.iter().any(|l| l.group == DOOMED_GROUP && !others.iter().any(|o| o.index == l.index));
                 if others.len() > 1 && group_is_free {
-                    let batch: Vec<(u32, String)> =
-                        others.iter().map(|l| (l.index, l.name.clone())).collect();
+                    let batch: Vec<(u32, String)> = others.iter().map(|l| (l.index, l.name.clone())).collect();
                     match self.node.delete_links_batched(&batch, DOOMED_GROUP).await {
                         Ok(()) => {
                             for _ in &batch {
@@ -681,10 +569,7 @@ impl Dataplane {
                 Ok(h) => {
                     let sb = h.netlink.clone();
                     match sb.links().await {
-                        Ok(links) => match links
-                            .iter()
-                            .find(|l| l.name == ifname && l.kind.as_deref() == Some("macvlan"))
-                        {
+                        Ok(links) => match links.iter().find(|l| l.name == ifname && l.kind.as_deref() == Some("macvlan")) {
                             Some(l) => sb.delete_link(l.index, &ifname).await.map(|()| true),
                             None => Ok(false),
                         },
@@ -700,25 +585,14 @@ impl Dataplane {
                     }
                     owned.sandbox_links.remove(&owner);
                     if let Err(e) = record_owned(owned) {
-                        report
-                            .node_errors
-                            .push(format!("recording sandbox link removal: {e}"));
+                        report.node_errors.push(format!("recording sandbox link removal: {e}"));
                     }
                 }
                 Err(e) => report.node_errors.push(e.to_string()),
             }
         }
-        let wanted_netns: BTreeSet<&str> = desired
-            .sandboxes
-            .iter()
-            .filter_map(|s| s.sandbox.netns_name())
-            .collect();
-        let stale: Vec<String> = owned
-            .netns
-            .iter()
-            .filter(|n| !wanted_netns.contains(n.as_str()))
-            .cloned()
-            .collect();
+        let wanted_netns: BTreeSet<&str> = desired.sandboxes.iter().filter_map(|s| s.sandbox.netns_name()).collect();
+        let stale: Vec<String> = owned.netns.iter().filter(|n| !wanted_netns.contains(n.as_str())).cloned().collect();
         for name in stale {
             let path = Path::new(crate::plan::attachment::NETNS_DIR).join(&name);
             self.sandboxes.remove(&path.display().to_string());
@@ -730,14 +604,10 @@ impl Dataplane {
                     }
                     owned.netns.remove(&name);
                     if let Err(e) = record_owned(owned) {
-                        report
-                            .node_errors
-                            .push(format!("recording namespace removal {name}: {e}"));
+                        report.node_errors.push(format!("recording namespace removal {name}: {e}"));
                     }
                 }
-                Err(e) => report
-                    .node_errors
-                    .push(format!("deleting namespace {name}: {e}")),
+                Err(e) => report.node_errors.push(format!("deleting namespace {name}: {e}")),
             }
         }
     }

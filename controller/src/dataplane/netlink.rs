@@ -10,10 +10,7 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-    MacVlanMode,
-};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
@@ -43,25 +40,14 @@ impl NetlinkError {
                     Some(1) => " (EPERM: the agent needs CAP_NET_ADMIN)",
                     _ => "",
                 };
-                let message = format!(
-                    "{}{hint}",
-                    io.map(|e| e.to_string()).unwrap_or_else(|| msg.to_string())
-                );
+                let message = format!("{}{hint}", io.map(|e| e.to_string()).unwrap_or_else(|| msg.to_string()));
                 NetlinkError { op, message, errno }
             }
-            other => NetlinkError {
-                op,
-                message: other.to_string(),
-                errno: None,
-            },
+            other => NetlinkError { op, message: other.to_string(), errno: None },
         }
     }
     fn io(op: impl Into<String>, e: std::io::Error) -> Self {
-        NetlinkError {
-            op: op.into(),
-            errno: e.raw_os_error(),
-            message: e.to_string(),
-        }
+        NetlinkError { op: op.into(), errno: e.raw_os_error(), message: e.to_string() }
     }
     pub fn is_not_found(&self) -> bool {
         matches!(self.errno, Some(19) | Some(2) | Some(3) | Some(99))
@@ -87,11 +73,7 @@ pub struct Link {
 }
 
 fn parse_link(msg: &LinkMessage) -> Link {
-    let mut link = Link {
-        index: msg.header.index,
-        up: msg.header.flags.contains(LinkFlags::Up),
-        ..Default::default()
-    };
+    let mut link = Link { index: msg.header.index, up: msg.header.flags.contains(LinkFlags::Up), ..Default::default() };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n.clone(),
@@ -137,42 +119,28 @@ pub struct Netlink {
 impl Netlink {
     /// A handle in the calling thread's namespace. Needs a tokio runtime context.
     pub fn connect() -> Result<Self> {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| NetlinkError::io("open netlink socket", e))?;
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError::io("open netlink socket", e))?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }
 
     /// A handle in the namespace `ns` (see the module comment).
     pub fn connect_in(ns: &File) -> Result<Self> {
-        let opened = netns::with_netns(ns, rtnetlink::new_connection)
-            .map_err(|e| NetlinkError::io("enter namespace", e))?;
+        let opened = netns::with_netns(ns, rtnetlink::new_connection).map_err(|e| NetlinkError::io("enter namespace", e))?;
         let (conn, handle, _) = opened.map_err(|e| NetlinkError::io("open netlink socket", e))?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }
 
     pub async fn links(&self) -> Result<Vec<Link>> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetlinkError::from_rtnetlink("list links", e))?;
+        let msgs: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(|e| NetlinkError::from_rtnetlink("list links", e))?;
         Ok(msgs.iter().map(parse_link).collect())
     }
 
     pub async fn addresses(&self) -> Result<Vec<Address>> {
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetlinkError::from_rtnetlink("list addresses", e))?;
+        let msgs: Vec<_> =
+            self.handle.address().get().execute().try_collect().await.map_err(|e| NetlinkError::from_rtnetlink("list addresses", e))?;
         let mut out = Vec::new();
         for msg in msgs {
             let ip = msg.attributes.iter().find_map(|a| match a {
@@ -181,10 +149,7 @@ impl Netlink {
             });
             if let Some(ip) = ip {
                 if let Ok(net) = IpNet::new(ip, msg.header.prefix_len) {
-                    out.push(Address {
-                        index: msg.header.index,
-                        net,
-                    });
+                    out.push(Address { index: msg.header.index, net });
                 }
             }
         }
@@ -194,47 +159,24 @@ impl Netlink {
     /// Default routes (0.0.0.0/0 and ::/0) of the main table.
     pub async fn default_routes(&self) -> Result<Vec<DefaultRoute>> {
         let mut out = Vec::new();
-        for query in [
-            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-        ] {
-            let msgs: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(query)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| NetlinkError::from_rtnetlink("list routes", e))?;
+        for query in [RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(), RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()] {
+            let msgs: Vec<RouteMessage> =
+                self.handle.route().get(query).execute().try_collect().await.map_err(|e| NetlinkError::from_rtnetlink("list routes", e))?;
             for msg in msgs {
                 let table = msg
                     .attributes
                     .iter()
-                    .find_map(|a| {
-                        if let RouteAttribute::Table(t) = a {
-                            Some(*t)
-                        } else {
-                            None
-                        }
-                    })
+                    .find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None })
                     .unwrap_or(u32::from(msg.header.table));
                 if msg.header.destination_prefix_length != 0 || table != 254 {
                     continue;
                 }
-                let mut route = DefaultRoute {
-                    oif: None,
-                    gateway: None,
-                    message: msg.clone(),
-                };
+                let mut route = DefaultRoute { oif: None, gateway: None, message: msg.clone() };
                 for attr in &msg.attributes {
                     match attr {
                         RouteAttribute::Oif(i) => route.oif = Some(*i),
-                        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => {
-                            route.gateway = Some(IpAddr::V4(*ip))
-                        }
-                        RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => {
-                            route.gateway = Some(IpAddr::V6(*ip))
-                        }
+                        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => route.gateway = Some(IpAddr::V4(*ip)),
+                        RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => route.gateway = Some(IpAddr::V6(*ip)),
                         _ => {}
                     }
                 }
@@ -246,12 +188,7 @@ impl Netlink {
 
     pub async fn create_bridge(&self, name: &str, mtu: u32, alias: &str) -> Result<()> {
         let msg = LinkBridge::new(name).mtu(mtu).up().build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::from_rtnetlink(format!("create bridge {name}"), e))?;
+        self.handle.link().add(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("create bridge {name}"), e))?;
         self.set_alias(name, alias).await
     }
 
@@ -284,12 +221,7 @@ impl Netlink {
             .up()
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::from_rtnetlink(format!("create veth {host}/{peer}"), e))?;
+        self.handle.link().add(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("create veth {host}/{peer}"), e))?;
         self.set_alias(host, alias).await
     }
 
@@ -297,25 +229,12 @@ impl Netlink {
     /// creation, so this is a second request right after it.
     async fn set_alias(&self, name: &str, alias: &str) -> Result<()> {
         let msg = LinkUnspec::new_with_name(name).alias(alias).build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::from_rtnetlink(format!("mark link {name}"), e))
+        self.handle.link().set(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("mark link {name}"), e))
     }
 
     /// Creates a macvlan on `parent` (an index in this namespace) directly
     /// inside `ns` as `name`, up.
-    pub async fn create_macvlan(
-        &self,
-        name: &str,
-        parent: u32,
-        mode: MacvlanMode,
-        ns: &File,
-        mac: [u8; 6],
-        mtu: u32,
-    ) -> Result<()> {
+    pub async fn create_macvlan(&self, name: &str, parent: u32, mode: MacvlanMode, ns: &File, mac: [u8; 6], mtu: u32) -> Result<()> {
         use std::os::fd::AsRawFd;
         let mode = match mode {
             MacvlanMode::Bridge => MacVlanMode::Bridge,
@@ -332,12 +251,7 @@ impl Netlink {
             .up()
             .set_info_data(InfoData::MacVlan(vec![InfoMacVlan::Mode(mode)]))
             .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::from_rtnetlink(format!("create macvlan {name}"), e))
+        self.handle.link().add(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("create macvlan {name}"), e))
     }
 
     /// Changes a link in place: any of up, MTU, MAC, controller.
@@ -355,23 +269,11 @@ impl Netlink {
         if let Some(c) = change.controller {
             b = b.controller(c);
         }
-        self.handle
-            .link()
-            .set(b.build())
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::from_rtnetlink(format!("update link {what}"), e))
+        self.handle.link().set(b.build()).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("update link {what}"), e))
     }
 
     pub async fn delete_link(&self, index: u32, what: &str) -> Result<()> {
-        match self
-            .handle
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::from_rtnetlink(format!("delete link {what}"), e))
-        {
+        match self.handle.link().del(index).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("delete link {what}"), e)) {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,
         }
@@ -384,67 +286,46 @@ impl Netlink {
     pub async fn delete_links_batched(&self, links: &[(u32, String)], group: u32) -> Result<()> {
         for (index, name) in links {
             let msg = LinkUnspec::new_with_index(*index).link_group(group).build();
-            match self
-                .handle
-                .link()
-                .set(msg)
-                .execute()
-                .await
-                .map_err(|e| NetlinkError::from_rtnetlink(format!("regroup link {name}"), e))
-            {
+            match self.handle.link().set(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("regroup link {name}"), e)) {
                 Err(e) if e.is_not_found() => {}
                 other => other?,
             }
         }
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::Group(group));
-        match self
-            .handle
-            .link()
-            .del_with_message(msg)
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::from_rtnetlink("delete link group", e))
-        {
+        match self.handle.link().del_with_message(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink("delete link group", e)) {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,
         }
     }
 
     pub async fn add_address(&self, index: u32, net: IpNet, what: &str) -> Result<()> {
-        let mut req = self
-            .handle
-            .address()
-            .add(index, net.addr(), net.prefix_len())
-            .replace();
+        let mut req = self.handle.address().add(index, net.addr(), net.prefix_len()).replace();
         if net.addr().is_ipv6() {
             // Skip duplicate address detection, as Docker does: the address
             // is usable at once instead of after a second of "tentative".
-            req.message_mut().attributes.push(AddressAttribute::Flags(
-                netlink_packet_route::address::AddressFlags::Nodad,
-            ));
+            req.message_mut().attributes.push(AddressAttribute::Flags(netlink_packet_route::address::AddressFlags::Nodad));
         }
-        req.execute()
-            .await
-            .map_err(|e| NetlinkError::from_rtnetlink(format!("add address {net} to {what}"), e))
+        req.execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("add address {net} to {what}"), e))
     }
 
     pub async fn delete_address(&self, index: u32, net: IpNet, what: &str) -> Result<()> {
         let mut msg = netlink_packet_route::address::AddressMessage::default();
         msg.header.index = index;
         msg.header.prefix_len = net.prefix_len();
-        msg.header.family = if net.addr().is_ipv4() {
-            AddressFamily::Inet
-        } else {
-            AddressFamily::Inet6
-        };
+        msg.header.family = if net.addr().is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
         msg.attributes.push(AddressAttribute::Address(net.addr()));
         if net.addr().is_ipv4() {
             msg.attributes.push(AddressAttribute::Local(net.addr()));
         }
-        match self.handle.address().del(msg).execute().await.map_err(|e| {
-            NetlinkError::from_rtnetlink(format!("delete address {net} from {what}"), e)
-        }) {
+        match self
+            .handle
+            .address()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink(format!("delete address {net} from {what}"), e))
+        {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,
         }
@@ -453,14 +334,8 @@ impl Netlink {
     /// `ip route replace default via GW dev INDEX`.
     pub async fn replace_default_route(&self, index: u32, gateway: IpAddr) -> Result<()> {
         let msg = match gateway {
-            IpAddr::V4(gw) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .output_interface(index)
-                .gateway(gw)
-                .build(),
-            IpAddr::V6(gw) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .output_interface(index)
-                .gateway(gw)
-                .build(),
+            IpAddr::V4(gw) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().output_interface(index).gateway(gw).build(),
+            IpAddr::V6(gw) => RouteMessageBuilder::<std::net::Ipv6Addr>::new().output_interface(index).gateway(gw).build(),
         };
         self.handle
             .route()
@@ -468,9 +343,7 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| {
-                NetlinkError::from_rtnetlink(format!("set default route via {gateway}"), e)
-            })
+            .map_err(|e| NetlinkError::from_rtnetlink(format!("set default route via {gateway}"), e))
     }
 
     pub async fn delete_route(&self, route: &DefaultRoute) -> Result<()> {

@@ -19,26 +19,12 @@ use crate::plan::attachment::NETNS_DIR;
 /// Makes /run/netns a shared mount point (once per boot, as iproute2 does).
 fn ensure_netns_dir() -> io::Result<()> {
     fs::create_dir_all(NETNS_DIR)?;
-    let shared = |dir: &str| {
-        mount(
-            None::<&str>,
-            dir,
-            None::<&str>,
-            MsFlags::MS_SHARED | MsFlags::MS_REC,
-            None::<&str>,
-        )
-    };
+    let shared = |dir: &str| mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
     match shared(NETNS_DIR) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EINVAL) => {
             // Not a mount point yet: bind it onto itself, then share it.
-            mount(
-                Some(NETNS_DIR),
-                NETNS_DIR,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )?;
+            mount(Some(NETNS_DIR), NETNS_DIR, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
             shared(NETNS_DIR).map_err(io::Error::from)
         }
         Err(e) => Err(e.into()),
@@ -64,23 +50,13 @@ pub fn create(name: &str) -> io::Result<()> {
     if is_namespace(&path) {
         return Ok(());
     }
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)?;
+    OpenOptions::new().write(true).create(true).truncate(false).open(&path)?;
     let target = path.clone();
     let result = std::thread::spawn(move || -> io::Result<()> {
         // unshare(CLONE_NEWNET) changes only this thread's namespace; the
         // thread ends right after, and the bind mount keeps the namespace.
         unshare(CloneFlags::CLONE_NEWNET)?;
-        mount(
-            Some("/proc/thread-self/ns/net"),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )?;
+        mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
         Ok(())
     })
     .join()
@@ -110,7 +86,6 @@ pub fn with_netns<T>(ns: &File, f: impl FnOnce() -> T) -> io::Result<T> {
     let home = File::open("/proc/thread-self/ns/net")?;
     setns(ns, CloneFlags::CLONE_NEWNET)?;
     let out = f();
-    setns(&home, CloneFlags::CLONE_NEWNET)
-        .expect("returning to the agent's own namespace must not fail");
+    setns(&home, CloneFlags::CLONE_NEWNET).expect("returning to the agent's own namespace must not fail");
     Ok(out)
 }

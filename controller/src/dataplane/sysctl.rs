@@ -17,9 +17,7 @@ pub fn ensure(key: &str, value: &str) -> io::Result<bool> {
 
 /// Reads `/proc/sys/<key>`.
 pub fn read(key: &str) -> io::Result<String> {
-    Ok(fs::read_to_string(format!("/proc/sys/{key}"))?
-        .trim()
-        .to_string())
+    Ok(fs::read_to_string(format!("/proc/sys/{key}"))?.trim().to_string())
 }
 
 /// The kernel's ephemeral port range (net.ipv4.ip_local_port_range).

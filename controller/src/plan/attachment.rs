@@ -9,9 +9,7 @@ use crate::api::Attachment;
 use crate::naming;
 
 /// Where an attachment's interface lives, as the dataplane sees it.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum SandboxRef {
     /// `/run/netns/<name>`, created and removed by netlet.
     Managed(String),
@@ -74,52 +72,35 @@ fn check_dns_name(what: &str, name: &str) -> Result<(), Failure> {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
     if ok {
         Ok(())
     } else {
-        Err(Failure::invalid(format!(
-            "{what} {name:?} is not a valid DNS name"
-        )))
+        Err(Failure::invalid(format!("{what} {name:?} is not a valid DNS name")))
     }
 }
 
 pub fn check(att: &Attachment) -> Result<CheckedAttachment, Failure> {
     let spec = &att.spec;
     let sb = &spec.sandbox;
-    let chosen = [
-        sb.netns.is_some(),
-        sb.path.is_some(),
-        sb.attachment.is_some(),
-        sb.host.unwrap_or(false),
-    ];
+    let chosen = [sb.netns.is_some(), sb.path.is_some(), sb.attachment.is_some(), sb.host.unwrap_or(false)];
     let sandbox = match chosen.iter().filter(|x| **x).count() {
-        0 => {
-            return Err(Failure::invalid(
-                "sandbox needs exactly one of netns, path, attachment or host: true; none is set",
-            ))
-        }
+        0 => return Err(Failure::invalid("sandbox needs exactly one of netns, path, attachment or host: true; none is set")),
         1 => {
             if let Some(name) = &sb.netns {
                 check_netns_name(name)?;
                 SandboxChoice::Namespace(SandboxRef::Managed(name.clone()))
             } else if let Some(path) = &sb.path {
                 if !path.starts_with('/') {
-                    return Err(Failure::invalid(format!(
-                        "sandbox.path {path:?} must be an absolute path"
-                    )));
+                    return Err(Failure::invalid(format!("sandbox.path {path:?} must be an absolute path")));
                 }
                 SandboxChoice::Namespace(SandboxRef::Path(path.clone()))
             } else if let Some(owner) = &sb.attachment {
                 if owner == &att.name_any() {
-                    return Err(Failure::invalid(
-                        "sandbox.attachment names the attachment itself",
-                    ));
+                    return Err(Failure::invalid("sandbox.attachment names the attachment itself"));
                 }
                 SandboxChoice::SharedWith(owner.clone())
             } else {
@@ -127,13 +108,12 @@ pub fn check(att: &Attachment) -> Result<CheckedAttachment, Failure> {
             }
         }
         _ => {
-            let names: Vec<&str> = ["netns", "path", "attachment", "host"]
-                .iter()
-                .zip(chosen)
-                .filter(|(_, set)| *set)
-                .map(|(n, _)| *n)
-                .collect();
-            return Err(Failure::invalid(format!("sandbox needs exactly one of netns, path, attachment or host: true; {} are all set", names.join(", "))));
+            let names: Vec<&str> =
+                ["netns", "path", "attachment", "host"].iter().zip(chosen).filter(|(_, set)| *set).map(|(n, _)| *n).collect();
+            return Err(Failure::invalid(format!(
+                "sandbox needs exactly one of netns, path, attachment or host: true; {} are all set",
+                names.join(", ")
+            )));
         }
     };
     if let Some(ifname) = &spec.interface {
@@ -141,13 +121,10 @@ pub fn check(att: &Attachment) -> Result<CheckedAttachment, Failure> {
     }
     let ipv4 = match &spec.ipv4_address {
         Some(text) => {
-            let ip: IpAddr = text.trim().parse().map_err(|_| {
-                Failure::invalid(format!("ipv4Address {text:?} is not a valid IPv4 address"))
-            })?;
+            let ip: IpAddr =
+                text.trim().parse().map_err(|_| Failure::invalid(format!("ipv4Address {text:?} is not a valid IPv4 address")))?;
             if !ip.is_ipv4() {
-                return Err(Failure::invalid(format!(
-                    "ipv4Address {text:?} is not an IPv4 address"
-                )));
+                return Err(Failure::invalid(format!("ipv4Address {text:?} is not an IPv4 address")));
             }
             Some(ip)
         }
@@ -155,22 +132,17 @@ pub fn check(att: &Attachment) -> Result<CheckedAttachment, Failure> {
     };
     let ipv6 = match &spec.ipv6_address {
         Some(text) => {
-            let ip: IpAddr = text.trim().parse().map_err(|_| {
-                Failure::invalid(format!("ipv6Address {text:?} is not a valid IPv6 address"))
-            })?;
+            let ip: IpAddr =
+                text.trim().parse().map_err(|_| Failure::invalid(format!("ipv6Address {text:?} is not a valid IPv6 address")))?;
             if !ip.is_ipv6() {
-                return Err(Failure::invalid(format!(
-                    "ipv6Address {text:?} is not an IPv6 address"
-                )));
+                return Err(Failure::invalid(format!("ipv6Address {text:?} is not an IPv6 address")));
             }
             Some(ip)
         }
         None => None,
     };
     let mac = match &spec.mac_address {
-        Some(text) => Some(
-            naming::parse_mac(text).map_err(|e| Failure::invalid(format!("macAddress: {e}")))?,
-        ),
+        Some(text) => Some(naming::parse_mac(text).map_err(|e| Failure::invalid(format!("macAddress: {e}")))?),
         None => None,
     };
     for alias in &spec.aliases {
@@ -180,23 +152,14 @@ pub fn check(att: &Attachment) -> Result<CheckedAttachment, Failure> {
         check_dns_name("hostname", hostname)?;
     }
     for entry in &spec.extra_hosts {
-        let (name, addr) = entry.split_once(':').ok_or_else(|| {
-            Failure::invalid(format!(
-                "extraHosts entry {entry:?} is not of the form name:address"
-            ))
-        })?;
+        let (name, addr) =
+            entry.split_once(':').ok_or_else(|| Failure::invalid(format!("extraHosts entry {entry:?} is not of the form name:address")))?;
         check_dns_name("extraHosts name", name)?;
-        addr.parse::<IpAddr>().map_err(|_| {
-            Failure::invalid(format!(
-                "extraHosts entry {entry:?}: {addr:?} is not an IP address"
-            ))
-        })?;
+        addr.parse::<IpAddr>().map_err(|_| Failure::invalid(format!("extraHosts entry {entry:?}: {addr:?} is not an IP address")))?;
     }
     if let Some(dns) = &spec.dns {
         for ns in &dns.nameservers {
-            ns.parse::<IpAddr>().map_err(|_| {
-                Failure::invalid(format!("dns.nameservers entry {ns:?} is not an IP address"))
-            })?;
+            ns.parse::<IpAddr>().map_err(|_| Failure::invalid(format!("dns.nameservers entry {ns:?} is not an IP address")))?;
         }
     }
     for exposed in &spec.expose {
@@ -204,10 +167,5 @@ pub fn check(att: &Attachment) -> Result<CheckedAttachment, Failure> {
             return Err(Failure::invalid("expose: port 0 is not a valid port"));
         }
     }
-    Ok(CheckedAttachment {
-        sandbox,
-        ipv4,
-        ipv6,
-        mac,
-    })
+    Ok(CheckedAttachment { sandbox, ipv4, ipv6, mac })
 }

@@ -24,10 +24,7 @@ pub struct Request {
 }
 
 /// Allocates every request; the result holds one entry per request.
-pub fn allocate(
-    subnet: &Subnet,
-    requests: &[Request],
-) -> BTreeMap<String, Result<IpAddr, Failure>> {
+pub fn allocate(subnet: &Subnet, requests: &[Request]) -> BTreeMap<String, Result<IpAddr, Failure>> {
     let mut used: BTreeMap<IpAddr, String> = BTreeMap::new();
     let mut out = BTreeMap::new();
 
@@ -50,10 +47,7 @@ pub fn allocate(
             continue;
         }
         let result = check_static(subnet, ip).and_then(|()| match used.get(&ip) {
-            Some(holder) => Err(Failure::new(
-                reason::ADDRESS_IN_USE,
-                format!("address {ip} is already assigned to attachment {holder}"),
-            )),
+            Some(holder) => Err(Failure::new(reason::ADDRESS_IN_USE, format!("address {ip} is already assigned to attachment {holder}"))),
             None => Ok(ip),
         });
         if result.is_ok() {
@@ -63,10 +57,7 @@ pub fn allocate(
     }
     // 3. Dynamic addresses, lowest free first. The cursor only moves
     // forward: nothing is freed during one pass.
-    let (mut cursor, last) = (
-        to_u128(subnet.range.network()),
-        to_u128(subnet.range.broadcast()),
-    );
+    let (mut cursor, last) = (to_u128(subnet.range.network()), to_u128(subnet.range.broadcast()));
     let v4 = subnet.net.addr().is_ipv4();
     for req in requests {
         if out.contains_key(&req.owner) {
@@ -86,13 +77,7 @@ pub fn allocate(
                 used.insert(ip, req.owner.clone());
                 Ok(ip)
             }
-            None => Err(Failure::new(
-                reason::POOL_EXHAUSTED,
-                format!(
-                    "no free address left in {} (subnet {})",
-                    subnet.range, subnet.net
-                ),
-            )),
+            None => Err(Failure::new(reason::POOL_EXHAUSTED, format!("no free address left in {} (subnet {})", subnet.range, subnet.net))),
         };
         out.insert(req.owner.clone(), result);
     }
@@ -116,10 +101,7 @@ fn from_u128(value: u128, v4: bool) -> IpAddr {
 
 /// How many addresses the subnet's range can hand out.
 pub fn capacity(subnet: &Subnet) -> u64 {
-    let (first, last) = (
-        to_u128(subnet.range.network()),
-        to_u128(subnet.range.broadcast()),
-    );
+    let (first, last) = (to_u128(subnet.range.network()), to_u128(subnet.range.broadcast()));
     let size = last - first + 1;
     let v4 = subnet.net.addr().is_ipv4();
     let reserved = [subnet.net.network(), subnet.net.broadcast(), subnet.gateway]
@@ -134,16 +116,10 @@ pub fn capacity(subnet: &Subnet) -> u64 {
 /// A static address must lie in the subnet and not be reserved.
 pub fn check_static(subnet: &Subnet, ip: IpAddr) -> Result<(), Failure> {
     if !subnet.net.contains(&ip) {
-        return Err(Failure::invalid(format!(
-            "address {ip} is outside the subnet {}",
-            subnet.net
-        )));
+        return Err(Failure::invalid(format!("address {ip} is outside the subnet {}", subnet.net)));
     }
     if let Some(what) = subnet.reserved_reason(ip) {
-        return Err(Failure::invalid(format!(
-            "address {ip} is {what} of {} and cannot be assigned",
-            subnet.net
-        )));
+        return Err(Failure::invalid(format!("address {ip} is {what} of {} and cannot be assigned", subnet.net)));
     }
     Ok(())
 }
@@ -162,11 +138,7 @@ mod tests {
         }
     }
     fn dynamic(owner: &str) -> Request {
-        Request {
-            owner: owner.into(),
-            static_ip: None,
-            previous: None,
-        }
+        Request { owner: owner.into(), static_ip: None, previous: None }
     }
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -192,14 +164,7 @@ mod tests {
     #[test]
     fn statics_are_claimed_before_dynamics_regardless_of_order() {
         let s = subnet("10.0.0.0/29", "10.0.0.1", None, &[]);
-        let reqs = [
-            dynamic("a"),
-            Request {
-                owner: "b".into(),
-                static_ip: Some(ip("10.0.0.2")),
-                previous: None,
-            },
-        ];
+        let reqs = [dynamic("a"), Request { owner: "b".into(), static_ip: Some(ip("10.0.0.2")), previous: None }];
         let got = allocate(&s, &reqs);
         assert_eq!(got["b"], Ok(ip("10.0.0.2")));
         assert_eq!(got["a"], Ok(ip("10.0.0.3")));
@@ -208,14 +173,7 @@ mod tests {
     #[test]
     fn held_addresses_are_kept_even_when_lower_ones_are_free() {
         let s = subnet("10.0.0.0/24", "10.0.0.1", None, &[]);
-        let reqs = [
-            dynamic("a"),
-            Request {
-                owner: "b".into(),
-                static_ip: None,
-                previous: Some(ip("10.0.0.9")),
-            },
-        ];
+        let reqs = [dynamic("a"), Request { owner: "b".into(), static_ip: None, previous: Some(ip("10.0.0.9")) }];
         let got = allocate(&s, &reqs);
         assert_eq!(got["b"], Ok(ip("10.0.0.9")));
         assert_eq!(got["a"], Ok(ip("10.0.0.2")));
@@ -225,16 +183,8 @@ mod tests {
     fn a_static_address_already_held_is_a_conflict_for_the_later_one() {
         let s = subnet("10.0.0.0/24", "10.0.0.1", None, &[]);
         let reqs = [
-            Request {
-                owner: "old".into(),
-                static_ip: None,
-                previous: Some(ip("10.0.0.7")),
-            },
-            Request {
-                owner: "new".into(),
-                static_ip: Some(ip("10.0.0.7")),
-                previous: None,
-            },
+            Request { owner: "old".into(), static_ip: None, previous: Some(ip("10.0.0.7")) },
+            Request { owner: "new".into(), static_ip: Some(ip("10.0.0.7")), previous: None },
         ];
         let got = allocate(&s, &reqs);
         let err = got["new"].clone().unwrap_err();
@@ -262,53 +212,20 @@ mod tests {
     #[test]
     fn static_addresses_are_validated() {
         let s = subnet("10.0.0.0/24", "10.0.0.1", None, &["10.0.0.5"]);
-        assert!(check_static(&s, ip("10.0.1.1"))
-            .unwrap_err()
-            .message
-            .contains("outside"));
-        assert!(check_static(&s, ip("10.0.0.1"))
-            .unwrap_err()
-            .message
-            .contains("gateway"));
-        assert!(check_static(&s, ip("10.0.0.0"))
-            .unwrap_err()
-            .message
-            .contains("network address"));
-        assert!(check_static(&s, ip("10.0.0.255"))
-            .unwrap_err()
-            .message
-            .contains("broadcast"));
-        assert!(check_static(&s, ip("10.0.0.5"))
-            .unwrap_err()
-            .message
-            .contains("auxiliary"));
+        assert!(check_static(&s, ip("10.0.1.1")).unwrap_err().message.contains("outside"));
+        assert!(check_static(&s, ip("10.0.0.1")).unwrap_err().message.contains("gateway"));
+        assert!(check_static(&s, ip("10.0.0.0")).unwrap_err().message.contains("network address"));
+        assert!(check_static(&s, ip("10.0.0.255")).unwrap_err().message.contains("broadcast"));
+        assert!(check_static(&s, ip("10.0.0.5")).unwrap_err().message.contains("auxiliary"));
         assert!(check_static(&s, ip("10.0.0.6")).is_ok());
     }
 
     #[test]
     fn capacity_excludes_reserved_addresses() {
-        assert_eq!(
-            capacity(&subnet("10.0.0.0/24", "10.0.0.1", None, &["10.0.0.9"])),
-            252
-        );
-        assert_eq!(
-            capacity(&subnet(
-                "172.25.0.0/16",
-                "172.25.0.1",
-                Some("172.25.5.0/24"),
-                &[]
-            )),
-            256
-        );
-        assert_eq!(
-            capacity(&subnet("fd00::/64", "fd00::1", None, &[])),
-            u64::MAX - 1
-        );
-        assert_eq!(
-            capacity(&subnet("fd00::/48", "fd00::1", None, &[])),
-            u64::MAX,
-            "saturates"
-        );
+        assert_eq!(capacity(&subnet("10.0.0.0/24", "10.0.0.1", None, &["10.0.0.9"])), 252);
+        assert_eq!(capacity(&subnet("172.25.0.0/16", "172.25.0.1", Some("172.25.5.0/24"), &[])), 256);
+        assert_eq!(capacity(&subnet("fd00::/64", "fd00::1", None, &[])), u64::MAX - 1);
+        assert_eq!(capacity(&subnet("fd00::/48", "fd00::1", None, &[])), u64::MAX, "saturates");
     }
 
     #[test]

@@ -112,15 +112,9 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
 
     // Attachments of this node, checked, in creation order.
     let mut local: Vec<(String, &Attachment, CheckedAttachment)> = Vec::new();
-    for att in objects
-        .attachments
-        .iter()
-        .filter(|a| is_local(a, &node.node_name))
-    {
+    for att in objects.attachments.iter().filter(|a| is_local(a, &node.node_name)) {
         let key = format!("{}/{}", namespace_of(att), att.name_any());
-        match attachment::check(att)
-            .and_then(|checked| check_against_network(att, &checked, &networks).map(|()| checked))
-        {
+        match attachment::check(att).and_then(|checked| check_against_network(att, &checked, &networks).map(|()| checked)) {
             Ok(checked) => local.push((key, att, checked)),
             Err(failure) => {
                 out.attachments.insert(key, Err(failure));
@@ -141,26 +135,14 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
         let SandboxChoice::Namespace(sandbox) = &checked.sandbox else {
             continue;
         };
-        let net = &networks[&att.spec.network]
-            .as_ref()
-            .expect("checked against a ready network");
+        let net = &networks[&att.spec.network].as_ref().expect("checked against a ready network");
         sandboxes.insert(sandbox.clone());
         if net.driver == Driver::Null {
             out.attachments.insert(
                 key.clone(),
-                Ok(AttachmentInfo {
-                    network: net.name.clone(),
-                    sandbox_path: Some(sandbox.path()),
-                    ..Default::default()
-                }),
+                Ok(AttachmentInfo { network: net.name.clone(), sandbox_path: Some(sandbox.path()), ..Default::default() }),
             );
-            out.allocations.endpoints.insert(
-                key.clone(),
-                HeldEndpoint {
-                    network: net.name.clone(),
-                    ..Default::default()
-                },
-            );
+            out.allocations.endpoints.insert(key.clone(), HeldEndpoint { network: net.name.clone(), ..Default::default() });
             continue;
         }
         let (v4, v6) = addresses.get(key).cloned().unwrap_or_default();
@@ -173,11 +155,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
                 key.clone(),
                 Err(Failure::new(
                     reason::DUPLICATE_MAC,
-                    format!(
-                        "MAC address {} is already used by attachment {holder} on network {}",
-                        naming::format_mac(&mac),
-                        net.name
-                    ),
+                    format!("MAC address {} is already used by attachment {holder} on network {}", naming::format_mac(&mac), net.name),
                 )),
             );
             continue;
@@ -185,28 +163,18 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
         macs.insert((net.name.clone(), mac), key.clone());
 
         let ifname = interfaces[key].clone();
-        let with_prefix = |ip: Option<IpAddr>| {
-            ip.and_then(|ip| {
-                net.subnet_for(ip)
-                    .map(|s| IpNet::new(ip, s.net.prefix_len()).expect("valid prefix"))
-            })
-        };
+        let with_prefix =
+            |ip: Option<IpAddr>| ip.and_then(|ip| net.subnet_for(ip).map(|s| IpNet::new(ip, s.net.prefix_len()).expect("valid prefix")));
         let (cidr4, cidr6) = (with_prefix(v4), with_prefix(v6));
         let gw4 = v4.and_then(|ip| net.subnet_for(ip)).map(|s| s.gateway);
         let gw6 = v6.and_then(|ip| net.subnet_for(ip)).map(|s| s.gateway);
         let carries_default = default_routes.get(&sandbox.clone()) == Some(key);
         let kind = match net.driver {
             Driver::Macvlan => {
-                let (parent, mode) = net
-                    .macvlan
-                    .clone()
-                    .expect("resolved macvlan network has a parent");
+                let (parent, mode) = net.macvlan.clone().expect("resolved macvlan network has a parent");
                 EndpointKind::Macvlan { parent, mode }
             }
-            _ => EndpointKind::Veth {
-                host_name: naming::host_veth_name(&namespace_of(*att), &att.name_any()),
-                bridge: net.bridge.clone(),
-            },
+            _ => EndpointKind::Veth { host_name: naming::host_veth_name(&namespace_of(*att), &att.name_any()), bridge: net.bridge.clone() },
         };
         let endpoint = Endpoint {
             owner: key.clone(),
@@ -235,15 +203,9 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
                 node_addresses: Vec::new(),
             }),
         );
-        out.allocations.endpoints.insert(
-            key.clone(),
-            HeldEndpoint {
-                network: net.name.clone(),
-                ipv4: v4,
-                ipv6: v6,
-                interface: Some(ifname),
-            },
-        );
+        out.allocations
+            .endpoints
+            .insert(key.clone(), HeldEndpoint { network: net.name.clone(), ipv4: v4, ipv6: v6, interface: Some(ifname) });
         out.desired.endpoints.push(endpoint);
     }
 
@@ -277,16 +239,8 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
     // Networks: bridges, firewall, counts.
     for (name, net) in &networks {
         let Ok(net) = net else { continue };
-        let count = out
-            .attachments
-            .values()
-            .filter(|a| matches!(a, Ok(info) if &info.network == name))
-            .count() as u32;
-        let gateways: Vec<String> = net
-            .subnets
-            .iter()
-            .map(|s| s.gateway_cidr().to_string())
-            .collect();
+        let count = out.attachments.values().filter(|a| matches!(a, Ok(info) if &info.network == name)).count() as u32;
+        let gateways: Vec<String> = net.subnets.iter().map(|s| s.gateway_cidr().to_string()).collect();
         if net.has_bridge() {
             out.desired.bridges.push(BridgeLink {
                 name: net.bridge.clone(),
@@ -312,11 +266,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
             .filter(|h| &h.network == name)
             .map(|h| u64::from(h.ipv4.is_some()) + u64::from(h.ipv6.is_some()))
             .sum();
-        let address_capacity = net
-            .subnets
-            .iter()
-            .map(ipam::capacity)
-            .fold(0u64, u64::saturating_add);
+        let address_capacity = net.subnets.iter().map(ipam::capacity).fold(0u64, u64::saturating_add);
         out.networks.insert(
             name.clone(),
             Ok(NetworkInfo {
@@ -331,10 +281,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
 
     ports::plan_ports(objects, node, held, &networks, &mut out);
 
-    out.desired.sandboxes = sandboxes
-        .into_iter()
-        .map(|sandbox| SandboxSpec { sandbox })
-        .collect();
+    out.desired.sandboxes = sandboxes.into_iter().map(|sandbox| SandboxSpec { sandbox }).collect();
     out.desired.endpoints.sort_by(|a, b| a.owner.cmp(&b.owner));
     out
 }
@@ -354,10 +301,7 @@ fn as_v6(ip: IpAddr) -> Option<Ipv6Addr> {
 
 /// Resolves every network; a later network that collides with an earlier
 /// ready one (bridge name, overlapping subnet) fails, the earlier one stays.
-fn resolve_networks(
-    objects: &ObjectSet,
-    out: &mut Plan,
-) -> BTreeMap<String, Result<ResolvedNetwork, Failure>> {
+fn resolve_networks(objects: &ObjectSet, out: &mut Plan) -> BTreeMap<String, Result<ResolvedNetwork, Failure>> {
     let mut resolved: BTreeMap<String, Result<ResolvedNetwork, Failure>> = BTreeMap::new();
     let mut ready: Vec<ResolvedNetwork> = Vec::new();
     for net in &objects.networks {
@@ -367,19 +311,13 @@ fn resolve_networks(
                 if r.has_bridge() && earlier.has_bridge() && r.bridge == earlier.bridge {
                     return Err(Failure::new(
                         reason::BRIDGE_NAME_CONFLICT,
-                        format!(
-                            "bridge name {} is already used by network {}",
-                            r.bridge, earlier.name
-                        ),
+                        format!("bridge name {} is already used by network {}", r.bridge, earlier.name),
                     ));
                 }
                 if let Some((mine, theirs)) = network::overlap(&r, earlier) {
                     return Err(Failure::new(
                         reason::SUBNET_OVERLAP,
-                        format!(
-                            "subnet {mine} overlaps subnet {theirs} of network {}",
-                            earlier.name
-                        ),
+                        format!("subnet {mine} overlaps subnet {theirs} of network {}", earlier.name),
                     ));
                 }
             }
@@ -407,26 +345,14 @@ fn check_against_network(
     }
     let name = &att.spec.network;
     let net = match networks.get(name) {
-        None => {
-            return Err(Failure::new(
-                reason::NETWORK_NOT_FOUND,
-                format!("network {name:?} does not exist"),
-            ))
-        }
-        Some(Err(f)) => {
-            return Err(Failure::new(
-                reason::NETWORK_NOT_READY,
-                format!("network {name:?} is not ready: {}", f.message),
-            ))
-        }
+        None => return Err(Failure::new(reason::NETWORK_NOT_FOUND, format!("network {name:?} does not exist"))),
+        Some(Err(f)) => return Err(Failure::new(reason::NETWORK_NOT_READY, format!("network {name:?} is not ready: {}", f.message))),
         Some(Ok(net)) => net,
     };
     match (net.driver, &checked.sandbox) {
         (Driver::Host, SandboxChoice::Host) => return Ok(()),
         (Driver::Host, _) => {
-            return Err(Failure::invalid(format!(
-                "network {name:?} has driver host: the attachment needs sandbox.host: true"
-            )))
+            return Err(Failure::invalid(format!("network {name:?} has driver host: the attachment needs sandbox.host: true")))
         }
         (_, SandboxChoice::Host) => {
             return Err(Failure::invalid(format!(
@@ -434,35 +360,23 @@ fn check_against_network(
                 net.driver.as_str()
             )))
         }
-        (Driver::Overlay, _) => {
-            return Err(Failure::new(
-                reason::UNSUPPORTED,
-                "overlay networks are not implemented yet",
-            ))
-        }
+        (Driver::Overlay, _) => return Err(Failure::new(reason::UNSUPPORTED, "overlay networks are not implemented yet")),
         _ => {}
     }
     for ip in checked.ipv4.iter().chain(checked.ipv6.iter()) {
         if net.driver == Driver::Null {
-            return Err(Failure::invalid(format!(
-                "network {name:?} has driver null: it takes no addresses"
-            )));
+            return Err(Failure::invalid(format!("network {name:?} has driver null: it takes no addresses")));
         }
         match net.subnet_for(*ip) {
             Some(subnet) => ipam::check_static(subnet, *ip)?,
             None => {
                 let subnets: Vec<String> = net.subnets.iter().map(|s| s.net.to_string()).collect();
-                return Err(Failure::invalid(format!(
-                    "address {ip} is outside every subnet of network {name:?} ({})",
-                    subnets.join(", ")
-                )));
+                return Err(Failure::invalid(format!("address {ip} is outside every subnet of network {name:?} ({})", subnets.join(", "))));
             }
         }
     }
     if checked.ipv6.is_some() && !net.enable_ipv6 {
-        return Err(Failure::invalid(format!(
-            "ipv6Address is set but network {name:?} does not enable IPv6"
-        )));
+        return Err(Failure::invalid(format!("ipv6Address is set but network {name:?} does not enable IPv6")));
     }
     Ok(())
 }
@@ -484,25 +398,15 @@ fn allocate_addresses(
         }
         let members: Vec<&(String, &Attachment, CheckedAttachment)> = local
             .iter()
-            .filter(|(_, att, checked)| {
-                &att.spec.network == name && matches!(checked.sandbox, SandboxChoice::Namespace(_))
-            })
+            .filter(|(_, att, checked)| &att.spec.network == name && matches!(checked.sandbox, SandboxChoice::Namespace(_)))
             .collect();
         for (family_v4, first) in [(true, net.subnet_v4()), (false, net.subnet_v6())] {
             let Some(first) = first else { continue };
-            for subnet in net
-                .subnets
-                .iter()
-                .filter(|s| s.net.addr().is_ipv4() == family_v4)
-            {
+            for subnet in net.subnets.iter().filter(|s| s.net.addr().is_ipv4() == family_v4) {
                 let requests: Vec<ipam::Request> = members
                     .iter()
                     .filter_map(|(key, _, checked)| {
-                        let static_ip = if family_v4 {
-                            checked.ipv4
-                        } else {
-                            checked.ipv6
-                        };
+                        let static_ip = if family_v4 { checked.ipv4 } else { checked.ipv6 };
                         let wanted_subnet = match static_ip {
                             Some(ip) => net.subnet_for(ip)?,
                             None => first,
@@ -516,11 +420,7 @@ fn allocate_addresses(
                             .filter(|h| &h.network == name)
                             .and_then(|h| if family_v4 { h.ipv4 } else { h.ipv6 })
                             .filter(|ip| subnet.net.contains(ip));
-                        Some(ipam::Request {
-                            owner: key.clone(),
-                            static_ip,
-                            previous,
-                        })
+                        Some(ipam::Request { owner: key.clone(), static_ip, previous })
                     })
                     .collect();
                 for (owner, result) in ipam::allocate(subnet, &requests) {
@@ -546,13 +446,8 @@ fn allocate_addresses(
 
 /// Names interfaces per sandbox: names held before, then explicit names, then eth0, eth1, ...
 /// for the rest in creation order, keeping names assigned earlier.
-fn assign_interfaces(
-    local: &[(String, &Attachment, CheckedAttachment)],
-    held: &Allocations,
-    out: &mut Plan,
-) -> BTreeMap<String, String> {
-    let mut by_sandbox: BTreeMap<SandboxRef, Vec<&(String, &Attachment, CheckedAttachment)>> =
-        BTreeMap::new();
+fn assign_interfaces(local: &[(String, &Attachment, CheckedAttachment)], held: &Allocations, out: &mut Plan) -> BTreeMap<String, String> {
+    let mut by_sandbox: BTreeMap<SandboxRef, Vec<&(String, &Attachment, CheckedAttachment)>> = BTreeMap::new();
     for entry in local {
         if let SandboxChoice::Namespace(sandbox) = &entry.2.sandbox {
             by_sandbox.entry(sandbox.clone()).or_default().push(entry);
@@ -565,20 +460,10 @@ fn assign_interfaces(
         // Names held from earlier reconciles come first: a running
         // container's interface is never renamed because of a newcomer.
         for (key, att, _) in members.iter() {
-            let Some(ifname) = held
-                .endpoints
-                .get(key.as_str())
-                .and_then(|h| h.interface.clone())
-            else {
+            let Some(ifname) = held.endpoints.get(key.as_str()).and_then(|h| h.interface.clone()) else {
                 continue;
             };
-            if att
-                .spec
-                .interface
-                .as_ref()
-                .is_none_or(|wanted| wanted == &ifname)
-                && !taken.contains_key(&ifname)
-            {
+            if att.spec.interface.as_ref().is_none_or(|wanted| wanted == &ifname) && !taken.contains_key(&ifname) {
                 taken.insert(ifname.clone(), key.clone());
                 names.insert(key.clone(), ifname);
             }

@@ -34,10 +34,7 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        Failure {
-            reason,
-            message: message.into(),
-        }
+        Failure { reason, message: message.into() }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Failure::new(reason::INVALID_SPEC, message)

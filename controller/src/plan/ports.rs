@@ -31,8 +31,7 @@ fn overlaps(a: Option<IpAddr>, b: Option<IpAddr>) -> bool {
 }
 
 fn show_ip(ip: Option<IpAddr>) -> String {
-    ip.map(|ip| ip.to_string())
-        .unwrap_or_else(|| "0.0.0.0".into())
+    ip.map(|ip| ip.to_string()).unwrap_or_else(|| "0.0.0.0".into())
 }
 
 pub(super) fn plan_ports(
@@ -49,18 +48,8 @@ pub(super) fn plan_ports(
         let ns = namespace_of(pm);
         let key = format!("{ns}/{}", pm.name_any());
         let att_key = format!("{ns}/{}", pm.spec.attachment);
-        let Some(att) = objects
-            .attachments
-            .iter()
-            .find(|a| namespace_of(*a) == ns && a.name_any() == pm.spec.attachment)
-        else {
-            out.port_mappings.insert(
-                key,
-                Err(Failure::new(
-                    reason::ATTACHMENT_NOT_FOUND,
-                    format!("attachment {att_key} does not exist"),
-                )),
-            );
+        let Some(att) = objects.attachments.iter().find(|a| namespace_of(*a) == ns && a.name_any() == pm.spec.attachment) else {
+            out.port_mappings.insert(key, Err(Failure::new(reason::ATTACHMENT_NOT_FOUND, format!("attachment {att_key} does not exist"))));
             continue;
         };
         if !is_local(att, &node.node_name) {
@@ -71,9 +60,8 @@ pub(super) fn plan_ports(
             let mut mine: Vec<(Protocol, Option<IpAddr>, u16, u16, IpAddr)> = Vec::new();
             for w in wanted.iter().filter(|w| w.host_port.is_some()) {
                 let port = w.host_port.expect("filtered");
-                if let Some((_, winner)) = published
-                    .get(&(w.protocol, port))
-                    .and_then(|v| v.iter().find(|(ip, _)| overlaps(*ip, w.host_ip)))
+                if let Some((_, winner)) =
+                    published.get(&(w.protocol, port)).and_then(|v| v.iter().find(|(ip, _)| overlaps(*ip, w.host_ip)))
                 {
                     return Err(Failure::new(
                         reason::PORT_CONFLICT,
@@ -84,90 +72,43 @@ pub(super) fn plan_ports(
                         ),
                     ));
                 }
-                if mine.iter().any(|(p, ip, hp, _, _)| {
-                    *p == w.protocol && *hp == port && overlaps(*ip, w.host_ip)
-                }) {
-                    return Err(Failure::invalid(format!(
-                        "host port {port}/{} is listed twice",
-                        w.protocol.as_str()
-                    )));
+                if mine.iter().any(|(p, ip, hp, _, _)| *p == w.protocol && *hp == port && overlaps(*ip, w.host_ip)) {
+                    return Err(Failure::invalid(format!("host port {port}/{} is listed twice", w.protocol.as_str())));
                 }
-                if let Some((_, ip, _)) = node.bound_ports.iter().find(|(p, ip, bp)| {
-                    *p == w.protocol && *bp == port && overlaps(Some(*ip), w.host_ip)
-                }) {
+                if let Some((_, ip, _)) =
+                    node.bound_ports.iter().find(|(p, ip, bp)| *p == w.protocol && *bp == port && overlaps(Some(*ip), w.host_ip))
+                {
                     return Err(Failure::new(
                         reason::PORT_IN_USE,
-                        format!(
-                            "host port {ip}:{port}/{} is already bound by a process on the node",
-                            w.protocol.as_str()
-                        ),
+                        format!("host port {ip}:{port}/{} is already bound by a process on the node", w.protocol.as_str()),
                     ));
                 }
-                mine.push((
-                    w.protocol,
-                    w.host_ip,
-                    port,
-                    w.container_port,
-                    w.container_ip,
-                ));
+                mine.push((w.protocol, w.host_ip, port, w.container_port, w.container_ip));
             }
             // Then ephemeral ports: the one held before if still free, else the lowest free.
             for w in wanted.iter().filter(|w| w.host_port.is_none()) {
-                let alloc_key = format!(
-                    "{key}|{}|{}|{}",
-                    w.protocol.as_str(),
-                    w.container_port,
-                    show_ip(w.host_ip)
-                );
+                let alloc_key = format!("{key}|{}|{}|{}", w.protocol.as_str(), w.container_port, show_ip(w.host_ip));
                 let free = |port: u16| {
-                    !published
-                        .get(&(w.protocol, port))
-                        .is_some_and(|v| v.iter().any(|(ip, _)| overlaps(*ip, w.host_ip)))
-                        && !mine.iter().any(|(p, ip, hp, _, _)| {
-                            *p == w.protocol && *hp == port && overlaps(*ip, w.host_ip)
-                        })
-                        && !node.bound_ports.iter().any(|(p, ip, bp)| {
-                            *p == w.protocol && *bp == port && overlaps(Some(*ip), w.host_ip)
-                        })
+                    !published.get(&(w.protocol, port)).is_some_and(|v| v.iter().any(|(ip, _)| overlaps(*ip, w.host_ip)))
+                        && !mine.iter().any(|(p, ip, hp, _, _)| *p == w.protocol && *hp == port && overlaps(*ip, w.host_ip))
+                        && !node.bound_ports.iter().any(|(p, ip, bp)| *p == w.protocol && *bp == port && overlaps(Some(*ip), w.host_ip))
                 };
-                let port = held
-                    .ports
-                    .get(&alloc_key)
-                    .copied()
-                    .filter(|p| free(*p))
-                    .or_else(|| (lo..=hi).find(|p| free(*p)))
-                    .ok_or_else(|| {
-                        Failure::new(
-                            reason::PORTS_EXHAUSTED,
-                            format!(
-                                "no free host port left in {lo}-{hi} for {}",
-                                w.protocol.as_str()
-                            ),
-                        )
+                let port =
+                    held.ports.get(&alloc_key).copied().filter(|p| free(*p)).or_else(|| (lo..=hi).find(|p| free(*p))).ok_or_else(|| {
+                        Failure::new(reason::PORTS_EXHAUSTED, format!("no free host port left in {lo}-{hi} for {}", w.protocol.as_str()))
                     })?;
                 out.allocations.ports.insert(alloc_key, port);
-                mine.push((
-                    w.protocol,
-                    w.host_ip,
-                    port,
-                    w.container_port,
-                    w.container_ip,
-                ));
+                mine.push((w.protocol, w.host_ip, port, w.container_port, w.container_ip));
             }
             Ok(mine)
         });
         match result {
             Ok(mine) => {
-                let net = networks
-                    .get(&att.spec.network)
-                    .and_then(|n| n.as_ref().ok());
+                let net = networks.get(&att.spec.network).and_then(|n| n.as_ref().ok());
                 let bridge = net.map(|n| n.bridge.clone()).unwrap_or_default();
                 let mut bindings = Vec::new();
                 for (protocol, host_ip, host_port, container_port, container_ip) in mine {
-                    published
-                        .entry((protocol, host_port))
-                        .or_default()
-                        .push((host_ip, key.clone()));
+                    published.entry((protocol, host_port)).or_default().push((host_ip, key.clone()));
                     bindings.push(PortBinding {
                         protocol,
                         host_ip: match (host_ip, container_ip) {
@@ -206,107 +147,70 @@ fn wanted_bindings(
     out: &Plan,
 ) -> Result<Vec<Wanted>, Failure> {
     if att.spec.sandbox.attachment.is_some() {
-        return Err(Failure::new(reason::NOT_APPLICABLE, format!("attachment {att_key} shares another attachment's namespace; publish ports on that one")));
+        return Err(Failure::new(
+            reason::NOT_APPLICABLE,
+            format!("attachment {att_key} shares another attachment's namespace; publish ports on that one"),
+        ));
     }
     if let Some(Ok(net)) = networks.get(&att.spec.network) {
         if matches!(net.driver, Driver::Host | Driver::Null) {
             return Err(Failure::new(
                 reason::NOT_APPLICABLE,
-                format!("attachment {att_key} is on network {} with driver {}: publishing ports means nothing there", net.name, net.driver.as_str()),
-            ));
-        }
-        if net.driver != Driver::Bridge {
-            return Err(Failure::new(
-                reason::UNSUPPORTED,
                 format!(
-                    "port publishing on driver {} is not supported",
+                    "attachment {att_key} is on network {} with driver {}: publishing ports means nothing there",
+                    net.name,
                     net.driver.as_str()
                 ),
             ));
+        }
+        if net.driver != Driver::Bridge {
+            return Err(Failure::new(reason::UNSUPPORTED, format!("port publishing on driver {} is not supported", net.driver.as_str())));
         }
     }
     let info = match out.attachments.get(att_key) {
         Some(Ok(info)) => info,
         Some(Err(f)) => {
-            return Err(Failure::new(
-                reason::ATTACHMENT_NOT_READY,
-                format!("attachment {att_key} is not ready: {}", f.message),
-            ))
+            return Err(Failure::new(reason::ATTACHMENT_NOT_READY, format!("attachment {att_key} is not ready: {}", f.message)))
         }
-        None => {
-            return Err(Failure::new(
-                reason::ATTACHMENT_NOT_READY,
-                format!("attachment {att_key} is not ready"),
-            ))
-        }
+        None => return Err(Failure::new(reason::ATTACHMENT_NOT_READY, format!("attachment {att_key} is not ready"))),
     };
-    let default_host_ip = networks
-        .get(&att.spec.network)
-        .and_then(|n| n.as_ref().ok())
-        .and_then(|n| n.host_binding_ipv4);
+    let default_host_ip = networks.get(&att.spec.network).and_then(|n| n.as_ref().ok()).and_then(|n| n.host_binding_ipv4);
     let mut wanted = Vec::new();
-    let mut push = |protocol: Protocol,
-                    host_ip: Option<IpAddr>,
-                    host_port: Option<u16>,
-                    container_port: u16|
-     -> Result<(), Failure> {
+    let mut push = |protocol: Protocol, host_ip: Option<IpAddr>, host_port: Option<u16>, container_port: u16| -> Result<(), Failure> {
         let families: Vec<IpAddr> = match host_ip {
             Some(ip) if ip.is_ipv4() => info.ipv4.map(|n| n.addr()).into_iter().collect(),
             Some(_) => info.ipv6.map(|n| n.addr()).into_iter().collect(),
-            None => info
-                .ipv4
-                .iter()
-                .chain(info.ipv6.iter())
-                .map(|n| n.addr())
-                .collect(),
+            None => info.ipv4.iter().chain(info.ipv6.iter()).map(|n| n.addr()).collect(),
         };
         if families.is_empty() {
-            return Err(Failure::invalid(format!(
-                "hostIP {} has no matching address family on attachment {att_key}",
-                show_ip(host_ip)
-            )));
+            return Err(Failure::invalid(format!("hostIP {} has no matching address family on attachment {att_key}", show_ip(host_ip))));
         }
         for container_ip in families {
-            wanted.push(Wanted {
-                protocol,
-                host_ip,
-                host_port,
-                container_port,
-                container_ip,
-            });
+            wanted.push(Wanted { protocol, host_ip, host_port, container_port, container_ip });
         }
         Ok(())
     };
     for (i, port) in pm.spec.ports.iter().enumerate() {
         let what = format!("ports[{i}]");
         if port.container_port == 0 {
-            return Err(Failure::invalid(format!(
-                "{what}.containerPort must be between 1 and 65535"
-            )));
+            return Err(Failure::invalid(format!("{what}.containerPort must be between 1 and 65535")));
         }
         let c_end = port.container_port_end.unwrap_or(port.container_port);
         if c_end < port.container_port {
-            return Err(Failure::invalid(format!(
-                "{what}.containerPortEnd {c_end} is below containerPort {}",
-                port.container_port
-            )));
+            return Err(Failure::invalid(format!("{what}.containerPortEnd {c_end} is below containerPort {}", port.container_port)));
         }
         let host_ip = match &port.host_ip {
-            Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
-                Failure::invalid(format!("{what}.hostIP {text:?} is not an IP address"))
-            })?),
+            Some(text) => {
+                Some(text.parse::<IpAddr>().map_err(|_| Failure::invalid(format!("{what}.hostIP {text:?} is not an IP address")))?)
+            }
             None => default_host_ip,
         };
         let host_start = port.host_port.filter(|p| *p != 0);
         let count = c_end - port.container_port;
         if let Some(start) = host_start {
-            let end = port
-                .host_port_end
-                .unwrap_or_else(|| start.saturating_add(count));
+            let end = port.host_port_end.unwrap_or_else(|| start.saturating_add(count));
             if end < start {
-                return Err(Failure::invalid(format!(
-                    "{what}.hostPortEnd {end} is below hostPort {start}"
-                )));
+                return Err(Failure::invalid(format!("{what}.hostPortEnd {end} is below hostPort {start}")));
             }
             if end - start != count {
                 return Err(Failure::invalid(format!(
@@ -315,17 +219,10 @@ fn wanted_bindings(
                 )));
             }
         } else if port.host_port_end.is_some() {
-            return Err(Failure::invalid(format!(
-                "{what}.hostPortEnd needs hostPort"
-            )));
+            return Err(Failure::invalid(format!("{what}.hostPortEnd needs hostPort")));
         }
         for offset in 0..=count {
-            push(
-                port.protocol,
-                host_ip,
-                host_start.map(|s| s + offset),
-                port.container_port + offset,
-            )?;
+            push(port.protocol, host_ip, host_start.map(|s| s + offset), port.container_port + offset)?;
         }
     }
     if pm.spec.publish_all {
@@ -337,9 +234,7 @@ fn wanted_bindings(
         }
     }
     if wanted.is_empty() {
-        return Err(Failure::invalid(
-            "nothing to publish: ports is empty and publishAll found no expose entries",
-        ));
+        return Err(Failure::invalid("nothing to publish: ports is empty and publishAll found no expose entries"));
     }
     Ok(wanted)
 }

@@ -1,15 +1,9 @@
 use super::*;
-use crate::api::{
-    AttachmentSpec, IpamConfig, Network, NetworkSpec, PortMapping, PortMappingSpec, PortSpec,
-    Sandbox,
-};
+use crate::api::{AttachmentSpec, IpamConfig, Network, NetworkSpec, PortMapping, PortMappingSpec, PortSpec, Sandbox};
 
 fn network(name: &str, subnet: &str) -> Network {
     let mut n = Network::new(name, NetworkSpec::default());
-    n.spec.ipam.config.push(IpamConfig {
-        subnet: subnet.into(),
-        ..Default::default()
-    });
+    n.spec.ipam.config.push(IpamConfig { subnet: subnet.into(), ..Default::default() });
     n
 }
 
@@ -18,10 +12,7 @@ fn attachment(name: &str, network: &str, netns: &str) -> Attachment {
         name,
         AttachmentSpec {
             network: network.into(),
-            sandbox: Sandbox {
-                netns: Some(netns.into()),
-                ..Default::default()
-            },
+            sandbox: Sandbox { netns: Some(netns.into()), ..Default::default() },
             ..Default::default()
         },
     );
@@ -34,11 +25,7 @@ fn port_mapping(name: &str, att: &str, container: u16, host: Option<u16>) -> Por
         name,
         PortMappingSpec {
             attachment: att.into(),
-            ports: vec![PortSpec {
-                container_port: container,
-                host_port: host,
-                ..Default::default()
-            }],
+            ports: vec![PortSpec { container_port: container, host_port: host, ..Default::default() }],
             ..Default::default()
         },
     );
@@ -47,11 +34,7 @@ fn port_mapping(name: &str, att: &str, container: u16, host: Option<u16>) -> Por
 }
 
 fn facts() -> NodeFacts {
-    NodeFacts {
-        node_name: "node-a".into(),
-        ephemeral_ports: (32768, 60999),
-        ..Default::default()
-    }
+    NodeFacts { node_name: "node-a".into(), ephemeral_ports: (32768, 60999), ..Default::default() }
 }
 
 fn run(objects: ObjectSet) -> Plan {
@@ -59,9 +42,7 @@ fn run(objects: ObjectSet) -> Plan {
 }
 
 fn ok_att<'a>(p: &'a Plan, key: &str) -> &'a AttachmentInfo {
-    p.attachments[key]
-        .as_ref()
-        .unwrap_or_else(|f| panic!("{key} failed: {f}"))
+    p.attachments[key].as_ref().unwrap_or_else(|f| panic!("{key} failed: {f}"))
 }
 
 fn failed(p: &Plan, key: &str) -> Failure {
@@ -73,13 +54,8 @@ fn docker_isolated_nw_scenario_plans_bridge_addresses_and_interfaces() {
     let mut isolated = network("isolated_nw", "172.25.0.0/16");
     isolated.spec.ipam.config[0].gateway = Some("172.25.0.1".into());
     isolated.spec.ipam.config[0].ip_range = Some("172.25.5.0/24".into());
-    isolated.spec.ipam.config[0]
-        .aux_addresses
-        .insert("my-router".into(), "172.25.1.5".into());
-    isolated
-        .spec
-        .options
-        .insert("com.docker.network.bridge.name".into(), "docker1".into());
+    isolated.spec.ipam.config[0].aux_addresses.insert("my-router".into(), "172.25.1.5".into());
+    isolated.spec.options.insert("com.docker.network.bridge.name".into(), "docker1".into());
     let mut c3 = attachment("container3", "isolated_nw", "container3");
     c3.spec.ipv4_address = Some("172.25.3.3".into());
     let objects = ObjectSet {
@@ -92,40 +68,17 @@ fn docker_isolated_nw_scenario_plans_bridge_addresses_and_interfaces() {
         ..Default::default()
     };
     let p = run(objects);
-    assert_eq!(
-        p.desired
-            .bridges
-            .iter()
-            .map(|b| b.name.as_str())
-            .collect::<Vec<_>>(),
-        ["nl-bridge", "docker1"]
-    );
+    assert_eq!(p.desired.bridges.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["nl-bridge", "docker1"]);
     let c3 = ok_att(&p, "default/container3");
     assert_eq!(c3.ipv4.unwrap().to_string(), "172.25.3.3/16");
     assert_eq!(c3.mac.as_deref(), Some("02:42:ac:19:03:03"));
     assert_eq!(c3.interface.as_deref(), Some("eth0"));
     let c2 = ok_att(&p, "default/container2");
     assert_eq!(c2.ipv4.unwrap().to_string(), "172.25.5.0/16");
-    assert_eq!(
-        c2.interface.as_deref(),
-        Some("eth1"),
-        "second network of container2 is eth1"
-    );
-    assert_eq!(
-        ok_att(&p, "default/container2-bridge")
-            .ipv4
-            .unwrap()
-            .to_string(),
-        "172.17.0.2/16"
-    );
+    assert_eq!(c2.interface.as_deref(), Some("eth1"), "second network of container2 is eth1");
+    assert_eq!(ok_att(&p, "default/container2-bridge").ipv4.unwrap().to_string(), "172.17.0.2/16");
     // Only the first network of container2 carries the default route.
-    let routes: Vec<_> = p
-        .desired
-        .endpoints
-        .iter()
-        .filter(|e| e.gateway_v4.is_some())
-        .map(|e| e.owner.as_str())
-        .collect();
+    let routes: Vec<_> = p.desired.endpoints.iter().filter(|e| e.gateway_v4.is_some()).map(|e| e.owner.as_str()).collect();
     assert_eq!(routes, ["default/container2-bridge", "default/container3"]);
     assert_eq!(p.desired.sandboxes.len(), 2);
     assert!(p.desired.ipv4_forwarding);
@@ -133,40 +86,25 @@ fn docker_isolated_nw_scenario_plans_bridge_addresses_and_interfaces() {
 
 #[test]
 fn held_allocations_survive_a_replan_with_new_earlier_objects() {
-    let objects = ObjectSet {
-        networks: vec![network("n", "10.1.0.0/24")],
-        attachments: vec![attachment("b", "n", "b")],
-        ..Default::default()
-    };
+    let objects =
+        ObjectSet { networks: vec![network("n", "10.1.0.0/24")], attachments: vec![attachment("b", "n", "b")], ..Default::default() };
     let first = run(objects);
-    assert_eq!(
-        ok_att(&first, "default/b").ipv4.unwrap().to_string(),
-        "10.1.0.2/24"
-    );
+    assert_eq!(ok_att(&first, "default/b").ipv4.unwrap().to_string(), "10.1.0.2/24");
     let objects = ObjectSet {
         networks: vec![network("n", "10.1.0.0/24")],
         attachments: vec![attachment("a", "n", "a"), attachment("b", "n", "b")],
         ..Default::default()
     };
     let second = plan(&objects, &facts(), &first.allocations);
-    assert_eq!(
-        ok_att(&second, "default/b").ipv4.unwrap().to_string(),
-        "10.1.0.2/24"
-    );
-    assert_eq!(
-        ok_att(&second, "default/a").ipv4.unwrap().to_string(),
-        "10.1.0.3/24"
-    );
+    assert_eq!(ok_att(&second, "default/b").ipv4.unwrap().to_string(), "10.1.0.2/24");
+    assert_eq!(ok_att(&second, "default/a").ipv4.unwrap().to_string(), "10.1.0.3/24");
 }
 
 #[test]
 fn attachment_on_a_missing_network_fails_alone() {
     let objects = ObjectSet {
         networks: vec![network("n", "10.1.0.0/24")],
-        attachments: vec![
-            attachment("lost", "nope", "x"),
-            attachment("fine", "n", "y"),
-        ],
+        attachments: vec![attachment("lost", "nope", "x"), attachment("fine", "n", "y")],
         ..Default::default()
     };
     let p = run(objects);
@@ -180,12 +118,7 @@ fn overlapping_and_invalid_networks_fail_with_specific_reasons() {
     let mut bad_gw = network("badgw", "10.9.0.0/24");
     bad_gw.spec.ipam.config[0].gateway = Some("10.8.0.1".into());
     let objects = ObjectSet {
-        networks: vec![
-            network("first", "10.1.0.0/16"),
-            network("second", "10.1.2.0/24"),
-            network("cidr", "10.1.0.0/33"),
-            bad_gw,
-        ],
+        networks: vec![network("first", "10.1.0.0/16"), network("second", "10.1.2.0/24"), network("cidr", "10.1.0.0/33"), bad_gw],
         ..Default::default()
     };
     let p = run(objects);
@@ -193,16 +126,8 @@ fn overlapping_and_invalid_networks_fail_with_specific_reasons() {
     let second = p.networks["second"].clone().unwrap_err();
     assert_eq!(second.reason, reason::SUBNET_OVERLAP);
     assert!(second.message.contains("first"));
-    assert!(p.networks["cidr"]
-        .clone()
-        .unwrap_err()
-        .message
-        .contains("not a valid CIDR"));
-    assert!(p.networks["badgw"]
-        .clone()
-        .unwrap_err()
-        .message
-        .contains("outside the subnet"));
+    assert!(p.networks["cidr"].clone().unwrap_err().message.contains("not a valid CIDR"));
+    assert!(p.networks["badgw"].clone().unwrap_err().message.contains("outside the subnet"));
 }
 
 #[test]
@@ -215,16 +140,11 @@ fn static_address_problems_are_reported_per_attachment() {
     first.spec.ipv4_address = Some("10.1.0.9".into());
     let mut dup = attachment("dup", "n", "d");
     dup.spec.ipv4_address = Some("10.1.0.9".into());
-    let objects = ObjectSet {
-        networks: vec![network("n", "10.1.0.0/24")],
-        attachments: vec![gw, outside, first, dup],
-        ..Default::default()
-    };
+    let objects =
+        ObjectSet { networks: vec![network("n", "10.1.0.0/24")], attachments: vec![gw, outside, first, dup], ..Default::default() };
     let p = run(objects);
     assert!(failed(&p, "default/gw").message.contains("gateway"));
-    assert!(failed(&p, "default/outside")
-        .message
-        .contains("outside every subnet"));
+    assert!(failed(&p, "default/outside").message.contains("outside every subnet"));
     assert!(p.attachments["default/first"].is_ok());
     assert_eq!(failed(&p, "default/dup").reason, reason::ADDRESS_IN_USE);
 }
@@ -233,11 +153,7 @@ fn static_address_problems_are_reported_per_attachment() {
 fn conflicting_sandbox_variants_are_rejected() {
     let mut a = attachment("a", "n", "a");
     a.spec.sandbox.path = Some("/proc/1/ns/net".into());
-    let objects = ObjectSet {
-        networks: vec![network("n", "10.1.0.0/24")],
-        attachments: vec![a],
-        ..Default::default()
-    };
+    let objects = ObjectSet { networks: vec![network("n", "10.1.0.0/24")], attachments: vec![a], ..Default::default() };
     let f = failed(&run(objects), "default/a");
     assert_eq!(f.reason, reason::INVALID_SPEC);
     assert!(f.message.contains("netns, path"), "{}", f.message);
@@ -266,11 +182,7 @@ fn explicit_interface_names_and_duplicate_macs() {
 fn attachments_of_other_nodes_are_ignored() {
     let mut a = attachment("a", "n", "a");
     a.spec.node_name = Some("node-b".into());
-    let objects = ObjectSet {
-        networks: vec![network("n", "10.1.0.0/24")],
-        attachments: vec![a],
-        ..Default::default()
-    };
+    let objects = ObjectSet { networks: vec![network("n", "10.1.0.0/24")], attachments: vec![a], ..Default::default() };
     let p = run(objects);
     assert!(p.attachments.is_empty());
     assert!(p.desired.endpoints.is_empty());
@@ -290,24 +202,11 @@ fn port_mappings_expand_allocate_and_conflict_in_creation_order() {
     };
     let p = run(objects);
     let web = p.port_mappings["default/web"].as_ref().unwrap();
-    assert_eq!(
-        (
-            web[0].host_port,
-            web[0].container_port,
-            web[0].host_ip.as_str()
-        ),
-        (8080, 80, "0.0.0.0")
-    );
+    assert_eq!((web[0].host_port, web[0].container_port, web[0].host_ip.as_str()), (8080, 80, "0.0.0.0"));
     let conflict = p.port_mappings["default/db"].clone().unwrap_err();
     assert_eq!(conflict.reason, reason::PORT_CONFLICT);
     assert!(conflict.message.contains("default/web"));
-    assert_eq!(
-        p.port_mappings["default/eph"].as_ref().unwrap()[0].host_port,
-        32768
-    );
-    assert_eq!(
-        p.port_mappings["default/ghost"].clone().unwrap_err().reason,
-        reason::ATTACHMENT_NOT_FOUND
-    );
+    assert_eq!(p.port_mappings["default/eph"].as_ref().unwrap()[0].host_port, 32768);
+    assert_eq!(p.port_mappings["default/ghost"].clone().unwrap_err().reason, reason::ATTACHMENT_NOT_FOUND);
     assert_eq!(p.desired.firewall.ports.len(), 2);
 }

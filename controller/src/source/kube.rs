@@ -25,9 +25,7 @@ use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
-use crate::api::{
-    ready_condition, Attachment, Condition, Network, NetworkNodeStatus, NetworkStatus, PortMapping,
-};
+use crate::api::{ready_condition, Attachment, Condition, Network, NetworkNodeStatus, NetworkStatus, PortMapping};
 use crate::metrics::Metrics;
 use crate::objects::{namespace_of, ObjectSet};
 use crate::plan::{Allocations, HeldEndpoint};
@@ -80,10 +78,7 @@ where
     store
 }
 
-fn selector_matches(
-    selector: &BTreeMap<String, String>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
+fn selector_matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -93,18 +88,11 @@ fn has_finalizer<K: ResourceExt>(o: &K, f: &str) -> bool {
 
 /// Addresses and ports recorded in status: the source of truth when the
 /// state dir was lost (a new node disk, a wiped /var/lib/netlet).
-fn allocations_from_status(
-    attachments: &[Attachment],
-    port_mappings: &[PortMapping],
-) -> Allocations {
+fn allocations_from_status(attachments: &[Attachment], port_mappings: &[PortMapping]) -> Allocations {
     let mut held = Allocations::default();
     for a in attachments {
         let Some(status) = &a.status else { continue };
-        let addr = |cidr: &Option<String>| {
-            cidr.as_deref()
-                .and_then(|c| c.split('/').next())
-                .and_then(|ip| ip.parse().ok())
-        };
+        let addr = |cidr: &Option<String>| cidr.as_deref().and_then(|c| c.split('/').next()).and_then(|ip| ip.parse().ok());
         let entry = HeldEndpoint {
             network: a.spec.network.clone(),
             ipv4: addr(&status.ipv4_address),
@@ -112,26 +100,15 @@ fn allocations_from_status(
             interface: status.interface.clone(),
         };
         if entry.ipv4.is_some() || entry.ipv6.is_some() {
-            held.endpoints
-                .insert(format!("{}/{}", namespace_of(a), a.name_any()), entry);
+            held.endpoints.insert(format!("{}/{}", namespace_of(a), a.name_any()), entry);
         }
     }
     for p in port_mappings {
         let Some(status) = &p.status else { continue };
         for b in &status.bindings {
-            let host_ip = if b.host_ip == "::" {
-                "0.0.0.0"
-            } else {
-                b.host_ip.as_str()
-            };
+            let host_ip = if b.host_ip == "::" { "0.0.0.0" } else { b.host_ip.as_str() };
             held.ports.insert(
-                format!(
-                    "{}/{}|{}|{}|{host_ip}",
-                    namespace_of(p),
-                    p.name_any(),
-                    b.protocol.as_str(),
-                    b.container_port
-                ),
+                format!("{}/{}|{}|{}|{host_ip}", namespace_of(p), p.name_any(), b.protocol.as_str(), b.container_port),
                 b.host_port,
             );
         }
@@ -151,21 +128,8 @@ struct Cluster {
 
 impl Cluster {
     /// The desired objects for this node, and those being deleted.
-    fn desired(
-        &self,
-    ) -> (
-        ObjectSet,
-        Vec<Arc<Attachment>>,
-        Vec<Arc<PortMapping>>,
-        Vec<Arc<Network>>,
-    ) {
-        let labels = self
-            .nodes
-            .state()
-            .into_iter()
-            .find(|n| n.name_any() == self.node)
-            .map(|n| n.labels().clone())
-            .unwrap_or_default();
+    fn desired(&self) -> (ObjectSet, Vec<Arc<Attachment>>, Vec<Arc<PortMapping>>, Vec<Arc<Network>>) {
+        let labels = self.nodes.state().into_iter().find(|n| n.name_any() == self.node).map(|n| n.labels().clone()).unwrap_or_default();
         let attachments = self.attachments.state();
         let mut set = ObjectSet::default();
         let mut deleting_networks = Vec::new();
@@ -173,9 +137,7 @@ impl Cluster {
             if !selector_matches(&n.spec.node_selector, &labels) {
                 continue;
             }
-            let referenced = attachments
-                .iter()
-                .any(|a| a.spec.network == n.name_any() && a.meta().deletion_timestamp.is_none());
+            let referenced = attachments.iter().any(|a| a.spec.network == n.name_any() && a.meta().deletion_timestamp.is_none());
             if n.meta().deletion_timestamp.is_some() {
                 deleting_networks.push(n.clone());
                 if !referenced {
@@ -227,14 +189,7 @@ impl Cluster {
         // resourceVersion makes this a conditional update: a concurrent
         // writer makes it fail with 409 and the next reconcile retries.
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-        if let Err(e) = api
-            .patch(
-                &obj.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
+        if let Err(e) = api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
             tracing::warn!(object = %obj.name_any(), error = %e, "adding finalizer failed; will retry");
         }
     }
@@ -246,20 +201,9 @@ impl Cluster {
         if !has_finalizer(obj, finalizer) {
             return;
         }
-        let finalizers: Vec<&String> = obj
-            .finalizers()
-            .iter()
-            .filter(|f| *f != finalizer)
-            .collect();
+        let finalizers: Vec<&String> = obj.finalizers().iter().filter(|f| *f != finalizer).collect();
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-        match api
-            .patch(
-                &obj.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
+        match api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => tracing::info!(object = %obj.name_any(), "teardown done; finalizer removed"),
             Err(e) => {
                 tracing::warn!(object = %obj.name_any(), error = %e, "removing finalizer failed; will retry")
@@ -268,23 +212,12 @@ impl Cluster {
     }
 
     /// Patches the status of namespaced objects this node alone writes.
-    async fn publish_status<K>(
-        &self,
-        api_for: impl Fn(&str) -> Api<K>,
-        current: Option<&K>,
-        wanted: &Value,
-    ) where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + serde::Serialize,
+    async fn publish_status<K>(&self, api_for: impl Fn(&str) -> Api<K>, current: Option<&K>, wanted: &Value)
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
     {
         let Some(obj) = current else { return };
-        let have = serde_json::to_value(obj)
-            .ok()
-            .and_then(|v| v.get("status").cloned())
-            .unwrap_or(Value::Null);
+        let have = serde_json::to_value(obj).ok().and_then(|v| v.get("status").cloned()).unwrap_or(Value::Null);
         let want = wanted.get("status").cloned().unwrap_or(Value::Null);
         if have == want {
             return;
@@ -293,16 +226,10 @@ impl Cluster {
         let is_ready = ready_of(&want);
         let api = api_for(&obj.namespace().unwrap_or_default());
         let patch = json!({"status": want});
-        if let Err(e) = tokio::time::timeout(
-            Duration::from_secs(10),
-            api.patch_status(
-                &obj.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            ),
-        )
-        .await
-        .unwrap_or_else(|_| Err(kube::Error::Service("timeout".into())))
+        if let Err(e) =
+            tokio::time::timeout(Duration::from_secs(10), api.patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)))
+                .await
+                .unwrap_or_else(|_| Err(kube::Error::Service("timeout".into())))
         {
             tracing::warn!(object = %obj.name_any(), error = %e, "status update failed; will retry");
             return;
@@ -313,10 +240,7 @@ impl Cluster {
     }
 
     async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, status: &Value) {
-        let Some(cond) = conditions_of(status)
-            .into_iter()
-            .find(|c| c.type_ == crate::api::READY)
-        else {
+        let Some(cond) = conditions_of(status).into_iter().find(|c| c.type_ == crate::api::READY) else {
             return;
         };
         let event = Event {
@@ -336,15 +260,8 @@ impl Cluster {
     /// (409) are retried with a fresh read.
     async fn publish_network_status(&self, name: &str, wanted: &Value) {
         let api: Api<Network> = Api::all(self.client.clone());
-        let ours: NetworkStatus = wanted
-            .get("status")
-            .and_then(|s| serde_json::from_value(s.clone()).ok())
-            .unwrap_or_default();
-        let our_ready = ours
-            .conditions
-            .iter()
-            .find(|c| c.type_ == crate::api::READY)
-            .cloned();
+        let ours: NetworkStatus = wanted.get("status").and_then(|s| serde_json::from_value(s.clone()).ok()).unwrap_or_default();
+        let our_ready = ours.conditions.iter().find(|c| c.type_ == crate::api::READY).cloned();
         for _ in 0..5 {
             let Ok(current) = api.get_status(name).await else {
                 return;
@@ -354,62 +271,31 @@ impl Cluster {
                 node: self.node.clone(),
                 ready: our_ready.as_ref().is_some_and(|c| c.is_true()),
                 attachments: ours.attachments,
-                message: our_ready
-                    .as_ref()
-                    .filter(|c| !c.is_true())
-                    .map(|c| c.message.clone())
-                    .unwrap_or_default(),
+                message: our_ready.as_ref().filter(|c| !c.is_true()).map(|c| c.message.clone()).unwrap_or_default(),
             };
-            let mut nodes: Vec<NetworkNodeStatus> = status
-                .nodes
-                .iter()
-                .filter(|n| n.node != self.node)
-                .cloned()
-                .collect();
+            let mut nodes: Vec<NetworkNodeStatus> = status.nodes.iter().filter(|n| n.node != self.node).cloned().collect();
             nodes.push(entry);
             nodes.sort_by(|a, b| a.node.cmp(&b.node));
-            let failing: Vec<String> = nodes
-                .iter()
-                .filter(|n| !n.ready)
-                .map(|n| format!("{}: {}", n.node, n.message))
-                .collect();
+            let failing: Vec<String> = nodes.iter().filter(|n| !n.ready).map(|n| format!("{}: {}", n.node, n.message)).collect();
             let mut cond = if failing.is_empty() {
-                Condition::ready(
-                    true,
-                    "Ready",
-                    format!("realized on {} node(s)", nodes.len()),
-                )
+                Condition::ready(true, "Ready", format!("realized on {} node(s)", nodes.len()))
             } else {
                 Condition::ready(
                     false,
-                    our_ready
-                        .as_ref()
-                        .filter(|c| !c.is_true())
-                        .map(|c| c.reason.clone())
-                        .unwrap_or_else(|| "NotReadyOnSomeNodes".into()),
+                    our_ready.as_ref().filter(|c| !c.is_true()).map(|c| c.reason.clone()).unwrap_or_else(|| "NotReadyOnSomeNodes".into()),
                     failing.join("; "),
                 )
             };
             if current.meta().deletion_timestamp.is_some() {
-                let refs = self
-                    .attachments
-                    .state()
-                    .iter()
-                    .filter(|a| a.spec.network == name)
-                    .count();
+                let refs = self.attachments.state().iter().filter(|a| a.spec.network == name).count();
                 cond = Condition::ready(
                     false,
                     "DeletionPending",
-                    format!(
-                        "deletion waits for {refs} attachment(s) that still reference this network"
-                    ),
+                    format!("deletion waits for {refs} attachment(s) that still reference this network"),
                 );
             }
             cond.observed_generation = current.meta().generation;
-            let now = k8s_openapi::jiff::Timestamp::now()
-                .round(k8s_openapi::jiff::Unit::Second)
-                .map(|t| t.to_string())
-                .unwrap_or_default();
+            let now = k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default();
             let new = NetworkStatus {
                 conditions: crate::api::merge_condition(&status.conditions, cond, &now),
                 bridge: ours.bridge.clone(),
@@ -424,10 +310,7 @@ impl Cluster {
             status = new;
             let mut updated = current.clone();
             updated.status = Some(status);
-            match api
-                .replace_status(name, &PostParams::default(), &updated)
-                .await
-            {
+            match api.replace_status(name, &PostParams::default(), &updated).await {
                 Ok(_) => return,
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,
                 Err(e) => {
@@ -440,10 +323,7 @@ impl Cluster {
 }
 
 fn conditions_of(status: &Value) -> Vec<Condition> {
-    status
-        .get("conditions")
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .unwrap_or_default()
+    status.get("conditions").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default()
 }
 
 fn ready_of(status: &Value) -> Option<bool> {
@@ -453,36 +333,13 @@ fn ready_of(status: &Value) -> Option<bool> {
 pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
     let client = client(opts.kubeconfig.as_ref()).await?;
     let changed = Arc::new(Notify::new());
-    let node_config =
-        watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name));
+    let node_config = watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name));
     let cluster = Cluster {
-        networks: reflect(
-            Api::<Network>::all(client.clone()),
-            watcher::Config::default(),
-            changed.clone(),
-        ),
-        attachments: reflect(
-            Api::<Attachment>::all(client.clone()),
-            watcher::Config::default(),
-            changed.clone(),
-        ),
-        port_mappings: reflect(
-            Api::<PortMapping>::all(client.clone()),
-            watcher::Config::default(),
-            changed.clone(),
-        ),
-        nodes: reflect(
-            Api::<Node>::all(client.clone()),
-            node_config,
-            changed.clone(),
-        ),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "netlet".into(),
-                instance: Some(opts.node_name.clone()),
-            },
-        ),
+        networks: reflect(Api::<Network>::all(client.clone()), watcher::Config::default(), changed.clone()),
+        attachments: reflect(Api::<Attachment>::all(client.clone()), watcher::Config::default(), changed.clone()),
+        port_mappings: reflect(Api::<PortMapping>::all(client.clone()), watcher::Config::default(), changed.clone()),
+        nodes: reflect(Api::<Node>::all(client.clone()), node_config, changed.clone()),
+        recorder: Recorder::new(client.clone(), Reporter { controller: "netlet".into(), instance: Some(opts.node_name.clone()) }),
         node: opts.node_name.clone(),
         client: client.clone(),
     };
@@ -524,92 +381,48 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
         let pm_api = |ns: &str| Api::<PortMapping>::namespaced(client.clone(), ns);
         let net_api: Api<Network> = Api::all(client.clone());
         for a in &objects.attachments {
-            cluster
-                .ensure_finalizer(&att_api(&namespace_of(a)), a, TEARDOWN_FINALIZER)
-                .await;
+            cluster.ensure_finalizer(&att_api(&namespace_of(a)), a, TEARDOWN_FINALIZER).await;
         }
         for p in &objects.port_mappings {
-            cluster
-                .ensure_finalizer(&pm_api(&namespace_of(p)), p, TEARDOWN_FINALIZER)
-                .await;
+            cluster.ensure_finalizer(&pm_api(&namespace_of(p)), p, TEARDOWN_FINALIZER).await;
         }
         for n in &objects.networks {
-            cluster
-                .ensure_finalizer(&net_api, n, IN_USE_FINALIZER)
-                .await;
+            cluster.ensure_finalizer(&net_api, n, IN_USE_FINALIZER).await;
         }
         // Status, only where it changed.
-        let live_atts: BTreeMap<String, Arc<Attachment>> = cluster
-            .attachments
-            .state()
-            .into_iter()
-            .map(|a| (format!("{}/{}", namespace_of(&*a), a.name_any()), a))
-            .collect();
-        let live_pms: BTreeMap<String, Arc<PortMapping>> = cluster
-            .port_mappings
-            .state()
-            .into_iter()
-            .map(|p| (format!("{}/{}", namespace_of(&*p), p.name_any()), p))
-            .collect();
+        let live_atts: BTreeMap<String, Arc<Attachment>> =
+            cluster.attachments.state().into_iter().map(|a| (format!("{}/{}", namespace_of(&*a), a.name_any()), a)).collect();
+        let live_pms: BTreeMap<String, Arc<PortMapping>> =
+            cluster.port_mappings.state().into_iter().map(|p| (format!("{}/{}", namespace_of(&*p), p.name_any()), p)).collect();
         for value in reconciler.status().clone() {
             let Some(key) = key_of(&value) else { continue };
             match key.kind {
-                crate::objects::KindName::Network => {
-                    cluster.publish_network_status(&key.name, &value).await
-                }
+                crate::objects::KindName::Network => cluster.publish_network_status(&key.name, &value).await,
                 crate::objects::KindName::Attachment => {
-                    cluster
-                        .publish_status(
-                            att_api,
-                            live_atts.get(&key.ns_name()).map(|a| &**a),
-                            &value,
-                        )
-                        .await
+                    cluster.publish_status(att_api, live_atts.get(&key.ns_name()).map(|a| &**a), &value).await
                 }
                 crate::objects::KindName::PortMapping => {
-                    cluster
-                        .publish_status(pm_api, live_pms.get(&key.ns_name()).map(|p| &**p), &value)
-                        .await
+                    cluster.publish_status(pm_api, live_pms.get(&key.ns_name()).map(|p| &**p), &value).await
                 }
             }
         }
         // Teardown finished for excluded objects: let them go.
         if outcome.node_errors.is_empty() {
             for a in &deleting_atts {
-                cluster
-                    .remove_finalizer(&att_api(&namespace_of(&**a)), &**a, TEARDOWN_FINALIZER)
-                    .await;
+                cluster.remove_finalizer(&att_api(&namespace_of(&**a)), &**a, TEARDOWN_FINALIZER).await;
             }
             for p in &deleting_pms {
-                cluster
-                    .remove_finalizer(&pm_api(&namespace_of(&**p)), &**p, TEARDOWN_FINALIZER)
-                    .await;
+                cluster.remove_finalizer(&pm_api(&namespace_of(&**p)), &**p, TEARDOWN_FINALIZER).await;
             }
-            let referenced: BTreeSet<String> = cluster
-                .attachments
-                .state()
-                .iter()
-                .map(|a| a.spec.network.clone())
-                .collect();
-            for n in deleting_nets
-                .iter()
-                .filter(|n| !referenced.contains(&n.name_any()))
-            {
-                cluster
-                    .remove_finalizer(&net_api, &**n, IN_USE_FINALIZER)
-                    .await;
+            let referenced: BTreeSet<String> = cluster.attachments.state().iter().map(|a| a.spec.network.clone()).collect();
+            for n in deleting_nets.iter().filter(|n| !referenced.contains(&n.name_any())) {
+                cluster.remove_finalizer(&net_api, &**n, IN_USE_FINALIZER).await;
             }
         }
         for n in &deleting_nets {
-            let referenced = cluster
-                .attachments
-                .state()
-                .iter()
-                .any(|a| a.spec.network == n.name_any());
+            let referenced = cluster.attachments.state().iter().any(|a| a.spec.network == n.name_any());
             if referenced {
-                cluster
-                    .publish_network_status(&n.name_any(), &json!({"status": {}}))
-                    .await;
+                cluster.publish_network_status(&n.name_any(), &json!({"status": {}})).await;
             }
         }
 
@@ -626,10 +439,7 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{
-        AttachmentSpec, AttachmentStatus, PortBinding, PortMappingSpec, PortMappingStatus,
-        Protocol, Sandbox,
-    };
+    use crate::api::{AttachmentSpec, AttachmentStatus, PortBinding, PortMappingSpec, PortMappingStatus, Protocol, Sandbox};
 
     #[test]
     fn allocations_are_rebuilt_from_status() {
@@ -637,41 +447,21 @@ mod tests {
             "c1",
             AttachmentSpec {
                 network: "n".into(),
-                sandbox: Sandbox {
-                    netns: Some("c1".into()),
-                    ..Default::default()
-                },
+                sandbox: Sandbox { netns: Some("c1".into()), ..Default::default() },
                 ..Default::default()
             },
         );
         a.metadata.namespace = Some("ns".into());
-        a.status = Some(AttachmentStatus {
-            ipv4_address: Some("10.0.0.7/24".into()),
-            interface: Some("eth0".into()),
-            ..Default::default()
-        });
-        let mut p = PortMapping::new(
-            "web",
-            PortMappingSpec {
-                attachment: "c1".into(),
-                ..Default::default()
-            },
-        );
+        a.status =
+            Some(AttachmentStatus { ipv4_address: Some("10.0.0.7/24".into()), interface: Some("eth0".into()), ..Default::default() });
+        let mut p = PortMapping::new("web", PortMappingSpec { attachment: "c1".into(), ..Default::default() });
         p.metadata.namespace = Some("ns".into());
         p.status = Some(PortMappingStatus {
-            bindings: vec![PortBinding {
-                protocol: Protocol::Tcp,
-                host_ip: "0.0.0.0".into(),
-                host_port: 32800,
-                container_port: 80,
-            }],
+            bindings: vec![PortBinding { protocol: Protocol::Tcp, host_ip: "0.0.0.0".into(), host_port: 32800, container_port: 80 }],
             ..Default::default()
         });
         let held = allocations_from_status(&[a], &[p]);
-        assert_eq!(
-            held.endpoints["ns/c1"].ipv4,
-            Some("10.0.0.7".parse().unwrap())
-        );
+        assert_eq!(held.endpoints["ns/c1"].ipv4, Some("10.0.0.7".parse().unwrap()));
         assert_eq!(held.endpoints["ns/c1"].interface.as_deref(), Some("eth0"));
         assert_eq!(held.ports["ns/web|tcp|80|0.0.0.0"], 32800);
     }
@@ -680,13 +470,7 @@ mod tests {
     fn node_selectors_match_labels() {
         let labels = BTreeMap::from([("zone".to_string(), "a".to_string())]);
         assert!(selector_matches(&BTreeMap::new(), &labels));
-        assert!(selector_matches(
-            &BTreeMap::from([("zone".into(), "a".into())]),
-            &labels
-        ));
-        assert!(!selector_matches(
-            &BTreeMap::from([("zone".into(), "b".into())]),
-            &labels
-        ));
+        assert!(selector_matches(&BTreeMap::from([("zone".into(), "a".into())]), &labels));
+        assert!(!selector_matches(&BTreeMap::from([("zone".into(), "b".into())]), &labels));
     }
 }

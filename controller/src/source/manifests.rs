@@ -43,10 +43,7 @@ pub struct Loaded {
 }
 
 fn is_manifest(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
 }
 
 /// The manifest files under `path`, sorted.
@@ -54,13 +51,7 @@ pub fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     if path.is_dir() {
         let mut files: Vec<PathBuf> = fs::read_dir(path)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_file()
-                    && is_manifest(p)
-                    && !p
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
+            .filter(|p| p.is_file() && is_manifest(p) && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
             .collect();
         files.sort();
         Ok(files)
@@ -91,12 +82,7 @@ pub fn load(path: &Path) -> Loaded {
     let files = match manifest_files(path) {
         Ok(files) => files,
         Err(e) => {
-            loaded.errors.push(LoadError {
-                file: path.into(),
-                document: 0,
-                key: None,
-                message: format!("cannot read manifests: {e}"),
-            });
+            loaded.errors.push(LoadError { file: path.into(), document: 0, key: None, message: format!("cannot read manifests: {e}") });
             return loaded;
         }
     };
@@ -111,12 +97,7 @@ fn load_file(file: &Path, loaded: &mut Loaded, seen: &mut BTreeSet<ObjectKey>) {
     let text = match fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
-            loaded.errors.push(LoadError {
-                file: file.into(),
-                document: 0,
-                key: None,
-                message: format!("cannot read: {e}"),
-            });
+            loaded.errors.push(LoadError { file: file.into(), document: 0, key: None, message: format!("cannot read: {e}") });
             return;
         }
     };
@@ -126,32 +107,18 @@ fn load_file(file: &Path, loaded: &mut Loaded, seen: &mut BTreeSet<ObjectKey>) {
             Ok(Value::Null) => continue,
             Ok(v) => v,
             Err(e) => {
-                loaded.errors.push(LoadError {
-                    file: file.into(),
-                    document,
-                    key: None,
-                    message: format!("malformed YAML: {e}"),
-                });
+                loaded.errors.push(LoadError { file: file.into(), document, key: None, message: format!("malformed YAML: {e}") });
                 // The parser cannot resynchronise after a syntax error.
                 break;
             }
         };
         let items = match value.get("kind").and_then(Value::as_str) {
-            Some("List") => value
-                .get("items")
-                .and_then(Value::as_sequence)
-                .cloned()
-                .unwrap_or_default(),
+            Some("List") => value.get("items").and_then(Value::as_sequence).cloned().unwrap_or_default(),
             _ => vec![value],
         };
         for item in items {
             if let Err(e) = add_object(item, loaded, seen) {
-                loaded.errors.push(LoadError {
-                    file: file.into(),
-                    document,
-                    key: e.0,
-                    message: e.1,
-                });
+                loaded.errors.push(LoadError { file: file.into(), document, key: e.0, message: e.1 });
             }
         }
     }
@@ -159,65 +126,26 @@ fn load_file(file: &Path, loaded: &mut Loaded, seen: &mut BTreeSet<ObjectKey>) {
 
 type ObjectError = (Option<ObjectKey>, String);
 
-fn add_object(
-    value: Value,
-    loaded: &mut Loaded,
-    seen: &mut BTreeSet<ObjectKey>,
-) -> Result<(), ObjectError> {
-    let kind_text = value
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let api_version = value
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let name = value
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .map(String::from);
-    let namespace = value
-        .get("metadata")
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-        .map(String::from);
+fn add_object(value: Value, loaded: &mut Loaded, seen: &mut BTreeSet<ObjectKey>) -> Result<(), ObjectError> {
+    let kind_text = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = value.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).map(String::from);
+    let namespace = value.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str).map(String::from);
     let kind = match Kind::parse(&kind_text) {
         Some(k) if k.as_str() == kind_text => k,
         _ if kind_text.is_empty() => return Err((None, "document has no kind".into())),
-        _ => {
-            return Err((
-                None,
-                format!(
-                    "unknown kind {kind_text:?} (netlet reads Network, Attachment and PortMapping)"
-                ),
-            ))
-        }
+        _ => return Err((None, format!("unknown kind {kind_text:?} (netlet reads Network, Attachment and PortMapping)"))),
     };
     let Some(name) = name.filter(|n| !n.is_empty()) else {
         return Err((None, format!("{kind} has no metadata.name")));
     };
-    let namespace = kind
-        .namespaced()
-        .then(|| namespace.unwrap_or_else(|| "default".into()));
-    let key = ObjectKey {
-        kind: KindName::from(kind),
-        namespace: namespace.clone(),
-        name: name.clone(),
-    };
+    let namespace = kind.namespaced().then(|| namespace.unwrap_or_else(|| "default".into()));
+    let key = ObjectKey { kind: KindName::from(kind), namespace: namespace.clone(), name: name.clone() };
     if api_version != API_VERSION {
-        return Err((
-            Some(key),
-            format!("unsupported apiVersion {api_version:?} for {kind}; expected {API_VERSION}"),
-        ));
+        return Err((Some(key), format!("unsupported apiVersion {api_version:?} for {kind}; expected {API_VERSION}")));
     }
     if !seen.insert(key.clone()) {
-        return Err((
-            Some(key),
-            "defined more than once; the first definition is used".into(),
-        ));
+        return Err((Some(key), "defined more than once; the first definition is used".into()));
     }
     let invalid = |e: serde_yaml::Error| (Some(key.clone()), format!("invalid {kind}: {e}"));
     match kind {
@@ -263,16 +191,17 @@ mod tests {
             "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: n}\nspec:\n  ipam: {config: [{subnet: 10.0.0.0/24}]}\n---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {name: c1}\nspec: {network: n, sandbox: {netns: c1}}\n",
         );
         write(&dir, "b.yaml", "this: is: not: yaml: [\n");
-        write(&dir, "c.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n---\napiVersion: netlet.io/v1\nkind: Network\nmetadata: {name: old}\n");
+        write(
+            &dir,
+            "c.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n---\napiVersion: netlet.io/v1\nkind: Network\nmetadata: {name: old}\n",
+        );
         write(&dir, "d.yaml", "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: typed}\nspec: {mtu: lots}\n");
         write(&dir, "notes.txt", "ignored");
         let loaded = load(&dir);
         assert_eq!(loaded.objects.networks.len(), 1);
         assert_eq!(loaded.objects.attachments.len(), 1);
-        assert_eq!(
-            loaded.objects.attachments[0].metadata.namespace.as_deref(),
-            Some("default")
-        );
+        assert_eq!(loaded.objects.attachments[0].metadata.namespace.as_deref(), Some("default"));
         let messages: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(loaded.errors.len(), 4, "{messages:#?}");
         assert!(messages[0].contains("malformed YAML"));
