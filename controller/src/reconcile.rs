@@ -94,15 +94,15 @@ impl Reconciler {
     }
 
     async fn facts(&self) -> NodeFacts {
-        let node_addresses = match self.dataplane.node().addresses().await {
-            Ok(addrs) => addrs.into_iter().map(|a| a.net).filter(|n| !n.addr().is_loopback()).collect(),
-            Err(_) => Vec::new(),
-        };
+        let node = self.dataplane.node();
+        let addrs = node.addresses().await.unwrap_or_default();
+        let mtus: BTreeMap<u32, u32> = node.links().await.unwrap_or_default().into_iter().map(|l| (l.index, l.mtu)).collect();
         NodeFacts {
             node_name: self.node_name.clone(),
             ephemeral_ports: sysctl::ephemeral_port_range(),
             bound_ports: facts::bound_ports(),
-            node_addresses,
+            link_mtu_by_address: addrs.iter().filter_map(|a| Some((a.net.addr(), *mtus.get(&a.index)?))).collect(),
+            node_addresses: addrs.into_iter().map(|a| a.net).filter(|n| !n.addr().is_loopback()).collect(),
         }
     }
 
@@ -148,6 +148,7 @@ impl Reconciler {
         }
         tracing::info!(
             mutations = outcome.mutations,
+            by_kind = ?outcome.mutations_by_kind,
             ready = outcome.verdicts.iter().filter(|v| v.ready).count(),
             not_ready = outcome.verdicts.iter().filter(|v| !v.ready).count(),
             duration_ms = outcome.duration.as_secs_f64() * 1000.0,

@@ -111,6 +111,7 @@ impl Dataplane {
             }
         };
         let bridges = self.sync_bridges(desired, &node_links, &mut report).await;
+        self.sync_vxlans(desired, &node_links, &bridges, &mut report).await;
         self.sync_sandboxes(desired, owned, record_owned, &mut report).await;
         // Write-ahead for links made inside sandboxes, which the node
         // namespace cannot mark.
@@ -213,6 +214,94 @@ impl Dataplane {
             }
         }
         ready
+    }
+
+    /// Ensures each overlay's VXLAN device on its bridge, and its static
+    /// remotes: FDB entries (MAC -> VTEP) and proxy-ARP/ND entries (IP -> MAC).
+    async fn sync_vxlans(&mut self, desired: &DesiredState, node_links: &[Link], bridges: &HashMap<String, u32>, report: &mut SyncReport) {
+        for vx in &desired.vxlans {
+            let result: Result<(), Failure> = async {
+                let Some(&bridge) = bridges.get(&vx.bridge) else {
+                    return Err(Failure::new(reason::NETWORK_NOT_READY, format!("bridge {} is not ready", vx.bridge)));
+                };
+                let kernel = |e: NetlinkError| SyncReport::kernel(&e);
+                let IpAddr::V4(local) = vx.local else {
+                    return Err(Failure::invalid("only IPv4 VTEP addresses are supported"));
+                };
+                let want_identity = (vx.vni, vx.port, Some(vx.local));
+                let mut link = node_links.iter().find(|l| l.name == vx.name).cloned();
+                if let Some(l) = &link {
+                    if !is_ours(l) {
+                        return Err(Failure::new(reason::INTERFACE_CONFLICT, format!("a link named {} exists on the node and is not netlet's", vx.name)));
+                    }
+                    if l.kind.as_deref() != Some("vxlan") || l.vxlan != Some(want_identity) {
+                        self.node.delete_link(l.index, &vx.name).await.map_err(kernel)?;
+                        report.mutated("link");
+                        link = None;
+                    }
+                }
+                let link = match link {
+                    Some(l) => l,
+                    None => {
+                        let alias = format!("{OWNER_ALIAS_PREFIX}overlay/{}", vx.network);
+                        self.node.create_vxlan(&vx.name, vx.vni, vx.port, local, vx.mtu, bridge, &alias).await.map_err(kernel)?;
+                        report.mutated("link");
+                        let links = self.node.links().await.map_err(kernel)?;
+                        links.into_iter().find(|l| l.name == vx.name).ok_or_else(|| Failure::new(reason::KERNEL_ERROR, format!("{} vanished after creation", vx.name)))?
+                    }
+                };
+                let change = LinkChange {
+                    up: !link.up,
+                    mtu: (link.mtu != vx.mtu).then_some(vx.mtu),
+                    controller: (link.controller != Some(bridge)).then_some(bridge),
+                    mac: None,
+                };
+                if !change.is_empty() {
+                    self.node.set_link(link.index, &vx.name, change).await.map_err(kernel)?;
+                    report.mutated("link");
+                }
+                let current = self.node.neighbours(link.index).await.map_err(kernel)?;
+                for n in &current {
+                    tracing::debug!(family = ?n.message.header.family, flags = ?n.message.header.flags, state = ?n.message.header.state, mac = ?n.mac, ip = ?n.ip, "vxlan neighbour");
+                }
+                let own = |n: &&netlink::Neighbour| n.message.header.flags.contains(netlink_packet_route::neighbour::NeighbourFlags::Own);
+                let is_fdb = |n: &&netlink::Neighbour| n.message.header.family == netlink_packet_route::AddressFamily::Bridge;
+                let have_fdb: Vec<&netlink::Neighbour> = current.iter().filter(is_fdb).filter(own).filter(|n| n.ip.is_some()).collect();
+                // Only permanent entries: the kernel keeps its own (multicast, NOARP) ones.
+                let have_neigh: Vec<&netlink::Neighbour> = current
+                    .iter()
+                    .filter(|n| !is_fdb(n) && n.message.header.state == netlink_packet_route::neighbour::NeighbourState::Permanent)
+                    .collect();
+                let want_fdb: BTreeSet<([u8; 6], IpAddr)> = vx.remotes.iter().map(|r| (r.mac, r.vtep)).collect();
+                let want_neigh: BTreeSet<(IpAddr, [u8; 6])> = vx.remotes.iter().flat_map(|r| r.addresses.iter().map(move |ip| (*ip, r.mac))).collect();
+                for (mac, vtep) in &want_fdb {
+                    if !have_fdb.iter().any(|n| n.mac == mac.as_slice() && n.ip == Some(*vtep)) {
+                        self.node.add_fdb(link.index, *mac, *vtep).await.map_err(kernel)?;
+                        report.mutated("neighbour");
+                    }
+                }
+                for n in have_fdb.iter().filter(|n| !want_fdb.iter().any(|(mac, vtep)| n.mac == mac.as_slice() && n.ip == Some(*vtep))) {
+                    self.node.delete_neighbour(n).await.map_err(kernel)?;
+                    report.mutated("neighbour");
+                }
+                for (ip, mac) in &want_neigh {
+                    if !have_neigh.iter().any(|n| n.ip == Some(*ip) && n.mac == mac.as_slice()) {
+                        self.node.add_neighbour(link.index, *ip, *mac).await.map_err(kernel)?;
+                        report.mutated("neighbour");
+                    }
+                }
+                for n in have_neigh.iter().filter(|n| !want_neigh.iter().any(|(ip, mac)| n.ip == Some(*ip) && n.mac == mac.as_slice())) {
+                    self.node.delete_neighbour(n).await.map_err(kernel)?;
+                    report.mutated("neighbour");
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(f) = result {
+                tracing::warn!(network = %vx.network, vxlan = %vx.name, error = %f, "overlay not ready");
+                report.network_errors.insert(vx.network.clone(), f);
+            }
+        }
     }
 
     async fn sync_sandboxes(
@@ -515,7 +604,9 @@ impl Dataplane {
         report: &mut SyncReport,
     ) {
         let wanted_links: BTreeSet<&str> =
-            desired.bridges.iter().map(|b| b.name.as_str()).chain(desired.endpoints.iter().filter_map(|e| e.host_name())).collect();
+            desired.bridges.iter().map(|b| b.name.as_str()).chain(desired.endpoints.iter().filter_map(|e| e.host_name()))
+            .chain(desired.vxlans.iter().map(|v| v.name.as_str()))
+            .collect();
         match self.node.links().await {
             Ok(links) => {
                 // Veths first (batched), so a bridge is empty when it goes.

@@ -10,10 +10,11 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoMacVlan, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use super::netns;
 use crate::api::MacvlanMode;
@@ -70,6 +71,18 @@ pub struct Link {
     pub alias: Option<String>,
     /// IFLA_LINK: for a veth, the peer's index (in the peer's namespace).
     pub link: Option<u32>,
+    /// For a VXLAN device: VNI, UDP port, local address.
+    pub vxlan: Option<(u32, u16, Option<IpAddr>)>,
+}
+
+/// A neighbour-table entry: an FDB entry (bridge family: MAC -> remote
+/// VTEP) or an ARP/ND entry (IP -> MAC), on device `index`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Neighbour {
+    pub index: u32,
+    pub mac: Vec<u8>,
+    pub ip: Option<IpAddr>,
+    pub message: NeighbourMessage,
 }
 
 fn parse_link(msg: &LinkMessage) -> Link {
@@ -85,8 +98,21 @@ fn parse_link(msg: &LinkMessage) -> Link {
             LinkAttribute::Group(g) => link.group = *g,
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
-                    if let LinkInfo::Kind(kind) = info {
-                        link.kind = Some(kind.to_string());
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(attrs)) => {
+                            let (mut vni, mut port, mut local) = (0, 0, None);
+                            for a in attrs {
+                                match a {
+                                    InfoVxlan::Id(v) => vni = *v,
+                                    InfoVxlan::Port(p) => port = *p,
+                                    InfoVxlan::Local(ip) => local = Some(IpAddr::V4(*ip)),
+                                    _ => {}
+                                }
+                            }
+                            link.vxlan = Some((vni, port, local));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -252,6 +278,79 @@ impl Netlink {
             .set_info_data(InfoData::MacVlan(vec![InfoMacVlan::Mode(mode)]))
             .build();
         self.handle.link().add(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("create macvlan {name}"), e))
+    }
+
+    /// Creates a VXLAN device: static remotes only (no learning), ARP/ND
+    /// answered from its neighbour table (proxy), enslaved to `controller`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_vxlan(&self, name: &str, vni: u32, port: u16, local: std::net::Ipv4Addr, mtu: u32, controller: u32, alias: &str) -> Result<()> {
+        let msg = LinkVxlan::new(name, vni).port(port).local(local).learning(false).proxy(true).mtu(mtu).controller(controller).up().build();
+        self.handle.link().add(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("create vxlan {name}"), e))?;
+        self.set_alias(name, alias).await
+    }
+
+    /// Every neighbour and FDB entry on device `index` (both families).
+    pub async fn neighbours(&self, index: u32) -> Result<Vec<Neighbour>> {
+        let mut out = Vec::new();
+        for family in [AddressFamily::Bridge, AddressFamily::Inet, AddressFamily::Inet6] {
+            let msgs: Vec<NeighbourMessage> =
+                self.handle.neighbours().get().set_address_family(family).execute().try_collect().await.map_err(|e| NetlinkError::from_rtnetlink("list neighbours", e))?;
+            for msg in msgs.into_iter().filter(|m| m.header.ifindex == index) {
+                let mut n = Neighbour { index, mac: Vec::new(), ip: None, message: msg.clone() };
+                for a in &msg.attributes {
+                    match a {
+                        NeighbourAttribute::LinkLayerAddress(mac) => n.mac = mac.clone(),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => n.ip = Some(IpAddr::V4(*ip)),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => n.ip = Some(IpAddr::V6(*ip)),
+                        // FDB entries (bridge family) carry the VTEP as raw bytes.
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                            n.ip = match bytes.len() {
+                                4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+                                16 => <[u8; 16]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+                                _ => None,
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `bridge fdb replace MAC dev INDEX dst VTEP self permanent`.
+    pub async fn add_fdb(&self, index: u32, mac: [u8; 6], vtep: IpAddr) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add_bridge(index, &mac)
+            .destination(vtep)
+            .flags(NeighbourFlags::Own)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink(format!("add fdb entry for {} via {vtep}", crate::naming::format_mac(&mac)), e))
+    }
+
+    /// `ip neigh replace IP lladdr MAC dev INDEX nud permanent`.
+    pub async fn add_neighbour(&self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink(format!("add neighbour {ip}"), e))
+    }
+
+    pub async fn delete_neighbour(&self, n: &Neighbour) -> Result<()> {
+        match self.handle.neighbours().del(n.message.clone()).execute().await.map_err(|e| NetlinkError::from_rtnetlink("delete neighbour", e)) {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
     }
 
     /// Changes a link in place: any of up, MTU, MAC, controller.

@@ -3,6 +3,7 @@
 //! Plain data, ordered deterministically, so that two plans of the same
 //! inputs compare equal and the dataplane can diff against the kernel.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
@@ -16,6 +17,8 @@ pub struct DesiredState {
     /// Every sandbox an endpoint or a null attachment lives in.
     pub sandboxes: Vec<SandboxSpec>,
     pub endpoints: Vec<Endpoint>,
+    /// VXLAN devices of overlay networks, with their static remotes.
+    pub vxlans: Vec<VxlanLink>,
     pub firewall: FirewallPlan,
     /// net.ipv4.ip_forward / net.ipv6.conf.all.forwarding in the node namespace.
     pub ipv4_forwarding: bool,
@@ -30,6 +33,30 @@ pub struct BridgeLink {
     pub mtu: u32,
     /// Gateway addresses with the subnet prefix.
     pub addresses: Vec<IpNet>,
+}
+
+/// The VXLAN device of one overlay network on this node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VxlanLink {
+    pub name: String,
+    pub network: String,
+    pub vni: u32,
+    pub port: u16,
+    /// This node's VTEP address.
+    pub local: IpAddr,
+    pub bridge: String,
+    pub mtu: u32,
+    pub remotes: Vec<VxlanRemote>,
+}
+
+/// An attachment on another node: where to send its frames, and the
+/// addresses the VXLAN device answers ARP/ND for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VxlanRemote {
+    pub owner: String,
+    pub mac: [u8; 6],
+    pub vtep: IpAddr,
+    pub addresses: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -77,6 +104,10 @@ impl Endpoint {
 pub struct FirewallPlan {
     pub networks: Vec<FirewallNetwork>,
     pub ports: Vec<PublishedPort>,
+    /// Bridge device -> the host-side veth names enslaved to it. Used to
+    /// drop frames between two ports of an `icc: false` bridge in the
+    /// bridge family (needed without br_netfilter); may be left empty.
+    pub bridge_ports: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

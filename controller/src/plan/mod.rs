@@ -9,6 +9,7 @@ pub mod desired;
 pub mod ipam;
 pub mod network;
 pub mod outcome;
+pub mod overlay;
 pub mod ports;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +37,8 @@ pub struct NodeFacts {
     pub bound_ports: Vec<(Protocol, IpAddr, u16)>,
     /// The node's own addresses (status of host-mode attachments).
     pub node_addresses: Vec<IpNet>,
+    /// MTU of the link holding each node address (overlay MTU derivation).
+    pub link_mtu_by_address: BTreeMap<IpAddr, u32>,
 }
 
 /// Resources held by attachments and port mappings, persisted in the state
@@ -108,7 +111,8 @@ pub fn is_local(att: &Attachment, node: &str) -> bool {
 /// Computes the whole desired state of the node.
 pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
     let mut out = Plan::default();
-    let networks = resolve_networks(objects, &mut out);
+    let mut networks = resolve_networks(objects, &mut out);
+    overlay::prepare(&mut networks, node, &mut out);
 
     // Attachments of this node, checked, in creation order.
     let mut local: Vec<(String, &Attachment, CheckedAttachment)> = Vec::new();
@@ -122,7 +126,13 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
         }
     }
 
-    let addresses = allocate_addresses(&local, &networks, held, &mut out);
+    let mut addresses = allocate_addresses(&local, &networks, held, &mut out);
+    let overlay_addresses = overlay::allocate(objects, &networks, &mut out);
+    for (key, _, _) in &local {
+        if let Some(a) = overlay_addresses.get(key) {
+            addresses.insert(key.clone(), *a);
+        }
+    }
     let interfaces = assign_interfaces(&local, held, &mut out);
     let default_routes = choose_default_routes(&local, &networks, &out);
 
@@ -280,6 +290,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
     }
 
     ports::plan_ports(objects, node, held, &networks, &mut out);
+    out.desired.vxlans = overlay::vxlans(objects, node, &networks, &overlay_addresses);
 
     out.desired.sandboxes = sandboxes.into_iter().map(|sandbox| SandboxSpec { sandbox }).collect();
     out.desired.endpoints.sort_by(|a, b| a.owner.cmp(&b.owner));
@@ -360,7 +371,6 @@ fn check_against_network(
                 net.driver.as_str()
             )))
         }
-        (Driver::Overlay, _) => return Err(Failure::new(reason::UNSUPPORTED, "overlay networks are not implemented yet")),
         _ => {}
     }
     for ip in checked.ipv4.iter().chain(checked.ipv6.iter()) {

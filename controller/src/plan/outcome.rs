@@ -22,6 +22,7 @@ pub mod reason {
     pub const PORTS_EXHAUSTED: &str = "PortsExhausted";
     pub const UNSUPPORTED: &str = "Unsupported";
     pub const KERNEL_ERROR: &str = "KernelError";
+    pub const NOT_A_PEER: &str = "NotAPeer";
 }
 
 /// Why an object is not Ready: a reason from [`reason`] and a message a

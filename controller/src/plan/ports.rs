@@ -163,7 +163,7 @@ fn wanted_bindings(
                 ),
             ));
         }
-        if net.driver != Driver::Bridge {
+        if !matches!(net.driver, Driver::Bridge | Driver::Overlay) {
             return Err(Failure::new(reason::UNSUPPORTED, format!("port publishing on driver {} is not supported", net.driver.as_str())));
         }
     }

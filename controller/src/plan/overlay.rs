@@ -1,0 +1,145 @@
+//! Overlay networks: one L2 segment across nodes, VXLAN between them.
+//!
+//! Every agent computes the same thing from the same objects, with no
+//! central allocator: addresses are a pure function of the network's
+//! attachments on *all* nodes (statics first, then lowest-free in creation
+//! order; nothing node-local is consulted), and remote endpoints are
+//! programmed statically (FDB: MAC -> VTEP; neighbour: IP -> MAC, answered
+//! by the VXLAN device's ARP proxy), so nothing is flooded or learned.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use kube::ResourceExt;
+
+use super::attachment::{self, SandboxChoice};
+use super::desired::{VxlanLink, VxlanRemote};
+use super::ipam;
+use super::network::{ResolvedNetwork, VXLAN_OVERHEAD};
+use super::outcome::{reason, Failure};
+use super::{is_local, NodeFacts, Plan};
+use crate::api::{Attachment, Driver};
+use crate::naming;
+use crate::objects::{namespace_of, ObjectSet};
+
+/// Addresses of every attachment (any node) on overlay networks, by `ns/name`.
+pub type OverlayAddresses = BTreeMap<String, (Option<IpAddr>, Option<IpAddr>)>;
+
+pub fn vxlan_name(vni: u32) -> String {
+    format!("nlx{vni}")
+}
+
+/// Checks VNI collisions and this node's membership, and derives the MTU
+/// from the underlay link that holds the local VTEP address.
+pub fn prepare(networks: &mut BTreeMap<String, Result<ResolvedNetwork, Failure>>, node: &NodeFacts, out: &mut Plan) {
+    let mut vnis: BTreeMap<u32, String> = BTreeMap::new();
+    let names: Vec<String> = networks.keys().cloned().collect();
+    for name in names {
+        let Some(Ok(net)) = networks.get(&name) else { continue };
+        let Some(ov) = net.overlay.clone() else { continue };
+        let failure = if let Some(other) = vnis.get(&ov.vni) {
+            Some(Failure::new(reason::INVALID_SPEC, format!("overlay.vni {} is already used by network {other}", ov.vni)))
+        } else if !ov.peers.iter().any(|(n, _)| n == &node.node_name) {
+            Some(Failure::new(reason::NOT_A_PEER, format!("node {} is not listed in overlay.peers", node.node_name)))
+        } else {
+            None
+        };
+        if let Some(f) = failure {
+            out.networks.insert(name.clone(), Err(f.clone()));
+            networks.insert(name, Err(f));
+            continue;
+        }
+        vnis.insert(ov.vni, name.clone());
+        let local = ov.peers.iter().find(|(n, _)| n == &node.node_name).map(|(_, ip)| *ip).expect("checked above");
+        if let Some(Ok(net)) = networks.get_mut(&name) {
+            if !net.mtu_explicit {
+                let underlay = node.link_mtu_by_address.get(&local).copied().unwrap_or(1500);
+                net.mtu = underlay.saturating_sub(VXLAN_OVERHEAD).max(68);
+            }
+        }
+    }
+}
+
+/// Allocates addresses on every overlay network over all its attachments.
+pub fn allocate(objects: &ObjectSet, networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>, out: &mut Plan) -> OverlayAddresses {
+    let mut addresses = OverlayAddresses::new();
+    for (name, net) in networks {
+        let Ok(net) = net else { continue };
+        if net.driver != Driver::Overlay {
+            continue;
+        }
+        let members: Vec<(String, attachment::CheckedAttachment)> = objects
+            .attachments
+            .iter()
+            .filter(|a| &a.spec.network == name)
+            .filter_map(|a| Some((key_of(a), attachment::check(a).ok()?)))
+            .filter(|(_, c)| matches!(c.sandbox, SandboxChoice::Namespace(_)))
+            .collect();
+        for v4 in [true, false] {
+            let Some(first) = (if v4 { net.subnet_v4() } else { net.subnet_v6() }) else { continue };
+            for subnet in net.subnets.iter().filter(|s| s.net.addr().is_ipv4() == v4) {
+                let requests: Vec<ipam::Request> = members
+                    .iter()
+                    .filter_map(|(key, c)| {
+                        let static_ip = if v4 { c.ipv4 } else { c.ipv6 };
+                        let wanted = match static_ip {
+                            Some(ip) => net.subnet_for(ip)?,
+                            None => first,
+                        };
+                        (wanted == subnet).then(|| ipam::Request { owner: key.clone(), static_ip, previous: None })
+                    })
+                    .collect();
+                for (owner, result) in ipam::allocate(subnet, &requests) {
+                    match result {
+                        Ok(ip) => {
+                            let e = addresses.entry(owner).or_default();
+                            if v4 {
+                                e.0 = Some(ip);
+                            } else {
+                                e.1 = Some(ip);
+                            }
+                        }
+                        Err(f) => {
+                            out.attachments.entry(owner).or_insert(Err(f));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    addresses
+}
+
+fn key_of(a: &Attachment) -> String {
+    format!("{}/{}", namespace_of(a), a.name_any())
+}
+
+/// The VXLAN device of every overlay network realized here, with every
+/// attachment on *other* nodes as a static remote.
+pub fn vxlans(objects: &ObjectSet, node: &NodeFacts, networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>, addresses: &OverlayAddresses) -> Vec<VxlanLink> {
+    let mut out = Vec::new();
+    for (name, net) in networks {
+        let (Ok(net), true) = (net, net.as_ref().is_ok_and(|n| n.driver == Driver::Overlay)) else { continue };
+        let ov = net.overlay.as_ref().expect("overlay network has overlay options");
+        let Some(local) = ov.peers.iter().find(|(n, _)| n == &node.node_name).map(|(_, ip)| *ip) else { continue };
+        let mut remotes = Vec::new();
+        for att in objects.attachments.iter().filter(|a| &a.spec.network == name && !is_local(a, &node.node_name)) {
+            let Some(remote_node) = att.spec.node_name.as_deref() else { continue };
+            let Some(vtep) = ov.peers.iter().find(|(n, _)| n == remote_node).map(|(_, ip)| *ip) else { continue };
+            let key = key_of(att);
+            let Some((v4, v6)) = addresses.get(&key).copied() else { continue };
+            let mac = match att.spec.mac_address.as_deref().map(naming::parse_mac) {
+                Some(Ok(mac)) => mac,
+                Some(Err(_)) => continue,
+                None => match v4 {
+                    Some(IpAddr::V4(ip)) => naming::mac_from_ipv4(ip),
+                    _ => naming::mac_from_key(&key),
+                },
+            };
+            remotes.push(VxlanRemote { owner: key, mac, vtep, addresses: v4.into_iter().chain(v6).collect() });
+        }
+        remotes.sort_by(|a, b| a.owner.cmp(&b.owner));
+        out.push(VxlanLink { name: vxlan_name(ov.vni), network: name.clone(), vni: ov.vni, port: ov.port, local, bridge: net.bridge.clone(), mtu: net.mtu, remotes });
+    }
+    out
+}
