@@ -127,7 +127,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
     }
 
     let mut addresses = allocate_addresses(&local, &networks, held, &mut out);
-    let overlay_addresses = overlay::allocate(objects, &networks, &mut out);
+    let overlay_addresses = overlay::allocate(objects, &networks, held, &mut out);
     for (key, _, _) in &local {
         if let Some(a) = overlay_addresses.get(key) {
             addresses.insert(key.clone(), *a);

@@ -1,9 +1,12 @@
 //! Overlay networks: one L2 segment across nodes, VXLAN between them.
 //!
 //! Every agent computes the same thing from the same objects, with no
-//! central allocator: addresses are a pure function of the network's
-//! attachments on *all* nodes (statics first, then lowest-free in creation
-//! order; nothing node-local is consulted), and remote endpoints are
+//! central allocator: addresses are a function of the network's
+//! attachments on *all* nodes (held addresses kept, statics next, then
+//! lowest-free in creation order). What is "held" is the same everywhere:
+//! every agent persists the allocation of every attachment of the overlay,
+//! not only its own, and in Kubernetes mode it is read back from each
+//! Attachment's status, which all agents see. Remote endpoints are
 //! programmed statically (FDB: MAC -> VTEP; neighbour: IP -> MAC, answered
 //! by the VXLAN device's ARP proxy), so nothing is flooded or learned.
 
@@ -17,7 +20,7 @@ use super::desired::{VxlanLink, VxlanRemote};
 use super::ipam;
 use super::network::{ResolvedNetwork, VXLAN_OVERHEAD};
 use super::outcome::{reason, Failure};
-use super::{is_local, NodeFacts, Plan};
+use super::{is_local, Allocations, HeldEndpoint, NodeFacts, Plan};
 use crate::api::{Attachment, Driver};
 use crate::naming;
 use crate::objects::{namespace_of, ObjectSet};
@@ -61,7 +64,12 @@ pub fn prepare(networks: &mut BTreeMap<String, Result<ResolvedNetwork, Failure>>
 }
 
 /// Allocates addresses on every overlay network over all its attachments.
-pub fn allocate(objects: &ObjectSet, networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>, out: &mut Plan) -> OverlayAddresses {
+pub fn allocate(
+    objects: &ObjectSet,
+    networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
+    held: &Allocations,
+    out: &mut Plan,
+) -> OverlayAddresses {
     let mut addresses = OverlayAddresses::new();
     for (name, net) in networks {
         let Ok(net) = net else { continue };
@@ -86,12 +94,28 @@ pub fn allocate(objects: &ObjectSet, networks: &BTreeMap<String, Result<Resolved
                             Some(ip) => net.subnet_for(ip)?,
                             None => first,
                         };
-                        (wanted == subnet).then(|| ipam::Request { owner: key.clone(), static_ip, previous: None })
+                        let previous = held
+                            .endpoints
+                            .get(key)
+                            .filter(|h| &h.network == name)
+                            .and_then(|h| if v4 { h.ipv4 } else { h.ipv6 })
+                            .filter(|ip| subnet.net.contains(ip));
+                        (wanted == subnet).then(|| ipam::Request { owner: key.clone(), static_ip, previous })
                     })
                     .collect();
                 for (owner, result) in ipam::allocate(subnet, &requests) {
                     match result {
                         Ok(ip) => {
+                            let h = out
+                                .allocations
+                                .endpoints
+                                .entry(owner.clone())
+                                .or_insert_with(|| HeldEndpoint { network: name.clone(), ..Default::default() });
+                            if v4 {
+                                h.ipv4 = Some(ip);
+                            } else {
+                                h.ipv6 = Some(ip);
+                            }
                             let e = addresses.entry(owner).or_default();
                             if v4 {
                                 e.0 = Some(ip);
@@ -116,7 +140,12 @@ fn key_of(a: &Attachment) -> String {
 
 /// The VXLAN device of every overlay network realized here, with every
 /// attachment on *other* nodes as a static remote.
-pub fn vxlans(objects: &ObjectSet, node: &NodeFacts, networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>, addresses: &OverlayAddresses) -> Vec<VxlanLink> {
+pub fn vxlans(
+    objects: &ObjectSet,
+    node: &NodeFacts,
+    networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
+    addresses: &OverlayAddresses,
+) -> Vec<VxlanLink> {
     let mut out = Vec::new();
     for (name, net) in networks {
         let (Ok(net), true) = (net, net.as_ref().is_ok_and(|n| n.driver == Driver::Overlay)) else { continue };
@@ -139,7 +168,16 @@ pub fn vxlans(objects: &ObjectSet, node: &NodeFacts, networks: &BTreeMap<String,
             remotes.push(VxlanRemote { owner: key, mac, vtep, addresses: v4.into_iter().chain(v6).collect() });
         }
         remotes.sort_by(|a, b| a.owner.cmp(&b.owner));
-        out.push(VxlanLink { name: vxlan_name(ov.vni), network: name.clone(), vni: ov.vni, port: ov.port, local, bridge: net.bridge.clone(), mtu: net.mtu, remotes });
+        out.push(VxlanLink {
+            name: vxlan_name(ov.vni),
+            network: name.clone(),
+            vni: ov.vni,
+            port: ov.port,
+            local,
+            bridge: net.bridge.clone(),
+            mtu: net.mtu,
+            remotes,
+        });
     }
     out
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::api::{AttachmentSpec, IpamConfig, Network, NetworkSpec, PortMapping, PortMappingSpec, PortSpec, Sandbox};
+use std::net::IpAddr;
 
 fn network(name: &str, subnet: &str) -> Network {
     let mut n = Network::new(name, NetworkSpec::default());
@@ -209,4 +210,80 @@ fn port_mappings_expand_allocate_and_conflict_in_creation_order() {
     assert_eq!(p.port_mappings["default/eph"].as_ref().unwrap()[0].host_port, 32768);
     assert_eq!(p.port_mappings["default/ghost"].clone().unwrap_err().reason, reason::ATTACHMENT_NOT_FOUND);
     assert_eq!(p.desired.firewall.ports.len(), 2);
+}
+
+fn overlay_network() -> Network {
+    let mut n = network("ov", "10.77.0.0/24");
+    n.spec.driver = crate::api::Driver::Overlay;
+    n.spec.overlay = Some(crate::api::OverlayOptions {
+        vni: 4096,
+        port: None,
+        peers: ["n1", "n2", "n3"]
+            .iter()
+            .enumerate()
+            .map(|(i, node)| crate::api::OverlayPeer { node: node.to_string(), address: format!("10.99.0.{}", i + 1) })
+            .collect(),
+    });
+    n
+}
+
+fn on_node(mut a: Attachment, node: &str) -> Attachment {
+    a.spec.node_name = Some(node.into());
+    a
+}
+
+fn facts_for(node: &str) -> NodeFacts {
+    NodeFacts { node_name: node.into(), ephemeral_ports: (32768, 60999), ..Default::default() }
+}
+
+#[test]
+fn every_node_computes_the_same_overlay_addresses_and_programs_the_others() {
+    let objects = ObjectSet {
+        networks: vec![overlay_network()],
+        attachments: vec![
+            on_node(attachment("c1", "ov", "c1"), "n1"),
+            on_node(attachment("c2", "ov", "c2"), "n2"),
+            on_node(attachment("c3", "ov", "c3"), "n3"),
+        ],
+        ..Default::default()
+    };
+    let plans: Vec<Plan> = ["n1", "n2", "n3"].iter().map(|n| plan(&objects, &facts_for(n), &Allocations::default())).collect();
+    for p in &plans {
+        assert_eq!(p.allocations.endpoints["default/c1"].ipv4, Some("10.77.0.2".parse().unwrap()));
+        assert_eq!(p.allocations.endpoints["default/c3"].ipv4, Some("10.77.0.4".parse().unwrap()));
+        assert_eq!(p.desired.endpoints.len(), 1, "one local container per node");
+        let vx = &p.desired.vxlans[0];
+        assert_eq!((vx.name.as_str(), vx.vni, vx.port, vx.mtu), ("nlx4096", 4096, 4789, 1450));
+        assert_eq!(vx.remotes.len(), 2);
+    }
+    let n1 = &plans[0].desired.vxlans[0];
+    assert_eq!(n1.local.to_string(), "10.99.0.1");
+    assert_eq!(n1.remotes[0].vtep.to_string(), "10.99.0.2");
+    assert_eq!(n1.remotes[0].addresses, vec!["10.77.0.3".parse::<IpAddr>().unwrap()]);
+    assert_eq!(crate::naming::format_mac(&n1.remotes[0].mac), "02:42:0a:4d:00:03");
+}
+
+#[test]
+fn overlay_addresses_stay_put_when_an_earlier_attachment_goes() {
+    let all = ObjectSet {
+        networks: vec![overlay_network()],
+        attachments: vec![on_node(attachment("c1", "ov", "c1"), "n1"), on_node(attachment("c2", "ov", "c2"), "n2")],
+        ..Default::default()
+    };
+    let first = plan(&all, &facts_for("n2"), &Allocations::default());
+    let fewer = ObjectSet { networks: vec![overlay_network()], attachments: vec![all.attachments[1].clone()], ..Default::default() };
+    let second = plan(&fewer, &facts_for("n2"), &first.allocations);
+    assert_eq!(second.allocations.endpoints["default/c2"].ipv4, Some("10.77.0.3".parse().unwrap()));
+}
+
+#[test]
+fn a_node_outside_the_peers_and_vni_collisions_are_reported() {
+    let mut twin = overlay_network();
+    twin.metadata.name = Some("twin".into());
+    twin.spec.ipam.config[0].subnet = "10.78.0.0/24".into();
+    let objects = ObjectSet { networks: vec![overlay_network(), twin], ..Default::default() };
+    let p = plan(&objects, &facts_for("n1"), &Allocations::default());
+    assert!(p.networks["twin"].clone().unwrap_err().message.contains("already used by network ov"));
+    let outsider = plan(&objects, &facts_for("n9"), &Allocations::default());
+    assert_eq!(outsider.networks["ov"].clone().unwrap_err().reason, reason::NOT_A_PEER);
 }

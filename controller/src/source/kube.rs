@@ -372,7 +372,10 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
 
     loop {
         let (objects, deleting_atts, deleting_pms, deleting_nets) = cluster.desired();
-        let held = allocations_from_status(&objects.attachments, &objects.port_mappings);
+        // Every attachment's status, not only ours: overlay addresses are
+        // computed cluster-wide and must agree on every node.
+        let all: Vec<Attachment> = cluster.attachments.state().iter().map(|a| (**a).clone()).collect();
+        let held = allocations_from_status(&all, &objects.port_mappings);
         reconciler.seed_allocations(held);
         let outcome = reconciler.reconcile(&objects, &[]).await;
 
