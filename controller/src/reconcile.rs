@@ -101,6 +101,7 @@ impl Reconciler {
             node_name: self.node_name.clone(),
             ephemeral_ports: sysctl::ephemeral_port_range(),
             bound_ports: facts::bound_ports(),
+            resolvers: crate::dataplane::files::node_resolvers(),
             link_mtu_by_address: addrs.iter().filter_map(|a| Some((a.net.addr(), *mtus.get(&a.index)?))).collect(),
             node_addresses: addrs.into_iter().map(|a| a.net).filter(|n| !n.addr().is_loopback()).collect(),
         }

@@ -7,6 +7,7 @@
 
 pub mod events;
 pub mod facts;
+pub mod files;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;
@@ -125,6 +126,12 @@ impl Dataplane {
             }
         }
         self.sync_endpoints(desired, &node_links, &bridges, &mut report).await;
+        for f in &desired.sandbox_files {
+            match files::ensure(f) {
+                Ok(n) => (0..n).for_each(|_| report.mutated("file")),
+                Err(e) => report.node_errors.push(format!("writing /etc/netns/{}: {e}", f.netns)),
+            }
+        }
         self.prune(desired, owned, record_owned, &mut report).await;
         report
     }
@@ -603,8 +610,11 @@ impl Dataplane {
         record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
         report: &mut SyncReport,
     ) {
-        let wanted_links: BTreeSet<&str> =
-            desired.bridges.iter().map(|b| b.name.as_str()).chain(desired.endpoints.iter().filter_map(|e| e.host_name()))
+        let wanted_links: BTreeSet<&str> = desired
+            .bridges
+            .iter()
+            .map(|b| b.name.as_str())
+            .chain(desired.endpoints.iter().filter_map(|e| e.host_name()))
             .chain(desired.vxlans.iter().map(|v| v.name.as_str()))
             .collect();
         match self.node.links().await {
@@ -688,6 +698,9 @@ impl Dataplane {
             let path = Path::new(crate::plan::attachment::NETNS_DIR).join(&name);
             self.sandboxes.remove(&path.display().to_string());
             let existed = path.exists();
+            if let Err(e) = files::remove(&name) {
+                report.node_errors.push(format!("removing /etc/netns/{name}: {e}"));
+            }
             match netns::delete(&name) {
                 Ok(()) => {
                     if existed {

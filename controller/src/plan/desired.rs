@@ -19,6 +19,8 @@ pub struct DesiredState {
     pub endpoints: Vec<Endpoint>,
     /// VXLAN devices of overlay networks, with their static remotes.
     pub vxlans: Vec<VxlanLink>,
+    /// /etc/netns/<name>/{hosts,resolv.conf} of managed sandboxes.
+    pub sandbox_files: Vec<super::names::SandboxFiles>,
     pub firewall: FirewallPlan,
     /// net.ipv4.ip_forward / net.ipv6.conf.all.forwarding in the node namespace.
     pub ipv4_forwarding: bool,

@@ -7,6 +7,7 @@
 pub mod attachment;
 pub mod desired;
 pub mod ipam;
+pub mod names;
 pub mod network;
 pub mod outcome;
 pub mod overlay;
@@ -39,6 +40,8 @@ pub struct NodeFacts {
     pub node_addresses: Vec<IpNet>,
     /// MTU of the link holding each node address (overlay MTU derivation).
     pub link_mtu_by_address: BTreeMap<IpAddr, u32>,
+    /// The node's own resolvers (/etc/resolv.conf): upstreams for containers.
+    pub resolvers: Vec<IpAddr>,
 }
 
 /// Resources held by attachments and port mappings, persisted in the state
@@ -291,6 +294,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
 
     ports::plan_ports(objects, node, held, &networks, &mut out);
     out.desired.vxlans = overlay::vxlans(objects, node, &networks, &overlay_addresses);
+    out.desired.sandbox_files = names::sandbox_files(objects, &networks, &node.resolvers, &out);
 
     out.desired.sandboxes = sandboxes.into_iter().map(|sandbox| SandboxSpec { sandbox }).collect();
     out.desired.endpoints.sort_by(|a, b| a.owner.cmp(&b.owner));
