@@ -10,7 +10,9 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoMacVlan, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoMacVlan, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::AddressFamily;
@@ -283,8 +285,18 @@ impl Netlink {
     /// Creates a VXLAN device: static remotes only (no learning), ARP/ND
     /// answered from its neighbour table (proxy), enslaved to `controller`.
     #[allow(clippy::too_many_arguments)]
-    pub async fn create_vxlan(&self, name: &str, vni: u32, port: u16, local: std::net::Ipv4Addr, mtu: u32, controller: u32, alias: &str) -> Result<()> {
-        let msg = LinkVxlan::new(name, vni).port(port).local(local).learning(false).proxy(true).mtu(mtu).controller(controller).up().build();
+    pub async fn create_vxlan(
+        &self,
+        name: &str,
+        vni: u32,
+        port: u16,
+        local: std::net::Ipv4Addr,
+        mtu: u32,
+        controller: u32,
+        alias: &str,
+    ) -> Result<()> {
+        let msg =
+            LinkVxlan::new(name, vni).port(port).local(local).learning(false).proxy(true).mtu(mtu).controller(controller).up().build();
         self.handle.link().add(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("create vxlan {name}"), e))?;
         self.set_alias(name, alias).await
     }
@@ -293,8 +305,15 @@ impl Netlink {
     pub async fn neighbours(&self, index: u32) -> Result<Vec<Neighbour>> {
         let mut out = Vec::new();
         for family in [AddressFamily::Bridge, AddressFamily::Inet, AddressFamily::Inet6] {
-            let msgs: Vec<NeighbourMessage> =
-                self.handle.neighbours().get().set_address_family(family).execute().try_collect().await.map_err(|e| NetlinkError::from_rtnetlink("list neighbours", e))?;
+            let msgs: Vec<NeighbourMessage> = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(family)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| NetlinkError::from_rtnetlink("list neighbours", e))?;
             for msg in msgs.into_iter().filter(|m| m.header.ifindex == index) {
                 let mut n = Neighbour { index, mac: Vec::new(), ip: None, message: msg.clone() };
                 for a in &msg.attributes {
@@ -347,7 +366,14 @@ impl Netlink {
     }
 
     pub async fn delete_neighbour(&self, n: &Neighbour) -> Result<()> {
-        match self.handle.neighbours().del(n.message.clone()).execute().await.map_err(|e| NetlinkError::from_rtnetlink("delete neighbour", e)) {
+        match self
+            .handle
+            .neighbours()
+            .del(n.message.clone())
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink("delete neighbour", e))
+        {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,
         }
