@@ -12,6 +12,12 @@ pub const MAX_IFNAME: usize = 15;
 /// Prefix of host-side veth names: `nlv` + 12 hex digits.
 pub const HOST_VETH_PREFIX: &str = "nlv";
 
+/// Link group (IFLA_GROUP) every link netlet creates in the node namespace
+/// is created in. Unlike the alias, the kernel takes the group in the
+/// creating request itself, so a link is marked from its first instant and
+/// a crash between two requests cannot leave an unmarked link behind.
+pub const OWNER_LINK_GROUP: u32 = 0x6e6c_7401;
+
 /// Marker written as the link alias (IFLA_IFALIAS) of every link netlet
 /// creates in the node namespace; garbage collection only ever touches links
 /// whose alias starts with it.

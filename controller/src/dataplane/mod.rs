@@ -20,7 +20,7 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
-use crate::naming::OWNER_ALIAS_PREFIX;
+use crate::naming::{OWNER_ALIAS_PREFIX, OWNER_LINK_GROUP};
 use crate::plan::attachment::SandboxRef;
 use crate::plan::desired::{DesiredState, Endpoint, EndpointKind};
 use crate::plan::outcome::{reason, Failure};
@@ -75,8 +75,10 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// Ours: created in our link group, or (links made before the group was
+/// used) carrying our alias.
 fn is_ours(link: &Link) -> bool {
-    link.alias.as_deref().is_some_and(|a| a.starts_with(OWNER_ALIAS_PREFIX))
+    link.group == OWNER_LINK_GROUP || link.alias.as_deref().is_some_and(|a| a.starts_with(OWNER_ALIAS_PREFIX))
 }
 
 fn is_link_local(net: &IpNet) -> bool {

@@ -19,6 +19,7 @@ use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use super::netns;
+use crate::naming::OWNER_LINK_GROUP;
 use crate::api::MacvlanMode;
 
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +216,7 @@ impl Netlink {
     }
 
     pub async fn create_bridge(&self, name: &str, mtu: u32, alias: &str) -> Result<()> {
-        let msg = LinkBridge::new(name).mtu(mtu).up().build();
+        let msg = LinkBridge::new(name).mtu(mtu).link_group(OWNER_LINK_GROUP).up().build();
         self.handle.link().add(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("create bridge {name}"), e))?;
         self.set_alias(name, alias).await
     }
@@ -245,6 +246,7 @@ impl Netlink {
         let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(host.to_string())
             .mtu(mtu)
+            .link_group(OWNER_LINK_GROUP)
             .controller(controller)
             .up()
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
@@ -296,7 +298,16 @@ impl Netlink {
         alias: &str,
     ) -> Result<()> {
         let msg =
-            LinkVxlan::new(name, vni).port(port).local(local).learning(false).proxy(true).mtu(mtu).controller(controller).up().build();
+            LinkVxlan::new(name, vni)
+            .port(port)
+            .local(local)
+            .learning(false)
+            .proxy(true)
+            .mtu(mtu)
+            .link_group(OWNER_LINK_GROUP)
+            .controller(controller)
+            .up()
+            .build();
         self.handle.link().add(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("create vxlan {name}"), e))?;
         self.set_alias(name, alias).await
     }
