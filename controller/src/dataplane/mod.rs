@@ -8,6 +8,7 @@
 pub mod events;
 pub mod facts;
 pub mod files;
+pub mod firewall;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;
@@ -64,6 +65,7 @@ struct SandboxHandle {
 
 pub struct Dataplane {
     node: Netlink,
+    firewall: firewall::NftFirewall,
     sandboxes: HashMap<String, SandboxHandle>,
 }
 
@@ -89,7 +91,7 @@ impl Dataplane {
     /// Opens the node-namespace handle. Needs a tokio runtime context on the
     /// reconciler's dedicated thread.
     pub fn new() -> Result<Self, NetlinkError> {
-        Ok(Dataplane { node: Netlink::connect()?, sandboxes: HashMap::new() })
+        Ok(Dataplane { node: Netlink::connect()?, firewall: firewall::NftFirewall::new(), sandboxes: HashMap::new() })
     }
 
     pub fn node(&self) -> &Netlink {
@@ -128,6 +130,15 @@ impl Dataplane {
             }
         }
         self.sync_endpoints(desired, &node_links, &bridges, &mut report).await;
+        // The whole ruleset in one transaction; nothing when in sync.
+        match self.firewall.sync(&desired.firewall) {
+            Ok(outcome) if outcome.mutated() => report.mutated("nft"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "firewall not applied");
+                report.firewall_error = Some(e.to_string());
+            }
+        }
         for f in &desired.sandbox_files {
             match files::ensure(f) {
                 Ok(n) => (0..n).for_each(|_| report.mutated("file")),

@@ -298,6 +298,11 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
 
     out.desired.sandboxes = sandboxes.into_iter().map(|sandbox| SandboxSpec { sandbox }).collect();
     out.desired.endpoints.sort_by(|a, b| a.owner.cmp(&b.owner));
+    for ep in &out.desired.endpoints {
+        if let EndpointKind::Veth { host_name, bridge } = &ep.kind {
+            out.desired.firewall.bridge_ports.entry(bridge.clone()).or_default().push(host_name.clone());
+        }
+    }
     out
 }
 

@@ -1,0 +1,362 @@
+//! Scale benchmark: netlet against the kernel floor, on a throwaway node
+//! namespace. Run as root: `cargo bench --bench scale` (NETLET_BENCH_N sets
+//! the sizes, default "10,100,1000"). Prints a table and writes
+//! target/bench-scale.json.
+//!
+//! For each N (attachments on one bridge, one published port each):
+//! - cold start: `netlet run --once` from an empty node to every object Ready
+//! - no-op resync: a running agent's reconcile of an in-sync node: wall
+//!   time, CPU time and kernel mutations (from its metrics)
+//! - churn: add one attachment + mapping (and remove one) with N in place:
+//!   the reconcile pass that realizes it, and file-write-to-Ready
+//! - peak RSS of the agent
+//! - teardown: everything removed (`--once` on an empty manifest set)
+//! - the floor: the same kernel work by a straight-line program (one `ip
+//!   -batch` for namespaces, veths and bridge ports, setns + netlink per
+//!   sandbox, one `nft -f` with a map), and a batched teardown floor
+//!   (`ip link del group`, `ip -batch netns del`).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::resource::{getrusage, UsageWho};
+
+const BIN: &str = env!("CARGO_BIN_EXE_netlet");
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh runs");
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ip_batch(lines: &str, netns: Option<&str>) {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd.args(["-batch", "-"]).stdin(Stdio::piped()).spawn().expect("ip runs");
+    child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "ip -batch failed");
+}
+
+struct Node {
+    name: String,
+    dir: PathBuf,
+    tag: String,
+    n: usize,
+}
+
+impl Node {
+    fn new(n: usize, tag: &str) -> Node {
+        let tag = format!("nlb{}{tag}", std::process::id() % 10000);
+        let name = format!("{tag}-node");
+        sh(&format!("ip netns add {name} && ip -n {name} link set lo up"));
+        let dir = std::env::temp_dir().join(format!("{tag}-{n}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("manifests")).unwrap();
+        fs::create_dir_all(dir.join("empty")).unwrap();
+        Node { name, dir, tag, n }
+    }
+
+    fn sandbox(&self, i: usize) -> String {
+        format!("{}-{i}", self.tag)
+    }
+
+    fn attachment_yaml(&self, i: usize) -> String {
+        format!(
+            "apiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: a{i}}}\nspec: {{network: bench, sandbox: {{netns: {}}}}}\n---\n\
+             apiVersion: netlet.io/v1alpha1\nkind: PortMapping\nmetadata: {{name: p{i}}}\nspec: {{attachment: a{i}, ports: [{{containerPort: 80, hostPort: {}}}]}}\n",
+            self.sandbox(i),
+            20000 + i
+        )
+    }
+
+    fn write_manifests(&self) {
+        let mut yaml = String::from(
+            "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: bench}\nspec:\n  bridge: {name: nlbench0}\n  ipam: {config: [{subnet: 10.240.0.0/16}]}\n",
+        );
+        for i in 0..self.n {
+            yaml.push_str("---\n");
+            yaml.push_str(&self.attachment_yaml(i));
+        }
+        fs::write(self.dir.join("manifests/bench.yaml"), yaml).unwrap();
+    }
+
+    fn agent(&self, manifests: &str, extra: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg(BIN)
+            .args(["run", "--manifests"])
+            .arg(self.dir.join(manifests))
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .args(["--node-name", "bench"])
+            .args(extra)
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    /// Runs `--once`; returns (wall time, mutations printed).
+    fn once(&self, manifests: &str) -> (Duration, u64) {
+        let started = Instant::now();
+        let out = self.agent(manifests, &["--once", "--metrics-addr", "off"]).output().expect("agent runs");
+        let took = started.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "agent --once failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let mutations = stdout.split_whitespace().rev().nth(2).and_then(|w| w.parse().ok()).unwrap_or(u64::MAX);
+        (took, mutations)
+    }
+
+    fn netns_left(&self) -> usize {
+        sh("ip netns list").lines().filter(|l| l.starts_with(&format!("{}-", self.tag)) && !l.starts_with(&self.name)).count()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let names: Vec<String> = sh("ip netns list")
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&self.tag))
+            .map(String::from)
+            .collect();
+        let batch: String = names.iter().map(|n| format!("netns del {n}\n")).collect();
+        if !batch.is_empty() {
+            let _ = Command::new("ip").args(["-force", "-batch", "-"]).stdin(Stdio::piped()).spawn().map(|mut c| {
+                let _ = c.stdin.take().unwrap().write_all(batch.as_bytes());
+                let _ = c.wait();
+            });
+        }
+        for n in &names {
+            let _ = fs::remove_dir_all(format!("/etc/netns/{n}"));
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn cpu_of(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 =
+        f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10) // USER_HZ = 100
+}
+
+fn metric(node: &Node, name: &str) -> f64 {
+    let text = sh(&format!("ip netns exec {} curl -s http://127.0.0.1:9464/metrics", node.name));
+    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    started.elapsed()
+}
+
+fn status_ready(node: &Node, attachment: &str) -> bool {
+    let Ok(text) = fs::read_to_string(node.dir.join("state/status.json")) else { return false };
+    let Ok(items) = serde_json::from_str::<Vec<serde_json::Value>>(&text) else { return false };
+    items.iter().any(|v| {
+        v["kind"] == "Attachment"
+            && v["metadata"]["name"] == attachment
+            && v["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    })
+}
+
+#[derive(Default, serde::Serialize)]
+struct Row {
+    n: usize,
+    cold_start_ms: f64,
+    cold_start_mutations: u64,
+    floor_ms: f64,
+    cold_ratio: f64,
+    noop_resync_ms: f64,
+    noop_resync_cpu_ms: f64,
+    noop_mutations: f64,
+    churn_add_reconcile_ms: f64,
+    churn_add_to_ready_ms: f64,
+    churn_remove_reconcile_ms: f64,
+    peak_rss_mib: f64,
+    teardown_ms: f64,
+    teardown_floor_ms: f64,
+    teardown_ratio: f64,
+}
+
+/// The same kernel work, straight-line: netns, veths, bridge ports, in one
+/// `ip -batch` each; per sandbox one `ip -n` batch for the inside (the
+/// floor uses processes only where they batch); one `nft -f` with a map.
+fn floor(n: usize) -> (Duration, Duration) {
+    let node = Node::new(n, "f");
+    let ns = &node.name;
+    let started = Instant::now();
+    let mut host = String::from("link add nlbench0 type bridge\nlink set nlbench0 up\naddr add 10.240.0.1/16 dev nlbench0\n");
+    let mut netns = String::new();
+    for i in 0..n {
+        netns.push_str(&format!("netns add {}\n", node.sandbox(i)));
+    }
+    ip_batch(&netns, None);
+    for i in 0..n {
+        host.push_str(&format!("link add nlbf{i} group 77 master nlbench0 up type veth peer name eth0 netns {}\n", node.sandbox(i)));
+    }
+    ip_batch(&host, Some(ns));
+    // Inside each sandbox: lo up, address, up, default route. One `ip -n`
+    // batch per sandbox is the cheapest process-based form.
+    for i in 0..n {
+        let addr = 2 + i;
+        ip_batch(
+            &format!(
+                "link set lo up\naddr add 10.240.{}.{}/16 dev eth0\nlink set eth0 up\nroute add default via 10.240.0.1\n",
+                addr / 256,
+                addr % 256
+            ),
+            Some(&node.sandbox(i)),
+        );
+    }
+    let mut elements = Vec::new();
+    for i in 0..n {
+        let addr = 2 + i;
+        elements.push(format!("tcp . {} : 10.240.{}.{} . 80", 20000 + i, addr / 256, addr % 256));
+    }
+    let script = format!(
+        "table inet nlbfloor {{\n map ports {{ type inet_proto . inet_service : ipv4_addr . inet_service; elements = {{ {} }} }}\n chain pre {{ type nat hook prerouting priority dstnat; dnat ip to meta l4proto . th dport map @ports; }}\n}}\n",
+        elements.join(", ")
+    );
+    let mut nft = Command::new("ip").args(["netns", "exec", ns, "nft", "-f", "-"]).stdin(Stdio::piped()).spawn().unwrap();
+    nft.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    assert!(nft.wait().unwrap().success());
+    let cold = started.elapsed();
+    let started = Instant::now();
+    sh(&format!("ip -n {ns} link del group 77; ip -n {ns} link del nlbench0; ip netns exec {ns} nft delete table inet nlbfloor"));
+    let batch: String = (0..n).map(|i| format!("netns del {}\n", node.sandbox(i))).collect();
+    ip_batch(&batch, None);
+    let teardown = started.elapsed();
+    (cold, teardown)
+}
+
+fn measure(n: usize) -> Row {
+    let mut row = Row { n, ..Default::default() };
+    let (floor_cold, floor_teardown) = floor(n);
+    row.floor_ms = floor_cold.as_secs_f64() * 1e3;
+    row.teardown_floor_ms = floor_teardown.as_secs_f64() * 1e3;
+
+    let node = Node::new(n, "a");
+    node.write_manifests();
+    let (cold, mutations) = node.once("manifests");
+    let rusage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    row.cold_start_ms = cold.as_secs_f64() * 1e3;
+    row.cold_start_mutations = mutations;
+    row.cold_ratio = row.cold_start_ms / row.floor_ms;
+
+    // A running agent: no-op resyncs, then churn.
+    let mut agent: Child =
+        node.agent("manifests", &["--resync-period", "500ms"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let pid = agent.id();
+    wait_for("first reconcile", Duration::from_secs(120), || metric(&node, "netlet_reconciles_total") >= 1.0);
+    let (count0, sum0, mut_0, cpu0) = (
+        metric(&node, "netlet_reconcile_duration_seconds_count"),
+        metric(&node, "netlet_reconcile_duration_seconds_sum"),
+        metric(&node, "netlet_kernel_mutations_total"),
+        cpu_of(pid),
+    );
+    wait_for("resyncs", Duration::from_secs(60), || metric(&node, "netlet_reconcile_duration_seconds_count") >= count0 + 5.0);
+    let (count1, sum1, mut_1, cpu1) = (
+        metric(&node, "netlet_reconcile_duration_seconds_count"),
+        metric(&node, "netlet_reconcile_duration_seconds_sum"),
+        metric(&node, "netlet_kernel_mutations_total"),
+        cpu_of(pid),
+    );
+    let passes = count1 - count0;
+    row.noop_resync_ms = (sum1 - sum0) / passes * 1e3;
+    row.noop_resync_cpu_ms = (cpu1 - cpu0).as_secs_f64() * 1e3 / passes;
+    row.noop_mutations = mut_1 - mut_0;
+
+    // Churn: one more attachment + mapping, in a file of its own.
+    let before = metric(&node, "netlet_reconcile_duration_seconds_sum");
+    let count_before = metric(&node, "netlet_reconcile_duration_seconds_count");
+    let extra = node.dir.join("manifests/churn.yaml");
+    let mut yaml = node.attachment_yaml(n);
+    let _ = write!(yaml, "");
+    fs::write(&extra, yaml).unwrap();
+    row.churn_add_to_ready_ms =
+        wait_for("churn add", Duration::from_secs(30), || status_ready(&node, &format!("a{n}"))).as_secs_f64() * 1e3;
+    let passes = (metric(&node, "netlet_reconcile_duration_seconds_count") - count_before).max(1.0);
+    row.churn_add_reconcile_ms = (metric(&node, "netlet_reconcile_duration_seconds_sum") - before) / passes * 1e3;
+    let before = metric(&node, "netlet_reconcile_duration_seconds_sum");
+    let count_before = metric(&node, "netlet_reconcile_duration_seconds_count");
+    fs::remove_file(&extra).unwrap();
+    let gone = node.sandbox(n);
+    wait_for("churn remove", Duration::from_secs(30), || !Path::new(&format!("/run/netns/{gone}")).exists());
+    let passes = (metric(&node, "netlet_reconcile_duration_seconds_count") - count_before).max(1.0);
+    row.churn_remove_reconcile_ms = (metric(&node, "netlet_reconcile_duration_seconds_sum") - before) / passes * 1e3;
+    let hwm = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let running_rss_kib: f64 =
+        hwm.lines().find(|l| l.starts_with("VmHWM")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0.0);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = agent.wait();
+    row.peak_rss_mib = (rusage.max_rss() as f64).max(running_rss_kib) / 1024.0;
+
+    let (teardown, _) = node.once("empty");
+    row.teardown_ms = teardown.as_secs_f64() * 1e3;
+    row.teardown_ratio = row.teardown_ms / row.teardown_floor_ms;
+    assert_eq!(node.netns_left(), 0, "teardown left namespaces");
+    row
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` probes with --list; nothing to list
+    }
+    assert!(nix::unistd::geteuid().is_root(), "the scale benchmark needs root (it builds throwaway network namespaces)");
+    let sizes: Vec<usize> =
+        std::env::var("NETLET_BENCH_N").unwrap_or_else(|_| "10,100,1000".into()).split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    let mut rows = Vec::new();
+    println!(
+        "{:>5} {:>10} {:>9} {:>6} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>6}",
+        "N",
+        "cold ms",
+        "floor ms",
+        "ratio",
+        "noop ms",
+        "noop cpu",
+        "noop mu",
+        "add ms",
+        "add>rdy",
+        "del ms",
+        "RSS MiB",
+        "down ms",
+        "dn floor",
+        "ratio"
+    );
+    for n in sizes {
+        let r = measure(n);
+        println!(
+            "{:>5} {:>10.1} {:>9.1} {:>6.2} {:>9.2} {:>8.2} {:>7} {:>9.2} {:>9.1} {:>9.2} {:>7.1} {:>9.1} {:>9.1} {:>6.2}",
+            r.n,
+            r.cold_start_ms,
+            r.floor_ms,
+            r.cold_ratio,
+            r.noop_resync_ms,
+            r.noop_resync_cpu_ms,
+            r.noop_mutations,
+            r.churn_add_reconcile_ms,
+            r.churn_add_to_ready_ms,
+            r.churn_remove_reconcile_ms,
+            r.peak_rss_mib,
+            r.teardown_ms,
+            r.teardown_floor_ms,
+            r.teardown_ratio
+        );
+        rows.push(r);
+    }
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-scale.json");
+    fs::write(&out, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
+    println!("results: {}", out.display());
+}

@@ -1,0 +1,744 @@
+//! netlet's nftables ruleset: rendered from a [`FirewallPlan`], applied as
+//! ONE atomic `nft -f -` transaction, and checked for drift without any
+//! mutation.
+//!
+//! Everything lives in `table inet netlet`, plus `table bridge netlet` while
+//! some network has `icc: false` and br_netfilter does not already hand
+//! bridged traffic to the inet hooks; nothing outside them is touched.
+//! The rules are fixed text: what varies with the plan is only set and map
+//! elements, so the per-packet cost does not grow with the number of
+//! networks or port mappings.
+//!
+//! An empty plan (no networks, no ports) means no tables at all: [`render`]
+//! yields nothing and [`NftFirewall::sync`] deletes them.
+//!
+//! Replacement is `add table` + `delete table` + the full table in one
+//! transaction, so the table is never momentarily absent or half-built.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::{self, Write as _};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use ipnet::IpNet;
+
+use crate::plan::desired::FirewallPlan;
+
+/// Name of netlet's tables (`inet`, and `bridge` for icc: false).
+pub const TABLE: &str = "netlet";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("invalid firewall plan: {0}")]
+    Invalid(String),
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("nft {action} failed: {}{}", first_error(.stderr), at_line(*.line_number, .line.as_deref()))]
+    Nft {
+        action: &'static str,
+        /// nft's complete stderr.
+        stderr: String,
+        /// 1-based line of our script nft complained about, and its text.
+        line_number: Option<usize>,
+        line: Option<String>,
+    },
+}
+
+fn first_error(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find_map(|l| l.find("Error:").map(|i| l[i..].trim()))
+        .or_else(|| stderr.lines().find(|l| !l.trim().is_empty()))
+        .unwrap_or("(no message)")
+}
+
+fn at_line(n: Option<usize>, line: Option<&str>) -> String {
+    match (n, line) {
+        (Some(n), Some(l)) => format!(" (script line {n}: `{}`)", l.trim()),
+        (Some(n), None) => format!(" (script line {n})"),
+        _ => String::new(),
+    }
+}
+
+/// What a sync did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// The kernel already matched: nothing was written.
+    InSync,
+    /// One nft transaction was applied.
+    Applied,
+}
+
+impl SyncOutcome {
+    pub fn mutated(self) -> bool {
+        self == SyncOutcome::Applied
+    }
+}
+
+/// The rendered tables; `None` means the table must not exist.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub inet: Option<String>,
+    pub bridge: Option<String>,
+}
+
+impl Ruleset {
+    /// The tables as `nft list` would show them (before normalization).
+    pub fn tables(&self) -> String {
+        [&self.inet, &self.bridge].into_iter().flatten().map(String::as_str).collect()
+    }
+
+    /// The atomic apply script: each table is ensured, deleted and rebuilt
+    /// (or just deleted) in one transaction.
+    pub fn script(&self) -> String {
+        let mut s = String::new();
+        for (family, body) in [("inet", &self.inet), ("bridge", &self.bridge)] {
+            let _ = writeln!(s, "add table {family} {TABLE}");
+            let _ = writeln!(s, "delete table {family} {TABLE}");
+            if let Some(body) = body {
+                s.push_str(body);
+            }
+        }
+        s
+    }
+}
+
+// The fixed chains of `table inet netlet`. Sets they use:
+//   bridges, internal_bridges, icc_off_bridges : ifname
+//   same_bridge        : ifname . ifname ("brX" . "brX" for every bridge)
+//   masq_v4/v6         : subnets of masquerading networks
+//   subnet_bridge_v4/6 : subnet . its bridge
+//   ports_v4/v6        : l4proto . port -> container addr . port (any host address)
+//   ports_v4_ip/v6_ip  : host addr . l4proto . port -> container addr . port
+const INET_CHAINS: &str = "\
+	chain guard {
+		type filter hook prerouting priority raw; policy accept;
+		iifname @bridges ip daddr 127.0.0.0/8 drop
+	}
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ct state established,related accept
+		iifname @internal_bridges iifname . oifname != @same_bridge drop
+		oifname @internal_bridges iifname . oifname != @same_bridge drop
+		ct status dnat accept
+		iifname @bridges oifname @bridges iifname . oifname != @same_bridge drop
+		iifname @icc_off_bridges iifname . oifname @same_bridge drop
+	}
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr 127.0.0.0/8 return
+		dnat ip to ip daddr . meta l4proto . th dport map @ports_v4_ip
+		dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports_v6_ip
+		fib daddr type local dnat ip to meta l4proto . th dport map @ports_v4
+		fib daddr type local dnat ip6 to meta l4proto . th dport map @ports_v6
+	}
+	chain output {
+		type nat hook output priority -100; policy accept;
+		dnat ip to ip daddr . meta l4proto . th dport map @ports_v4_ip
+		dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports_v6_ip
+		fib daddr type local dnat ip to meta l4proto . th dport map @ports_v4
+		fib daddr type local dnat ip6 to meta l4proto . th dport map @ports_v6
+	}
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname @bridges ip saddr 127.0.0.0/8 masquerade
+		ct status dnat ip saddr . oifname @subnet_bridge_v4 masquerade
+		ct status dnat ip6 saddr . oifname @subnet_bridge_v6 masquerade
+		ip saddr . oifname @subnet_bridge_v4 return
+		ip6 saddr . oifname @subnet_bridge_v6 return
+		ip saddr @masq_v4 masquerade
+		ip6 saddr @masq_v6 masquerade
+	}
+}
+";
+// What each rule is for:
+// guard: bridges have route_localnet=1 (for ports published on 127.0.0.1);
+//   without this a container could reach the node's loopback services.
+// forward: internal bridges talk only to themselves; DNATed (published)
+//   traffic is allowed otherwise; different netlet bridges are isolated;
+//   icc: false drops bridge -> same bridge (seen here with br_netfilter).
+// prerouting: a 127/8 destination from outside is never DNATed (it would
+//   turn a martian into a valid packet); host-IP mappings first, then
+//   wildcard mappings for packets addressed to this node.
+// output: the same for connections from the node itself (incl. 127.0.0.1).
+// postrouting: 127/8 sources going to a container (route_localnet) and
+//   hairpin (DNATed from a bridge's subnet back out that bridge) are
+//   masqueraded; a subnet leaving through another interface is masqueraded
+//   when its network asks for it. A remote client of a published port keeps
+//   its address (it is in no subnet).
+
+// `table bridge netlet`, for icc: false without br_netfilter: IP frames
+// bridged between two ports of such a bridge are dropped, by port (host
+// veth names) and, for ports not yet known, by addresses. Per family:
+//   ether type ip iifname @icc_off_ports oifname @icc_off_ports drop
+//   ip saddr . ip daddr @icc_off_v4 drop
+// (and the same for ip6). A family that br_netfilter hands to the inet
+// hooks is left to the inet forward chain instead: there, a neighbour's
+// published port is reached by bridging after DNAT, which only the inet
+// chain can tell apart (`ct` is not available in the bridge family here).
+
+/// Whether bridged IPv4 / IPv6 traffic also traverses the inet hooks
+/// (br_netfilter's bridge-nf-call-iptables / -ip6tables, per namespace).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BrNetfilter {
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
+impl BrNetfilter {
+    /// Reads the sysctls of the current namespace; absent means off.
+    pub fn detect() -> Self {
+        let on = |key: &str| std::fs::read_to_string(format!("/proc/sys/net/bridge/{key}")).is_ok_and(|v| v.trim() == "1");
+        BrNetfilter { ipv4: on("bridge-nf-call-iptables"), ipv6: on("bridge-nf-call-ip6tables") }
+    }
+}
+
+/// Interface names we are willing to quote into a script.
+fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b))
+}
+
+fn ifname(name: &str) -> Result<String, FirewallError> {
+    if valid_ifname(name) {
+        Ok(format!("\"{name}\""))
+    } else {
+        Err(FirewallError::Invalid(format!("interface name {name:?} is not a valid Linux interface name")))
+    }
+}
+
+/// A subnet as nft lists it: host bits cleared, a host route as a bare address.
+fn net(n: &IpNet) -> String {
+    let n = n.trunc();
+    if n.prefix_len() == n.max_prefix_len() {
+        n.addr().to_string()
+    } else {
+        n.to_string()
+    }
+}
+
+/// Writes `set|map NAME { type ...; [flags ...;] [elements = {...}] }`.
+fn set(out: &mut String, kind: &str, name: &str, ty: &str, flags: &[&str], elems: &BTreeSet<String>) {
+    let _ = writeln!(out, "\t{kind} {name} {{\n\t\ttype {ty}");
+    for f in flags {
+        let _ = writeln!(out, "\t\t{f}");
+    }
+    if !elems.is_empty() {
+        let body: Vec<&str> = elems.iter().map(String::as_str).collect();
+        let _ = writeln!(out, "\t\telements = {{ {} }}", body.join(",\n\t\t\t     "));
+    }
+    out.push_str("\t}\n");
+}
+
+/// Renders the plan. Same plan, byte-identical text, whatever the order of
+/// its vectors. Port mappings whose host and container address families
+/// differ are skipped (no cross-family NAT); on a duplicate key the first
+/// mapping in sorted order wins.
+pub fn render(plan: &FirewallPlan, brnf: BrNetfilter) -> Result<Ruleset, FirewallError> {
+    if plan.networks.is_empty() && plan.ports.is_empty() {
+        return Ok(Ruleset::default());
+    }
+    let mut bridges = BTreeSet::new();
+    let mut internal = BTreeSet::new();
+    let mut icc_off = BTreeSet::new();
+    let mut same = BTreeSet::new();
+    let (mut masq4, mut masq6) = (BTreeSet::new(), BTreeSet::new());
+    let (mut own4, mut own6) = (BTreeSet::new(), BTreeSet::new());
+    let (mut icc4, mut icc6) = (BTreeSet::new(), BTreeSet::new());
+    let mut icc_ports = BTreeSet::new();
+    for n in &plan.networks {
+        let br = ifname(&n.bridge)?;
+        bridges.insert(br.clone());
+        same.insert(format!("{br} . {br}"));
+        if n.internal {
+            internal.insert(br.clone());
+        }
+        if !n.icc {
+            icc_off.insert(br.clone());
+            for port in plan.bridge_ports.get(&n.bridge).into_iter().flatten() {
+                icc_ports.insert(ifname(port)?);
+            }
+        }
+        // Overlapping subnets of one network would be refused by nft.
+        for s in &IpNet::aggregate(&n.subnets) {
+            let v4 = matches!(s, IpNet::V4(_));
+            if n.masquerade && !n.internal {
+                if v4 { &mut masq4 } else { &mut masq6 }.insert(s.trunc());
+            }
+            let s = net(s);
+            let own = if v4 { &mut own4 } else { &mut own6 };
+            own.insert(format!("{s} . {br}"));
+            if !n.icc {
+                if v4 { &mut icc4 } else { &mut icc6 }.insert(format!("{s} . {s}"));
+            }
+        }
+    }
+    // nft lists adjacent intervals merged: render them merged (and without
+    // overlaps, which nft would refuse) so the listing compares equal.
+    let [masq4, masq6] = [masq4, masq6].map(|m| {
+        let nets: Vec<IpNet> = m.into_iter().collect();
+        IpNet::aggregate(&nets).iter().map(net).collect::<BTreeSet<_>>()
+    });
+    // Key -> value, first (in sorted order) wins on a duplicate key.
+    let mut maps: [BTreeMap<String, String>; 4] = Default::default();
+    let mut ports = plan.ports.clone();
+    ports.sort();
+    for p in &ports {
+        let proto = p.protocol.as_str();
+        let value = format!("{} . {}", p.container_ip, p.container_port);
+        let v4 = p.container_ip.is_ipv4();
+        let (slot, key) = match p.host_ip {
+            None => (if v4 { 0 } else { 2 }, format!("{proto} . {}", p.host_port)),
+            Some(h) if h.is_ipv4() != v4 => continue,
+            Some(h) if h.is_unspecified() => (if v4 { 0 } else { 2 }, format!("{proto} . {}", p.host_port)),
+            Some(h) => (if v4 { 1 } else { 3 }, format!("{h} . {proto} . {}", p.host_port)),
+        };
+        maps[slot].entry(key).or_insert(value);
+    }
+    let [any4, ip4, any6, ip6] = maps.map(|m| m.into_iter().map(|(k, v)| format!("{k} : {v}")).collect::<BTreeSet<_>>());
+
+    let mut t = format!("table inet {TABLE} {{\n");
+    let none: &[&str] = &[];
+    let interval: &[&str] = &["flags interval"];
+    set(&mut t, "set", "bridges", "ifname", none, &bridges);
+    set(&mut t, "set", "internal_bridges", "ifname", none, &internal);
+    set(&mut t, "set", "icc_off_bridges", "ifname", none, &icc_off);
+    // "br1" . "br1"
+    set(&mut t, "set", "same_bridge", "ifname . ifname", none, &same);
+    // 172.25.0.0/16
+    set(&mut t, "set", "masq_v4", "ipv4_addr", interval, &masq4);
+    set(&mut t, "set", "masq_v6", "ipv6_addr", interval, &masq6);
+    // 172.25.0.0/16 . "br1"
+    set(&mut t, "set", "subnet_bridge_v4", "ipv4_addr . ifname", interval, &own4);
+    set(&mut t, "set", "subnet_bridge_v6", "ipv6_addr . ifname", interval, &own6);
+    // tcp . 8080 : 172.25.0.2 . 80
+    let any = "inet_proto . inet_service";
+    set(&mut t, "map", "ports_v4", &format!("{any} : ipv4_addr . inet_service"), none, &any4);
+    set(&mut t, "map", "ports_v6", &format!("{any} : ipv6_addr . inet_service"), none, &any6);
+    // 127.0.0.1 . tcp . 8080 : 172.25.0.2 . 80
+    let ty4 = "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service";
+    let ty6 = "ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service";
+    set(&mut t, "map", "ports_v4_ip", ty4, none, &ip4);
+    set(&mut t, "map", "ports_v6_ip", ty6, none, &ip6);
+    t.push_str(INET_CHAINS);
+
+    let families = [("ip", "v4", brnf.ipv4), ("ip6", "v6", brnf.ipv6)];
+    let bridge_needed = families.iter().any(|(_, _, brnf)| !brnf);
+    let bridge = (!icc_off.is_empty() && bridge_needed).then(|| {
+        let mut b = format!("table bridge {TABLE} {{\n");
+        // "veth1a2b3c"
+        set(&mut b, "set", "icc_off_ports", "ifname", none, &icc_ports);
+        // 172.25.0.0/16 . 172.25.0.0/16
+        set(&mut b, "set", "icc_off_v4", "ipv4_addr . ipv4_addr", interval, &icc4);
+        set(&mut b, "set", "icc_off_v6", "ipv6_addr . ipv6_addr", interval, &icc6);
+        b.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
+        for (fam, v, _) in families.iter().filter(|f| !f.2) {
+            let _ = writeln!(b, "\t\tether type {fam} iifname @icc_off_ports oifname @icc_off_ports drop");
+            let _ = writeln!(b, "\t\t{fam} saddr . {fam} daddr @icc_off_{v} drop");
+        }
+        b.push_str("\t}\n}\n");
+        b
+    });
+    Ok(Ruleset { inet: Some(t), bridge })
+}
+
+/// A listing reduced to compare equal however nft wraps lines, spaces
+/// tokens or orders set elements.
+pub fn normalize(text: &str) -> String {
+    const OPEN: &str = "elements = {";
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut out = String::with_capacity(joined.len());
+    let mut rest = joined.as_str();
+    while let Some(i) = rest.find(OPEN) {
+        let (head, tail) = rest.split_at(i + OPEN.len());
+        out.push_str(head);
+        let Some(end) = tail.find('}') else {
+            rest = tail;
+            break;
+        };
+        let mut items: Vec<&str> = tail[..end].split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        items.sort_unstable();
+        let _ = write!(out, " {} }}", items.join(", "));
+        rest = &tail[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Parses `/dev/stdin:LINE:COL...: Error: ...` into the script line.
+fn error_line(stderr: &str, script: &str) -> (Option<usize>, Option<String>) {
+    let n = stderr.lines().find_map(|l| {
+        let rest = l.strip_prefix("/dev/stdin:")?;
+        rest.split(':').next()?.parse::<usize>().ok()
+    });
+    let line = n.and_then(|n| script.lines().nth(n.checked_sub(1)?).map(str::to_string));
+    (n, line)
+}
+
+struct Applied {
+    rendered: Ruleset,
+    /// Normalized listing captured right after our last apply.
+    listing: String,
+}
+
+/// netlet's firewall in the current network namespace.
+pub struct NftFirewall {
+    nft: PathBuf,
+    last: Option<Applied>,
+}
+
+impl Default for NftFirewall {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NftFirewall {
+    /// Uses `nft` from `PATH`.
+    pub fn new() -> Self {
+        Self::with_binary("nft")
+    }
+
+    pub fn with_binary(nft: impl Into<PathBuf>) -> Self {
+        NftFirewall { nft: nft.into(), last: None }
+    }
+
+    /// Converges our tables to `plan`. In sync (zero writes) when the live
+    /// tables list the same as the rendering, or as they did right after our
+    /// last apply of this same rendering; otherwise replaces them in one
+    /// transaction. A table deleted or flushed behind our back is rebuilt.
+    pub fn sync(&mut self, plan: &FirewallPlan) -> Result<SyncOutcome, FirewallError> {
+        let rendered = render(plan, BrNetfilter::detect())?;
+        let current = normalize(&self.list()?);
+        if current == normalize(&rendered.tables()) {
+            self.last = Some(Applied { rendered, listing: current });
+            return Ok(SyncOutcome::InSync);
+        }
+        if self.last.as_ref().is_some_and(|l| l.rendered == rendered && l.listing == current) {
+            return Ok(SyncOutcome::InSync);
+        }
+        self.last = None;
+        self.run(&rendered.script(), "apply")?;
+        let listing = normalize(&self.list()?);
+        self.last = Some(Applied { rendered, listing });
+        Ok(SyncOutcome::Applied)
+    }
+
+    /// Deletes our tables; in sync (nothing done) if they are absent.
+    pub fn remove(&mut self) -> Result<SyncOutcome, FirewallError> {
+        self.last = None;
+        if self.list()?.is_empty() {
+            return Ok(SyncOutcome::InSync);
+        }
+        self.run(&Ruleset::default().script(), "remove")?;
+        Ok(SyncOutcome::Applied)
+    }
+
+    /// The live listing of our tables (inet, then bridge); empty if absent.
+    pub fn list(&self) -> Result<String, FirewallError> {
+        let mut out = String::new();
+        for family in ["inet", "bridge"] {
+            let o = Command::new(&self.nft)
+                .args(["list", "table", family, TABLE])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|source| self.spawn_error(source))?;
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            if o.status.success() {
+                out.push_str(&String::from_utf8_lossy(&o.stdout));
+            } else if !stderr.contains("No such file or directory") {
+                return Err(FirewallError::Nft { action: "list", stderr: stderr.into_owned(), line_number: None, line: None });
+            }
+        }
+        Ok(out)
+    }
+
+    fn spawn_error(&self, source: io::Error) -> FirewallError {
+        FirewallError::Spawn { program: self.nft.display().to_string(), source }
+    }
+
+    /// `nft -f -` with `script` on stdin: one atomic transaction.
+    fn run(&self, script: &str, action: &'static str) -> Result<(), FirewallError> {
+        let mut child = Command::new(&self.nft)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| self.spawn_error(source))?;
+        let stdin = child.stdin.take();
+        // Feed stdin from a thread so a chatty nft cannot deadlock us.
+        let output = std::thread::scope(|s| {
+            s.spawn(move || {
+                if let Some(mut stdin) = stdin {
+                    let _ = stdin.write_all(script.as_bytes());
+                }
+            });
+            child.wait_with_output()
+        })
+        .map_err(|source| self.spawn_error(source))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let (line_number, line) = error_line(&stderr, script);
+        Err(FirewallError::Nft { action, stderr, line_number, line })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Protocol;
+    use crate::plan::desired::{FirewallNetwork, PublishedPort};
+
+    const NO_BRNF: BrNetfilter = BrNetfilter { ipv4: false, ipv6: false };
+
+    fn network(name: &str, bridge: &str, subnets: &[&str]) -> FirewallNetwork {
+        FirewallNetwork {
+            name: name.into(),
+            bridge: bridge.into(),
+            subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
+            icc: true,
+            masquerade: true,
+            internal: false,
+        }
+    }
+
+    fn port(proto: Protocol, host_ip: Option<&str>, hp: u16, cip: &str, cp: u16) -> PublishedPort {
+        PublishedPort {
+            protocol: proto,
+            host_ip: host_ip.map(|h| h.parse().unwrap()),
+            host_port: hp,
+            container_ip: cip.parse().unwrap(),
+            container_port: cp,
+            bridge: "br1".into(),
+        }
+    }
+
+    fn inet(plan: &FirewallPlan) -> String {
+        render(plan, NO_BRNF).unwrap().inet.unwrap()
+    }
+
+    /// The `elements = { ... }` of one set or map, as a sorted list.
+    fn elements(table: &str, name: &str) -> Vec<String> {
+        let norm = normalize(table);
+        let start = norm.find(&format!(" {name} {{")).unwrap_or_else(|| panic!("{name} missing"));
+        let block = &norm[start..start + norm[start..].find(" } ").unwrap() + 2];
+        match block.find("elements = {") {
+            None => vec![],
+            Some(i) => {
+                block[i + 12..block.rfind('}').unwrap()].split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+            }
+        }
+    }
+
+    fn two_networks() -> FirewallPlan {
+        FirewallPlan {
+            networks: vec![network("a", "br1", &["172.25.0.0/16"]), network("b", "br2", &["172.26.0.0/16"])],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn empty_plan_means_no_tables() {
+        let r = render(&FirewallPlan::default(), NO_BRNF).unwrap();
+        assert_eq!(r, Ruleset::default());
+        assert_eq!(
+            r.script(),
+            "add table inet netlet\ndelete table inet netlet\n\
+             add table bridge netlet\ndelete table bridge netlet\n"
+        );
+    }
+
+    #[test]
+    fn isolation_between_bridges() {
+        let t = inet(&two_networks());
+        assert_eq!(elements(&t, "bridges"), ["\"br1\"", "\"br2\""]);
+        assert_eq!(elements(&t, "same_bridge"), ["\"br1\" . \"br1\"", "\"br2\" . \"br2\""]);
+        assert!(t.contains("iifname @bridges oifname @bridges iifname . oifname != @same_bridge drop"));
+        // Established first, DNAT accepted before isolation.
+        let est = t.find("ct state established,related accept").unwrap();
+        let dnat = t.find("ct status dnat accept").unwrap();
+        let iso = t.find("iifname @bridges oifname @bridges").unwrap();
+        assert!(est < dnat && dnat < iso);
+        assert!(!t.contains("fwd"));
+        assert!(render(&two_networks(), NO_BRNF).unwrap().bridge.is_none());
+    }
+
+    #[test]
+    fn icc_false() {
+        let mut plan = two_networks();
+        plan.networks[0].icc = false;
+        plan.bridge_ports.insert("br1".into(), vec!["vethb".into(), "vetha".into()]);
+        plan.bridge_ports.insert("br2".into(), vec!["vethc".into()]);
+        let r = render(&plan, NO_BRNF).unwrap();
+        let t = r.inet.as_deref().unwrap();
+        assert_eq!(elements(t, "icc_off_bridges"), ["\"br1\""]);
+        assert!(t.contains("iifname @icc_off_bridges iifname . oifname @same_bridge drop"));
+        let b = r.bridge.unwrap();
+        assert!(b.starts_with("table bridge netlet {"));
+        assert_eq!(elements(&b, "icc_off_ports"), ["\"vetha\"", "\"vethb\""]);
+        assert_eq!(elements(&b, "icc_off_v4"), ["172.25.0.0/16 . 172.25.0.0/16"]);
+        assert!(b.contains("ether type ip iifname @icc_off_ports oifname @icc_off_ports drop"));
+        assert!(b.contains("ip6 saddr . ip6 daddr @icc_off_v6 drop"));
+        // With br_netfilter a family is left to the inet forward chain.
+        let only6 = render(&plan, BrNetfilter { ipv4: true, ipv6: false }).unwrap();
+        let b6 = only6.bridge.unwrap();
+        assert!(!b6.contains("ether type ip "));
+        assert!(b6.contains("ether type ip6 iifname @icc_off_ports oifname @icc_off_ports drop"));
+        let both = BrNetfilter { ipv4: true, ipv6: true };
+        assert!(render(&plan, both).unwrap().bridge.is_none());
+        // Gateway and outside stay reachable: nothing filters input, and
+        // only bridge -> same bridge is dropped.
+        assert!(!t.contains("hook input"));
+        // The bridge table goes away with the last icc: false network.
+        plan.networks[0].icc = true;
+        let r = render(&plan, NO_BRNF).unwrap();
+        assert!(r.bridge.is_none());
+        assert!(r.script().contains("delete table bridge netlet\n"));
+    }
+
+    #[test]
+    fn internal_network() {
+        let mut plan = two_networks();
+        plan.networks[1].internal = true;
+        let t = inet(&plan);
+        assert_eq!(elements(&t, "internal_bridges"), ["\"br2\""]);
+        // Internal is sealed before published traffic is let through.
+        let drop = t.find("oifname @internal_bridges iifname . oifname != @same_bridge drop").unwrap();
+        assert!(t.find("iifname @internal_bridges").unwrap() < drop);
+        assert!(drop < t.find("ct status dnat accept").unwrap());
+        // Never masqueraded, even if asked to.
+        assert_eq!(elements(&t, "masq_v4"), ["172.25.0.0/16"]);
+    }
+
+    #[test]
+    fn masquerade_on_off() {
+        let mut plan = two_networks();
+        plan.networks[1].masquerade = false;
+        let t = inet(&plan);
+        assert_eq!(elements(&t, "masq_v4"), ["172.25.0.0/16"]);
+        // Both subnets are known with their bridge (own-bridge exemption, hairpin).
+        assert_eq!(elements(&t, "subnet_bridge_v4"), ["172.25.0.0/16 . \"br1\"", "172.26.0.0/16 . \"br2\""]);
+        let ret = t.find("ip saddr . oifname @subnet_bridge_v4 return").unwrap();
+        assert!(ret < t.find("ip saddr @masq_v4 masquerade").unwrap());
+        plan.networks[0].masquerade = false;
+        assert!(elements(&inet(&plan), "masq_v4").is_empty());
+        // Adjacent subnets are merged as nft lists them; overlaps dropped.
+        let plan = FirewallPlan {
+            networks: vec![network("a", "br1", &["10.0.0.0/24", "10.0.0.0/16"]), network("b", "br2", &["10.1.0.0/16"])],
+            ..Default::default()
+        };
+        let t = inet(&plan);
+        assert_eq!(elements(&t, "masq_v4"), ["10.0.0.0/15"]);
+        assert_eq!(elements(&t, "subnet_bridge_v4"), ["10.0.0.0/16 . \"br1\"", "10.1.0.0/16 . \"br2\""]);
+        // Host bits are cleared.
+        let plan = FirewallPlan { networks: vec![network("a", "br1", &["172.25.3.4/16"])], ..Default::default() };
+        assert_eq!(elements(&inet(&plan), "masq_v4"), ["172.25.0.0/16"]);
+    }
+
+    #[test]
+    fn published_ports_with_and_without_host_ip() {
+        let mut plan = two_networks();
+        plan.ports = vec![
+            port(Protocol::Tcp, None, 8080, "172.25.0.2", 80),
+            port(Protocol::Udp, Some("0.0.0.0"), 5353, "172.25.0.2", 53),
+            port(Protocol::Tcp, Some("127.0.0.1"), 9090, "172.25.0.3", 90),
+            port(Protocol::Sctp, Some("10.0.0.1"), 3868, "172.25.0.3", 3868),
+            // Cross-family: skipped.
+            port(Protocol::Tcp, Some("10.0.0.1"), 7000, "fd00::2", 7000),
+        ];
+        let t = inet(&plan);
+        assert_eq!(elements(&t, "ports_v4"), ["tcp . 8080 : 172.25.0.2 . 80", "udp . 5353 : 172.25.0.2 . 53"]);
+        assert_eq!(elements(&t, "ports_v4_ip"), ["10.0.0.1 . sctp . 3868 : 172.25.0.3 . 3868", "127.0.0.1 . tcp . 9090 : 172.25.0.3 . 90"]);
+        assert!(elements(&t, "ports_v6").is_empty());
+        assert!(elements(&t, "ports_v6_ip").is_empty());
+        assert!(t.contains("fib daddr type local dnat ip to meta l4proto . th dport map @ports_v4"));
+        assert!(t.contains("dnat ip to ip daddr . meta l4proto . th dport map @ports_v4_ip"));
+        assert!(t.contains("type nat hook output priority -100;"));
+        assert!(t.contains("type nat hook prerouting priority dstnat;"));
+        // Localhost publishing and hairpin; remote clients keep their source.
+        assert!(t.contains("oifname @bridges ip saddr 127.0.0.0/8 masquerade"));
+        assert!(t.contains("ct status dnat ip saddr . oifname @subnet_bridge_v4 masquerade"));
+        assert!(t.contains("iifname @bridges ip daddr 127.0.0.0/8 drop"));
+        assert_eq!(t.matches("masquerade").count(), 5);
+    }
+
+    #[test]
+    fn ipv6() {
+        let plan = FirewallPlan {
+            networks: vec![network("a", "br1", &["172.25.0.0/16", "fd00:1::/64"])],
+            ports: vec![
+                port(Protocol::Tcp, None, 8080, "fd00:1::2", 80),
+                port(Protocol::Tcp, Some("::"), 8081, "fd00:1::2", 81),
+                port(Protocol::Udp, Some("fd00:9::1"), 53, "fd00:1::3", 5353),
+            ],
+            ..Default::default()
+        };
+        let t = inet(&plan);
+        assert_eq!(elements(&t, "masq_v6"), ["fd00:1::/64"]);
+        assert_eq!(elements(&t, "subnet_bridge_v6"), ["fd00:1::/64 . \"br1\""]);
+        assert_eq!(elements(&t, "ports_v6"), ["tcp . 8080 : fd00:1::2 . 80", "tcp . 8081 : fd00:1::2 . 81"]);
+        assert_eq!(elements(&t, "ports_v6_ip"), ["fd00:9::1 . udp . 53 : fd00:1::3 . 5353"]);
+        assert!(elements(&t, "ports_v4").is_empty());
+        assert!(t.contains("fib daddr type local dnat ip6 to meta l4proto . th dport map @ports_v6"));
+    }
+
+    #[test]
+    fn deterministic_and_order_independent() {
+        let mut plan = two_networks();
+        plan.networks[0].icc = false;
+        plan.bridge_ports.insert("br1".into(), vec!["v2".into(), "v1".into()]);
+        plan.ports = vec![
+            port(Protocol::Tcp, None, 8080, "172.25.0.2", 80),
+            port(Protocol::Udp, None, 8080, "172.25.0.2", 80),
+            port(Protocol::Tcp, Some("10.0.0.1"), 8080, "172.26.0.2", 80),
+        ];
+        let a = render(&plan, NO_BRNF).unwrap();
+        let mut shuffled = plan.clone();
+        shuffled.networks.reverse();
+        shuffled.ports.reverse();
+        shuffled.bridge_ports.get_mut("br1").unwrap().reverse();
+        assert_eq!(a, render(&shuffled, NO_BRNF).unwrap());
+        assert_eq!(a.script(), render(&plan.clone(), NO_BRNF).unwrap().script());
+        // Duplicate key: the first in sorted order wins, no nft error.
+        plan.ports.push(port(Protocol::Tcp, None, 8080, "172.25.0.9", 80));
+        assert_eq!(elements(&inet(&plan), "ports_v4"), ["tcp . 8080 : 172.25.0.2 . 80", "udp . 8080 : 172.25.0.2 . 80"]);
+    }
+
+    #[test]
+    fn bad_interface_name_is_an_error() {
+        let plan = FirewallPlan { networks: vec![network("a", "br\"1", &["10.0.0.0/24"])], ..Default::default() };
+        assert!(matches!(render(&plan, NO_BRNF), Err(FirewallError::Invalid(_))));
+    }
+
+    #[test]
+    fn normalize_matches_nft_listing_style() {
+        let plan = FirewallPlan {
+            networks: vec![network("a", "br1", &["172.25.0.0/16"]), network("b", "br2", &["10.1.0.0/24"])],
+            ..Default::default()
+        };
+        let rendered = inet(&plan);
+        // nft wraps elements, indents with tabs, puts blank lines between
+        // blocks and may order hash elements differently.
+        let listed = rendered.replace("\t}\n\tset", "\t}\n\n\tset").replace("{ \"br1\",\n\t\t\t     \"br2\" }", "{ \"br2\", \"br1\" }");
+        assert_ne!(listed, rendered);
+        assert_eq!(normalize(&listed), normalize(&rendered));
+        assert_ne!(normalize(&listed), normalize(&inet(&two_networks())));
+    }
+
+    #[test]
+    fn nft_error_points_at_the_script_line() {
+        let script = "table inet netlet {\n\tchain x {\n\t\tmeta bogus drop\n\t}\n}\n";
+        let stderr = "/dev/stdin:3:3-12: Error: syntax error, unexpected bogus\n\t\tmeta bogus drop\n\t\t^^^^\n";
+        let (n, line) = error_line(stderr, script);
+        assert_eq!(n, Some(3));
+        let err = FirewallError::Nft { action: "apply", stderr: stderr.into(), line_number: n, line };
+        assert_eq!(err.to_string(), "nft apply failed: Error: syntax error, unexpected bogus (script line 3: `meta bogus drop`)");
+    }
+}
