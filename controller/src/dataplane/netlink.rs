@@ -19,8 +19,8 @@ use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use super::netns;
-use crate::naming::OWNER_LINK_GROUP;
 use crate::api::MacvlanMode;
+use crate::naming::OWNER_LINK_GROUP;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{op}: {message}")]
@@ -297,8 +297,7 @@ impl Netlink {
         controller: u32,
         alias: &str,
     ) -> Result<()> {
-        let msg =
-            LinkVxlan::new(name, vni)
+        let msg = LinkVxlan::new(name, vni)
             .port(port)
             .local(local)
             .learning(false)
