@@ -331,23 +331,33 @@ impl Dataplane {
         record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
         report: &mut SyncReport,
     ) {
-        for spec in &desired.sandboxes {
-            if let SandboxRef::Managed(name) = &spec.sandbox {
-                let path = Path::new(crate::plan::attachment::NETNS_DIR).join(name);
-                if netns::is_namespace(&path) {
-                    continue;
-                }
-                // Write-ahead: record before creating, so a crash cannot leak it.
-                if owned.netns.insert(name.clone()) {
-                    if let Err(e) = record_owned(owned) {
-                        report.node_errors.push(format!("recording namespace {name}: {e}"));
-                        continue;
-                    }
-                }
-                match netns::create(name) {
-                    Ok(()) => report.mutated("netns"),
-                    Err(e) => report.node_errors.push(format!("creating namespace {name}: {e}")),
-                }
+        let missing: Vec<&String> = desired
+            .sandboxes
+            .iter()
+            .filter_map(|s| s.sandbox.netns_name().map(|_| &s.sandbox))
+            .filter_map(|s| match s {
+                SandboxRef::Managed(name) if !netns::is_namespace(&Path::new(crate::plan::attachment::NETNS_DIR).join(name)) => Some(name),
+                _ => None,
+            })
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        // Write-ahead, once for the whole batch: recorded before created, so
+        // a crash cannot leak one (recording a name that then fails to be
+        // created is harmless: deleting an absent namespace succeeds).
+        let before = owned.netns.len();
+        owned.netns.extend(missing.iter().map(|n| (*n).clone()));
+        if owned.netns.len() != before {
+            if let Err(e) = record_owned(owned) {
+                report.node_errors.push(format!("recording namespaces: {e}"));
+                return;
+            }
+        }
+        for name in missing {
+            match netns::create(name) {
+                Ok(()) => report.mutated("netns"),
+                Err(e) => report.node_errors.push(format!("creating namespace {name}: {e}")),
             }
         }
     }
@@ -707,6 +717,7 @@ impl Dataplane {
         }
         let wanted_netns: BTreeSet<&str> = desired.sandboxes.iter().filter_map(|s| s.sandbox.netns_name()).collect();
         let stale: Vec<String> = owned.netns.iter().filter(|n| !wanted_netns.contains(n.as_str())).cloned().collect();
+        let owned_before = owned.netns.len();
         for name in stale {
             let path = Path::new(crate::plan::attachment::NETNS_DIR).join(&name);
             self.sandboxes.remove(&path.display().to_string());
@@ -720,11 +731,15 @@ impl Dataplane {
                         report.mutated("netns");
                     }
                     owned.netns.remove(&name);
-                    if let Err(e) = record_owned(owned) {
-                        report.node_errors.push(format!("recording namespace removal {name}: {e}"));
-                    }
                 }
                 Err(e) => report.node_errors.push(format!("deleting namespace {name}: {e}")),
+            }
+        }
+        // Recorded after the fact, once: a crash before this only leaves
+        // names of namespaces already gone, which the next prune drops.
+        if owned.netns.len() != owned_before {
+            if let Err(e) = record_owned(owned) {
+                report.node_errors.push(format!("recording namespace removals: {e}"));
             }
         }
     }

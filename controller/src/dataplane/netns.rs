@@ -16,8 +16,20 @@ use nix::sched::{setns, unshare, CloneFlags};
 
 use crate::plan::attachment::NETNS_DIR;
 
-/// Makes /run/netns a shared mount point (once per boot, as iproute2 does).
+/// Makes /run/netns a shared mount point, as iproute2 does, once per
+/// process: re-sharing it recursively walks every namespace mounted below,
+/// which made creating N namespaces cost O(N^2).
 fn ensure_netns_dir() -> io::Result<()> {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if DONE.get().is_some() {
+        return Ok(());
+    }
+    make_netns_dir_shared()?;
+    let _ = DONE.set(());
+    Ok(())
+}
+
+fn make_netns_dir_shared() -> io::Result<()> {
     fs::create_dir_all(NETNS_DIR)?;
     let shared = |dir: &str| mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
     match shared(NETNS_DIR) {
