@@ -41,14 +41,24 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
 
     let kernel_changed = std::sync::Arc::new(tokio::sync::Notify::new());
     if !opts.once {
-        if let Err(e) = crate::dataplane::events::watch(kernel_changed.clone()) {
-            tracing::warn!(error = %e, "no kernel events; drift is repaired at each resync only");
-        }
+        reconciler.watch_events(kernel_changed.clone());
     }
     let mut fingerprint = manifests::fingerprint(&opts.manifests);
+    let mut loaded: Option<(u64, manifests::Loaded)> = None;
     loop {
-        let loaded = manifests::load(&opts.manifests);
-        let outcome = reconciler.reconcile(&loaded.objects, &loaded.errors).await;
+        // Parse only when the manifest set changed; the version lets the
+        // reconciler reuse its plan when nothing did.
+        let version = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            fingerprint.hash(&mut h);
+            h.finish()
+        };
+        if loaded.as_ref().is_none_or(|(v, _)| *v != version) {
+            loaded = Some((version, manifests::load(&opts.manifests)));
+        }
+        let (_, current) = loaded.as_ref().expect("loaded above");
+        let outcome = reconciler.reconcile_versioned(&current.objects, &current.errors, Some(version)).await;
         if opts.once {
             let failures = outcome.failures();
             for f in &failures {

@@ -1,25 +1,57 @@
-//! Kernel change notifications in the node namespace: a link or address
-//! that disappears (or a link that goes down) wakes the reconciler at once
-//! instead of at the next resync. Our own changes wake it too; the pass
-//! that follows finds the node in sync and changes nothing.
+//! Kernel change notifications: what lets an in-sync node be left alone.
+//!
+//! One rtnetlink multicast socket in the node namespace, with
+//! NETLINK_LISTEN_ALL_NSID so it also hears every sandbox that has a
+//! namespace id here (each veth or macvlan peer gives its sandbox one), and
+//! one `nft monitor` child for ruleset changes. Every event bumps a
+//! counter; events that can mean drift (a link, address or route removed,
+//! a link down) also wake the reconciler at once. A pass that sees the
+//! counter unchanged since the end of the previous pass, with the same
+//! desired state, can skip observing what it verified before.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::link::LinkFlags;
 use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::sys::AsyncSocket;
 use rtnetlink::MulticastGroup;
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::Notify;
 
-/// Subscribes to link and address events; pokes `wake` on the ones that
-/// can mean drift. Needs a tokio runtime context.
-pub fn watch(wake: Arc<Notify>) -> std::io::Result<()> {
-    let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr, MulticastGroup::Ipv4Route];
-    let (conn, _handle, mut messages) = rtnetlink::new_multicast_connection(&groups)?;
+/// Counts kernel events seen so far.
+#[derive(Clone, Default)]
+pub struct EventCounter(Arc<AtomicU64>);
+
+impl EventCounter {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn bump(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Starts both watchers. Needs a tokio runtime context. The nft watcher is
+/// best effort: without it, ruleset drift is found by the periodic full pass.
+pub fn watch(wake: Arc<Notify>) -> std::io::Result<EventCounter> {
+    let counter = EventCounter::default();
+    let groups = [
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
+    ];
+    let (mut conn, _handle, mut messages) = rtnetlink::new_multicast_connection(&groups)?;
+    conn.socket_mut().socket_mut().set_listen_all_namespaces(true)?;
     tokio::spawn(conn);
+    let (c, w) = (counter.clone(), wake.clone());
     tokio::spawn(async move {
         while let Some((msg, _)) = messages.next().await {
+            c.bump();
             let drift = match msg.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(_)) => true,
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(_)) => true,
@@ -28,9 +60,24 @@ pub fn watch(wake: Arc<Notify>) -> std::io::Result<()> {
                 _ => false,
             };
             if drift {
-                wake.notify_one();
+                w.notify_one();
             }
         }
     });
-    Ok(())
+    match tokio::process::Command::new("nft").arg("monitor").stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn() {
+        Ok(mut child) => {
+            let c = counter.clone();
+            let stdout = child.stdout.take().expect("piped");
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(stdout).lines();
+                while let Ok(Some(_)) = lines.next_line().await {
+                    c.bump();
+                    wake.notify_one();
+                }
+                let _ = child.wait().await;
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "no nft monitor; ruleset drift is found by the periodic full pass"),
+    }
+    Ok(counter)
 }

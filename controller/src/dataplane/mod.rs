@@ -66,8 +66,26 @@ struct SandboxHandle {
 pub struct Dataplane {
     node: Netlink,
     firewall: firewall::NftFirewall,
+    /// Kernel events, when watched: lets a pass skip what it verified.
+    events: Option<events::EventCounter>,
+    /// Event count at the end of the previous pass.
+    events_baseline: u64,
+    /// Passes since the last full one (every FULL_PASS_EVERY-th is full).
+    passes_since_full: u32,
+    /// Sandboxes verified in sync, with the endpoints they were verified for.
+    verified: HashMap<String, Vec<Endpoint>>,
+    last_firewall: Option<crate::plan::desired::FirewallPlan>,
+    last_files: Option<Vec<crate::plan::names::SandboxFiles>>,
+    /// The desired state the previous pass converged to without errors.
+    last_clean: Option<DesiredState>,
+    /// Node links and addresses, valid while no kernel event arrives.
+    node_view: Option<(Vec<Link>, Vec<netlink::Address>)>,
     sandboxes: HashMap<String, SandboxHandle>,
 }
+
+/// Every this-many passes, observe everything even without kernel events
+/// (what no event reports: edits of /etc/netns files, missed events).
+const FULL_PASS_EVERY: u32 = 10;
 
 /// Link group used only for a moment, to delete many of our links in one
 /// request; checked to be empty of foreign links before use.
@@ -91,11 +109,45 @@ impl Dataplane {
     /// Opens the node-namespace handle. Needs a tokio runtime context on the
     /// reconciler's dedicated thread.
     pub fn new() -> Result<Self, NetlinkError> {
-        Ok(Dataplane { node: Netlink::connect()?, firewall: firewall::NftFirewall::new(), sandboxes: HashMap::new() })
+        Ok(Dataplane {
+            node: Netlink::connect()?,
+            firewall: firewall::NftFirewall::new(),
+            events: None,
+            events_baseline: 0,
+            passes_since_full: 0,
+            verified: HashMap::new(),
+            last_firewall: None,
+            last_files: None,
+            last_clean: None,
+            node_view: None,
+            sandboxes: HashMap::new(),
+        })
+    }
+
+    /// Watches kernel events from now on (long-running agents): drift that
+    /// the kernel reports wakes `wake`, and passes with no events since the
+    /// previous one skip re-observing what they verified.
+    pub fn watch_events(&mut self, wake: std::sync::Arc<tokio::sync::Notify>) {
+        match events::watch(wake) {
+            Ok(counter) => self.events = Some(counter),
+            Err(e) => tracing::warn!(error = %e, "no kernel events; every pass observes everything"),
+        }
     }
 
     pub fn node(&self) -> &Netlink {
         &self.node
+    }
+
+    /// The node's links and addresses: dumped, or the previous dump while
+    /// no kernel event has arrived since the last pass.
+    pub async fn node_view(&mut self) -> Result<(Vec<Link>, Vec<netlink::Address>), NetlinkError> {
+        let quiet = self.events.as_ref().is_some_and(|e| e.get() == self.events_baseline);
+        if let (true, Some(view)) = (quiet, &self.node_view) {
+            return Ok(view.clone());
+        }
+        let view = (self.node.links().await?, self.node.addresses().await?);
+        self.node_view = Some(view.clone());
+        Ok(view)
     }
 
     /// Converges the node to `desired`. `owned` records the namespaces we
@@ -107,15 +159,28 @@ impl Dataplane {
         record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
     ) -> SyncReport {
         let mut report = SyncReport::default();
+        // A full pass observes everything; a quick one skips what was
+        // verified before, when no kernel event arrived since.
+        let full = match &self.events {
+            None => true,
+            Some(events) => events.get() != self.events_baseline || self.passes_since_full + 1 >= FULL_PASS_EVERY,
+        };
+        self.passes_since_full = if full { 0 } else { self.passes_since_full + 1 };
+        // Nothing changed in the kernel (no event) nor in what we want since
+        // a pass that converged cleanly: there is nothing to look at.
+        if !full && self.last_clean.as_ref() == Some(desired) {
+            return report;
+        }
+        self.last_clean = None;
         self.sync_sysctls(desired, &mut report);
-        let node_links = match self.node.links().await {
-            Ok(links) => links,
+        let (node_links, node_addresses) = match self.node_view().await {
+            Ok(view) => view,
             Err(e) => {
                 report.node_errors.push(e.to_string());
                 return report;
             }
         };
-        let bridges = self.sync_bridges(desired, &node_links, &mut report).await;
+        let bridges = self.sync_bridges(desired, &node_links, &node_addresses, &mut report).await;
         self.sync_vxlans(desired, &node_links, &bridges, &mut report).await;
         self.sync_sandboxes(desired, owned, record_owned, &mut report).await;
         // Write-ahead for links made inside sandboxes, which the node
@@ -129,23 +194,54 @@ impl Dataplane {
                 report.node_errors.push(format!("recording sandbox links: {e}"));
             }
         }
-        self.sync_endpoints(desired, &node_links, &bridges, &mut report).await;
+        self.sync_endpoints(desired, &node_links, &bridges, full, &mut report).await;
         // The whole ruleset in one transaction; nothing when in sync.
-        match self.firewall.sync(&desired.firewall) {
-            Ok(outcome) if outcome.mutated() => report.mutated("nft"),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "firewall not applied");
-                report.firewall_error = Some(e.to_string());
+        if full || self.last_firewall.as_ref() != Some(&desired.firewall) {
+            self.last_firewall = None;
+            match self.firewall.sync(&desired.firewall) {
+                Ok(outcome) => {
+                    if outcome.mutated() {
+                        report.mutated("nft");
+                    }
+                    self.last_firewall = Some(desired.firewall.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "firewall not applied");
+                    report.firewall_error = Some(e.to_string());
+                }
             }
         }
-        for f in &desired.sandbox_files {
-            match files::ensure(f) {
-                Ok(n) => (0..n).for_each(|_| report.mutated("file")),
-                Err(e) => report.node_errors.push(format!("writing /etc/netns/{}: {e}", f.netns)),
+        if full || self.last_files.as_ref() != Some(&desired.sandbox_files) {
+            let mut ok = true;
+            for f in &desired.sandbox_files {
+                match files::ensure(f) {
+                    Ok(n) => (0..n).for_each(|_| report.mutated("file")),
+                    Err(e) => {
+                        ok = false;
+                        report.node_errors.push(format!("writing /etc/netns/{}: {e}", f.netns));
+                    }
+                }
             }
+            self.last_files = ok.then(|| desired.sandbox_files.clone());
         }
-        self.prune(desired, owned, record_owned, &mut report).await;
+        self.prune(desired, &node_links, owned, record_owned, &mut report).await;
+        // Sockets into sandboxes are cheap to reopen and cost a receive
+        // buffer each: keep none between passes.
+        self.sandboxes.clear();
+        self.node_view = None;
+        let clean = report.endpoint_errors.is_empty()
+            && report.network_errors.is_empty()
+            && report.node_errors.is_empty()
+            && report.firewall_error.is_none();
+        if clean {
+            self.last_clean = Some(desired.clone());
+        }
+        if let Some(events) = &self.events {
+            // Our own changes have queued their notifications by now; let
+            // the watcher count them so they do not force the next pass full.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            self.events_baseline = events.get();
+        }
         report
     }
 
@@ -167,15 +263,15 @@ impl Dataplane {
     }
 
     /// Ensures every bridge; returns name -> index of the ready ones.
-    async fn sync_bridges(&mut self, desired: &DesiredState, node_links: &[Link], report: &mut SyncReport) -> HashMap<String, u32> {
+    async fn sync_bridges(
+        &mut self,
+        desired: &DesiredState,
+        node_links: &[Link],
+        node_addresses: &[netlink::Address],
+        report: &mut SyncReport,
+    ) -> HashMap<String, u32> {
         let mut ready = HashMap::new();
-        let addresses = match self.node.addresses().await {
-            Ok(a) => a,
-            Err(e) => {
-                report.node_errors.push(e.to_string());
-                return ready;
-            }
-        };
+        let addresses = node_addresses;
         for bridge in &desired.bridges {
             let alias = format!("{OWNER_ALIAS_PREFIX}network/{}", bridge.network);
             let existing = node_links.iter().find(|l| l.name == bridge.name);
@@ -386,6 +482,7 @@ impl Dataplane {
         desired: &DesiredState,
         node_links: &[Link],
         bridges: &HashMap<String, u32>,
+        full: bool,
         report: &mut SyncReport,
     ) {
         // Group by sandbox: one dump of links, addresses and routes each.
@@ -396,7 +493,15 @@ impl Dataplane {
         for ep in &desired.endpoints {
             by_sandbox.entry(&ep.sandbox).or_default().push(ep);
         }
+        let wanted: BTreeSet<String> = by_sandbox.keys().map(|s| s.path()).collect();
+        self.verified.retain(|path, _| wanted.contains(path));
         for (sandbox, endpoints) in by_sandbox {
+            let path = sandbox.path();
+            let owned_endpoints: Vec<Endpoint> = endpoints.iter().map(|e| (*e).clone()).collect();
+            if !full && self.verified.get(&path) == Some(&owned_endpoints) {
+                continue;
+            }
+            self.verified.remove(&path);
             let handle = match self.sandbox(sandbox) {
                 Ok(h) => (h.netlink.clone(), h.file.try_clone()),
                 Err(f) => {
@@ -409,9 +514,14 @@ impl Dataplane {
             let (sb, file) = handle;
             let Ok(file) = file else { continue };
             if let Err(e) = self.sync_sandbox(&sb, &file, &endpoints, node_links, bridges, report).await {
-                for ep in endpoints {
+                for ep in &endpoints {
                     report.endpoint_errors.entry(ep.owner.clone()).or_insert_with(|| SyncReport::kernel(&e));
                 }
+            }
+            // One socket at a time: a thousand open ones cost a receive buffer each.
+            self.sandboxes.remove(&path);
+            if endpoints.iter().all(|ep| !report.endpoint_errors.contains_key(&ep.owner)) {
+                self.verified.insert(path, owned_endpoints);
             }
         }
     }
@@ -629,6 +739,7 @@ impl Dataplane {
     async fn prune(
         &mut self,
         desired: &DesiredState,
+        node_links: &[Link],
         owned: &mut Owned,
         record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
         report: &mut SyncReport,
@@ -640,8 +751,9 @@ impl Dataplane {
             .chain(desired.endpoints.iter().filter_map(|e| e.host_name()))
             .chain(desired.vxlans.iter().map(|v| v.name.as_str()))
             .collect();
-        match self.node.links().await {
-            Ok(links) => {
+        {
+            {
+                let links = node_links;
                 // Veths first (batched), so a bridge is empty when it goes.
                 let stale: Vec<&Link> = links.iter().filter(|l| is_ours(l) && !wanted_links.contains(l.name.as_str())).collect();
                 let (bridges, others): (Vec<&Link>, Vec<&Link>) = stale.into_iter().partition(|l| l.kind.as_deref() == Some("bridge"));
@@ -671,7 +783,6 @@ impl Dataplane {
                     }
                 }
             }
-            Err(e) => report.node_errors.push(e.to_string()),
         }
         let wanted_sandbox_links: BTreeSet<(String, String)> = desired
             .endpoints

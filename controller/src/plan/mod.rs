@@ -29,7 +29,7 @@ use network::ResolvedNetwork;
 use outcome::{reason, Failure};
 
 /// What the plan needs to know about the node it plans for.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeFacts {
     pub node_name: String,
     /// net.ipv4.ip_local_port_range: where ephemeral host ports come from.

@@ -343,9 +343,6 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
         node: opts.node_name.clone(),
         client: client.clone(),
     };
-    if let Err(e) = crate::dataplane::events::watch(changed.clone()) {
-        tracing::warn!(error = %e, "no kernel events; drift is repaired at each resync only");
-    }
     let metrics = Metrics::new();
     if let Some(addr) = opts.metrics_addr {
         match crate::metrics::serve(addr, metrics.clone()).await {
@@ -355,6 +352,7 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
     }
     let state = StateDir::open(&opts.state_dir)?;
     let mut reconciler = Reconciler::new(state, opts.node_name.clone())?.with_metrics(metrics);
+    reconciler.watch_events(changed.clone());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tracing::info!(node = %opts.node_name, "netlet Kubernetes agent starting; waiting for the initial lists");
