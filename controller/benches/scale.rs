@@ -52,7 +52,7 @@ struct Node {
 
 impl Node {
     fn new(n: usize, tag: &str) -> Node {
-        let tag = format!("nlb{}{tag}", std::process::id() % 10000);
+        let tag = format!("nlb{}{tag}{n}", std::process::id() % 10000);
         let name = format!("{tag}-node");
         sh(&format!("ip netns add {name} && ip -n {name} link set lo up"));
         let dir = std::env::temp_dir().join(format!("{tag}-{n}"));
@@ -148,7 +148,12 @@ fn cpu_of(pid: u32) -> Duration {
 }
 
 fn metric(node: &Node, name: &str) -> f64 {
-    let text = sh(&format!("ip netns exec {} curl -s http://127.0.0.1:9464/metrics", node.name));
+    // Not up yet (or busy) reads as zero; callers wait for values to move.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &node.name, "curl", "-s", "-m", "5", "http://127.0.0.1:9464/metrics"])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
     text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
