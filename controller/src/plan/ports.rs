@@ -42,7 +42,9 @@ pub(super) fn plan_ports(
     out: &mut Plan,
 ) {
     // Published so far: (protocol, port) -> [(host ip, owner)].
-    let mut published: BTreeMap<(Protocol, u16), Vec<(Option<IpAddr>, String)>> = BTreeMap::new();
+    // (protocol, IPv6?, port) -> [(host ip, owner)]: v4 and v6 bindings of one
+    // port are distinct, as with Docker's dual-stack publishing.
+    let mut published: BTreeMap<(Protocol, bool, u16), Vec<(Option<IpAddr>, String)>> = BTreeMap::new();
     let (lo, hi) = node.ephemeral_ports;
     for pm in &objects.port_mappings {
         let ns = namespace_of(pm);
@@ -60,8 +62,9 @@ pub(super) fn plan_ports(
             let mut mine: Vec<(Protocol, Option<IpAddr>, u16, u16, IpAddr)> = Vec::new();
             for w in wanted.iter().filter(|w| w.host_port.is_some()) {
                 let port = w.host_port.expect("filtered");
-                if let Some((_, winner)) =
-                    published.get(&(w.protocol, port)).and_then(|v| v.iter().find(|(ip, _)| overlaps(*ip, w.host_ip)))
+                if let Some((_, winner)) = published
+                    .get(&(w.protocol, w.container_ip.is_ipv6(), port))
+                    .and_then(|v| v.iter().find(|(ip, _)| overlaps(*ip, w.host_ip)))
                 {
                     return Err(Failure::new(
                         reason::PORT_CONFLICT,
@@ -72,7 +75,9 @@ pub(super) fn plan_ports(
                         ),
                     ));
                 }
-                if mine.iter().any(|(p, ip, hp, _, _)| *p == w.protocol && *hp == port && overlaps(*ip, w.host_ip)) {
+                if mine.iter().any(|(p, ip, hp, _, c)| {
+                    *p == w.protocol && *hp == port && c.is_ipv6() == w.container_ip.is_ipv6() && overlaps(*ip, w.host_ip)
+                }) {
                     return Err(Failure::invalid(format!("host port {port}/{} is listed twice", w.protocol.as_str())));
                 }
                 if let Some((_, ip, _)) =
@@ -89,8 +94,12 @@ pub(super) fn plan_ports(
             for w in wanted.iter().filter(|w| w.host_port.is_none()) {
                 let alloc_key = format!("{key}|{}|{}|{}", w.protocol.as_str(), w.container_port, show_ip(w.host_ip));
                 let free = |port: u16| {
-                    !published.get(&(w.protocol, port)).is_some_and(|v| v.iter().any(|(ip, _)| overlaps(*ip, w.host_ip)))
-                        && !mine.iter().any(|(p, ip, hp, _, _)| *p == w.protocol && *hp == port && overlaps(*ip, w.host_ip))
+                    !published
+                        .get(&(w.protocol, w.container_ip.is_ipv6(), port))
+                        .is_some_and(|v| v.iter().any(|(ip, _)| overlaps(*ip, w.host_ip)))
+                        && !mine.iter().any(|(p, ip, hp, _, c)| {
+                            *p == w.protocol && *hp == port && c.is_ipv6() == w.container_ip.is_ipv6() && overlaps(*ip, w.host_ip)
+                        })
                         && !node.bound_ports.iter().any(|(p, ip, bp)| *p == w.protocol && *bp == port && overlaps(Some(*ip), w.host_ip))
                 };
                 let port =
@@ -108,7 +117,7 @@ pub(super) fn plan_ports(
                 let bridge = net.map(|n| n.bridge.clone()).unwrap_or_default();
                 let mut bindings = Vec::new();
                 for (protocol, host_ip, host_port, container_port, container_ip) in mine {
-                    published.entry((protocol, host_port)).or_default().push((host_ip, key.clone()));
+                    published.entry((protocol, container_ip.is_ipv6(), host_port)).or_default().push((host_ip, key.clone()));
                     bindings.push(PortBinding {
                         protocol,
                         host_ip: match (host_ip, container_ip) {
