@@ -54,6 +54,9 @@ pub struct Reconciler {
     /// The previous pass's desired state: mutations made while it is
     /// unchanged are drift repairs.
     last_desired: Option<DesiredState>,
+    /// At the first pass, read back from the kernel what attachments hold
+    /// (a lost or corrupt state file must not move an address).
+    recover_from_kernel: bool,
     /// The last plan, with the object-set version and facts it came from.
     last_plan: Option<(Option<u64>, NodeFacts, plan::Plan)>,
     last_verdicts: Vec<Verdict>,
@@ -70,6 +73,7 @@ impl Reconciler {
             state,
             node_name,
             dataplane,
+            recover_from_kernel: true,
             metrics: None,
             last_desired: None,
             last_plan: None,
@@ -128,6 +132,14 @@ impl Reconciler {
     #[tracing::instrument(skip_all, fields(node = %self.node_name, objects = objects.len()))]
     pub async fn reconcile_versioned(&mut self, objects: &ObjectSet, load_errors: &[LoadError], version: Option<u64>) -> Outcome {
         let started = Instant::now();
+        if std::mem::take(&mut self.recover_from_kernel) {
+            let recovered = self.dataplane.recover_allocations(objects, &self.allocations).await;
+            let missing = recovered.endpoints.keys().filter(|k| !self.allocations.endpoints.contains_key(*k)).count();
+            if missing > 0 {
+                tracing::warn!(attachments = missing, "allocations missing from the state dir were recovered from the kernel");
+                self.seed_allocations(recovered);
+            }
+        }
         let facts = self.facts().await;
         let t_facts = started.elapsed();
         let reused = version.is_some() && matches!(&self.last_plan, Some((v, f, _)) if *v == version && *f == facts);

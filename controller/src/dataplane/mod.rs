@@ -138,6 +138,49 @@ impl Dataplane {
         &self.node
     }
 
+    /// What the kernel says attachments hold, for when the state dir lost
+    /// it: each attachment's host veth (derived name, ours) leads to its
+    /// peer in the sandbox, whose addresses and name are read back. Used
+    /// once at start when no allocations were loaded, so a wiped or corrupt
+    /// state file never moves a running container's address.
+    pub async fn recover_allocations(
+        &mut self,
+        objects: &crate::objects::ObjectSet,
+        known: &crate::plan::Allocations,
+    ) -> crate::plan::Allocations {
+        let mut held = crate::plan::Allocations::default();
+        let Ok(node_links) = self.node.links().await else { return held };
+        for att in &objects.attachments {
+            let ns = crate::objects::namespace_of(att);
+            let name = kube::ResourceExt::name_any(att);
+            if known.endpoints.contains_key(&format!("{ns}/{name}")) {
+                continue;
+            }
+            let host = crate::naming::host_veth_name(&ns, &name);
+            let Some(peer_index) = node_links.iter().find(|l| l.name == host && is_ours(l)).and_then(|l| l.link) else { continue };
+            let sandbox = match (&att.spec.sandbox.netns, &att.spec.sandbox.path) {
+                (Some(n), _) => SandboxRef::Managed(n.clone()),
+                (None, Some(p)) => SandboxRef::Path(p.clone()),
+                _ => continue,
+            };
+            let Ok(h) = self.sandbox(&sandbox) else { continue };
+            let sb = h.netlink.clone();
+            let (Ok(links), Ok(addrs)) = (sb.links().await, sb.addresses().await) else { continue };
+            let Some(peer) = links.iter().find(|l| l.index == peer_index) else { continue };
+            let mut entry =
+                crate::plan::HeldEndpoint { network: att.spec.network.clone(), interface: Some(peer.name.clone()), ..Default::default() };
+            for a in addrs.iter().filter(|a| a.index == peer_index && !is_link_local(&a.net)) {
+                match a.net.addr() {
+                    IpAddr::V4(_) => entry.ipv4 = Some(a.net.addr()),
+                    IpAddr::V6(_) => entry.ipv6 = Some(a.net.addr()),
+                }
+            }
+            held.endpoints.insert(format!("{ns}/{name}"), entry);
+        }
+        self.sandboxes.clear();
+        held
+    }
+
     /// The node's links and addresses: dumped, or the previous dump while
     /// no kernel event has arrived since the last pass.
     pub async fn node_view(&mut self) -> Result<(Vec<Link>, Vec<netlink::Address>), NetlinkError> {
