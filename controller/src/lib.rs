@@ -13,3 +13,6 @@ pub mod reconcile;
 pub mod source;
 pub mod state;
 pub mod status;
+
+#[cfg(test)]
+mod fuzz_tests;

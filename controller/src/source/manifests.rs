@@ -101,7 +101,19 @@ fn load_file(file: &Path, loaded: &mut Loaded, seen: &mut BTreeSet<ObjectKey>) {
             return;
         }
     };
-    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    parse_into(file, &text, loaded, seen);
+}
+
+/// Parses one manifest text (as if read from `file`). Never panics, whatever
+/// the input: the fuzz tests below hold it to that.
+pub fn parse(file: &Path, text: &str) -> Loaded {
+    let mut loaded = Loaded::default();
+    parse_into(file, text, &mut loaded, &mut BTreeSet::new());
+    loaded
+}
+
+fn parse_into(file: &Path, text: &str, loaded: &mut Loaded, seen: &mut BTreeSet<ObjectKey>) {
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let document = i + 1;
         let value = match Value::deserialize(doc) {
             Ok(Value::Null) => continue,
