@@ -209,3 +209,45 @@ spec: {attachment: d2, ports: [{containerPort: 80, hostPort: 8080}]}
     let bindings = node.status("portmappings", "d2web")["bindings"].as_array().unwrap().clone();
     assert!(bindings.iter().any(|b| b["hostIP"] == "::"), "{bindings:?}");
 }
+
+#[test]
+fn hosts_and_resolv_conf_are_written_for_managed_sandboxes() {
+    let node = Node::new();
+    node.write(
+        "names.yaml",
+        r#"
+apiVersion: netlet.io/v1alpha1
+kind: Network
+metadata: {name: n}
+spec: {ipam: {config: [{subnet: 10.52.0.0/24}]}}
+---
+apiVersion: netlet.io/v1alpha1
+kind: Attachment
+metadata: {name: named}
+spec:
+  network: n
+  sandbox: {netns: "{T}named"}
+  hostname: zxr
+  extraHosts: ["www.zxr.com:1.1.1.1"]
+  dns: {nameservers: [10.52.0.53], searches: [corp.example], options: ["ndots:2"]}
+"#,
+    );
+    node.converge();
+    let sandbox = node.ns("named");
+    let hosts = std::fs::read_to_string(format!("/etc/netns/{sandbox}/hosts")).unwrap();
+    assert!(hosts.contains("127.0.0.1\tlocalhost"));
+    assert!(hosts.contains("10.52.0.2\tzxr"), "{hosts}");
+    assert!(hosts.contains("1.1.1.1\twww.zxr.com"), "{hosts}");
+    let resolv = std::fs::read_to_string(format!("/etc/netns/{sandbox}/resolv.conf")).unwrap();
+    assert!(
+        resolv.contains("nameserver 10.52.0.53\n") && resolv.contains("search corp.example\n") && resolv.contains("options ndots:2\n"),
+        "{resolv}"
+    );
+    // `ip netns exec` shows them as /etc/hosts: names resolve inside.
+    assert_eq!(ok(&format!("ip netns exec {sandbox} getent ahostsv4 zxr")).split_whitespace().next(), Some("10.52.0.2"));
+    assert_eq!(ok(&format!("ip netns exec {sandbox} getent ahostsv4 www.zxr.com")).split_whitespace().next(), Some("1.1.1.1"));
+    // In sync: nothing rewritten; removed with the namespace.
+    assert!(node.converge().contains("0 kernel mutations"));
+    node.converge_empty();
+    assert!(!std::path::Path::new(&format!("/etc/netns/{sandbox}")).exists());
+}

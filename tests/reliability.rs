@@ -190,3 +190,39 @@ fn sigterm_stops_the_agent_and_leaves_the_dataplane_in_place() {
     assert!(node.agent_log(0).contains("dataplane left in place"));
     assert!(ping(&sandbox, "10.71.0.1"), "the container still has its network");
 }
+
+/// GET http://127.0.0.1:9464/PATH inside the node namespace.
+fn scrape(node: &Node, path: &str) -> (u16, String) {
+    let script = format!(
+        "import urllib.request,urllib.error\ntry:\n  r=urllib.request.urlopen('http://127.0.0.1:9464{path}',timeout=2)\n  print(r.status);print(r.read().decode())\nexcept urllib.error.HTTPError as e:\n  print(e.code)\n"
+    );
+    let out = sh(&format!("ip netns exec {} python3 -c \"{}\"", node.name, script.replace('"', "\\\"")));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, body) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn value(metrics: &str, line_start: &str) -> f64 {
+    metrics.lines().filter(|l| l.starts_with(line_start)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+#[test]
+fn metrics_health_and_readiness_move_with_the_agent() {
+    let mut node = Node::new();
+    node.write("m.yaml", &format!("{BASE}{}{}", att("a"), pm("a", Some(18081))));
+    node.spawn(&["--metrics-addr", "127.0.0.1:9464", "--resync-period", "1s"]);
+    wait_until("/readyz", Duration::from_secs(10), || scrape(&node, "/readyz").0 == 200);
+    assert_eq!(scrape(&node, "/healthz").0, 200);
+    let (_, first) = scrape(&node, "/metrics");
+    assert!(value(&first, "netlet_kernel_mutations_total") > 0.0, "{first}");
+    assert_eq!(value(&first, "netlet_objects{kind=\"Attachment\",ready=\"true\"}"), 1.0, "{first}");
+    assert_eq!(value(&first, "netlet_addresses_in_use{network=\"n\"}"), 1.0);
+    assert_eq!(value(&first, "netlet_published_ports{protocol=\"tcp\"}"), 1.0);
+    // A repair shows up as drift, and reconciles keep being counted.
+    let reconciles = value(&first, "netlet_reconciles_total");
+    node.in_node("ip link del nl-n");
+    wait_until("a drift repair", Duration::from_secs(10), || value(&scrape(&node, "/metrics").1, "netlet_drift_repairs_total") > 0.0);
+    wait_until("more reconciles", Duration::from_secs(10), || value(&scrape(&node, "/metrics").1, "netlet_reconciles_total") > reconciles);
+    let (_, after) = scrape(&node, "/metrics");
+    assert!(value(&after, "netlet_reconcile_duration_seconds_count") >= 2.0);
+}

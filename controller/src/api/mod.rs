@@ -1,4 +1,7 @@
 //! The three custom resources of group `netlet.io/v1alpha1`.
+// kube-derive takes one `printcolumn(...)` per column, which clippy reads as
+// a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
 //!
 //! Types only: no I/O, no kernel. Field names are the contract of
 //! `shared/DESIGN.md`; everything else in the agent reads these types.

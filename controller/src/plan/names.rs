@@ -18,6 +18,10 @@ use super::{AttachmentInfo, Plan};
 use crate::api::Attachment;
 use crate::objects::{namespace_of, ObjectSet};
 
+/// Whether the agent serves DNS on user-defined networks' gateways. Not yet:
+/// the embedded server is the open part of the names work.
+pub const EMBEDDED_DNS: bool = false;
+
 /// The files of one managed sandbox.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SandboxFiles {
@@ -61,9 +65,12 @@ pub fn sandbox_files(
                 }
             }
         }
-        // The first member on a network with embedded DNS decides the resolver.
+        // The first member on a network with embedded DNS decides the
+        // resolver -- once the embedded server exists (EMBEDDED_DNS); until
+        // then containers use the upstream resolvers directly, rather than a
+        // gateway address where nothing answers.
         let embedded = members.iter().find_map(|(a, _)| match networks.get(&a.spec.network) {
-            Some(Ok(net)) if has_embedded_dns(net) => net.subnet_v4().map(|s| s.gateway),
+            Some(Ok(net)) if EMBEDDED_DNS && has_embedded_dns(net) => net.subnet_v4().map(|s| s.gateway),
             _ => None,
         });
         let dns = members.iter().find_map(|(a, _)| a.spec.dns.clone()).unwrap_or_default();

@@ -13,6 +13,9 @@ use super::{is_local, Allocations, NodeFacts, Plan};
 use crate::api::{Driver, PortBinding, PortMapping, Protocol};
 use crate::objects::{namespace_of, ObjectSet};
 
+/// Bindings published so far: (protocol, IPv6?, port) -> [(host ip, owner)].
+type Published = BTreeMap<(Protocol, bool, u16), Vec<(Option<IpAddr>, String)>>;
+
 /// One binding before conflicts are checked.
 struct Wanted {
     protocol: Protocol,
@@ -44,7 +47,7 @@ pub(super) fn plan_ports(
     // Published so far: (protocol, port) -> [(host ip, owner)].
     // (protocol, IPv6?, port) -> [(host ip, owner)]: v4 and v6 bindings of one
     // port are distinct, as with Docker's dual-stack publishing.
-    let mut published: BTreeMap<(Protocol, bool, u16), Vec<(Option<IpAddr>, String)>> = BTreeMap::new();
+    let mut published: Published = BTreeMap::new();
     let (lo, hi) = node.ephemeral_ports;
     for pm in &objects.port_mappings {
         let ns = namespace_of(pm);

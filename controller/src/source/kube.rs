@@ -126,9 +126,13 @@ struct Cluster {
     recorder: Recorder,
 }
 
+/// This node's desired objects, and the attachments, port mappings and
+/// networks being deleted (torn down, then their finalizers released).
+type Desired = (ObjectSet, Vec<Arc<Attachment>>, Vec<Arc<PortMapping>>, Vec<Arc<Network>>);
+
 impl Cluster {
     /// The desired objects for this node, and those being deleted.
-    fn desired(&self) -> (ObjectSet, Vec<Arc<Attachment>>, Vec<Arc<PortMapping>>, Vec<Arc<Network>>) {
+    fn desired(&self) -> Desired {
         let labels = self.nodes.state().into_iter().find(|n| n.name_any() == self.node).map(|n| n.labels().clone()).unwrap_or_default();
         let attachments = self.attachments.state();
         let mut set = ObjectSet::default();
