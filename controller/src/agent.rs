@@ -42,8 +42,10 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
     let kernel_changed = std::sync::Arc::new(tokio::sync::Notify::new());
     if !opts.once {
         reconciler.watch_events(kernel_changed.clone());
+        reconciler.serve_dns();
     }
     let mut fingerprint = manifests::fingerprint(&opts.manifests);
+    let mut cache = manifests::ManifestCache::default();
     let mut loaded: Option<(u64, manifests::Loaded)> = None;
     loop {
         // Parse only when the manifest set changed; the version lets the
@@ -55,7 +57,7 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
             h.finish()
         };
         if loaded.as_ref().is_none_or(|(v, _)| *v != version) {
-            loaded = Some((version, manifests::load(&opts.manifests)));
+            loaded = Some((version, cache.load(&opts.manifests)));
         }
         let (_, current) = loaded.as_ref().expect("loaded above");
         let outcome = reconciler.reconcile_versioned(&current.objects, &current.errors, Some(version)).await;
@@ -85,7 +87,18 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
             }
             let now = manifests::fingerprint(&opts.manifests);
             if now != fingerprint {
-                fingerprint = now;
+                // Let a write in progress finish: the set must hold still
+                // for a moment before it is read.
+                let mut settled = now;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let again = manifests::fingerprint(&opts.manifests);
+                    if again == settled {
+                        break;
+                    }
+                    settled = again;
+                }
+                fingerprint = settled;
                 tracing::debug!("manifests changed");
                 break;
             }

@@ -16,3 +16,4 @@ pub mod status;
 
 #[cfg(test)]
 mod fuzz_tests;
+pub mod resolver;

@@ -54,6 +54,8 @@ pub struct Reconciler {
     /// The previous pass's desired state: mutations made while it is
     /// unchanged are drift repairs.
     last_desired: Option<DesiredState>,
+    /// The embedded DNS server (long-running agents only).
+    dns: Option<crate::resolver::DnsServer>,
     /// At the first pass, read back from the kernel what attachments hold
     /// (a lost or corrupt state file must not move an address).
     recover_from_kernel: bool,
@@ -74,6 +76,7 @@ impl Reconciler {
             node_name,
             dataplane,
             recover_from_kernel: true,
+            dns: None,
             metrics: None,
             last_desired: None,
             last_plan: None,
@@ -90,6 +93,11 @@ impl Reconciler {
         for (k, v) in held.ports {
             self.allocations.ports.entry(k).or_insert(v);
         }
+    }
+
+    /// Serve DNS on user-defined networks from now on (long-running agents).
+    pub fn serve_dns(&mut self) {
+        self.dns = Some(crate::resolver::DnsServer::new(53));
     }
 
     /// Watch kernel events (long-running agents): see `Dataplane::watch_events`.
@@ -115,6 +123,7 @@ impl Reconciler {
             ephemeral_ports: sysctl::ephemeral_port_range(),
             bound_ports: facts::bound_ports(),
             resolvers: crate::dataplane::files::node_resolvers(),
+            embedded_dns: self.dns.is_some(),
             link_mtu_by_address: addrs.iter().filter_map(|a| Some((a.net.addr(), *mtus.get(&a.index)?))).collect(),
             node_addresses: addrs.into_iter().map(|a| a.net).filter(|n| !n.addr().is_loopback()).collect(),
         }
@@ -164,6 +173,10 @@ impl Reconciler {
         let mut record = |owned: &Owned| state.store_owned(owned).map_err(|e| e.to_string());
         let report: SyncReport = self.dataplane.sync(&plan.desired, &mut self.owned, &mut record).await;
         let t_sync = started.elapsed();
+        if let Some(dns) = &mut self.dns {
+            let resolvers = self.last_plan.as_ref().map(|(_, f, _)| f.resolvers.clone()).unwrap_or_default();
+            dns.update(&plan.desired.names, resolvers).await;
+        }
         node_errors.extend(report.node_errors.iter().cloned());
 
         let quiet = reused

@@ -110,7 +110,7 @@ impl Node {
             .arg(self.state_dir())
             .args(["--node-name", &self.node_name])
             .args(args)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", std::env::var("NETLET_TEST_LOG").unwrap_or_else(|_| "info".into()));
         cmd
     }
 

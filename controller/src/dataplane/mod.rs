@@ -328,7 +328,7 @@ impl Dataplane {
                         ))
                     }
                     None => {
-                        self.node.create_bridge(&bridge.name, bridge.mtu, &alias).await.map_err(|e| SyncReport::kernel(&e))?;
+                        self.node.create_bridge(&bridge.name, bridge.mtu, bridge.mac, &alias).await.map_err(|e| SyncReport::kernel(&e))?;
                         report.mutated("link");
                         let links = self.node.links().await.map_err(|e| SyncReport::kernel(&e))?;
                         links
@@ -337,7 +337,12 @@ impl Dataplane {
                             .ok_or_else(|| Failure::new(reason::KERNEL_ERROR, format!("bridge {} vanished after creation", bridge.name)))?
                     }
                 };
-                let change = LinkChange { up: !link.up, mtu: (link.mtu != bridge.mtu).then_some(bridge.mtu), ..Default::default() };
+                let change = LinkChange {
+                    up: !link.up,
+                    mtu: (link.mtu != bridge.mtu).then_some(bridge.mtu),
+                    mac: (link.mac != bridge.mac).then_some(bridge.mac),
+                    controller: None,
+                };
                 if !change.is_empty() {
                     self.node.set_link(link.index, &bridge.name, change).await.map_err(|e| SyncReport::kernel(&e))?;
                     report.mutated("link");

@@ -215,8 +215,8 @@ impl Netlink {
         Ok(out)
     }
 
-    pub async fn create_bridge(&self, name: &str, mtu: u32, alias: &str) -> Result<()> {
-        let msg = LinkBridge::new(name).mtu(mtu).link_group(OWNER_LINK_GROUP).up().build();
+    pub async fn create_bridge(&self, name: &str, mtu: u32, mac: [u8; 6], alias: &str) -> Result<()> {
+        let msg = LinkBridge::new(name).mtu(mtu).address(mac.to_vec()).link_group(OWNER_LINK_GROUP).up().build();
         self.handle.link().add(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("create bridge {name}"), e))?;
         self.set_alias(name, alias).await
     }

@@ -21,6 +21,8 @@ pub struct DesiredState {
     pub vxlans: Vec<VxlanLink>,
     /// /etc/netns/<name>/{hosts,resolv.conf} of managed sandboxes.
     pub sandbox_files: Vec<super::names::SandboxFiles>,
+    /// What the embedded DNS server answers.
+    pub names: super::names::NameTable,
     pub firewall: FirewallPlan,
     /// net.ipv4.ip_forward / net.ipv6.conf.all.forwarding in the node namespace.
     pub ipv4_forwarding: bool,
@@ -33,6 +35,11 @@ pub struct BridgeLink {
     pub name: String,
     pub network: String,
     pub mtu: u32,
+    /// Set explicitly: a bridge left to itself takes the lowest MAC of its
+    /// ports, so it changes as containers come and go, and every container's
+    /// ARP entry for the gateway goes stale (traffic to the gateway, DNS
+    /// included, stalls until it expires).
+    pub mac: [u8; 6],
     /// Gateway addresses with the subnet prefix.
     pub addresses: Vec<IpNet>,
 }

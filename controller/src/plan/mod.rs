@@ -42,6 +42,8 @@ pub struct NodeFacts {
     pub link_mtu_by_address: BTreeMap<IpAddr, u32>,
     /// The node's own resolvers (/etc/resolv.conf): upstreams for containers.
     pub resolvers: Vec<IpAddr>,
+    /// The agent serves DNS on user-defined networks (long-running agents).
+    pub embedded_dns: bool,
 }
 
 /// Resources held by attachments and port mappings, persisted in the state
@@ -259,6 +261,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
                 name: net.bridge.clone(),
                 network: name.clone(),
                 mtu: net.mtu,
+                mac: naming::mac_from_key(&format!("bridge/{name}")),
                 addresses: net.subnets.iter().map(|s| s.gateway_cidr()).collect(),
             });
             out.desired.firewall.networks.push(FirewallNetwork {
@@ -294,7 +297,10 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
 
     ports::plan_ports(objects, node, held, &networks, &mut out);
     out.desired.vxlans = overlay::vxlans(objects, node, &networks, &overlay_addresses);
-    out.desired.sandbox_files = names::sandbox_files(objects, &networks, &node.resolvers, &out);
+    out.desired.sandbox_files = names::sandbox_files(objects, &networks, &node.resolvers, node.embedded_dns, &out);
+    if node.embedded_dns {
+        out.desired.names = names::name_table(objects, &networks, &out);
+    }
 
     out.desired.sandboxes = sandboxes.into_iter().map(|sandbox| SandboxSpec { sandbox }).collect();
     out.desired.endpoints.sort_by(|a, b| a.owner.cmp(&b.owner));

@@ -18,9 +18,80 @@ use super::{AttachmentInfo, Plan};
 use crate::api::Attachment;
 use crate::objects::{namespace_of, ObjectSet};
 
-/// Whether the agent serves DNS on user-defined networks' gateways. Not yet:
-/// the embedded server is the open part of the names work.
-pub const EMBEDDED_DNS: bool = false;
+/// What the embedded DNS server answers, per network: built by the plan,
+/// served by `resolver`. Names are lower-case, without a trailing dot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NameTable {
+    /// network -> name -> addresses (every attachment holding the name).
+    pub records: BTreeMap<String, BTreeMap<String, Vec<IpAddr>>>,
+    /// A container address -> who is asking: its networks and upstreams.
+    pub clients: BTreeMap<IpAddr, NameClient>,
+    /// network -> address -> the attachment's primary name (PTR).
+    pub reverse: BTreeMap<String, BTreeMap<IpAddr, String>>,
+    /// Where the server listens: each user-defined network's gateway.
+    pub listen: Vec<IpAddr>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NameClient {
+    pub networks: Vec<String>,
+    /// The sandbox's `dns.nameservers` (empty: the node's resolvers).
+    pub upstreams: Vec<IpAddr>,
+}
+
+/// The table for every ready attachment on a network with embedded DNS:
+/// its Attachment name, netns name, hostname and aliases.
+pub fn name_table(objects: &ObjectSet, networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>, out: &Plan) -> NameTable {
+    let mut table = NameTable::default();
+    let mut sandbox_networks: BTreeMap<String, (Vec<String>, Vec<IpAddr>)> = BTreeMap::new();
+    let mut members: Vec<(&Attachment, &AttachmentInfo)> = Vec::new();
+    for att in &objects.attachments {
+        let key = format!("{}/{}", namespace_of(att), att.name_any());
+        let Some(Ok(info)) = out.attachments.get(&key) else { continue };
+        let Some(sandbox) = info.sandbox_path.clone() else { continue };
+        let entry = sandbox_networks.entry(sandbox).or_default();
+        entry.0.push(info.network.clone());
+        if let Some(dns) = &att.spec.dns {
+            entry.1.extend(dns.nameservers.iter().filter_map(|n| n.parse::<IpAddr>().ok()));
+        }
+        members.push((att, info));
+    }
+    for (att, info) in &members {
+        let Some(Ok(net)) = networks.get(&info.network) else { continue };
+        if !has_embedded_dns(net) || att.spec.sandbox.attachment.is_some() {
+            continue;
+        }
+        let addrs: Vec<IpAddr> = info.ipv4.iter().chain(info.ipv6.iter()).map(|n| n.addr()).collect();
+        let mut names = vec![att.name_any()];
+        names.extend(att.spec.sandbox.netns.clone());
+        names.extend(att.spec.hostname.clone());
+        names.extend(att.spec.aliases.iter().cloned());
+        let records = table.records.entry(info.network.clone()).or_default();
+        for name in names {
+            let list = records.entry(name.to_ascii_lowercase()).or_default();
+            for a in &addrs {
+                if !list.contains(a) {
+                    list.push(*a);
+                }
+            }
+        }
+        for a in &addrs {
+            table.reverse.entry(info.network.clone()).or_default().insert(*a, att.name_any().to_ascii_lowercase());
+            if let Some(sandbox) = &info.sandbox_path {
+                let (nets, upstreams) = sandbox_networks[sandbox].clone();
+                table.clients.insert(*a, NameClient { networks: nets, upstreams });
+            }
+        }
+    }
+    for net in networks.values().flatten() {
+        if has_embedded_dns(net) {
+            if let Some(s) = net.subnet_v4() {
+                table.listen.push(s.gateway);
+            }
+        }
+    }
+    table
+}
 
 /// The files of one managed sandbox.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +111,7 @@ pub fn sandbox_files(
     objects: &ObjectSet,
     networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
     node_resolvers: &[IpAddr],
+    embedded_dns: bool,
     out: &Plan,
 ) -> Vec<SandboxFiles> {
     let mut by_netns: BTreeMap<String, Vec<(&Attachment, &AttachmentInfo)>> = BTreeMap::new();
@@ -66,11 +138,11 @@ pub fn sandbox_files(
             }
         }
         // The first member on a network with embedded DNS decides the
-        // resolver -- once the embedded server exists (EMBEDDED_DNS); until
-        // then containers use the upstream resolvers directly, rather than a
-        // gateway address where nothing answers.
+        // resolver, when the agent serves DNS (a long-running agent; a
+        // `--once` run points containers at the upstreams directly rather
+        // than at a gateway where nothing will answer).
         let embedded = members.iter().find_map(|(a, _)| match networks.get(&a.spec.network) {
-            Some(Ok(net)) if EMBEDDED_DNS && has_embedded_dns(net) => net.subnet_v4().map(|s| s.gateway),
+            Some(Ok(net)) if embedded_dns && has_embedded_dns(net) => net.subnet_v4().map(|s| s.gateway),
             _ => None,
         });
         let dns = members.iter().find_map(|(a, _)| a.spec.dns.clone()).unwrap_or_default();

@@ -357,6 +357,7 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
     let state = StateDir::open(&opts.state_dir)?;
     let mut reconciler = Reconciler::new(state, opts.node_name.clone())?.with_metrics(metrics);
     reconciler.watch_events(changed.clone());
+    reconciler.serve_dns();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tracing::info!(node = %opts.node_name, "netlet Kubernetes agent starting; waiting for the initial lists");

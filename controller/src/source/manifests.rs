@@ -93,6 +93,98 @@ pub fn load(path: &Path) -> Loaded {
     loaded
 }
 
+/// The running agent's view of the manifest set: files re-parsed only when
+/// they change, and a file that stops parsing (half-written by an editor,
+/// a typo) keeps its last good objects: nothing already working is torn
+/// down because its file is momentarily unreadable.
+#[derive(Default)]
+pub struct ManifestCache {
+    files: std::collections::BTreeMap<PathBuf, CachedFile>,
+}
+
+struct CachedFile {
+    stamp: (Option<SystemTime>, u64),
+    good: Option<ObjectSet>,
+    errors: Vec<LoadError>,
+}
+
+impl ManifestCache {
+    pub fn load(&mut self, path: &Path) -> Loaded {
+        let files = match manifest_files(path) {
+            Ok(files) => files,
+            Err(e) => {
+                let mut loaded = Loaded::default();
+                loaded.errors.push(LoadError { file: path.into(), document: 0, key: None, message: format!("cannot read manifests: {e}") });
+                return loaded;
+            }
+        };
+        self.files.retain(|f, _| files.contains(f));
+        for file in &files {
+            let meta = fs::metadata(file).ok();
+            let stamp = (meta.as_ref().and_then(|m| m.modified().ok()), meta.map(|m| m.len()).unwrap_or(0));
+            if self.files.get(file).is_some_and(|c| c.stamp == stamp) {
+                continue;
+            }
+            let fresh = match fs::read_to_string(file) {
+                Ok(text) => parse(file, &text),
+                Err(e) => Loaded {
+                    errors: vec![LoadError { file: file.clone(), document: 0, key: None, message: format!("cannot read: {e}") }],
+                    ..Default::default()
+                },
+            };
+            let broken = fresh
+                .errors
+                .iter()
+                .any(|e| e.key.is_none() && (e.message.starts_with("malformed YAML") || e.message.starts_with("cannot read")));
+            let entry = self.files.entry(file.clone()).or_insert(CachedFile { stamp, good: None, errors: Vec::new() });
+            entry.stamp = stamp;
+            entry.errors = fresh.errors;
+            if broken && entry.good.is_some() {
+                for e in &mut entry.errors {
+                    e.message.push_str("; keeping the objects of the last version of this file that parsed");
+                }
+            } else {
+                entry.good = Some(fresh.objects);
+            }
+        }
+        // Merge in file order; a key defined twice keeps its first definition.
+        let mut loaded = Loaded::default();
+        let mut seen = BTreeSet::new();
+        for (file, entry) in &self.files {
+            loaded.errors.extend(entry.errors.iter().cloned());
+            let Some(good) = &entry.good else { continue };
+            let mut dup = |key: ObjectKey, loaded: &mut Loaded| {
+                let fresh = seen.insert(key.clone());
+                if !fresh {
+                    loaded.errors.push(LoadError {
+                        file: file.clone(),
+                        document: 0,
+                        key: Some(key),
+                        message: "defined more than once; the first definition is used".into(),
+                    });
+                }
+                fresh
+            };
+            for n in &good.networks {
+                if dup(crate::objects::network_key(n), &mut loaded) {
+                    loaded.objects.networks.push(n.clone());
+                }
+            }
+            for a in &good.attachments {
+                if dup(crate::objects::attachment_key(a), &mut loaded) {
+                    loaded.objects.attachments.push(a.clone());
+                }
+            }
+            for p in &good.port_mappings {
+                if dup(crate::objects::port_mapping_key(p), &mut loaded) {
+                    loaded.objects.port_mappings.push(p.clone());
+                }
+            }
+        }
+        loaded
+    }
+}
+
 fn load_file(file: &Path, loaded: &mut Loaded, seen: &mut BTreeSet<ObjectKey>) {
     let text = match fs::read_to_string(file) {
         Ok(t) => t,
@@ -221,6 +313,23 @@ mod tests {
         assert!(messages[2].contains("unsupported apiVersion"));
         assert!(messages[3].contains("invalid Network"));
         assert_eq!(loaded.errors[3].key, Some(ObjectKey::network("typed")));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_stops_parsing_keeps_its_last_good_objects() {
+        let dir = temp_dir("cache");
+        let net = "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: n}\nspec: {driver: host}\n";
+        write(&dir, "a.yaml", net);
+        let mut cache = ManifestCache::default();
+        assert_eq!(cache.load(&dir).objects.networks.len(), 1);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write(&dir, "a.yaml", "apiVersion: [half written");
+        let loaded = cache.load(&dir);
+        assert_eq!(loaded.objects.networks.len(), 1, "last good objects kept");
+        assert!(loaded.errors[0].message.contains("keeping the objects"), "{:?}", loaded.errors);
+        fs::remove_file(dir.join("a.yaml")).unwrap();
+        assert!(cache.load(&dir).objects.is_empty(), "a removed file removes its objects");
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,0 +1,125 @@
+//! Embedded DNS with real queries from inside sandboxes: Docker's classic
+//! network-scoped alias scenario, live changes, upstream forwarding to a
+//! stub resolver in a namespace of the test's own.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::*;
+
+const SCENARIO: &str = r#"
+apiVersion: netlet.io/v1alpha1
+kind: Network
+metadata: {name: isolated_nw}
+spec: {ipam: {config: [{subnet: 172.25.0.0/16}]}}
+---
+apiVersion: netlet.io/v1alpha1
+kind: Network
+metadata: {name: local_alias}
+spec: {ipam: {config: [{subnet: 172.26.0.0/16}]}}
+---
+apiVersion: netlet.io/v1alpha1
+kind: Attachment
+metadata: {name: container2}
+spec: {network: isolated_nw, sandbox: {netns: "{T}c2"}, aliases: [app1]}
+---
+apiVersion: netlet.io/v1alpha1
+kind: Attachment
+metadata: {name: container2-la}
+spec: {network: local_alias, sandbox: {netns: "{T}c2"}, aliases: [app3]}
+---
+apiVersion: netlet.io/v1alpha1
+kind: Attachment
+metadata: {name: container3}
+spec: {network: local_alias, sandbox: {netns: "{T}c3"}, aliases: [app2]}
+---
+apiVersion: netlet.io/v1alpha1
+kind: Attachment
+metadata: {name: container4}
+spec: {network: isolated_nw, sandbox: {netns: "{T}c4"}, aliases: [app1]}
+"#;
+
+/// IPv4 addresses `name` resolves to inside `ns` (through its resolv.conf).
+fn resolve(ns: &str, name: &str) -> Vec<String> {
+    let out = sh(&format!("ip netns exec {ns} getent ahostsv4 {name}"));
+    let mut addrs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("STREAM"))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect();
+    addrs.dedup();
+    addrs
+}
+
+#[test]
+fn names_resolve_only_on_shared_networks_and_follow_changes() {
+    let mut node = Node::new();
+    node.write("s.yaml", SCENARIO);
+    node.spawn(&["--metrics-addr", "off"]);
+    let (c2, c3, c4) = (node.ns("c2"), node.ns("c3"), node.ns("c4"));
+    wait_until("container4", Duration::from_secs(10), || !addresses(&c4, "eth0").is_empty());
+    wait_until("the resolver", Duration::from_secs(10), || !resolve(&c2, "container4").is_empty());
+
+    // resolv.conf points at the embedded server on the first network's gateway.
+    let resolv = std::fs::read_to_string(format!("/etc/netns/{c2}/resolv.conf")).unwrap();
+    assert!(resolv.contains("nameserver 172.25.0.1"), "{resolv}");
+
+    // app1 is on isolated_nw: two containers share it; container3 (only on
+    // local_alias) cannot see it.
+    let mut app1 = resolve(&c2, "app1");
+    app1.sort();
+    assert_eq!(app1, ["172.25.0.2", "172.25.0.3"]);
+    assert!(resolve(&c3, "app1").is_empty(), "app1 is not visible from local_alias");
+    assert_eq!(resolve(&c2, "app2"), ["172.26.0.3"], "container2 is on local_alias too");
+    assert_eq!(resolve(&c3, "app3"), ["172.26.0.2"]);
+    assert_eq!(resolve(&c2, "container3"), ["172.26.0.3"]);
+    assert_eq!(resolve(&c4, c3.as_str()), Vec::<String>::new(), "netns names are network-scoped too");
+    assert_eq!(resolve(&c3, c2.as_str()), ["172.26.0.2"], "netns name of container2 from local_alias");
+
+    // Removal and addition while running, live within a second or so.
+    let without_c4 = SCENARIO.split("---").filter(|d| !d.contains("name: container4}")).collect::<Vec<_>>().join("---");
+    node.write("s.yaml", &without_c4);
+    wait_until("app1 to lose container4", Duration::from_secs(5), || resolve(&c2, "app1") == ["172.25.0.2"]);
+    node.write("s.yaml", SCENARIO);
+    wait_until("app1 to get container4 back", Duration::from_secs(5), || resolve(&c2, "app1").len() == 2);
+}
+
+#[test]
+fn unknown_names_go_upstream_and_a_dead_upstream_fails_fast() {
+    let mut node = Node::new();
+    // A stub resolver on a remote host: answers every A query with 192.0.2.99.
+    let remote = node.add_remote("dns", "10.250.0.1", "10.250.0.2");
+    let stub = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',53))\nwhile True:\n  q,a=s.recvfrom(512)\n  end=12\n  while q[end]!=0: end+=q[end]+1\n  qd=q[12:end+5]\n  r=q[:2]+b'\\x81\\x80\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x00'+qd+b'\\xc0\\x0c\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x05\\x00\\x04\\xc0\\x00\\x02\\x63'\n  s.sendto(r,a)\n";
+    let mut stub_process = std::process::Command::new("ip").args(["netns", "exec", &remote, "python3", "-c", stub]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    node.write(
+        "s.yaml",
+        r#"
+apiVersion: netlet.io/v1alpha1
+kind: Network
+metadata: {name: n}
+spec: {ipam: {config: [{subnet: 10.81.0.0/24}]}}
+---
+apiVersion: netlet.io/v1alpha1
+kind: Attachment
+metadata: {name: asks}
+spec: {network: n, sandbox: {netns: "{T}asks"}, dns: {nameservers: [10.250.0.2]}}
+---
+apiVersion: netlet.io/v1alpha1
+kind: Attachment
+metadata: {name: stranded}
+spec: {network: n, sandbox: {netns: "{T}stranded"}, dns: {nameservers: [10.250.0.77]}}
+"#,
+    );
+    node.spawn(&["--metrics-addr", "off"]);
+    let (asks, stranded) = (node.ns("asks"), node.ns("stranded"));
+    wait_until("local names", Duration::from_secs(10), || resolve(&asks, "stranded") == ["10.81.0.3"]);
+    assert_eq!(resolve(&asks, "www.example.org"), ["192.0.2.99"], "forwarded to the attachment's nameserver");
+    // A dead upstream: SERVFAIL quickly, no hang.
+    let started = std::time::Instant::now();
+    assert!(resolve(&stranded, "www.example.org").is_empty());
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    let _ = stub_process.kill();
+    let _ = stub_process.wait();
+}
