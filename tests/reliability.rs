@@ -226,3 +226,23 @@ fn metrics_health_and_readiness_move_with_the_agent() {
     let (_, after) = scrape(&node, "/metrics");
     assert!(value(&after, "netlet_reconcile_duration_seconds_count") >= 2.0);
 }
+
+#[test]
+fn foreign_links_namespaces_and_names_are_never_touched() {
+    let node = Node::new();
+    // A bridge and a veth of someone else's, one even named like ours, and
+    // a namespace the agent did not create but is told to use.
+    node.in_node("ip link add foreignbr type bridge && ip link add nlvforeign0000 type veth peer name foreignpeer && ip link set nlvforeign0000 master foreignbr");
+    let theirs = node.ns("theirs");
+    ok(&format!("ip netns add {theirs}"));
+    node.write("m.yaml", &format!("{BASE}{}---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: guest}}\nspec: {{network: n, sandbox: {{path: /run/netns/{theirs}}}}}\n", att("a")));
+    node.converge();
+    assert_eq!(addresses(&theirs, "eth0"), ["10.71.0.3/24"], "configured in the existing namespace");
+    node.converge_empty();
+    for l in ["foreignbr", "nlvforeign0000", "foreignpeer"] {
+        assert!(link(&node.name, l).is_some(), "{l} survived");
+    }
+    assert!(netns_exists(&theirs), "a namespace given by path is configured, never deleted");
+    assert!(link(&theirs, "eth0").is_none(), "but what netlet put in it is gone");
+    assert!(!netns_exists(&node.ns("a")));
+}

@@ -287,3 +287,20 @@ fn a_node_outside_the_peers_and_vni_collisions_are_reported() {
     let outsider = plan(&objects, &facts_for("n9"), &Allocations::default());
     assert_eq!(outsider.networks["ov"].clone().unwrap_err().reason, reason::NOT_A_PEER);
 }
+
+#[test]
+fn an_explicit_default_route_wins_and_internal_networks_never_carry_it() {
+    let mut internal = network("int", "10.3.0.0/24");
+    internal.spec.internal = true;
+    let mut b = attachment("b", "m", "s");
+    b.spec.default_route = Some(true);
+    let objects = ObjectSet {
+        networks: vec![network("n", "10.1.0.0/24"), network("m", "10.2.0.0/24"), internal],
+        attachments: vec![attachment("a", "n", "s"), b, attachment("i", "int", "t")],
+        ..Default::default()
+    };
+    let p = run(objects);
+    let gw: Vec<(&str, Option<String>)> =
+        p.desired.endpoints.iter().map(|e| (e.owner.as_str(), e.gateway_v4.map(|g| g.to_string()))).collect();
+    assert_eq!(gw, [("default/a", None), ("default/b", Some("10.2.0.1".into())), ("default/i", None)]);
+}
