@@ -66,7 +66,8 @@ impl Node {
     pub fn named(node_name: &str) -> Node {
         require_root();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let tag = format!("t{}x{n}", std::process::id() % 100_000);
+        // Ends in a letter: `t1x1y` is no prefix of `t1x10y` (cleanup matches prefixes).
+        let tag = format!("t{}x{n}y", std::process::id() % 100_000);
         let name = format!("{tag}node");
         ok(&format!("ip netns add {name} && ip -n {name} link set lo up"));
         let dir = std::env::temp_dir().join(format!("netlet-it-{tag}"));

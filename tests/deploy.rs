@@ -1,0 +1,594 @@
+//! The deployment files, checked without a cluster or a Helm binary:
+//! `manifests/` (namespace, RBAC, DaemonSet, default networks, examples) and
+//! the Helm chart `charts/netlet`.
+//!
+//! - the chart's CRDs (and its copy of the default networks) are byte-for-byte
+//!   the top-level files;
+//! - every YAML file under `manifests/` parses, and every netlet object there
+//!   loads with the agent's own loader and plans without a failure;
+//! - `values.yaml` satisfies `values.schema.json` (a small validator of the
+//!   JSON Schema subset the schema uses; python3's jsonschema as a second
+//!   opinion when it happens to be installed);
+//! - the ClusterRole grants exactly the verbs the agent uses, in manifests/
+//!   and in the chart;
+//! - the DaemonSet runs on the host network, gets NODE_NAME from
+//!   spec.nodeName, mounts /run/netns with Bidirectional propagation, keeps
+//!   its state in the /var/lib/netlet hostPath and probes /healthz, /readyz.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+use serde_yaml::Value as Yaml;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the crate lives in the workspace").to_path_buf()
+}
+
+fn read(rel: &str) -> String {
+    let path = root().join(rel);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Every document of a multi-document YAML text, empty ones dropped.
+fn documents(text: &str, what: &str) -> Vec<Yaml> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = <Yaml as serde::Deserialize>::deserialize(doc).unwrap_or_else(|e| panic!("{what}: document {}: {e}", i + 1));
+        if !value.is_null() {
+            out.push(value);
+        }
+    }
+    out
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> =
+        fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.push(path);
+        }
+    }
+}
+
+fn str_at<'a>(v: &'a Yaml, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for key in path {
+        cur = cur.get(*key)?;
+    }
+    cur.as_str()
+}
+
+fn find<'a>(docs: &'a [Yaml], kind: &str) -> &'a Yaml {
+    let found: Vec<&Yaml> = docs.iter().filter(|d| str_at(d, &["kind"]) == Some(kind)).collect();
+    assert_eq!(found.len(), 1, "expected exactly one {kind}");
+    found[0]
+}
+
+fn seq<'a>(v: &'a Yaml, key: &str) -> &'a [Yaml] {
+    v.get(key).and_then(Yaml::as_sequence).map(Vec::as_slice).unwrap_or_else(|| panic!("{key} is not a list in {v:?}"))
+}
+
+// ---------------------------------------------------------------- (a) copies
+
+#[test]
+fn chart_crds_are_a_byte_identical_copy_of_the_top_level_crds() {
+    let top = fs::read(root().join("crds/netlet.io.yaml")).expect("crds/netlet.io.yaml");
+    let chart = fs::read(root().join("charts/netlet/crds/netlet.io.yaml")).expect("charts/netlet/crds/netlet.io.yaml");
+    assert!(
+        top == chart,
+        "charts/netlet/crds/netlet.io.yaml differs from crds/netlet.io.yaml; refresh it with \
+         `cp crds/netlet.io.yaml charts/netlet/crds/netlet.io.yaml`"
+    );
+    let chart_crds: Vec<PathBuf> = fs::read_dir(root().join("charts/netlet/crds")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(chart_crds.len(), 1, "the chart's crds/ holds only netlet.io.yaml: {chart_crds:?}");
+}
+
+#[test]
+fn chart_default_networks_are_a_byte_identical_copy_of_the_manifest() {
+    let top = fs::read(root().join("manifests/default-networks.yaml")).unwrap();
+    let chart = fs::read(root().join("charts/netlet/files/default-networks.yaml")).unwrap();
+    assert!(
+        top == chart,
+        "charts/netlet/files/default-networks.yaml differs from manifests/default-networks.yaml; \
+         refresh it with `cp manifests/default-networks.yaml charts/netlet/files/`"
+    );
+    let template = read("charts/netlet/templates/default-networks.yaml");
+    assert!(template.contains(".Files.Get \"files/default-networks.yaml\""), "the template renders the copy");
+    assert!(template.contains(".Values.defaultNetworks.enabled"), "the template honours defaultNetworks.enabled");
+}
+
+#[test]
+fn versions_agree_between_the_crate_the_chart_and_the_manifests() {
+    let version = env!("CARGO_PKG_VERSION");
+    let chart: Yaml = serde_yaml::from_str(&read("charts/netlet/Chart.yaml")).unwrap();
+    assert_eq!(str_at(&chart, &["apiVersion"]), Some("v2"));
+    assert_eq!(str_at(&chart, &["name"]), Some("netlet"));
+    assert_eq!(str_at(&chart, &["appVersion"]), Some(version), "Chart.yaml appVersion (the default image tag) is the agent's version");
+    let ds = find(&documents(&read("manifests/daemonset.yaml"), "daemonset.yaml"), "DaemonSet").clone();
+    let image = str_at(&seq(&ds["spec"]["template"]["spec"], "containers")[0], &["image"]).unwrap().to_string();
+    assert!(image.ends_with(&format!(":{version}")), "manifests/daemonset.yaml image {image} is tagged with the agent's version {version}");
+    let values: Yaml = serde_yaml::from_str(&read("charts/netlet/values.yaml")).unwrap();
+    let repo = str_at(&values, &["image", "repository"]).unwrap();
+    assert_eq!(format!("{repo}:{version}"), image, "chart default image = manifests image");
+}
+
+// ----------------------------------------------------------- (b) manifests/
+
+#[test]
+fn every_yaml_under_manifests_parses() {
+    let mut files = Vec::new();
+    yaml_files(&root().join("manifests"), &mut files);
+    assert!(files.len() >= 5, "manifests/ holds the deployment files and examples: {files:?}");
+    for file in &files {
+        let text = fs::read_to_string(file).unwrap();
+        let docs = documents(&text, &file.display().to_string());
+        assert!(!docs.is_empty(), "{}: no document", file.display());
+        for doc in &docs {
+            assert!(str_at(doc, &["apiVersion"]).is_some(), "{}: a document without apiVersion", file.display());
+            assert!(str_at(doc, &["kind"]).is_some(), "{}: a document without kind", file.display());
+            assert!(str_at(doc, &["metadata", "name"]).is_some(), "{}: a document without metadata.name", file.display());
+        }
+    }
+    for required in ["namespace.yaml", "rbac.yaml", "daemonset.yaml", "default-networks.yaml"] {
+        assert!(files.iter().any(|f| f.ends_with(required)), "manifests/{required} is missing");
+    }
+}
+
+fn netlet_files() -> Vec<PathBuf> {
+    let mut files = vec![root().join("manifests/default-networks.yaml")];
+    yaml_files(&root().join("manifests/examples"), &mut files);
+    files
+}
+
+#[test]
+fn every_netlet_object_loads_with_the_agents_own_loader() {
+    let mut total = 0;
+    for file in netlet_files() {
+        let loaded = netlet::source::manifests::load(&file);
+        let errors: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}:\n{}", file.display(), errors.join("\n"));
+        assert!(!loaded.objects.is_empty(), "{}: no netlet object", file.display());
+        total += loaded.objects.len();
+        // Nothing else may hide in these files: every document is a netlet object.
+        let docs = documents(&fs::read_to_string(&file).unwrap(), &file.display().to_string());
+        assert_eq!(docs.len(), loaded.objects.len(), "{}: every document is a netlet object", file.display());
+    }
+    let defaults = netlet::source::manifests::load(&root().join("manifests/default-networks.yaml")).objects;
+    let names: BTreeSet<String> = defaults.networks.iter().map(|n| n.metadata.name.clone().unwrap_or_default()).collect();
+    assert_eq!(names, ["bridge", "host", "none"].iter().map(|s| s.to_string()).collect(), "Docker's three default networks");
+    assert!(total > 20, "the examples cover the Docker scenarios ({total} objects)");
+}
+
+#[test]
+fn every_example_plans_without_a_failure_next_to_the_default_networks() {
+    let defaults = netlet::source::manifests::load(&root().join("manifests/default-networks.yaml")).objects;
+    let facts = netlet::plan::NodeFacts { node_name: "node-a".into(), ephemeral_ports: (32768, 60999), ..Default::default() };
+    for file in netlet_files().into_iter().skip(1) {
+        let mut objects = defaults.clone();
+        let example = netlet::source::manifests::load(&file).objects;
+        objects.networks.extend(example.networks);
+        objects.attachments.extend(example.attachments);
+        objects.port_mappings.extend(example.port_mappings);
+        let plan = netlet::plan::plan(&objects, &facts, &Default::default());
+        let mut failures = Vec::new();
+        for (name, r) in &plan.networks {
+            if let Err(f) = r {
+                failures.push(format!("network {name}: {f:?}"));
+            }
+        }
+        for (name, r) in &plan.attachments {
+            if let Err(f) = r {
+                failures.push(format!("attachment {name}: {f:?}"));
+            }
+        }
+        for (name, r) in &plan.port_mappings {
+            if let Err(f) = r {
+                failures.push(format!("portmapping {name}: {f:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}:\n{}", file.display(), failures.join("\n"));
+        assert_eq!(plan.attachments.len(), objects.attachments.len(), "{}: every attachment planned", file.display());
+        assert_eq!(plan.port_mappings.len(), objects.port_mappings.len(), "{}: every port mapping planned", file.display());
+    }
+}
+
+#[test]
+fn the_examples_cover_the_docker_scenarios() {
+    let mut all = netlet::objects::ObjectSet::default();
+    for file in netlet_files() {
+        let o = netlet::source::manifests::load(&file).objects;
+        all.networks.extend(o.networks);
+        all.attachments.extend(o.attachments);
+        all.port_mappings.extend(o.port_mappings);
+    }
+    let net = |name: &str| all.networks.iter().find(|n| n.metadata.name.as_deref() == Some(name));
+    let att = |name: &str| all.attachments.iter().filter(|a| a.metadata.name.as_deref() == Some(name)).collect::<Vec<_>>();
+    // Default bridge: alpine1, alpine2 on `bridge`.
+    assert!(att("alpine1").iter().any(|a| a.spec.network == "bridge"));
+    // User-defined bridge alpine-net; alpine4 on it and on bridge, one namespace.
+    assert!(net("alpine-net").is_some());
+    let alpine4: Vec<_> = all.attachments.iter().filter(|a| a.spec.sandbox.netns.as_deref() == Some("alpine4")).collect();
+    let networks: BTreeSet<&str> = alpine4.iter().map(|a| a.spec.network.as_str()).collect();
+    assert_eq!(networks, ["alpine-net", "bridge"].into_iter().collect());
+    // Container sharing, a published port, macvlan, internal, icc disabled.
+    assert!(all.attachments.iter().any(|a| a.spec.sandbox.attachment.is_some()), "a --network container:NAME example");
+    assert!(!all.port_mappings.is_empty(), "a published port example");
+    assert!(all.networks.iter().any(|n| n.spec.macvlan.is_some()), "a macvlan example");
+    assert!(all.networks.iter().any(|n| n.spec.internal), "an internal network example");
+    assert!(all.networks.iter().any(|n| n.spec.bridge.as_ref().and_then(|b| b.icc) == Some(false)), "an icc-disabled example");
+}
+
+// ------------------------------------------------------- (c) values schema
+
+const SCHEMA_KEYWORDS: &[&str] =
+    &["$schema", "title", "description", "type", "properties", "required", "additionalProperties", "enum", "items", "minimum", "maximum"];
+
+fn type_matches(ty: &str, v: &Json) -> bool {
+    match ty {
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "boolean" => v.is_boolean(),
+        "null" => v.is_null(),
+        "number" => v.is_number(),
+        "integer" => v.is_i64() || v.is_u64() || v.as_f64().is_some_and(|f| f.fract() == 0.0),
+        other => panic!("schema uses the unsupported type {other:?}"),
+    }
+}
+
+/// A validator for exactly the JSON Schema subset in [`SCHEMA_KEYWORDS`]; a
+/// schema using anything else fails, so the subset cannot silently grow.
+fn validate(schema: &Json, v: &Json, at: &str, errors: &mut Vec<String>) {
+    let Some(schema) = schema.as_object() else {
+        panic!("{at}: a schema must be an object");
+    };
+    for key in schema.keys() {
+        assert!(SCHEMA_KEYWORDS.contains(&key.as_str()), "{at}: schema keyword {key:?} is outside the subset tests/deploy.rs checks");
+    }
+    if let Some(ty) = schema.get("type") {
+        let types: Vec<&str> = match ty {
+            Json::String(s) => vec![s.as_str()],
+            Json::Array(a) => a.iter().map(|t| t.as_str().expect("type names are strings")).collect(),
+            _ => panic!("{at}: bad type"),
+        };
+        if !types.iter().any(|t| type_matches(t, v)) {
+            errors.push(format!("{at}: expected {}, got {v}", types.join(" or ")));
+            return;
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Json::as_array) {
+        if !allowed.contains(v) {
+            errors.push(format!("{at}: {v} is not one of {allowed:?}"));
+        }
+    }
+    if let Some(n) = v.as_f64() {
+        if let Some(min) = schema.get("minimum").and_then(Json::as_f64) {
+            if n < min {
+                errors.push(format!("{at}: {n} < minimum {min}"));
+            }
+        }
+        if let Some(max) = schema.get("maximum").and_then(Json::as_f64) {
+            if n > max {
+                errors.push(format!("{at}: {n} > maximum {max}"));
+            }
+        }
+    }
+    if let Some(obj) = v.as_object() {
+        let props = schema.get("properties").and_then(Json::as_object);
+        for req in schema.get("required").and_then(Json::as_array).into_iter().flatten() {
+            let req = req.as_str().expect("required names are strings");
+            if !obj.contains_key(req) {
+                errors.push(format!("{at}: required property {req:?} is missing"));
+            }
+        }
+        for (key, value) in obj {
+            let here = format!("{at}.{key}");
+            match (props.and_then(|p| p.get(key)), schema.get("additionalProperties")) {
+                (Some(sub), _) => validate(sub, value, &here, errors),
+                (None, Some(Json::Bool(false))) => errors.push(format!("{here}: property not allowed by the schema")),
+                (None, Some(sub @ Json::Object(_))) => validate(sub, value, &here, errors),
+                (None, _) => {}
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), v.as_array()) {
+        for (i, item) in arr.iter().enumerate() {
+            validate(items, item, &format!("{at}[{i}]"), errors);
+        }
+    }
+}
+
+fn schema_and_values() -> (Json, Json) {
+    let schema: Json = serde_json::from_str(&read("charts/netlet/values.schema.json")).expect("values.schema.json is valid JSON");
+    let values: Json = serde_yaml::from_str(&read("charts/netlet/values.yaml")).expect("values.yaml parses");
+    (schema, values)
+}
+
+fn errors_of(schema: &Json, values: &Json) -> Vec<String> {
+    let mut errors = Vec::new();
+    validate(schema, values, "values", &mut errors);
+    errors
+}
+
+#[test]
+fn values_yaml_satisfies_values_schema_json() {
+    let (schema, values) = schema_and_values();
+    assert_eq!(schema["type"], "object");
+    assert_eq!(schema["additionalProperties"], false, "unknown top-level values are rejected");
+    let errors = errors_of(&schema, &values);
+    assert!(errors.is_empty(), "values.yaml does not satisfy values.schema.json:\n{}", errors.join("\n"));
+    // Everything the brief asks for is a value.
+    for path in [
+        "/image/repository",
+        "/image/tag",
+        "/image/pullPolicy",
+        "/resources",
+        "/tolerations",
+        "/nodeSelector",
+        "/extraArgs",
+        "/logLevel",
+        "/metrics/port",
+        "/serviceMonitor/enabled",
+        "/resyncPeriod",
+        "/stateDir",
+        "/defaultNetworks/enabled",
+    ] {
+        assert!(values.pointer(path).is_some(), "values.yaml has no {path}");
+    }
+    assert_eq!(values.pointer("/image/tag"), Some(&Json::from("")), "the tag defaults to the chart's appVersion");
+    assert_eq!(values.pointer("/serviceMonitor/enabled"), Some(&Json::Bool(false)), "the ServiceMonitor is off by default");
+}
+
+#[test]
+fn values_schema_rejects_bad_values() {
+    let (schema, values) = schema_and_values();
+    let bad: Vec<(&str, Box<dyn Fn(&mut Json)>)> = vec![
+        ("unknown top-level key", Box::new(|v| v["imagee"] = Json::from("x"))),
+        ("unknown nested key", Box::new(|v| v["image"]["digest"] = Json::from("sha256:0"))),
+        ("pullPolicy outside its enum", Box::new(|v| v["image"]["pullPolicy"] = Json::from("Sometimes"))),
+        ("port as a string", Box::new(|v| v["metrics"]["port"] = Json::from("9464"))),
+        ("port out of range", Box::new(|v| v["metrics"]["port"] = Json::from(70000))),
+        ("tolerations not a list", Box::new(|v| v["tolerations"] = Json::from("all"))),
+        ("extraArgs not strings", Box::new(|v| v["extraArgs"] = serde_json::json!([1]))),
+        ("required key missing", Box::new(|v| drop(v["defaultNetworks"].as_object_mut().unwrap().remove("enabled")))),
+        ("boolean as a string", Box::new(|v| v["serviceMonitor"]["enabled"] = Json::from("yes"))),
+    ];
+    for (what, mutate) in bad {
+        let mut v = values.clone();
+        mutate(&mut v);
+        assert!(!errors_of(&schema, &v).is_empty(), "the schema accepts values with {what}");
+    }
+    // And the things users do set pass.
+    let mut v = values.clone();
+    v["image"]["tag"] = Json::from("dev");
+    v["extraArgs"] = serde_json::json!(["-v"]);
+    v["logLevel"] = Json::from("netlet=debug,kube=info");
+    v["serviceMonitor"]["enabled"] = Json::Bool(true);
+    v["serviceMonitor"]["labels"] = serde_json::json!({"release": "prometheus"});
+    v["nodeSelector"] = serde_json::json!({"netlet.io/agent": "true"});
+    let errors = errors_of(&schema, &v);
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// A second opinion from a full JSON Schema implementation, when python3 has
+/// jsonschema and PyYAML; the check above does not depend on it.
+#[test]
+fn values_schema_with_python_jsonschema_when_available() {
+    let probe = std::process::Command::new("python3").args(["-c", "import jsonschema, yaml"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("note: python3 with jsonschema and yaml not found; the built-in subset validator covers this");
+        return;
+    }
+    let script = r#"
+import json, sys, yaml, jsonschema
+schema = json.load(open(sys.argv[1]))
+values = yaml.safe_load(open(sys.argv[2]))
+cls = jsonschema.validators.validator_for(schema)
+cls.check_schema(schema)
+errors = [e.message for e in cls(schema).iter_errors(values)]
+print("\n".join(errors))
+sys.exit(1 if errors else 0)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(root().join("charts/netlet/values.schema.json"))
+        .arg(root().join("charts/netlet/values.yaml"))
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "jsonschema: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+// --------------------------------------------------------------- (d) RBAC
+
+/// (apiGroup, resource, verb): exactly the calls `netlet run` makes.
+fn expected_grants() -> BTreeSet<(String, String, String)> {
+    let mut set = BTreeSet::new();
+    let mut add = |group: &str, resources: &[&str], verbs: &[&str]| {
+        for r in resources {
+            for v in verbs {
+                set.insert((group.to_string(), r.to_string(), v.to_string()));
+            }
+        }
+    };
+    // Watches (reflectors), and finalizers by merge patch.
+    add("netlet.io", &["networks", "attachments", "portmappings"], &["list", "watch", "patch"]);
+    // Network status: read, merge this node's entry, replace.
+    add("netlet.io", &["networks/status"], &["get", "update"]);
+    add("netlet.io", &["attachments/status", "portmappings/status"], &["patch"]);
+    // Its own Node (field selector), for Network.spec.nodeSelector.
+    add("", &["nodes"], &["get", "list", "watch"]);
+    // events.k8s.io/v1 Events through kube's Recorder.
+    add("events.k8s.io", &["events"], &["create", "patch"]);
+    set
+}
+
+fn grants(rules: &[Yaml]) -> BTreeSet<(String, String, String)> {
+    let mut set = BTreeSet::new();
+    for rule in rules {
+        let strings = |key: &str| -> Vec<String> {
+            rule.get(key)
+                .and_then(Yaml::as_sequence)
+                .map(|s| s.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default()
+        };
+        assert!(rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none(), "unexpected rule shape: {rule:?}");
+        for g in strings("apiGroups") {
+            for r in strings("resources") {
+                for v in strings("verbs") {
+                    assert!(g != "*" && r != "*" && v != "*", "wildcards are not least privilege: {rule:?}");
+                    assert!(set.insert((g.clone(), r.clone(), v.clone())), "({g}, {r}, {v}) granted twice");
+                }
+            }
+        }
+    }
+    set
+}
+
+#[test]
+fn the_cluster_role_grants_exactly_the_verbs_the_agent_uses() {
+    let docs = documents(&read("manifests/rbac.yaml"), "rbac.yaml");
+    let role = find(&docs, "ClusterRole");
+    let have = grants(seq(role, "rules"));
+    let want = expected_grants();
+    let extra: Vec<_> = have.difference(&want).collect();
+    let missing: Vec<_> = want.difference(&have).collect();
+    assert!(extra.is_empty() && missing.is_empty(), "ClusterRole: extra grants {extra:?}, missing grants {missing:?}");
+
+    // The binding ties that role to the DaemonSet's ServiceAccount.
+    let sa = find(&docs, "ServiceAccount");
+    let binding = find(&docs, "ClusterRoleBinding");
+    assert_eq!(str_at(binding, &["roleRef", "kind"]), Some("ClusterRole"));
+    assert_eq!(str_at(binding, &["roleRef", "name"]), str_at(role, &["metadata", "name"]));
+    let subject = &seq(binding, "subjects")[0];
+    assert_eq!(str_at(subject, &["kind"]), Some("ServiceAccount"));
+    assert_eq!(str_at(subject, &["name"]), str_at(sa, &["metadata", "name"]));
+    assert_eq!(str_at(subject, &["namespace"]), str_at(sa, &["metadata", "namespace"]));
+    let ns = find(&documents(&read("manifests/namespace.yaml"), "namespace.yaml"), "Namespace").clone();
+    assert_eq!(str_at(sa, &["metadata", "namespace"]), str_at(&ns, &["metadata", "name"]));
+    assert_eq!(
+        str_at(&ns, &["metadata", "labels", "pod-security.kubernetes.io/enforce"]),
+        Some("privileged"),
+        "Pod Security Admission must admit the privileged agent in its namespace"
+    );
+    let ds = find(&documents(&read("manifests/daemonset.yaml"), "daemonset.yaml"), "DaemonSet").clone();
+    assert_eq!(str_at(&ds, &["spec", "template", "spec", "serviceAccountName"]), str_at(sa, &["metadata", "name"]));
+    assert_eq!(str_at(&ds, &["metadata", "namespace"]), str_at(sa, &["metadata", "namespace"]));
+}
+
+#[test]
+fn the_chart_cluster_role_has_the_same_rules() {
+    // The template's rules are plain YAML after `rules:` (no templating), so
+    // they can be read without Helm.
+    let template = read("charts/netlet/templates/clusterrole.yaml");
+    let start = template.find("\nrules:\n").expect("clusterrole.yaml has a top-level rules: block");
+    let rules_text = &template[start + 1..];
+    assert!(!rules_text.contains("{{"), "the chart's ClusterRole rules must stay free of templating");
+    let parsed: Yaml = serde_yaml::from_str(rules_text).expect("the rules block parses");
+    let have = grants(seq(&parsed, "rules"));
+    assert_eq!(have, expected_grants(), "charts/netlet/templates/clusterrole.yaml");
+}
+
+// ---------------------------------------------------------- (d) DaemonSet
+
+#[test]
+fn the_daemonset_runs_the_agent_as_the_design_needs() {
+    let ds = find(&documents(&read("manifests/daemonset.yaml"), "daemonset.yaml"), "DaemonSet").clone();
+    assert_eq!(str_at(&ds, &["apiVersion"]), Some("apps/v1"));
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], Yaml::Bool(true), "hostNetwork: true");
+    assert_eq!(str_at(pod, &["dnsPolicy"]), Some("Default"), "the node's resolvers are the containers' upstreams");
+    // Every node, whatever its taints.
+    assert!(
+        seq(pod, "tolerations")
+            .iter()
+            .any(|t| str_at(t, &["operator"]) == Some("Exists") && t.get("key").is_none() && t.get("effect").is_none()),
+        "a toleration for every taint"
+    );
+
+    let containers = seq(pod, "containers");
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let args: Vec<&str> = seq(c, "args").iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(args.first(), Some(&"run"), "netlet run");
+    assert!(!args.iter().any(|a| a.starts_with("--manifests")), "Kubernetes mode: no --manifests");
+    assert!(args.contains(&"--state-dir=/var/lib/netlet"));
+    assert!(args.contains(&"--resync-period=30s"));
+    assert!(args.contains(&"--metrics-addr=0.0.0.0:9464"));
+
+    let env = seq(c, "env");
+    let node_name = env.iter().find(|e| str_at(e, &["name"]) == Some("NODE_NAME")).expect("NODE_NAME is set");
+    assert_eq!(str_at(node_name, &["valueFrom", "fieldRef", "fieldPath"]), Some("spec.nodeName"), "NODE_NAME from the downward API");
+    assert!(env.iter().any(|e| str_at(e, &["name"]) == Some("RUST_LOG")));
+
+    let port = seq(c, "ports").iter().find(|p| str_at(p, &["name"]) == Some("metrics")).expect("a metrics port");
+    assert_eq!(port["containerPort"].as_u64(), Some(9464));
+    assert_eq!(str_at(c, &["livenessProbe", "httpGet", "path"]), Some("/healthz"));
+    assert_eq!(str_at(c, &["readinessProbe", "httpGet", "path"]), Some("/readyz"));
+    for kind in ["requests", "limits"] {
+        for res in ["cpu", "memory"] {
+            assert!(c["resources"][kind].get(res).is_some(), "resources.{kind}.{res}");
+        }
+    }
+    // Bidirectional propagation is accepted only in a privileged container.
+    assert_eq!(c["securityContext"]["privileged"], Yaml::Bool(true));
+
+    let volumes = seq(pod, "volumes");
+    let host_path_of = |mount_name: &str| -> String {
+        let v = volumes.iter().find(|v| str_at(v, &["name"]) == Some(mount_name)).unwrap_or_else(|| panic!("volume {mount_name}"));
+        str_at(v, &["hostPath", "path"]).unwrap_or_else(|| panic!("volume {mount_name} is a hostPath")).to_string()
+    };
+    let mounts = seq(c, "volumeMounts");
+    let mount = |path: &str| mounts.iter().find(|m| str_at(m, &["mountPath"]) == Some(path)).unwrap_or_else(|| panic!("{path} is mounted"));
+    let netns = mount("/run/netns");
+    assert_eq!(str_at(netns, &["mountPropagation"]), Some("Bidirectional"), "/run/netns with Bidirectional propagation");
+    assert_eq!(host_path_of(str_at(netns, &["name"]).unwrap()), "/run/netns");
+    let state = mount("/var/lib/netlet");
+    assert_eq!(host_path_of(str_at(state, &["name"]).unwrap()), "/var/lib/netlet", "the state dir is the node's");
+    let etc = mount("/etc/netns");
+    assert_eq!(host_path_of(str_at(etc, &["name"]).unwrap()), "/etc/netns");
+}
+
+#[test]
+fn the_chart_daemonset_template_keeps_the_essentials() {
+    // Without Helm the template cannot be rendered; its fixed parts can be read.
+    let t = read("charts/netlet/templates/daemonset.yaml");
+    for needle in [
+        "hostNetwork: true",
+        "fieldPath: spec.nodeName",
+        "name: NODE_NAME",
+        "mountPath: /run/netns\n          mountPropagation: Bidirectional",
+        "path: /run/netns",
+        "privileged: true",
+        "path: /healthz",
+        "path: /readyz",
+        "- run\n",
+        "--metrics-addr=0.0.0.0:{{ .Values.metrics.port }}",
+        "--state-dir={{ .Values.stateDir }}",
+        "--resync-period={{ .Values.resyncPeriod }}",
+        "value: {{ .Values.logLevel | quote }}",
+        "range .Values.extraArgs",
+        ".Values.tolerations",
+        ".Values.nodeSelector",
+        ".Values.resources",
+        "path: {{ .Values.stateDir }}",
+        "include \"netlet.image\"",
+    ] {
+        assert!(t.contains(needle), "charts/netlet/templates/daemonset.yaml lacks {needle:?}");
+    }
+    let helpers = read("charts/netlet/templates/_helpers.tpl");
+    assert!(helpers.contains("default .Chart.AppVersion .Values.image.tag"), "the image tag defaults to appVersion");
+    for template in
+        ["serviceaccount.yaml", "clusterrole.yaml", "clusterrolebinding.yaml", "service.yaml", "servicemonitor.yaml", "NOTES.txt"]
+    {
+        assert!(root().join("charts/netlet/templates").join(template).is_file(), "templates/{template}");
+    }
+    let sm = read("charts/netlet/templates/servicemonitor.yaml");
+    assert!(sm.starts_with("{{- if .Values.serviceMonitor.enabled }}"), "the ServiceMonitor is optional");
+    assert!(sm.contains("apiVersion: monitoring.coreos.com/v1"));
+}
