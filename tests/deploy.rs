@@ -345,19 +345,22 @@ fn values_yaml_satisfies_values_schema_json() {
     assert_eq!(values.pointer("/serviceMonitor/enabled"), Some(&Json::Bool(false)), "the ServiceMonitor is off by default");
 }
 
+/// A change that makes values.yaml invalid.
+type Mutation = fn(&mut Json);
+
 #[test]
 fn values_schema_rejects_bad_values() {
     let (schema, values) = schema_and_values();
-    let bad: Vec<(&str, Box<dyn Fn(&mut Json)>)> = vec![
-        ("unknown top-level key", Box::new(|v| v["imagee"] = Json::from("x"))),
-        ("unknown nested key", Box::new(|v| v["image"]["digest"] = Json::from("sha256:0"))),
-        ("pullPolicy outside its enum", Box::new(|v| v["image"]["pullPolicy"] = Json::from("Sometimes"))),
-        ("port as a string", Box::new(|v| v["metrics"]["port"] = Json::from("9464"))),
-        ("port out of range", Box::new(|v| v["metrics"]["port"] = Json::from(70000))),
-        ("tolerations not a list", Box::new(|v| v["tolerations"] = Json::from("all"))),
-        ("extraArgs not strings", Box::new(|v| v["extraArgs"] = serde_json::json!([1]))),
-        ("required key missing", Box::new(|v| drop(v["defaultNetworks"].as_object_mut().unwrap().remove("enabled")))),
-        ("boolean as a string", Box::new(|v| v["serviceMonitor"]["enabled"] = Json::from("yes"))),
+    let bad: [(&str, Mutation); 9] = [
+        ("unknown top-level key", |v| v["imagee"] = Json::from("x")),
+        ("unknown nested key", |v| v["image"]["digest"] = Json::from("sha256:0")),
+        ("pullPolicy outside its enum", |v| v["image"]["pullPolicy"] = Json::from("Sometimes")),
+        ("port as a string", |v| v["metrics"]["port"] = Json::from("9464")),
+        ("port out of range", |v| v["metrics"]["port"] = Json::from(70000)),
+        ("tolerations not a list", |v| v["tolerations"] = Json::from("all")),
+        ("extraArgs not strings", |v| v["extraArgs"] = serde_json::json!([1])),
+        ("required key missing", |v| drop(v["defaultNetworks"].as_object_mut().unwrap().remove("enabled"))),
+        ("boolean as a string", |v| v["serviceMonitor"]["enabled"] = Json::from("yes")),
     ];
     for (what, mutate) in bad {
         let mut v = values.clone();
