@@ -406,7 +406,7 @@ fn check_against_network(
     Ok(())
 }
 
-type Addresses = BTreeMap<String, (Option<IpAddr>, Option<IpAddr>)>;
+type Addresses = BTreeMap<String, AddressPair>;
 
 /// Runs IPAM for every subnet of every ready network.
 fn allocate_addresses(
@@ -425,48 +425,66 @@ fn allocate_addresses(
             .iter()
             .filter(|(_, att, checked)| &att.spec.network == name && matches!(checked.sandbox, SandboxChoice::Namespace(_)))
             .collect();
-        for (family_v4, first) in [(true, net.subnet_v4()), (false, net.subnet_v6())] {
-            let Some(first) = first else { continue };
-            for subnet in net.subnets.iter().filter(|s| s.net.addr().is_ipv4() == family_v4) {
-                let requests: Vec<ipam::Request> = members
-                    .iter()
-                    .filter_map(|(key, _, checked)| {
-                        let static_ip = if family_v4 { checked.ipv4 } else { checked.ipv6 };
-                        let wanted_subnet = match static_ip {
-                            Some(ip) => net.subnet_for(ip)?,
-                            None => first,
-                        };
-                        if wanted_subnet != subnet {
-                            return None;
-                        }
-                        let previous = held
-                            .endpoints
-                            .get(key)
-                            .filter(|h| &h.network == name)
-                            .and_then(|h| if family_v4 { h.ipv4 } else { h.ipv6 })
-                            .filter(|ip| subnet.net.contains(ip));
-                        Some(ipam::Request { owner: key.clone(), static_ip, previous })
-                    })
-                    .collect();
-                for (owner, result) in ipam::allocate(subnet, &requests) {
-                    match result {
-                        Ok(ip) => {
-                            let entry = addresses.entry(owner).or_default();
-                            if family_v4 {
-                                entry.0 = Some(ip);
-                            } else {
-                                entry.1 = Some(ip);
-                            }
-                        }
-                        Err(f) => {
-                            out.attachments.entry(owner).or_insert(Err(f));
-                        }
-                    }
+        let requests: Vec<(&String, Option<IpAddr>, Option<IpAddr>)> = members.iter().map(|(key, _, c)| (key, c.ipv4, c.ipv6)).collect();
+        for (owner, result) in allocate_network(name, net, &requests, held) {
+            match result {
+                Ok(pair) => {
+                    addresses.insert(owner, pair);
+                }
+                Err(f) => {
+                    out.attachments.entry(owner).or_insert(Err(f));
                 }
             }
         }
     }
     addresses
+}
+
+/// An attachment's IPv4 and IPv6 address on one network.
+pub(crate) type AddressPair = (Option<IpAddr>, Option<IpAddr>);
+
+/// One network's IPAM over `members` (key, static IPv4, static IPv6): in
+/// each family, statics go to the subnet holding them and dynamic addresses
+/// come from the family's first subnet; what `held` records is kept.
+pub(crate) fn allocate_network(
+    name: &str,
+    net: &ResolvedNetwork,
+    members: &[(&String, Option<IpAddr>, Option<IpAddr>)],
+    held: &Allocations,
+) -> BTreeMap<String, Result<AddressPair, Failure>> {
+    let mut out: BTreeMap<String, Result<AddressPair, Failure>> = BTreeMap::new();
+    for (v4, first) in [(true, net.subnet_v4()), (false, net.subnet_v6())] {
+        let Some(first) = first else { continue };
+        for subnet in net.subnets.iter().filter(|s| s.net.addr().is_ipv4() == v4) {
+            let requests: Vec<ipam::Request> = members
+                .iter()
+                .filter_map(|(key, ipv4, ipv6)| {
+                    let static_ip = if v4 { *ipv4 } else { *ipv6 };
+                    let wanted = match static_ip {
+                        Some(ip) => net.subnet_for(ip)?,
+                        None => first,
+                    };
+                    let previous = held
+                        .endpoints
+                        .get(*key)
+                        .filter(|h| h.network == name)
+                        .and_then(|h| if v4 { h.ipv4 } else { h.ipv6 })
+                        .filter(|ip| subnet.net.contains(ip));
+                    (wanted == subnet).then(|| ipam::Request { owner: (*key).clone(), static_ip, previous })
+                })
+                .collect();
+            for (owner, result) in ipam::allocate(subnet, &requests) {
+                let entry = out.entry(owner).or_insert(Ok((None, None)));
+                match (result, entry.as_mut()) {
+                    (Ok(ip), Ok(pair)) if v4 => pair.0 = Some(ip),
+                    (Ok(ip), Ok(pair)) => pair.1 = Some(ip),
+                    (Err(f), Ok(_)) => *entry = Err(f),
+                    (_, Err(_)) => {}
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Names interfaces per sandbox: names held before, then explicit names, then eth0, eth1, ...

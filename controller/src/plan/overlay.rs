@@ -17,7 +17,6 @@ use kube::ResourceExt;
 
 use super::attachment::{self, SandboxChoice};
 use super::desired::{VxlanLink, VxlanRemote};
-use super::ipam;
 use super::network::{ResolvedNetwork, VXLAN_OVERHEAD};
 use super::outcome::{reason, Failure};
 use super::{is_local, Allocations, HeldEndpoint, NodeFacts, Plan};
@@ -83,50 +82,21 @@ pub fn allocate(
             .filter_map(|a| Some((key_of(a), attachment::check(a).ok()?)))
             .filter(|(_, c)| matches!(c.sandbox, SandboxChoice::Namespace(_)))
             .collect();
-        for v4 in [true, false] {
-            let Some(first) = (if v4 { net.subnet_v4() } else { net.subnet_v6() }) else { continue };
-            for subnet in net.subnets.iter().filter(|s| s.net.addr().is_ipv4() == v4) {
-                let requests: Vec<ipam::Request> = members
-                    .iter()
-                    .filter_map(|(key, c)| {
-                        let static_ip = if v4 { c.ipv4 } else { c.ipv6 };
-                        let wanted = match static_ip {
-                            Some(ip) => net.subnet_for(ip)?,
-                            None => first,
-                        };
-                        let previous = held
-                            .endpoints
-                            .get(key)
-                            .filter(|h| &h.network == name)
-                            .and_then(|h| if v4 { h.ipv4 } else { h.ipv6 })
-                            .filter(|ip| subnet.net.contains(ip));
-                        (wanted == subnet).then(|| ipam::Request { owner: key.clone(), static_ip, previous })
-                    })
-                    .collect();
-                for (owner, result) in ipam::allocate(subnet, &requests) {
-                    match result {
-                        Ok(ip) => {
-                            let h = out
-                                .allocations
-                                .endpoints
-                                .entry(owner.clone())
-                                .or_insert_with(|| HeldEndpoint { network: name.clone(), ..Default::default() });
-                            if v4 {
-                                h.ipv4 = Some(ip);
-                            } else {
-                                h.ipv6 = Some(ip);
-                            }
-                            let e = addresses.entry(owner).or_default();
-                            if v4 {
-                                e.0 = Some(ip);
-                            } else {
-                                e.1 = Some(ip);
-                            }
-                        }
-                        Err(f) => {
-                            out.attachments.entry(owner).or_insert(Err(f));
-                        }
-                    }
+        let requests: Vec<(&String, Option<IpAddr>, Option<IpAddr>)> = members.iter().map(|(key, c)| (key, c.ipv4, c.ipv6)).collect();
+        for (owner, result) in super::allocate_network(name, net, &requests, held) {
+            match result {
+                Ok((v4, v6)) => {
+                    let h = out
+                        .allocations
+                        .endpoints
+                        .entry(owner.clone())
+                        .or_insert_with(|| HeldEndpoint { network: name.clone(), ..Default::default() });
+                    h.ipv4 = v4;
+                    h.ipv6 = v6;
+                    addresses.insert(owner, (v4, v6));
+                }
+                Err(f) => {
+                    out.attachments.entry(owner).or_insert(Err(f));
                 }
             }
         }
