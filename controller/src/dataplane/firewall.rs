@@ -413,13 +413,18 @@ impl NftFirewall {
     /// transaction. A table deleted or flushed behind our back is rebuilt.
     pub fn sync(&mut self, plan: &FirewallPlan) -> Result<SyncOutcome, FirewallError> {
         let rendered = render(plan, BrNetfilter::detect())?;
-        let current = normalize(&self.list()?);
-        if current == normalize(&rendered.tables()) {
-            self.last = Some(Applied { rendered, listing: current });
-            return Ok(SyncOutcome::InSync);
-        }
-        if self.last.as_ref().is_some_and(|l| l.rendered == rendered && l.listing == current) {
-            return Ok(SyncOutcome::InSync);
+        // What we want changed since our last apply: the kernel cannot hold
+        // it yet, so skip the listing and apply straight away.
+        let changed = self.last.as_ref().is_some_and(|l| l.rendered != rendered);
+        if !changed {
+            let current = normalize(&self.list()?);
+            if current == normalize(&rendered.tables()) {
+                self.last = Some(Applied { rendered, listing: current });
+                return Ok(SyncOutcome::InSync);
+            }
+            if self.last.as_ref().is_some_and(|l| l.rendered == rendered && l.listing == current) {
+                return Ok(SyncOutcome::InSync);
+            }
         }
         self.last = None;
         self.run(&rendered.script(), "apply")?;
