@@ -14,6 +14,9 @@
 #   NETLET_KUBE_CACHE        cache root (default /var/cache/netlet-kube); binaries in $NETLET_KUBE_CACHE/v1.20.2/
 #   NETLET_KUBE_KEEP_BUILD=1 keep the source tree and Go build cache (~2 GB) after a successful build
 #   NETLET_KUBE_READY_TIMEOUT seconds to wait for /readyz (default 60)
+#   NETLET_KUBE_BIND_ADDRESS  address the apiserver listens on (default 127.0.0.1); tests run
+#                            the whole script inside a throwaway netns with 0.0.0.0 so
+#                            agents in other namespaces reach it over a veth
 set -euo pipefail
 
 KUBE_VERSION=v1.20.2
@@ -298,7 +301,7 @@ launch_apiserver() {
     # shellcheck disable=SC1091
     source "$dir/env"
     local args=(
-        --bind-address=127.0.0.1
+        --bind-address="${BIND_ADDRESS:-127.0.0.1}"
         --advertise-address=127.0.0.1
         --secure-port="$APISERVER_PORT"
         --cert-dir="$dir/certs"
@@ -362,6 +365,7 @@ ETCD_PEER_PORT=$etcd_peer
 APISERVER_PORT=$api_port
 APISERVER_URL=https://127.0.0.1:$api_port
 TOKEN=$token
+BIND_ADDRESS=${NETLET_KUBE_BIND_ADDRESS:-127.0.0.1}
 EOF
 
     etcd --name netlet \

@@ -189,7 +189,7 @@ impl Reconciler {
         let verdicts = if quiet {
             self.last_verdicts.clone()
         } else {
-            let now = k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default();
+            let now = crate::api::now_rfc3339();
             let mut sorted = objects.clone();
             sorted.sort_by_creation();
             let computed = status::compute(&sorted, plan, &report, load_errors, &self.status, &self.node_name, &now);

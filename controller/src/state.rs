@@ -3,7 +3,9 @@
 //! - `allocations.json`: addresses, interface names and ephemeral ports held
 //!   by objects (the plan's memory; losing it could move an address).
 //! - `owned.json`: namespaces netlet created, written *before* creating
-//!   them, so a crash never leaks one (links carry their own marker).
+//!   them, so a crash never leaks one (links carry their own marker). A copy
+//!   is kept under `/run/netlet/` (tmpfs: the same lifetime as the
+//!   namespaces), so a wiped state dir does not orphan them either.
 //! - `status.json`: the last status of every object, for `netlet get`.
 //!
 //! Every file is written atomically: temp file, fsync, rename, fsync dir.
@@ -21,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::plan::Allocations;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/netlet";
+/// Runtime copies (see `owned.json`), one directory per state dir.
+const RUNTIME_ROOT: &str = "/run/netlet";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -104,11 +108,45 @@ impl StateDir {
     pub fn store_allocations(&self, a: &Allocations) -> Result<(), StateError> {
         self.store("allocations.json", a)
     }
+    /// What we created: the state dir's record joined with the runtime copy.
     pub fn load_owned(&self) -> Owned {
-        self.load("owned.json")
+        let mut owned: Owned = self.load("owned.json");
+        if let Some(runtime) = self.runtime() {
+            let copy: Owned = runtime.load("owned.json");
+            owned.netns.extend(copy.netns);
+            for (k, v) in copy.sandbox_links {
+                owned.sandbox_links.entry(k).or_insert(v);
+            }
+        }
+        owned
     }
     pub fn store_owned(&self, o: &Owned) -> Result<(), StateError> {
-        self.store("owned.json", o)
+        self.store("owned.json", o)?;
+        if let Some(runtime) = self.runtime() {
+            if let Err(e) = runtime.store("owned.json", o) {
+                tracing::warn!(error = %e, "cannot keep the runtime copy of owned.json");
+            }
+        }
+        Ok(())
+    }
+
+    /// `/run/netlet/<hash of this state dir's absolute path>`: several
+    /// agents on one host (tests, simulated nodes) keep separate records.
+    fn runtime(&self) -> Option<StateDir> {
+        let dir = self.runtime_path()?;
+        fs::create_dir_all(&dir).ok()?;
+        Some(StateDir { dir })
+    }
+
+    pub fn runtime_path(&self) -> Option<PathBuf> {
+        let absolute = fs::canonicalize(&self.dir).ok()?;
+        // FNV-1a: stable across builds, unlike std's hasher.
+        let hash = absolute
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3));
+        Some(Path::new(RUNTIME_ROOT).join(format!("{hash:016x}")))
     }
     pub fn load_status(&self) -> StatusStore {
         self.load("status.json")
@@ -149,6 +187,23 @@ mod tests {
         state.store_allocations(&a).unwrap();
         assert_eq!(state.load_allocations(), a);
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn created_namespaces_are_remembered_when_the_state_dir_is_wiped() {
+        let dir = temp_dir("wiped");
+        let state = StateDir::open(&dir).unwrap();
+        let owned = Owned { netns: BTreeSet::from(["c1".to_string()]), ..Default::default() };
+        state.store_owned(&owned).unwrap();
+        let runtime = state.runtime_path().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        let state = StateDir::open(&dir).unwrap();
+        assert_eq!(state.load_owned(), owned, "the runtime copy under {} (needs root)", runtime.display());
+        // Releasing it everywhere.
+        state.store_owned(&Owned::default()).unwrap();
+        assert_eq!(state.load_owned(), Owned::default());
+        fs::remove_dir_all(dir).unwrap();
+        fs::remove_dir_all(runtime).unwrap();
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! touches the host's own namespace, interfaces or firewall.
 #![allow(dead_code)]
 
+pub mod kube;
+
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -55,6 +57,8 @@ pub struct Node {
     pub node_name: String,
     pub dir: PathBuf,
     agents: Vec<Child>,
+    /// Agents started so far: agent-N.log is the log of the N-th.
+    spawned: usize,
 }
 
 impl Node {
@@ -74,7 +78,7 @@ impl Node {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("manifests")).unwrap();
         fs::create_dir_all(dir.join("empty")).unwrap();
-        Node { tag, name, node_name: node_name.into(), dir, agents: Vec::new() }
+        Node { tag, name, node_name: node_name.into(), dir, agents: Vec::new(), spawned: 0 }
     }
 
     /// A name unique to this test (sandboxes, remote hosts).
@@ -101,16 +105,20 @@ impl Node {
     }
 
     fn agent_cmd(&self, manifests: &PathBuf, args: &[&str]) -> Command {
+        let mut cmd = self.run_cmd();
+        cmd.arg("--manifests").arg(manifests).args(args);
+        cmd
+    }
+
+    /// `netlet run` in the node namespace with its state dir and node name.
+    fn run_cmd(&self) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.name))
             .arg(BIN)
             .arg("run")
-            .arg("--manifests")
-            .arg(manifests)
             .arg("--state-dir")
             .arg(self.state_dir())
             .args(["--node-name", &self.node_name])
-            .args(args)
             .env("RUST_LOG", std::env::var("NETLET_TEST_LOG").unwrap_or_else(|_| "info".into()));
         cmd
     }
@@ -136,8 +144,21 @@ impl Node {
 
     /// A long-running agent; killed by PID when the node drops.
     pub fn spawn(&mut self, args: &[&str]) -> u32 {
-        let log = fs::File::create(self.dir.join(format!("agent-{}.log", self.agents.len()))).unwrap();
-        let child = self.agent_cmd(&self.manifests(), args).stdout(Stdio::null()).stderr(log).spawn().expect("agent starts");
+        let cmd = self.agent_cmd(&self.manifests(), args);
+        self.spawn_cmd(cmd)
+    }
+
+    /// A long-running agent in Kubernetes mode (no --manifests).
+    pub fn spawn_kube(&mut self, kubeconfig: &std::path::Path, args: &[&str]) -> u32 {
+        let mut cmd = self.run_cmd();
+        cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+        self.spawn_cmd(cmd)
+    }
+
+    fn spawn_cmd(&mut self, mut cmd: Command) -> u32 {
+        let log = fs::File::create(self.dir.join(format!("agent-{}.log", self.spawned))).unwrap();
+        self.spawned += 1;
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().expect("agent starts");
         let pid = child.id();
         self.agents.push(child);
         pid
@@ -152,6 +173,14 @@ impl Node {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
         if let Some(i) = self.agents.iter().position(|c| c.id() == pid) {
             let mut child = self.agents.remove(i);
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills every agent this node started.
+    pub fn stop_agents(&mut self) {
+        for mut child in self.agents.drain(..) {
+            let _ = child.kill();
             let _ = child.wait();
         }
     }
@@ -211,6 +240,9 @@ impl Drop for Node {
         for n in &names {
             let _ = sh(&format!("ip netns del {n}"));
             let _ = fs::remove_dir_all(format!("/etc/netns/{n}"));
+        }
+        if let Some(runtime) = netlet::state::StateDir::open(self.state_dir()).ok().and_then(|s| s.runtime_path()) {
+            let _ = fs::remove_dir_all(runtime);
         }
         let _ = fs::remove_dir_all(&self.dir);
     }

@@ -43,6 +43,13 @@ pub fn ready_condition(conditions: &[Condition]) -> Option<&Condition> {
     conditions.iter().find(|c| c.type_ == READY)
 }
 
+/// Now, as Kubernetes writes condition times: RFC 3339, whole seconds,
+/// truncated (never a moment in the future).
+pub fn now_rfc3339() -> String {
+    use k8s_openapi::jiff::{RoundMode, Timestamp, TimestampRound, Unit};
+    Timestamp::now().round(TimestampRound::new().smallest(Unit::Second).mode(RoundMode::Trunc)).map(|t| t.to_string()).unwrap_or_default()
+}
+
 /// Replaces the condition of the same type, keeping `lastTransitionTime`
 /// when the status did not flip (so a steady object's status never changes).
 pub fn merge_condition(existing: &[Condition], mut new: Condition, now: &str) -> Vec<Condition> {

@@ -38,6 +38,12 @@ use crate::status::key_of;
 pub const TEARDOWN_FINALIZER: &str = "netlet.io/teardown";
 /// Finalizer on Networks: held while any Attachment references the network.
 pub const IN_USE_FINALIZER: &str = "netlet.io/in-use";
+/// Our name in managedFields.
+const FIELD_MANAGER: &str = "netlet";
+
+fn patch_params() -> PatchParams {
+    PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
 
 pub struct KubeOptions {
     pub node_name: String,
@@ -164,12 +170,17 @@ impl Cluster {
         }
         let mut deleting_pms = Vec::new();
         for p in self.port_mappings.state() {
-            let ours = attachments.iter().any(|a| {
-                namespace_of(&**a) == namespace_of(&*p)
-                    && a.name_any() == p.spec.attachment
-                    && a.spec.node_name.as_deref() == Some(self.node.as_str())
-            });
-            if !ours {
+            let attachment = attachments.iter().find(|a| namespace_of(&***a) == namespace_of(&*p) && a.name_any() == p.spec.attachment);
+            let Some(attachment) = attachment else {
+                // No attachment, so no node realizes it: nothing to tear
+                // down anywhere, and any agent may let it go (the loser of
+                // that race gets a 409 on its conditional patch).
+                if p.meta().deletion_timestamp.is_some() {
+                    deleting_pms.push(p.clone());
+                }
+                continue;
+            };
+            if attachment.spec.node_name.as_deref() != Some(self.node.as_str()) {
                 continue;
             }
             if p.meta().deletion_timestamp.is_some() {
@@ -193,7 +204,7 @@ impl Cluster {
         // resourceVersion makes this a conditional update: a concurrent
         // writer makes it fail with 409 and the next reconcile retries.
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-        if let Err(e) = api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        if let Err(e) = api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await {
             tracing::warn!(object = %obj.name_any(), error = %e, "adding finalizer failed; will retry");
         }
     }
@@ -207,7 +218,7 @@ impl Cluster {
         }
         let finalizers: Vec<&String> = obj.finalizers().iter().filter(|f| *f != finalizer).collect();
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-        match api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await {
             Ok(_) => tracing::info!(object = %obj.name_any(), "teardown done; finalizer removed"),
             Err(e) => {
                 tracing::warn!(object = %obj.name_any(), error = %e, "removing finalizer failed; will retry")
@@ -231,7 +242,7 @@ impl Cluster {
         let api = api_for(&obj.namespace().unwrap_or_default());
         let patch = json!({"status": want});
         if let Err(e) =
-            tokio::time::timeout(Duration::from_secs(10), api.patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)))
+            tokio::time::timeout(Duration::from_secs(10), api.patch_status(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)))
                 .await
                 .unwrap_or_else(|_| Err(kube::Error::Service("timeout".into())))
         {
@@ -299,7 +310,7 @@ impl Cluster {
                 );
             }
             cond.observed_generation = current.meta().generation;
-            let now = k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default();
+            let now = crate::api::now_rfc3339();
             let new = NetworkStatus {
                 conditions: crate::api::merge_condition(&status.conditions, cond, &now),
                 bridge: ours.bridge.clone(),
@@ -314,9 +325,13 @@ impl Cluster {
             status = new;
             let mut updated = current.clone();
             updated.status = Some(status);
-            match api.replace_status(name, &PostParams::default(), &updated).await {
+            match api.replace_status(name, &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &updated).await
+            {
                 Ok(_) => return,
-                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    tracing::info!(network = name, "network status changed under us (409); retrying with a fresh read");
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(network = name, error = %e, "network status update failed; will retry");
                     return;
@@ -423,12 +438,6 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
             let referenced: BTreeSet<String> = cluster.attachments.state().iter().map(|a| a.spec.network.clone()).collect();
             for n in deleting_nets.iter().filter(|n| !referenced.contains(&n.name_any())) {
                 cluster.remove_finalizer(&net_api, &**n, IN_USE_FINALIZER).await;
-            }
-        }
-        for n in &deleting_nets {
-            let referenced = cluster.attachments.state().iter().any(|a| a.spec.network == n.name_any());
-            if referenced {
-                cluster.publish_network_status(&n.name_any(), &json!({"status": {}})).await;
             }
         }
 

@@ -1,0 +1,281 @@
+//! Kubernetes mode against a real API server (kube-apiserver 1.20 + etcd,
+//! see e2e/kube-apiserver.sh): objects applied with kubectl, the real agent
+//! in a node namespace, kernel state and status checked, deletion through
+//! finalizers, an API server restart, a second writer provoking 409s, and
+//! two agents for two nodes.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::kube::{ready_of, KubeCluster};
+use harness::*;
+use serde_json::Value;
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn network(name: &str, subnet: &str, extra: &str) -> String {
+    format!("---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {{name: {name}}}\nspec:\n  ipam: {{config: [{{subnet: {subnet}}}]}}\n{extra}")
+}
+
+fn attachment(name: &str, network: &str, node: &str) -> String {
+    format!(
+        "---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: {name}, namespace: default}}\nspec: {{network: {network}, nodeName: {node}, sandbox: {{netns: \"{{T}}{name}\"}}}}\n"
+    )
+}
+
+fn port_mapping(name: &str, attachment: &str, ports: &str) -> String {
+    format!(
+        "---\napiVersion: netlet.io/v1alpha1\nkind: PortMapping\nmetadata: {{name: {name}, namespace: default}}\nspec: {{attachment: {attachment}, ports: [{ports}]}}\n"
+    )
+}
+
+fn finalizers(obj: &Value) -> Vec<String> {
+    obj["metadata"]["finalizers"].as_array().map(|f| f.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
+}
+
+fn address(obj: &Value) -> String {
+    obj["status"]["ipv4Address"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn agent_realizes_objects_reports_status_and_tears_down_through_finalizers() {
+    let mut k = KubeCluster::start(&["n1"]);
+    k.start_agent(0);
+    let node = k.nodes[0].name.clone();
+    let sandbox = |s: &str| k.nodes[0].ns(s);
+
+    let mut yaml = network("web", "172.30.0.0/24", "");
+    yaml += &network("elsewhere", "172.31.0.0/24", "  nodeSelector: {zone: somewhere-else}\n");
+    yaml += &attachment("c1", "web", "n1");
+    yaml += &attachment("c2", "web", "n1");
+    yaml += &attachment("remote", "web", "n2");
+    yaml += &attachment("lost", "missing", "n1");
+    yaml += &port_mapping("c1-http", "c1", "{containerPort: 80, hostPort: 8080}");
+    k.apply(&yaml);
+    for name in ["default/c1", "default/c2"] {
+        k.wait_ready("attachment", name, CONVERGE);
+    }
+    k.wait_ready("portmapping", "default/c1-http", CONVERGE);
+    k.wait_ready("network", "web", CONVERGE);
+
+    // Status: what DESIGN.md promises, matching the kernel.
+    let c1 = k.get("attachment", "default/c1");
+    assert_eq!(c1["status"]["node"], "n1");
+    assert_eq!(c1["status"]["interface"], "eth0");
+    assert_eq!(c1["status"]["gateway"], "172.30.0.1");
+    assert_eq!(c1["status"]["observedGeneration"], c1["metadata"]["generation"]);
+    assert_eq!(addresses(&sandbox("c1"), "eth0"), [address(&c1)]);
+    assert_eq!(finalizers(&c1), ["netlet.io/teardown"]);
+    let c2_ip = address(&k.get("attachment", "default/c2"));
+    assert!(ping(&sandbox("c1"), c2_ip.split('/').next().unwrap()));
+    let web = k.get("network", "web");
+    assert_eq!(web["status"]["bridge"], "nl-web");
+    assert_eq!(web["status"]["nodes"][0]["node"], "n1");
+    assert_eq!(web["status"]["nodes"][0]["attachments"], 2);
+    assert_eq!(finalizers(&web), ["netlet.io/in-use"]);
+    // Printer columns: address and readiness at a glance.
+    let table = k.kubectl_ok("get attachments -n default");
+    assert!(table.lines().any(|l| l.starts_with("c1 ") && l.contains(address(&c1).as_str()) && l.contains("True")), "{table}");
+
+    // A published port answers through the node.
+    let _server = Server::start(&sandbox("c1"), 80, false, false);
+    assert!(connect(&node, "127.0.0.1", 8080, false).is_some_and(|r| r.starts_with("hello ")), "node -> 127.0.0.1:8080");
+
+    // Another node's attachment and a network not selected for this node
+    // are left alone: no status, no finalizer, nothing in the kernel.
+    let remote = k.get("attachment", "default/remote");
+    assert!(remote["status"].is_null() && finalizers(&remote).is_empty(), "{remote}");
+    assert!(!netns_exists(&sandbox("remote")));
+    let elsewhere = k.get("network", "elsewhere");
+    assert!(finalizers(&elsewhere).is_empty() && link(&node, "nl-elsewhere").is_none());
+
+    // Bad input: a specific reason in status, and an Event.
+    wait_until("lost NetworkNotFound", CONVERGE, || k.ready("attachment", "default/lost") == ("False".into(), "NetworkNotFound".into()));
+    wait_until("an Event for lost", CONVERGE, || {
+        let events: Value = serde_json::from_str(&k.kubectl_ok("get events -n default -o json")).unwrap();
+        events["items"].as_array().unwrap().iter().any(|e| e["involvedObject"]["name"] == "lost" && e["reason"] == "NetworkNotFound")
+    });
+
+    // A network deleted while referenced stays, and says why.
+    k.kubectl_ok("delete network web --wait=false");
+    wait_until("web DeletionPending", CONVERGE, || k.ready("network", "web").1 == "DeletionPending");
+    assert!(link(&node, "nl-web").is_some());
+    assert!(ping(&sandbox("c1"), c2_ip.split('/').next().unwrap()), "deleting the network broke its attachments");
+
+    // `kubectl delete` returns once the object is gone, which the finalizer
+    // holds until the agent tore it down: nothing is left at that moment.
+    k.kubectl_ok("delete attachment c2 -n default --timeout=30s");
+    assert!(!netns_exists(&sandbox("c2")), "c2's sandbox outlived its object");
+    assert!(k.get("attachment", "default/c2").is_null());
+
+    // The attachment goes first, then its port mapping: neither hangs.
+    k.kubectl_ok("delete attachment c1 -n default --timeout=30s");
+    assert!(!netns_exists(&sandbox("c1")));
+    k.kubectl_ok("delete portmapping c1-http -n default --timeout=30s");
+    k.kubectl_ok("delete attachment remote -n default --timeout=30s");
+    // The last reference is gone: so is the network, bridge and all.
+    wait_until("web deleted", CONVERGE, || k.get("network", "web").is_null());
+    wait_until("nl-web removed", CONVERGE, || link(&node, "nl-web").is_none());
+    let ruleset = k.nodes[0].in_node("nft list table inet netlet");
+    assert!(!String::from_utf8_lossy(&ruleset.stdout).contains("8080"), "published port left behind");
+}
+
+#[test]
+fn allocations_survive_an_empty_state_dir_and_deletions_while_down_are_collected() {
+    let mut k = KubeCluster::start(&["n1"]);
+    let agent = k.start_agent(0);
+    let mut yaml = network("web", "172.30.0.0/24", "");
+    for name in ["c1", "c2", "c3"] {
+        yaml += &attachment(name, "web", "n1");
+    }
+    yaml += &port_mapping("c3-any", "c3", "{containerPort: 80}");
+    k.apply(&yaml);
+    for name in ["default/c1", "default/c2", "default/c3"] {
+        k.wait_ready("attachment", name, CONVERGE);
+    }
+    k.wait_ready("portmapping", "default/c3-any", CONVERGE);
+    let before: Vec<String> = ["c1", "c2", "c3"].iter().map(|n| address(&k.get("attachment", &format!("default/{n}")))).collect();
+    let host_port = k.get("portmapping", "default/c3-any")["status"]["bindings"][0]["hostPort"].clone();
+    assert!(host_port.as_u64().is_some_and(|p| p > 0), "ephemeral host port: {host_port}");
+    let c3_veth = k.get("attachment", "default/c3")["status"]["hostInterface"].as_str().unwrap().to_string();
+    let c3_ifindex = ifindex(&k.nodes[0].name, &c3_veth);
+
+    // The agent dies and its disk is wiped; meanwhile c4 is created, with
+    // c1's name sorting before it.
+    k.nodes[0].kill_agent(agent, nix::sys::signal::Signal::SIGKILL);
+    std::fs::remove_dir_all(k.nodes[0].state_dir()).unwrap();
+    k.apply(&attachment("c4", "web", "n1"));
+    let agent = k.start_agent(0);
+    k.wait_ready("attachment", "default/c4", CONVERGE);
+    // Status was the source of truth: same addresses, same host port, and
+    // c3's link was not even recreated.
+    assert_eq!(address(&k.get("attachment", "default/c1")), before[0]);
+    assert_eq!(address(&k.get("attachment", "default/c2")), before[1]);
+    assert_eq!(address(&k.get("attachment", "default/c3")), before[2]);
+    assert_eq!(addresses(&k.nodes[0].ns("c3"), "eth0"), [before[2].clone()]);
+    assert_eq!(k.get("portmapping", "default/c3-any")["status"]["bindings"][0]["hostPort"], host_port);
+    assert_eq!(ifindex(&k.nodes[0].name, &c3_veth), c3_ifindex);
+    let c4 = address(&k.get("attachment", "default/c4"));
+    assert!(!before.contains(&c4), "c4 got an address in use: {c4}");
+
+    // Deleted while the agent is down: the finalizer keeps c1 until the
+    // agent is back and has torn it down.
+    let c1_veth = k.get("attachment", "default/c1")["status"]["hostInterface"].as_str().unwrap().to_string();
+    k.nodes[0].kill_agent(agent, nix::sys::signal::Signal::SIGKILL);
+    k.kubectl_ok("delete attachment c1 -n default --wait=false");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!k.get("attachment", "default/c1").is_null(), "c1 went without its teardown");
+    assert!(netns_exists(&k.nodes[0].ns("c1")));
+    k.start_agent(0);
+    wait_until("c1 collected", CONVERGE, || k.get("attachment", "default/c1").is_null());
+    assert!(!netns_exists(&k.nodes[0].ns("c1")));
+    assert!(link(&k.nodes[0].name, &c1_veth).is_none());
+    assert_eq!(ifindex(&k.nodes[0].name, &c3_veth), c3_ifindex);
+}
+
+#[test]
+fn api_server_outage_and_restart_leave_the_dataplane_alone_and_the_agent_catches_up() {
+    let mut k = KubeCluster::start(&["n1"]);
+    k.start_agent(0);
+    k.apply(&(network("web", "172.30.0.0/24", "") + &attachment("c1", "web", "n1")));
+    k.wait_ready("attachment", "default/c1", CONVERGE);
+    let c1 = k.get("attachment", "default/c1");
+    let veth = c1["status"]["hostInterface"].as_str().unwrap().to_string();
+    let index = ifindex(&k.nodes[0].name, &veth);
+
+    // Frozen API server: requests hang, watches stall. Nothing changes.
+    let pid = nix::unistd::Pid::from_raw(k.apiserver_pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let frozen_index = ifindex(&k.nodes[0].name, &veth);
+    let frozen_addresses = addresses(&k.nodes[0].ns("c1"), "eth0");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(frozen_index, index);
+    assert_eq!(frozen_addresses, [address(&c1)]);
+
+    // Restarted API server (its watch cache starts over: 410 Gone on old
+    // resource versions): the agent relists and catches up.
+    k.restart_apiserver();
+    assert_eq!(ifindex(&k.nodes[0].name, &veth), index);
+    k.apply(&attachment("c2", "web", "n1"));
+    k.wait_ready("attachment", "default/c2", Duration::from_secs(90));
+    assert_eq!(ifindex(&k.nodes[0].name, &veth), index, "c1 was recreated");
+    assert_eq!(k.get("attachment", "default/c1")["status"], c1["status"], "c1's status changed");
+    assert!(ping(&k.nodes[0].ns("c2"), address(&c1).split('/').next().unwrap()));
+}
+
+#[test]
+fn two_agents_on_two_nodes_share_a_network_despite_a_second_writer() {
+    let mut k = KubeCluster::start(&["n1", "n2"]);
+    k.start_agent(0);
+    k.start_agent(1);
+    let mut yaml = network("web", "172.30.0.0/24", "");
+    yaml += &attachment("a1", "web", "n1");
+    yaml += &attachment("b1", "web", "n2");
+    k.apply(&yaml);
+    k.wait_ready("attachment", "default/a1", CONVERGE);
+    k.wait_ready("attachment", "default/b1", CONVERGE);
+
+    // Each node realizes only its own attachment.
+    assert!(link(&k.nodes[0].name, "nl-web").is_some() && link(&k.nodes[1].name, "nl-web").is_some());
+    let a1 = k.get("attachment", "default/a1");
+    let b1 = k.get("attachment", "default/b1");
+    assert_eq!((a1["status"]["node"].as_str(), b1["status"]["node"].as_str()), (Some("n1"), Some("n2")));
+    let host_ifaces = |i: usize| links_with_prefix(&k.nodes[i].name, "nlv");
+    assert_eq!(host_ifaces(0), [a1["status"]["hostInterface"].as_str().unwrap()]);
+    assert_eq!(host_ifaces(1), [b1["status"]["hostInterface"].as_str().unwrap()]);
+
+    // A second writer keeps bumping the Network's resourceVersion while
+    // both agents rewrite its status (attachments come and go on both
+    // nodes): their conditional writes meet 409s and retry.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let cmd = k.kubectl_prefix();
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let _ = sh(&format!("{cmd} annotate network web writer={i} --overwrite"));
+            }
+            i
+        })
+    };
+    for round in 0..4 {
+        let mut churn = String::new();
+        for (node, prefix) in [("n1", "a"), ("n2", "b")] {
+            churn += &attachment(&format!("{prefix}x{round}"), "web", node);
+        }
+        k.apply(&churn);
+        for prefix in ["a", "b"] {
+            k.wait_ready("attachment", &format!("default/{prefix}x{round}"), CONVERGE);
+        }
+        if round % 2 == 1 {
+            k.kubectl_ok(&format!("delete attachment ax{round} bx{round} -n default --timeout=30s"));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let writes = writer.join().unwrap();
+    assert!(writes > 5, "the second writer barely ran ({writes} writes)");
+
+    // Both nodes' entries survive, each with its own count.
+    let expect = [("n1", 3), ("n2", 3)];
+    wait_until("network status with both nodes", CONVERGE, || {
+        let web = k.get("network", "web");
+        let nodes = web["status"]["nodes"].as_array().cloned().unwrap_or_default();
+        let got: Vec<(String, u64)> =
+            nodes.iter().map(|n| (n["node"].as_str().unwrap_or("").to_string(), n["attachments"].as_u64().unwrap_or(0))).collect();
+        got == expect.map(|(n, c)| (n.to_string(), c)) && web["status"]["attachments"] == 6 && ready_of(&web).0 == "True"
+    });
+    let conflicts: usize = (0..2).map(|i| k.nodes[i].agent_log(0).matches("(409)").count()).sum();
+    assert!(conflicts > 0, "the second writer provoked no conflict; the test proves nothing");
+    // Addresses are per node on a bridge network, but never duplicated within one node.
+    for (i, prefix) in [(0, "a"), (1, "b")] {
+        let mut seen = std::collections::BTreeSet::new();
+        for name in [format!("{prefix}1"), format!("{prefix}x0"), format!("{prefix}x2")] {
+            let ip = address(&k.get("attachment", &format!("default/{name}")));
+            assert!(seen.insert(ip.clone()), "duplicate {ip} on node {i}");
+        }
+    }
+}
