@@ -424,7 +424,7 @@ fn expected_grants() -> BTreeSet<(String, String, String)> {
     // Network status: read, merge this node's entry, replace.
     add("netlet.io", &["networks/status"], &["get", "update"]);
     add("netlet.io", &["attachments/status", "portmappings/status"], &["patch"]);
-    // Its own Node (field selector), for Network.spec.nodeSelector.
+    // Nodes: its own labels (Network.spec.nodeSelector), the others' VTEP addresses (overlays).
     add("", &["nodes"], &["get", "list", "watch"]);
     // events.k8s.io/v1 Events through kube's Recorder.
     add("events.k8s.io", &["events"], &["create", "patch"]);

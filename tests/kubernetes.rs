@@ -279,3 +279,85 @@ fn two_agents_on_two_nodes_share_a_network_despite_a_second_writer() {
         }
     }
 }
+
+#[test]
+fn overlay_across_three_nodes_racing_agents_never_duplicate_an_address() {
+    let mut k = KubeCluster::start(&["n1", "n2", "n3"]);
+    for i in 0..3 {
+        k.start_agent(i);
+    }
+    // No `peers`: VTEPs come from the Nodes (their netlet.io/vtep-address
+    // annotation). Small blocks (/28, 14 addresses) so every node needs two
+    // and the agents race for them.
+    let ov = "---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: ov}\nspec:\n  driver: overlay\n  overlay: {vni: 4096, blockPrefixLength: 28}\n  ipam: {config: [{subnet: 10.77.0.0/24}]}\n";
+    k.apply(ov);
+    // 20 attachments per node in one apply, while all three agents run.
+    let mut yaml = String::new();
+    let names: Vec<(String, usize)> = (0..20).flat_map(|j| (0..3).map(move |i| (format!("c{}x{j}", i + 1), i))).collect();
+    for (name, i) in &names {
+        yaml += &attachment(name, "ov", &format!("n{}", i + 1));
+    }
+    k.apply(&yaml);
+    wait_until("60 overlay attachments Ready", Duration::from_secs(120), || {
+        let list: Value = serde_json::from_str(&k.kubectl_ok("get attachments -n default -o json")).unwrap();
+        list["items"].as_array().unwrap().iter().filter(|a| ready_of(a).0 == "True").count() == names.len()
+    });
+
+    // Every address is unique, and inside a block its node claimed.
+    let net = k.get("network", "ov");
+    let blocks: Vec<(String, ipnet::Ipv4Net)> = net["status"]["addressBlocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["node"].as_str().unwrap().to_string(), b["cidr"].as_str().unwrap().parse().unwrap()))
+        .collect();
+    let distinct: std::collections::BTreeSet<_> = blocks.iter().map(|(_, b)| *b).collect();
+    assert_eq!(distinct.len(), blocks.len(), "a block claimed twice: {blocks:?}");
+    for node in ["n1", "n2", "n3"] {
+        assert!(blocks.iter().filter(|(n, _)| n == node).count() >= 2, "{node} needs two /28 blocks: {blocks:?}");
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for (name, i) in &names {
+        let a = k.get("attachment", &format!("default/{name}"));
+        let ip: std::net::Ipv4Addr = address(&a).split('/').next().unwrap().parse().unwrap();
+        if let Some(other) = seen.insert(ip, name.clone()) {
+            panic!("{ip} is held by both {other} and {name}");
+        }
+        let node = format!("n{}", i + 1);
+        assert!(
+            blocks.iter().any(|(n, b)| n == &node && b.contains(&ip)),
+            "{name} on {node} has {ip}, outside its node's blocks {blocks:?}"
+        );
+        assert_eq!(addresses(&k.nodes[0].ns(name), "eth0"), [address(&a)], "{name}: status and kernel disagree");
+    }
+
+    // Reachability across nodes, over VXLAN with VTEPs from the Nodes.
+    let ip_of = |name: &str| address(&k.get("attachment", &format!("default/{name}"))).split('/').next().unwrap().to_string();
+    for (from, to) in [("c1x0", "c2x0"), ("c2x0", "c3x0"), ("c3x0", "c1x19")] {
+        assert!(ping(&k.nodes[0].ns(from), &ip_of(to)), "{from} -> {to}");
+    }
+    let vx = link(&k.nodes[0].name, "nlx4096").expect("vxlan device on n1");
+    assert_eq!(vx["linkinfo"]["info_data"]["learning"], false);
+    assert_eq!(vx["mtu"], 1450);
+    let fdb = ok(&format!("bridge -n {} fdb show dev nlx4096", k.nodes[0].name));
+    assert_eq!(fdb.lines().filter(|l| l.contains("dst 10.97.0.")).count(), 40, "one static entry per remote attachment:\n{fdb}");
+
+    // Egress leaves through the container's own node, masqueraded: the
+    // control plane (outside the overlay) sees node 2's underlay address.
+    let _server = Server::start(&k.cp, 7000, false, false);
+    assert_eq!(connect(&k.nodes[0].ns("c2x0"), harness::kube::API_ADDRESS, 7000, false).as_deref(), Some("hello 10.97.0.2"));
+    // Publishing on an overlay attachment: reachable at its node's address.
+    k.apply(&port_mapping("c3-web", "c3x0", "{containerPort: 80, hostPort: 8080}"));
+    k.wait_ready("portmapping", "default/c3-web", CONVERGE);
+    let _web = Server::start(&k.nodes[0].ns("c3x0"), 80, false, false);
+    assert!(connect(&k.cp, "10.97.0.3", 8080, false).is_some_and(|r| r.starts_with("hello ")), "published overlay port");
+
+    // An attachment leaves: its entries are withdrawn on the other nodes.
+    let gone_ip = ip_of("c2x5");
+    k.kubectl_ok("delete attachment c2x5 -n default --timeout=30s");
+    wait_until("c2x5's neighbour entry withdrawn on n1", CONVERGE, || {
+        !ok(&format!("ip -n {} neigh show dev nlx4096", k.nodes[0].name)).contains(&format!("{gone_ip} "))
+    });
+    // Nobody else moved.
+    assert_eq!(ip_of("c1x0"), addresses(&k.nodes[0].ns("c1x0"), "eth0")[0].split('/').next().unwrap());
+}

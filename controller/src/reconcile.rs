@@ -62,6 +62,8 @@ pub struct Reconciler {
     /// The last plan, with the object-set version and facts it came from.
     last_plan: Option<(Option<u64>, NodeFacts, plan::Plan)>,
     last_verdicts: Vec<Verdict>,
+    /// Kubernetes mode: the overlay address blocks this node claimed.
+    overlay_blocks: BTreeMap<String, Vec<ipnet::IpNet>>,
 }
 
 impl Reconciler {
@@ -81,6 +83,7 @@ impl Reconciler {
             last_desired: None,
             last_plan: None,
             last_verdicts: Vec::new(),
+            overlay_blocks: BTreeMap::new(),
         })
     }
 
@@ -93,6 +96,18 @@ impl Reconciler {
         for (k, v) in held.ports {
             self.allocations.ports.entry(k).or_insert(v);
         }
+    }
+
+    /// Kubernetes mode: the address blocks this node may allocate from on
+    /// each overlay network (see `NodeFacts::overlay_blocks`).
+    pub fn set_overlay_blocks(&mut self, blocks: BTreeMap<String, Vec<ipnet::IpNet>>) {
+        self.overlay_blocks = blocks;
+    }
+
+    /// Adds allocations that override what the state dir holds: other
+    /// nodes' overlay addresses, which only their status decides.
+    pub fn override_allocations(&mut self, held: Allocations) {
+        self.allocations.endpoints.extend(held.endpoints);
     }
 
     /// Serve DNS on user-defined networks from now on (long-running agents).
@@ -126,6 +141,7 @@ impl Reconciler {
             embedded_dns: self.dns.is_some(),
             link_mtu_by_address: addrs.iter().filter_map(|a| Some((a.net.addr(), *mtus.get(&a.index)?))).collect(),
             node_addresses: addrs.into_iter().map(|a| a.net).filter(|n| !n.addr().is_loopback()).collect(),
+            overlay_blocks: self.overlay_blocks.clone(),
         }
     }
 

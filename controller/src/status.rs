@@ -111,6 +111,7 @@ pub fn compute(
             attachments: info.map(|i| i.attachments).unwrap_or(0),
             observed_generation: generation(net),
             nodes: Vec::new(),
+            address_blocks: Vec::new(),
         };
         b.push::<Network>(net, serde_json::to_value(status).expect("status serializes"));
     }

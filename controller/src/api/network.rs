@@ -141,8 +141,16 @@ pub struct OverlayOptions {
     pub vni: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Every node's VTEP address. Kubernetes mode: may be left empty, then
+    /// every Node the network selects is a peer, at its
+    /// `netlet.io/vtep-address` annotation or else its InternalIP.
     #[serde(default)]
     pub peers: Vec<OverlayPeer>,
+    /// Kubernetes mode: prefix length of the IPv4 address blocks each node
+    /// claims (in status.addressBlocks) and allocates from. Default 26, or
+    /// the subnet's prefix + 2 when that is longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_prefix_length: Option<u8>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -171,6 +179,18 @@ pub struct NetworkStatus {
     /// Per-node details (Kubernetes mode: one entry per node realizing it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NetworkNodeStatus>,
+    /// Overlay, Kubernetes mode: the IPv4 blocks nodes claimed; each node
+    /// hands out dynamic addresses only from its own, so agents allocating
+    /// at the same moment never collide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub address_blocks: Vec<AddressBlock>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressBlock {
+    pub node: String,
+    pub cidr: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

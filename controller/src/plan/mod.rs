@@ -44,6 +44,11 @@ pub struct NodeFacts {
     pub resolvers: Vec<IpAddr>,
     /// The agent serves DNS on user-defined networks (long-running agents).
     pub embedded_dns: bool,
+    /// Kubernetes mode: the IPv4 address blocks this node claimed, by
+    /// overlay network. Present for a network: this node hands out dynamic
+    /// addresses only from them, and knows other nodes' attachments only by
+    /// the addresses their status holds.
+    pub overlay_blocks: BTreeMap<String, Vec<IpNet>>,
 }
 
 /// Resources held by attachments and port mappings, persisted in the state
@@ -132,7 +137,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
     }
 
     let mut addresses = allocate_addresses(&local, &networks, held, &mut out);
-    let overlay_addresses = overlay::allocate(objects, &networks, held, &mut out);
+    let overlay_addresses = overlay::allocate(objects, node, &networks, held, &mut out);
     for (key, _, _) in &local {
         if let Some(a) = overlay_addresses.get(key) {
             addresses.insert(key.clone(), *a);

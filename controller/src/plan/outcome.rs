@@ -23,6 +23,7 @@ pub mod reason {
     pub const UNSUPPORTED: &str = "Unsupported";
     pub const KERNEL_ERROR: &str = "KernelError";
     pub const NOT_A_PEER: &str = "NotAPeer";
+    pub const ADDRESS_BLOCK_PENDING: &str = "AddressBlockPending";
 }
 
 /// Why an object is not Ready: a reason from [`reason`] and a message a

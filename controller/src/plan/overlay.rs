@@ -13,13 +13,14 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use kube::ResourceExt;
 
 use super::attachment::{self, SandboxChoice};
 use super::desired::{VxlanLink, VxlanRemote};
-use super::network::{ResolvedNetwork, VXLAN_OVERHEAD};
+use super::network::{ResolvedNetwork, Subnet, VXLAN_OVERHEAD};
 use super::outcome::{reason, Failure};
-use super::{is_local, Allocations, HeldEndpoint, NodeFacts, Plan};
+use super::{ipam, is_local, AddressPair, Allocations, HeldEndpoint, NodeFacts, Plan};
 use crate::api::{Attachment, Driver};
 use crate::naming;
 use crate::objects::{namespace_of, ObjectSet};
@@ -63,8 +64,12 @@ pub fn prepare(networks: &mut BTreeMap<String, Result<ResolvedNetwork, Failure>>
 }
 
 /// Allocates addresses on every overlay network over all its attachments.
+/// Standalone: every agent computes every attachment's address the same
+/// way. Kubernetes mode (`node.overlay_blocks`): this node allocates its own
+/// attachments from its blocks and takes other nodes' from their status.
 pub fn allocate(
     objects: &ObjectSet,
+    node: &NodeFacts,
     networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
     held: &Allocations,
     out: &mut Plan,
@@ -75,15 +80,22 @@ pub fn allocate(
         if net.driver != Driver::Overlay {
             continue;
         }
+        let blocks = node.overlay_blocks.get(name);
+        let known = |a: &Attachment| held.endpoints.get(&key_of(a)).is_some_and(|h| &h.network == name);
         let members: Vec<(String, attachment::CheckedAttachment)> = objects
             .attachments
             .iter()
             .filter(|a| &a.spec.network == name)
+            .filter(|a| blocks.is_none() || is_local(a, &node.node_name) || known(a))
             .filter_map(|a| Some((key_of(a), attachment::check(a).ok()?)))
             .filter(|(_, c)| matches!(c.sandbox, SandboxChoice::Namespace(_)))
             .collect();
         let requests: Vec<(&String, Option<IpAddr>, Option<IpAddr>)> = members.iter().map(|(key, c)| (key, c.ipv4, c.ipv6)).collect();
-        for (owner, result) in super::allocate_network(name, net, &requests, held) {
+        let results = match blocks {
+            None => super::allocate_network(name, net, &requests, held),
+            Some(blocks) => allocate_in_blocks(name, net, &requests, held, blocks),
+        };
+        for (owner, result) in results {
             match result {
                 Ok((v4, v6)) => {
                     let h = out
@@ -102,6 +114,66 @@ pub fn allocate(
         }
     }
     addresses
+}
+
+/// Kubernetes mode: dynamic IPv4 addresses from this node's blocks only,
+/// the first block first; held and static addresses as usual.
+fn allocate_in_blocks(
+    name: &str,
+    net: &ResolvedNetwork,
+    requests: &[(&String, Option<IpAddr>, Option<IpAddr>)],
+    held: &Allocations,
+    blocks: &[IpNet],
+) -> BTreeMap<String, Result<AddressPair, Failure>> {
+    let Some(v4) = net.subnet_v4().map(|s| s.net) else { return super::allocate_network(name, net, requests, held) };
+    let scoped = |range: IpNet| {
+        let mut n = net.clone();
+        n.subnets.iter_mut().filter(|s| s.net == v4).for_each(|s| s.range = range);
+        n
+    };
+    if blocks.is_empty() {
+        // No block yet: held and static addresses stand, dynamic ones wait.
+        let mut out = super::allocate_network(name, &scoped(IpNet::from(v4.network())), requests, held);
+        for result in out.values_mut() {
+            if matches!(result, Err(f) if f.reason == reason::POOL_EXHAUSTED) {
+                *result = Err(Failure::new(
+                    reason::ADDRESS_BLOCK_PENDING,
+                    format!("this node has not claimed an address block of network {name} yet (status.addressBlocks)"),
+                ));
+            }
+        }
+        return out;
+    }
+    let mut held = held.clone();
+    let mut out = BTreeMap::new();
+    for block in blocks {
+        out = super::allocate_network(name, &scoped(*block), requests, &held);
+        for (owner, result) in &out {
+            if let Ok((v4, v6)) = result {
+                let h = held.endpoints.entry(owner.clone()).or_insert_with(|| HeldEndpoint { network: name.into(), ..Default::default() });
+                (h.network, h.ipv4, h.ipv6) = (name.into(), *v4, *v6);
+            }
+        }
+        if out.values().all(|r| r.is_ok()) {
+            break;
+        }
+    }
+    out
+}
+
+/// Kubernetes mode: the prefix length of an overlay subnet's node blocks.
+pub fn block_prefix(subnet: IpNet, configured: Option<u8>) -> u8 {
+    configured.unwrap_or(26.max(subnet.prefix_len() + 2)).clamp(subnet.prefix_len(), subnet.max_prefix_len())
+}
+
+/// The lowest block of `subnet` that overlaps no claimed one.
+pub fn free_block(subnet: IpNet, prefix: u8, claimed: &[IpNet]) -> Option<IpNet> {
+    subnet.subnets(prefix).ok()?.find(|b| !claimed.iter().any(|c| c.contains(&b.network()) || b.contains(&c.network())))
+}
+
+/// Addresses a block can hand out (the subnet's reserved ones excluded).
+pub fn block_capacity(subnet: &Subnet, block: IpNet) -> u64 {
+    ipam::capacity(&Subnet { range: block, ..subnet.clone() })
 }
 
 fn key_of(a: &Attachment) -> String {

@@ -223,6 +223,7 @@ fn overlay_network() -> Network {
             .enumerate()
             .map(|(i, node)| crate::api::OverlayPeer { node: node.to_string(), address: format!("10.99.0.{}", i + 1) })
             .collect(),
+        block_prefix_length: None,
     });
     n
 }
@@ -303,4 +304,54 @@ fn an_explicit_default_route_wins_and_internal_networks_never_carry_it() {
     let gw: Vec<(&str, Option<String>)> =
         p.desired.endpoints.iter().map(|e| (e.owner.as_str(), e.gateway_v4.map(|g| g.to_string()))).collect();
     assert_eq!(gw, [("default/a", None), ("default/b", Some("10.2.0.1".into())), ("default/i", None)]);
+}
+
+#[test]
+fn kubernetes_overlay_allocates_only_from_the_nodes_blocks_and_trusts_other_nodes_status() {
+    let objects = ObjectSet {
+        networks: vec![overlay_network()],
+        attachments: vec![
+            on_node(attachment("r1", "ov", "r1"), "n2"),
+            on_node(attachment("r2", "ov", "r2"), "n2"),
+            on_node(attachment("c1", "ov", "c1"), "n1"),
+            on_node(attachment("c2", "ov", "c2"), "n1"),
+        ],
+        ..Default::default()
+    };
+    let mut held = Allocations::default();
+    // r1's node reported its address; r2's has not yet.
+    held.endpoints
+        .insert("default/r1".into(), HeldEndpoint { network: "ov".into(), ipv4: Some("10.77.0.2".parse().unwrap()), ..Default::default() });
+    let mut node = facts_for("n1");
+    node.overlay_blocks.insert("ov".into(), vec!["10.77.0.64/31".parse().unwrap(), "10.77.0.128/30".parse().unwrap()]);
+    let p = plan(&objects, &node, &held);
+    let ip = |k: &str| p.allocations.endpoints.get(k).and_then(|h| h.ipv4).map(|ip| ip.to_string());
+    // The first block first, then the next; never the lowest free of the subnet.
+    assert_eq!(ip("default/c1").as_deref(), Some("10.77.0.64"));
+    assert_eq!(ip("default/c2").as_deref(), Some("10.77.0.65"));
+    let vx = &p.desired.vxlans[0];
+    assert_eq!(vx.remotes.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>(), ["default/r1"], "r2 is not known yet");
+    assert!(!p.attachments.contains_key("default/r2"), "no verdict on another node's attachment");
+
+    // A third local attachment spills into the second block.
+    let mut more = objects.clone();
+    more.attachments.push(on_node(attachment("c3", "ov", "c3"), "n1"));
+    let p = plan(&more, &node, &held);
+    assert_eq!(p.allocations.endpoints["default/c3"].ipv4, Some("10.77.0.128".parse().unwrap()), "a block boundary is no subnet boundary");
+
+    // No block yet: the dynamic attachments wait, with a reason that says so.
+    node.overlay_blocks.insert("ov".into(), Vec::new());
+    let p = plan(&objects, &node, &held);
+    assert_eq!(p.attachments["default/c1"].clone().unwrap_err().reason, reason::ADDRESS_BLOCK_PENDING);
+}
+
+#[test]
+fn overlay_blocks_default_to_26_and_skip_claimed_ones() {
+    let subnet: ipnet::IpNet = "10.77.0.0/24".parse().unwrap();
+    assert_eq!(overlay::block_prefix(subnet, None), 26);
+    assert_eq!(overlay::block_prefix("10.77.0.0/28".parse().unwrap(), None), 30);
+    assert_eq!(overlay::block_prefix(subnet, Some(8)), 24, "never wider than the subnet");
+    let claimed: Vec<ipnet::IpNet> = vec!["10.77.0.0/26".parse().unwrap(), "10.77.0.128/25".parse().unwrap()];
+    assert_eq!(overlay::free_block(subnet, 26, &claimed), Some("10.77.0.64/26".parse().unwrap()));
+    assert_eq!(overlay::free_block(subnet, 26, &[subnet]), None);
 }

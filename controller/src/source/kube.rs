@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -25,10 +26,12 @@ use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
-use crate::api::{ready_condition, Attachment, Condition, Network, NetworkNodeStatus, NetworkStatus, PortMapping};
+use crate::api::{
+    ready_condition, AddressBlock, Attachment, Condition, Driver, Network, NetworkNodeStatus, NetworkStatus, OverlayPeer, PortMapping,
+};
 use crate::metrics::Metrics;
 use crate::objects::{namespace_of, ObjectSet};
-use crate::plan::{Allocations, HeldEndpoint};
+use crate::plan::{overlay, Allocations, HeldEndpoint};
 use crate::reconcile::Reconciler;
 use crate::state::StateDir;
 use crate::status::key_of;
@@ -82,6 +85,31 @@ where
         }
     });
     store
+}
+
+/// An overlay without `peers` spans the Nodes it selects: each at its
+/// `netlet.io/vtep-address` annotation, else its InternalIP.
+fn with_node_peers(net: Arc<Network>, nodes: &[Arc<Node>]) -> Arc<Network> {
+    let Some(overlay) = net.spec.overlay.as_ref().filter(|o| o.peers.is_empty() && net.spec.driver == Driver::Overlay) else { return net };
+    let mut peers: Vec<OverlayPeer> = nodes
+        .iter()
+        .filter(|n| selector_matches(&net.spec.node_selector, n.labels()))
+        .filter_map(|n| Some(OverlayPeer { node: n.name_any(), address: vtep_address(n)? }))
+        .collect();
+    peers.sort_by(|a, b| a.node.cmp(&b.node));
+    let mut net = (*net).clone();
+    net.spec.overlay = Some(crate::api::OverlayOptions { peers, ..overlay.clone() });
+    Arc::new(net)
+}
+
+pub const VTEP_ANNOTATION: &str = "netlet.io/vtep-address";
+
+fn vtep_address(node: &Node) -> Option<String> {
+    if let Some(a) = node.annotations().get(VTEP_ANNOTATION) {
+        return Some(a.clone());
+    }
+    let addresses = node.status.as_ref()?.addresses.as_ref()?;
+    addresses.iter().find(|a| a.type_ == "InternalIP" && a.address.parse::<std::net::Ipv4Addr>().is_ok()).map(|a| a.address.clone())
 }
 
 fn selector_matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
@@ -139,7 +167,8 @@ type Desired = (ObjectSet, Vec<Arc<Attachment>>, Vec<Arc<PortMapping>>, Vec<Arc<
 impl Cluster {
     /// The desired objects for this node, and those being deleted.
     fn desired(&self) -> Desired {
-        let labels = self.nodes.state().into_iter().find(|n| n.name_any() == self.node).map(|n| n.labels().clone()).unwrap_or_default();
+        let nodes = self.nodes.state();
+        let labels = nodes.iter().find(|n| n.name_any() == self.node).map(|n| n.labels().clone()).unwrap_or_default();
         let attachments = self.attachments.state();
         let mut set = ObjectSet::default();
         let mut deleting_networks = Vec::new();
@@ -147,6 +176,7 @@ impl Cluster {
             if !selector_matches(&n.spec.node_selector, &labels) {
                 continue;
             }
+            let n = with_node_peers(n, &nodes);
             let referenced = attachments.iter().any(|a| a.spec.network == n.name_any() && a.meta().deletion_timestamp.is_none());
             if n.meta().deletion_timestamp.is_some() {
                 deleting_networks.push(n.clone());
@@ -156,10 +186,15 @@ impl Cluster {
             }
             set.networks.push((*n).clone());
         }
+        let overlays: BTreeSet<String> = set.networks.iter().filter(|n| n.spec.driver == Driver::Overlay).map(|n| n.name_any()).collect();
         let mut deleting_attachments = Vec::new();
         for a in &attachments {
             if a.spec.node_name.as_deref() != Some(self.node.as_str()) {
-                // Another node's (or unscheduled): kept for port-mapping lookups only if ours.
+                // Another node's attachment matters here only as an overlay
+                // remote (a static FDB and neighbour entry), until deleted.
+                if a.spec.node_name.is_some() && overlays.contains(&a.spec.network) && a.meta().deletion_timestamp.is_none() {
+                    set.attachments.push((**a).clone());
+                }
                 continue;
             }
             if a.meta().deletion_timestamp.is_some() {
@@ -204,8 +239,13 @@ impl Cluster {
         // resourceVersion makes this a conditional update: a concurrent
         // writer makes it fail with 409 and the next reconcile retries.
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-        if let Err(e) = api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await {
-            tracing::warn!(object = %obj.name_any(), error = %e, "adding finalizer failed; will retry");
+        match api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            // Another node added its copy of the same finalizer first.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::debug!(object = %obj.name_any(), "finalizer patch raced (409); next pass")
+            }
+            Err(e) => tracing::warn!(object = %obj.name_any(), error = %e, "adding finalizer failed; will retry"),
         }
     }
 
@@ -270,6 +310,79 @@ impl Cluster {
         }
     }
 
+    /// This node's IPv4 address blocks on every overlay network it realizes,
+    /// claiming another one (the lowest free block, recorded in the
+    /// Network's status.addressBlocks) while its own attachments outnumber
+    /// them. The claim is a replace with the resourceVersion just read, so
+    /// two nodes claiming at once cannot both win the same block: the loser
+    /// gets a 409, reads again and takes the next one.
+    async fn overlay_blocks(&self, objects: &ObjectSet) -> BTreeMap<String, Vec<IpNet>> {
+        let mut out = BTreeMap::new();
+        for net in objects.networks.iter().filter(|n| n.spec.driver == Driver::Overlay) {
+            let name = net.name_any();
+            let Some(subnet) = crate::plan::network::resolve(net).ok().and_then(|r| r.subnet_v4().cloned()) else { continue };
+            let prefix = overlay::block_prefix(subnet.net, net.spec.overlay.as_ref().and_then(|o| o.block_prefix_length));
+            let need = objects
+                .attachments
+                .iter()
+                .filter(|a| {
+                    a.spec.network == name && a.spec.node_name.as_deref() == Some(self.node.as_str()) && a.spec.ipv4_address.is_none()
+                })
+                .count() as u64;
+            let mine = |status: &Option<NetworkStatus>| -> Vec<IpNet> {
+                let blocks = status.as_ref().map(|s| s.address_blocks.as_slice()).unwrap_or_default();
+                blocks.iter().filter(|b| b.node == self.node).filter_map(|b| b.cidr.parse().ok()).collect()
+            };
+            let capacity = |blocks: &[IpNet]| blocks.iter().map(|b| overlay::block_capacity(&subnet, *b)).sum::<u64>();
+            // The cached copy usually shows enough: no API call.
+            let cached = self.networks.get(&reflector::ObjectRef::new(&name)).map(|n| mine(&n.status)).unwrap_or_default();
+            if capacity(&cached) >= need {
+                out.insert(name, cached);
+                continue;
+            }
+            let api: Api<Network> = Api::all(self.client.clone());
+            let mut blocks = cached;
+            for _ in 0..10 {
+                let current = match api.get_status(&name).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(network = %name, error = %e, "cannot read the network to claim an address block; will retry");
+                        break;
+                    }
+                };
+                blocks = mine(&current.status);
+                if capacity(&blocks) >= need {
+                    break;
+                }
+                let mut status = current.status.clone().unwrap_or_default();
+                let claimed: Vec<IpNet> = status.address_blocks.iter().filter_map(|b| b.cidr.parse().ok()).collect();
+                let Some(block) = overlay::free_block(subnet.net, prefix, &claimed) else {
+                    tracing::warn!(network = %name, "every address block of the subnet is claimed; this node allocates from what it has");
+                    break;
+                };
+                status.address_blocks.push(AddressBlock { node: self.node.clone(), cidr: block.to_string() });
+                let mut updated = current.clone();
+                updated.status = Some(status);
+                match api.replace_status(&name, &self.post_params(), &updated).await {
+                    Ok(_) => tracing::info!(network = %name, %block, "claimed an address block"),
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        tracing::info!(network = %name, "address block claim raced another writer (409); reading again")
+                    }
+                    Err(e) => {
+                        tracing::warn!(network = %name, error = %e, "claiming an address block failed; will retry");
+                        break;
+                    }
+                }
+            }
+            out.insert(name, blocks);
+        }
+        out
+    }
+
+    fn post_params(&self) -> PostParams {
+        PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+    }
+
     /// Networks are written by every node realizing them: each agent owns
     /// its entry in `status.nodes`; Ready summarizes all entries. Conflicts
     /// (409) are retried with a fresh read.
@@ -318,6 +431,7 @@ impl Cluster {
                 attachments: nodes.iter().map(|n| n.attachments).sum(),
                 observed_generation: current.meta().generation,
                 nodes,
+                address_blocks: status.address_blocks.clone(),
             };
             if new == status {
                 return;
@@ -325,8 +439,7 @@ impl Cluster {
             status = new;
             let mut updated = current.clone();
             updated.status = Some(status);
-            match api.replace_status(name, &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &updated).await
-            {
+            match api.replace_status(name, &self.post_params(), &updated).await {
                 Ok(_) => return,
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     tracing::info!(network = name, "network status changed under us (409); retrying with a fresh read");
@@ -352,12 +465,12 @@ fn ready_of(status: &Value) -> Option<bool> {
 pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
     let client = client(opts.kubeconfig.as_ref()).await?;
     let changed = Arc::new(Notify::new());
-    let node_config = watcher::Config::default().fields(&format!("metadata.name={}", opts.node_name));
     let cluster = Cluster {
         networks: reflect(Api::<Network>::all(client.clone()), watcher::Config::default(), changed.clone()),
         attachments: reflect(Api::<Attachment>::all(client.clone()), watcher::Config::default(), changed.clone()),
         port_mappings: reflect(Api::<PortMapping>::all(client.clone()), watcher::Config::default(), changed.clone()),
-        nodes: reflect(Api::<Node>::all(client.clone()), node_config, changed.clone()),
+        // Every Node: this one's labels select networks, the others' addresses are overlay VTEPs.
+        nodes: reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), changed.clone()),
         recorder: Recorder::new(client.clone(), Reporter { controller: "netlet".into(), instance: Some(opts.node_name.clone()) }),
         node: opts.node_name.clone(),
         client: client.clone(),
@@ -392,16 +505,24 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
         let (objects, deleting_atts, deleting_pms, deleting_nets) = cluster.desired();
         // Every attachment's status, not only ours: overlay addresses are
         // computed cluster-wide and must agree on every node.
-        let all: Vec<Attachment> = cluster.attachments.state().iter().map(|a| (**a).clone()).collect();
-        let held = allocations_from_status(&all, &objects.port_mappings);
-        reconciler.seed_allocations(held);
+        let (ours, others): (Vec<Attachment>, Vec<Attachment>) = cluster
+            .attachments
+            .state()
+            .iter()
+            .map(|a| (**a).clone())
+            .partition(|a| a.spec.node_name.as_deref() == Some(opts.node_name.as_str()));
+        reconciler.seed_allocations(allocations_from_status(&ours, &objects.port_mappings));
+        // Other nodes' addresses are theirs to decide: their status wins.
+        reconciler.override_allocations(allocations_from_status(&others, &[]));
+        let blocks = cluster.overlay_blocks(&objects).await;
+        reconciler.set_overlay_blocks(blocks);
         let outcome = reconciler.reconcile(&objects, &[]).await;
 
         // Finalizers first on live objects, so a later delete waits for us.
         let att_api = |ns: &str| Api::<Attachment>::namespaced(client.clone(), ns);
         let pm_api = |ns: &str| Api::<PortMapping>::namespaced(client.clone(), ns);
         let net_api: Api<Network> = Api::all(client.clone());
-        for a in &objects.attachments {
+        for a in objects.attachments.iter().filter(|a| a.spec.node_name.as_deref() == Some(opts.node_name.as_str())) {
             cluster.ensure_finalizer(&att_api(&namespace_of(a)), a, TEARDOWN_FINALIZER).await;
         }
         for p in &objects.port_mappings {
