@@ -4,6 +4,8 @@
 
 mod harness;
 
+use std::time::Duration;
+
 use harness::*;
 
 struct Cluster {
@@ -124,4 +126,26 @@ fn containers_on_three_nodes_share_one_overlay_and_only_it() {
     cluster.nodes[0].converge();
     let fdb = ok(&format!("bridge -n {} fdb show dev nlx4096", cluster.nodes[0].name));
     assert!(!fdb.contains("10.99.0.2"), "{fdb}");
+}
+
+#[test]
+fn mtu_and_unreachable_peers_are_reported_in_status() {
+    let cluster = Cluster::new();
+    // A fourth peer whose VTEP nobody answers for.
+    let net = overlay("ov", 4096, "10.77.0.0/24")
+        .replace("{node: n3, address: 10.99.0.3}]", "{node: n3, address: 10.99.0.3}, {node: n4, address: 10.99.0.9}]");
+    let yaml = net + &att("c1", "ov", "n1") + &att("ghost", "ov", "n4");
+    let n1 = &cluster.nodes[0];
+    n1.write("cluster.yaml", &yaml.replace("{T}", &n1.tag));
+    n1.converge();
+    assert_eq!(n1.status("networks", "ov")["mtu"], 1450);
+    assert!(n1.status("networks", "ov")["unreachablePeers"].is_null(), "nothing known before any traffic");
+    // Traffic towards the ghost: ARP for its VTEP fails on the underlay.
+    assert!(!ping(&cluster.sandbox("c1"), "10.77.0.3"));
+    wait_until("the VTEP's ARP to fail", Duration::from_secs(10), || {
+        ok(&format!("ip -n {} neigh show 10.99.0.9", n1.name)).contains("FAILED")
+    });
+    n1.converge();
+    assert_eq!(n1.status("networks", "ov")["unreachablePeers"], serde_json::json!(["n4 (10.99.0.9)"]));
+    assert_eq!(n1.ready("networks", "ov").0, "True", "the overlay still works between the other peers");
 }

@@ -112,6 +112,8 @@ pub fn compute(
             observed_generation: generation(net),
             nodes: Vec::new(),
             address_blocks: Vec::new(),
+            mtu: info.and_then(|i| i.mtu),
+            unreachable_peers: unreachable_peers(net, report),
         };
         b.push::<Network>(net, serde_json::to_value(status).expect("status serializes"));
     }
@@ -210,4 +212,17 @@ pub fn compute(
         }));
     }
     Computed { store: b.store, verdicts: b.verdicts }
+}
+
+/// `node (VTEP)` of every overlay peer the dataplane found unreachable.
+fn unreachable_peers(net: &Network, report: &SyncReport) -> Vec<String> {
+    let Some(vteps) = report.unreachable_vteps.get(&net.name_any()) else { return Vec::new() };
+    let peers = net.spec.overlay.as_ref().map(|o| o.peers.as_slice()).unwrap_or_default();
+    vteps
+        .iter()
+        .map(|v| match peers.iter().find(|p| p.address.parse::<std::net::IpAddr>().ok() == Some(*v)) {
+            Some(p) => format!("{} ({v})", p.node),
+            None => v.to_string(),
+        })
+        .collect()
 }

@@ -174,6 +174,13 @@ pub struct NetworkStatus {
     /// Attachments realized on this network.
     #[serde(default)]
     pub attachments: u32,
+    /// MTU of its links (overlays: the underlay's minus 50 unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Overlay peers (`node (VTEP)`) this node cannot reach on the
+    /// underlay: their ARP failed when traffic was sent to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_peers: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Per-node details (Kubernetes mode: one entry per node realizing it).
@@ -201,6 +208,12 @@ pub struct NetworkNodeStatus {
     pub ready: bool,
     #[serde(default)]
     pub attachments: u32,
+    /// This node's links' MTU (overlay MTUs follow each node's underlay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Overlay peers this node cannot reach on the underlay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_peers: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }

@@ -41,6 +41,9 @@ pub struct SyncReport {
     pub node_errors: Vec<String>,
     /// The nftables transaction failed: every published port is affected.
     pub firewall_error: Option<String>,
+    /// Overlay network -> remote VTEPs the underlay failed to resolve (ARP
+    /// FAILED after traffic was sent their way).
+    pub unreachable_vteps: BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl SyncReport {
@@ -464,6 +467,29 @@ impl Dataplane {
             if let Err(f) = result {
                 tracing::warn!(network = %vx.network, vxlan = %vx.name, error = %f, "overlay not ready");
                 report.network_errors.insert(vx.network.clone(), f);
+            }
+        }
+        if !desired.vxlans.is_empty() {
+            self.check_vteps(desired, report).await;
+        }
+    }
+
+    /// A peer whose VTEP the underlay cannot resolve gets no traffic: the
+    /// kernel marks its neighbour entry FAILED once encapsulated packets
+    /// were sent its way. Read only; nothing is probed or changed.
+    async fn check_vteps(&mut self, desired: &DesiredState, report: &mut SyncReport) {
+        use netlink_packet_route::neighbour::NeighbourState;
+        let Ok(neighbours) = self.node.ipv4_neighbours().await else { return };
+        let failed: BTreeSet<IpAddr> = neighbours
+            .iter()
+            .filter(|n| matches!(n.message.header.state, NeighbourState::Failed | NeighbourState::Incomplete))
+            .filter_map(|n| n.ip)
+            .collect();
+        for vx in &desired.vxlans {
+            let vteps: BTreeSet<IpAddr> = vx.remotes.iter().map(|r| r.vtep).filter(|v| failed.contains(v)).collect();
+            if !vteps.is_empty() {
+                tracing::warn!(network = %vx.network, vteps = ?vteps, "overlay peers unreachable on the underlay");
+                report.unreachable_vteps.insert(vx.network.clone(), vteps.into_iter().collect());
             }
         }
     }

@@ -313,8 +313,17 @@ impl Netlink {
 
     /// Every neighbour and FDB entry on device `index` (both families).
     pub async fn neighbours(&self, index: u32) -> Result<Vec<Neighbour>> {
+        self.neighbour_dump(&[AddressFamily::Bridge, AddressFamily::Inet, AddressFamily::Inet6], Some(index)).await
+    }
+
+    /// Every IPv4 neighbour entry of the namespace, on any device.
+    pub async fn ipv4_neighbours(&self) -> Result<Vec<Neighbour>> {
+        self.neighbour_dump(&[AddressFamily::Inet], None).await
+    }
+
+    async fn neighbour_dump(&self, families: &[AddressFamily], only: Option<u32>) -> Result<Vec<Neighbour>> {
         let mut out = Vec::new();
-        for family in [AddressFamily::Bridge, AddressFamily::Inet, AddressFamily::Inet6] {
+        for &family in families {
             let msgs: Vec<NeighbourMessage> = self
                 .handle
                 .neighbours()
@@ -324,8 +333,8 @@ impl Netlink {
                 .try_collect()
                 .await
                 .map_err(|e| NetlinkError::from_rtnetlink("list neighbours", e))?;
-            for msg in msgs.into_iter().filter(|m| m.header.ifindex == index) {
-                let mut n = Neighbour { index, mac: Vec::new(), ip: None, message: msg.clone() };
+            for msg in msgs.into_iter().filter(|m| only.is_none_or(|i| m.header.ifindex == i)) {
+                let mut n = Neighbour { index: msg.header.ifindex, mac: Vec::new(), ip: None, message: msg.clone() };
                 for a in &msg.attributes {
                     match a {
                         NeighbourAttribute::LinkLayerAddress(mac) => n.mac = mac.clone(),

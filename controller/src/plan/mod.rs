@@ -84,6 +84,8 @@ pub struct NetworkInfo {
     pub addresses_in_use: u64,
     /// Addresses the ranges can hand out (saturating for big IPv6 ranges).
     pub address_capacity: u64,
+    /// MTU of the network's links (bridge, overlay, macvlan).
+    pub mtu: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -296,6 +298,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
                 attachments: count,
                 addresses_in_use,
                 address_capacity,
+                mtu: (net.has_bridge() || net.driver == Driver::Macvlan).then_some(net.mtu),
             }),
         );
     }

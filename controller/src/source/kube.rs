@@ -399,6 +399,8 @@ impl Cluster {
                 node: self.node.clone(),
                 ready: our_ready.as_ref().is_some_and(|c| c.is_true()),
                 attachments: ours.attachments,
+                mtu: ours.mtu,
+                unreachable_peers: ours.unreachable_peers.clone(),
                 message: our_ready.as_ref().filter(|c| !c.is_true()).map(|c| c.message.clone()).unwrap_or_default(),
             };
             let mut nodes: Vec<NetworkNodeStatus> = status.nodes.iter().filter(|n| n.node != self.node).cloned().collect();
@@ -432,6 +434,10 @@ impl Cluster {
                 observed_generation: current.meta().generation,
                 nodes,
                 address_blocks: status.address_blocks.clone(),
+                // Per node (in `nodes`): one shared value would flip-flop
+                // between nodes that see it differently.
+                mtu: None,
+                unreachable_peers: Vec::new(),
             };
             if new == status {
                 return;
