@@ -189,10 +189,27 @@ apiVersion: netlet.io/v1alpha1
 kind: PortMapping
 metadata: {name: d2web}
 spec: {attachment: d2, ports: [{containerPort: 80, hostPort: 8080}]}
+---
+apiVersion: netlet.io/v1alpha1
+kind: Network
+metadata: {name: plain}
+spec: {ipam: {config: [{subnet: 10.62.0.0/24}]}}
+---
+apiVersion: netlet.io/v1alpha1
+kind: Attachment
+metadata: {name: p1}
+spec: {network: plain, sandbox: {netns: "{T}p1"}}
 "#,
     );
     node.converge();
     let (d1, d2) = (node.ns("d1"), node.ns("d2"));
+    // IPv6 stays on where the network has it, and is off on an IPv4-only
+    // container and on every bridge port (as Docker does).
+    let ipv6_off = |ns: &str, dev: &str| ok(&format!("ip netns exec {ns} cat /proc/sys/net/ipv6/conf/{dev}/disable_ipv6")).trim() == "1";
+    assert!(!ipv6_off(&d1, "eth0"));
+    assert!(ipv6_off(&node.ns("p1"), "eth0"));
+    let port = node.status("attachments", "d1")["hostInterface"].as_str().unwrap().to_string();
+    assert!(ipv6_off(&node.name, &port));
     assert_eq!(addresses(&d1, "eth0"), ["10.61.0.2/24", "fd00:61::2/64"]);
     assert_eq!(addresses(&d2, "eth0"), ["10.61.0.3/24", "fd00:61::99/64"]);
     assert!(addresses(&node.name, "nl-dual").contains(&"fd00:61::1/64".to_string()));

@@ -11,9 +11,10 @@
 //!   the reconcile pass that realizes it, and file-write-to-Ready
 //! - peak RSS of the agent
 //! - teardown: everything removed (`--once` on an empty manifest set)
-//! - the floor: the same kernel work by a straight-line program (one `ip
-//!   -batch` for namespaces, veths and bridge ports, setns + netlink per
-//!   sandbox, one `nft -f` with a map), and a batched teardown floor
+//! - the floor: the same kernel work by a straight-line program in one
+//!   process (one `ip -batch` for namespaces, one for veths and bridge
+//!   ports, setns + raw netlink requests per sandbox, one `nft -f` with a
+//!   map), and a batched teardown floor
 //!   (`ip link del group`, `ip -batch netns del`).
 
 use std::fmt::Write as _;
@@ -96,7 +97,7 @@ impl Node {
             .arg(self.dir.join("state"))
             .args(["--node-name", "bench"])
             .args(extra)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", std::env::var("NETLET_BENCH_LOG").unwrap_or_else(|_| "warn".into()));
         cmd
     }
 
@@ -105,6 +106,9 @@ impl Node {
         let started = Instant::now();
         let out = self.agent(manifests, &["--once", "--metrics-addr", "off"]).output().expect("agent runs");
         let took = started.elapsed();
+        if std::env::var_os("NETLET_BENCH_LOG").is_some() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        }
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "agent --once failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
         let mutations = stdout.split_whitespace().rev().nth(2).and_then(|w| w.parse().ok()).unwrap_or(u64::MAX);
@@ -196,8 +200,8 @@ struct Row {
 }
 
 /// The same kernel work, straight-line: netns, veths, bridge ports, in one
-/// `ip -batch` each; per sandbox one `ip -n` batch for the inside (the
-/// floor uses processes only where they batch); one `nft -f` with a map.
+/// `ip -batch` each; per sandbox setns + netlink from this process; one
+/// `nft -f` with a map.
 fn floor(n: usize) -> (Duration, Duration) {
     let node = Node::new(n, "f");
     let ns = &node.name;
@@ -212,19 +216,15 @@ fn floor(n: usize) -> (Duration, Duration) {
         host.push_str(&format!("link add nlbf{i} group 77 master nlbench0 up type veth peer name eth0 netns {}\n", node.sandbox(i)));
     }
     ip_batch(&host, Some(ns));
-    // Inside each sandbox: lo up, address, up, default route. One `ip -n`
-    // batch per sandbox is the cheapest process-based form.
-    for i in 0..n {
-        let addr = 2 + i;
-        ip_batch(
-            &format!(
-                "link set lo up\naddr add 10.240.{}.{}/16 dev eth0\nlink set eth0 up\nroute add default via 10.240.0.1\n",
-                addr / 256,
-                addr % 256
-            ),
-            Some(&node.sandbox(i)),
-        );
-    }
+    // Inside each sandbox, from this one process: setns, open a netlink
+    // socket there, return; then lo up, address, eth0 up, default route.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        for i in 0..n {
+            let addr = 2 + i;
+            inside_sandbox(&node.sandbox(i), std::net::Ipv4Addr::new(10, 240, (addr / 256) as u8, (addr % 256) as u8)).await;
+        }
+    });
     let mut elements = Vec::new();
     for i in 0..n {
         let addr = 2 + i;
@@ -246,11 +246,40 @@ fn floor(n: usize) -> (Duration, Duration) {
     (cold, teardown)
 }
 
+/// The floor's per-sandbox work: raw netlink requests, no reads beyond
+/// eth0's index, nothing compared.
+async fn inside_sandbox(sandbox: &str, addr: std::net::Ipv4Addr) {
+    use futures::TryStreamExt;
+    use nix::sched::{setns, CloneFlags};
+    let home = fs::File::open("/proc/thread-self/ns/net").unwrap();
+    let target = fs::File::open(format!("/run/netns/{sandbox}")).unwrap();
+    setns(&target, CloneFlags::CLONE_NEWNET).unwrap();
+    let opened = rtnetlink::new_connection();
+    setns(&home, CloneFlags::CLONE_NEWNET).unwrap();
+    let (conn, handle, _) = opened.unwrap();
+    let task = tokio::spawn(conn);
+    handle.link().set(rtnetlink::LinkUnspec::new_with_index(1).up().build()).execute().await.unwrap();
+    let eth0 = handle.link().get().match_name("eth0").execute().try_next().await.unwrap().unwrap().header.index;
+    handle.address().add(eth0, addr.into(), 16).execute().await.unwrap();
+    handle.link().set(rtnetlink::LinkUnspec::new_with_index(eth0).up().build()).execute().await.unwrap();
+    let route = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().gateway(std::net::Ipv4Addr::new(10, 240, 0, 1)).build();
+    handle.route().add(route).execute().await.unwrap();
+    task.abort();
+}
+
+/// The kernel finishes deleting namespaces (and the links in them) in a
+/// worker after `netns del` returns, holding the RTNL lock: let it finish so
+/// neither side is timed while paying for the other's cleanup.
+fn settle(n: usize) {
+    std::thread::sleep(Duration::from_millis(1000 + 3 * n as u64));
+}
+
 fn measure(n: usize) -> Row {
     let mut row = Row { n, ..Default::default() };
     let (floor_cold, floor_teardown) = floor(n);
     row.floor_ms = floor_cold.as_secs_f64() * 1e3;
     row.teardown_floor_ms = floor_teardown.as_secs_f64() * 1e3;
+    settle(n);
 
     let node = Node::new(n, "a");
     node.write_manifests();
@@ -308,6 +337,7 @@ fn measure(n: usize) -> Row {
     let _ = agent.wait();
     row.peak_rss_mib = (rusage.max_rss() as f64).max(running_rss_kib) / 1024.0;
 
+    settle(n);
     let (teardown, _) = node.once("empty");
     row.teardown_ms = teardown.as_secs_f64() * 1e3;
     row.teardown_ratio = row.teardown_ms / row.teardown_floor_ms;

@@ -100,6 +100,9 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 
 /// Ours: created in our link group, or (links made before the group was
 /// used) carrying our alias.
+/// Every network namespace's loopback device has this index.
+const LOOPBACK_INDEX: u32 = 1;
+
 fn is_ours(link: &Link) -> bool {
     link.group == OWNER_LINK_GROUP || link.alias.as_deref().is_some_and(|a| a.starts_with(OWNER_ALIAS_PREFIX))
 }
@@ -218,6 +221,11 @@ impl Dataplane {
             return report;
         }
         self.last_clean = None;
+        let started = std::time::Instant::now();
+        let mut phases: Vec<(&str, std::time::Duration)> = Vec::new();
+        let lap = |name: &'static str, phases: &mut Vec<(&str, std::time::Duration)>| {
+            phases.push((name, started.elapsed() - phases.iter().map(|p| p.1).sum::<std::time::Duration>()))
+        };
         self.sync_sysctls(desired, &mut report);
         let (node_links, node_addresses) = match self.node_view().await {
             Ok(view) => view,
@@ -228,7 +236,9 @@ impl Dataplane {
         };
         let bridges = self.sync_bridges(desired, &node_links, &node_addresses, &mut report).await;
         self.sync_vxlans(desired, &node_links, &bridges, &mut report).await;
-        self.sync_sandboxes(desired, owned, record_owned, &mut report).await;
+        lap("node", &mut phases);
+        let fresh = self.sync_sandboxes(desired, owned, record_owned, &mut report).await;
+        lap("netns", &mut phases);
         // Write-ahead for links made inside sandboxes, which the node
         // namespace cannot mark.
         let before = owned.sandbox_links.len();
@@ -240,7 +250,8 @@ impl Dataplane {
                 report.node_errors.push(format!("recording sandbox links: {e}"));
             }
         }
-        self.sync_endpoints(desired, &node_links, &bridges, full, &mut report).await;
+        self.sync_endpoints(desired, &node_links, &bridges, full, &fresh, &mut report).await;
+        lap("endpoints", &mut phases);
         // The whole ruleset in one transaction; nothing when in sync.
         if full || self.last_firewall.as_ref() != Some(&desired.firewall) {
             self.last_firewall = None;
@@ -257,6 +268,7 @@ impl Dataplane {
                 }
             }
         }
+        lap("nft", &mut phases);
         if full || self.last_files.as_ref() != Some(&desired.sandbox_files) {
             let mut ok = true;
             for f in &desired.sandbox_files {
@@ -270,7 +282,10 @@ impl Dataplane {
             }
             self.last_files = ok.then(|| desired.sandbox_files.clone());
         }
+        lap("files", &mut phases);
         self.prune(desired, &node_links, owned, record_owned, &mut report).await;
+        lap("prune", &mut phases);
+        tracing::debug!(?phases, full, "sync phases");
         // Sockets into sandboxes are cheap to reopen and cost a receive
         // buffer each: keep none between passes.
         self.sandboxes.clear();
@@ -500,7 +515,8 @@ impl Dataplane {
         owned: &mut Owned,
         record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
         report: &mut SyncReport,
-    ) {
+    ) -> BTreeSet<String> {
+        let mut fresh = BTreeSet::new();
         let missing: Vec<&String> = desired
             .sandboxes
             .iter()
@@ -511,7 +527,7 @@ impl Dataplane {
             })
             .collect();
         if missing.is_empty() {
-            return;
+            return fresh;
         }
         // Write-ahead, once for the whole batch: recorded before created, so
         // a crash cannot leak one (recording a name that then fails to be
@@ -521,15 +537,19 @@ impl Dataplane {
         if owned.netns.len() != before {
             if let Err(e) = record_owned(owned) {
                 report.node_errors.push(format!("recording namespaces: {e}"));
-                return;
+                return fresh;
             }
         }
         for name in missing {
             match netns::create(name) {
-                Ok(()) => report.mutated("netns"),
+                Ok(()) => {
+                    report.mutated("netns");
+                    fresh.insert(SandboxRef::Managed(name.clone()).path());
+                }
                 Err(e) => report.node_errors.push(format!("creating namespace {name}: {e}")),
             }
         }
+        fresh
     }
 
     /// A netlink handle inside `sandbox`, reopened when the namespace at
@@ -557,6 +577,7 @@ impl Dataplane {
         node_links: &[Link],
         bridges: &HashMap<String, u32>,
         full: bool,
+        fresh: &BTreeSet<String>,
         report: &mut SyncReport,
     ) {
         // Group by sandbox: one dump of links, addresses and routes each.
@@ -587,7 +608,7 @@ impl Dataplane {
             };
             let (sb, file) = handle;
             let Ok(file) = file else { continue };
-            if let Err(e) = self.sync_sandbox(&sb, &file, &endpoints, node_links, bridges, report).await {
+            if let Err(e) = self.sync_sandbox(&sb, &file, &endpoints, node_links, bridges, fresh.contains(&path), report).await {
                 for ep in &endpoints {
                     report.endpoint_errors.entry(ep.owner.clone()).or_insert_with(|| SyncReport::kernel(&e));
                 }
@@ -601,6 +622,10 @@ impl Dataplane {
     }
 
     /// Converges one sandbox: lo, its endpoints' links, addresses, routes.
+    /// A namespace created in this very pass holds only lo, down: nothing
+    /// in it is read back but the links we add (each dump would wait for
+    /// the RTNL lock the kernel's own link-up work keeps taking).
+    #[allow(clippy::too_many_arguments)]
     async fn sync_sandbox(
         &mut self,
         sb: &Netlink,
@@ -608,13 +633,20 @@ impl Dataplane {
         endpoints: &[&Endpoint],
         node_links: &[Link],
         bridges: &HashMap<String, u32>,
+        fresh: bool,
         report: &mut SyncReport,
     ) -> Result<(), NetlinkError> {
-        let mut links = sb.links().await?;
-        if let Some(lo) = links.iter().find(|l| l.name == "lo") {
-            if !lo.up {
-                sb.set_link(lo.index, "lo", LinkChange { up: true, ..Default::default() }).await?;
-                report.mutated("link");
+        let mut links = Vec::new();
+        if fresh {
+            sb.set_link(LOOPBACK_INDEX, "lo", LinkChange { up: true, ..Default::default() }).await?;
+            report.mutated("link");
+        } else {
+            links = sb.links().await?;
+            if let Some(lo) = links.iter().find(|l| l.name == "lo") {
+                if !lo.up {
+                    sb.set_link(lo.index, "lo", LinkChange { up: true, ..Default::default() }).await?;
+                    report.mutated("link");
+                }
             }
         }
         let mut created = false;
@@ -623,11 +655,14 @@ impl Dataplane {
                 report.endpoint_errors.insert(ep.owner.clone(), f);
             }
         }
-        if created {
+        if created && fresh {
+            for ep in endpoints {
+                links.extend(sb.link_by_name(&ep.ifname).await?);
+            }
+        } else if created {
             links = sb.links().await?;
         }
-        let addresses = sb.addresses().await?;
-        let routes = sb.default_routes().await?;
+        let (addresses, routes) = if fresh { (Vec::new(), Vec::new()) } else { (sb.addresses().await?, sb.default_routes().await?) };
         let mut default_v4 = None;
         let mut default_v6 = None;
         let mut our_indexes = BTreeSet::new();
@@ -781,6 +816,14 @@ impl Dataplane {
                     .await
                     .map_err(|e| SyncReport::kernel(&e))?;
                 report.mutated("link");
+                // A bridge port needs no IPv6 of its own; nor does a
+                // container on an IPv4-only network (Docker does the same).
+                // Otherwise each new port's DAD and MLD multicast is flooded
+                // to every other port of the bridge: quadratic work at scale.
+                sysctl::disable_ipv6_on(host_name);
+                if !ep.addresses.iter().any(|a| a.addr().is_ipv6()) {
+                    let _ = netns::with_netns(file, || sysctl::disable_ipv6_on(&ep.ifname));
+                }
                 *created = true;
                 Ok(())
             }

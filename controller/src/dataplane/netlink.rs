@@ -161,6 +161,21 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// One link by name (a get, not a dump); None if there is none.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        match self.handle.link().get().match_name(name.to_string()).execute().try_next().await {
+            Ok(msg) => Ok(msg.as_ref().map(parse_link)),
+            Err(e) => {
+                let err = NetlinkError::from_rtnetlink(format!("get link {name}"), e);
+                if err.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
     pub async fn links(&self) -> Result<Vec<Link>> {
         let msgs: Vec<LinkMessage> =
             self.handle.link().get().execute().try_collect().await.map_err(|e| NetlinkError::from_rtnetlink("list links", e))?;

@@ -30,3 +30,10 @@ pub fn ephemeral_port_range() -> (u16, u16) {
         })
         .unwrap_or((32768, 60999))
 }
+
+/// Turns IPv6 off on one interface of the current namespace (no link-local
+/// address, no DAD, router or MLD packets). Best effort: a kernel without
+/// IPv6 has no such file, which is the same outcome.
+pub fn disable_ipv6_on(ifname: &str) {
+    let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), "1");
+}
