@@ -112,7 +112,7 @@ metadata: {name: stranded}
 spec: {network: n, sandbox: {netns: "{T}stranded"}, dns: {nameservers: [10.250.0.77]}}
 "#,
     );
-    node.spawn(&["--metrics-addr", "off"]);
+    node.spawn(&["--metrics-addr", "127.0.0.1:9464"]);
     let (asks, stranded) = (node.ns("asks"), node.ns("stranded"));
     wait_until("local names", Duration::from_secs(10), || resolve(&asks, "stranded") == ["10.81.0.3"]);
     assert_eq!(resolve(&asks, "www.example.org"), ["192.0.2.99"], "forwarded to the attachment's nameserver");
@@ -120,6 +120,18 @@ spec: {network: n, sandbox: {netns: "{T}stranded"}, dns: {nameservers: [10.250.0
     let started = std::time::Instant::now();
     assert!(resolve(&stranded, "www.example.org").is_empty());
     assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    // Every outcome is counted on /metrics.
+    let metrics = String::from_utf8_lossy(
+        &node
+            .in_node("python3 -c \"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9464/metrics').read().decode())\"")
+            .stdout,
+    )
+    .into_owned();
+    let count = |result: &str| -> u64 {
+        let prefix = format!("netlet_dns_queries_total{{result=\"{result}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    assert!(count("local") >= 1 && count("forwarded") >= 1 && count("failed") >= 1, "{metrics}");
     let _ = stub_process.kill();
     let _ = stub_process.wait();
 }

@@ -26,6 +26,9 @@ pub struct Metrics {
     addresses_in_use: IntGaugeVec,
     address_capacity: IntGaugeVec,
     published_ports: IntGaugeVec,
+    dns_queries: IntCounterVec,
+    /// The embedded DNS server's own counters, copied in at each scrape.
+    dns: std::sync::Mutex<Option<Arc<crate::resolver::DnsStats>>>,
     /// Set after the first complete reconcile: `/readyz` answers 200.
     ready: AtomicBool,
 }
@@ -65,6 +68,13 @@ impl Metrics {
         let addresses_in_use = must(IntGaugeVec::new(Opts::new("addresses_in_use", "Addresses assigned on a network"), &["network"]));
         let address_capacity = must(IntGaugeVec::new(Opts::new("address_capacity", "Addresses a network can hand out"), &["network"]));
         let published_ports = must(IntGaugeVec::new(Opts::new("published_ports", "Host ports published through nftables"), &["protocol"]));
+        let dns_queries = must(IntCounterVec::new(
+            Opts::new(
+                "dns_queries_total",
+                "Queries to the embedded DNS server by outcome: local (answered from container names), forwarded (answered by an upstream), failed (SERVFAIL), dropped (unparseable)",
+            ),
+            &["result"],
+        ));
         for c in [
             Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconciles.clone()),
@@ -75,6 +85,7 @@ impl Metrics {
             Box::new(addresses_in_use.clone()),
             Box::new(address_capacity.clone()),
             Box::new(published_ports.clone()),
+            Box::new(dns_queries.clone()),
         ] {
             must(registry.register(c));
         }
@@ -89,6 +100,8 @@ impl Metrics {
             addresses_in_use,
             address_capacity,
             published_ports,
+            dns_queries,
+            dns: std::sync::Mutex::new(None),
             ready: AtomicBool::new(false),
         })
     }
@@ -129,7 +142,25 @@ impl Metrics {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// Reports the DNS server's counters from now on.
+    pub fn attach_dns(&self, stats: Arc<crate::resolver::DnsStats>) {
+        *self.dns.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+    }
+
+    /// Brings the DNS counters up to the server's (they only grow).
+    fn sync_dns(&self) {
+        let Some(stats) = self.dns.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+        for (result, value) in
+            [("local", &stats.local), ("forwarded", &stats.forwarded), ("failed", &stats.failed), ("dropped", &stats.dropped)]
+        {
+            let counter = self.dns_queries.with_label_values(&[result]);
+            let now = value.load(Ordering::Relaxed);
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
+    }
+
     pub fn render(&self) -> String {
+        self.sync_dns();
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
@@ -198,6 +229,20 @@ mod tests {
         m.record(&outcome(true), false, &BTreeMap::new(), &BTreeMap::new());
         assert_eq!(respond(&m, "/readyz").status(), StatusCode::OK);
         assert_eq!(respond(&m, "/nope").status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn dns_queries_follow_the_servers_counters() {
+        let m = Metrics::new();
+        let stats = Arc::new(crate::resolver::DnsStats::default());
+        m.attach_dns(stats.clone());
+        stats.local.fetch_add(3, Ordering::Relaxed);
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+        assert!(m.render().contains("netlet_dns_queries_total{result=\"local\"} 3"));
+        stats.local.fetch_add(2, Ordering::Relaxed);
+        let text = m.render();
+        assert!(text.contains("netlet_dns_queries_total{result=\"local\"} 5"), "{text}");
+        assert!(text.contains("netlet_dns_queries_total{result=\"failed\"} 1"));
     }
 
     #[test]

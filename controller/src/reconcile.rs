@@ -112,7 +112,11 @@ impl Reconciler {
 
     /// Serve DNS on user-defined networks from now on (long-running agents).
     pub fn serve_dns(&mut self) {
-        self.dns = Some(crate::resolver::DnsServer::new(53));
+        let dns = crate::resolver::DnsServer::new(53);
+        if let Some(metrics) = &self.metrics {
+            metrics.attach_dns(dns.stats.clone());
+        }
+        self.dns = Some(dns);
     }
 
     /// Watch kernel events (long-running agents): see `Dataplane::watch_events`.
