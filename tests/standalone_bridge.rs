@@ -252,3 +252,29 @@ fn netlet_get_speaks_kubectl() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
 }
+
+#[test]
+fn once_on_a_terminal_shows_progress_and_clears_it() {
+    let node = Node::new();
+    let mut yaml = String::from(
+        "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: p}\nspec: {ipam: {config: [{subnet: 10.64.0.0/24}]}}\n",
+    );
+    for i in 0..40 {
+        yaml += &format!("---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: a{i}}}\nspec: {{network: p, sandbox: {{netns: \"{{T}}a{i}\"}}}}\n");
+    }
+    node.write("many.yaml", &yaml);
+    // `script` gives the agent a terminal; what it draws lands in stdout.
+    let cmd = format!(
+        "nsenter --net=/run/netns/{} {BIN} run --manifests {} --state-dir {} --node-name node-a --once --metrics-addr off",
+        node.name,
+        node.manifests().display(),
+        node.state_dir().display()
+    );
+    let out = sh(&format!("RUST_LOG=warn script -qec '{cmd}' /dev/null"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\r\x1b[2Knetlet: "), "no progress line drawn: {text:?}");
+    assert!(text.contains("41/41 objects ready"), "{text:?}");
+    // Without a terminal (every other test), no progress line.
+    assert!(!node.converge().contains("netlet: "));
+}

@@ -29,6 +29,12 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
     let state = StateDir::open(&opts.state_dir)?;
     let metrics = Metrics::new();
     let mut reconciler = Reconciler::new(state, opts.node_name.clone())?.with_metrics(metrics.clone());
+    // One pass of a large manifest set takes seconds: show how far it got.
+    let progress = (opts.once && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .then(|| std::sync::Arc::new(crate::progress::Progress::default()));
+    if let Some(p) = &progress {
+        reconciler = reconciler.with_progress(p.clone());
+    }
     if let (Some(addr), false) = (opts.metrics_addr, opts.once) {
         match crate::metrics::serve(addr, metrics).await {
             Ok(bound) => tracing::info!(%bound, "serving /metrics, /healthz, /readyz"),
@@ -56,11 +62,19 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
             fingerprint.hash(&mut h);
             h.finish()
         };
+        let display = progress.as_ref().map(|p| p.show());
         if loaded.as_ref().is_none_or(|(v, _)| *v != version) {
+            if let Some(p) = &progress {
+                p.phase("reading manifests", 0);
+            }
             loaded = Some((version, cache.load(&opts.manifests)));
         }
         let (_, current) = loaded.as_ref().expect("loaded above");
+        if let Some(p) = &progress {
+            p.phase("planning", 0);
+        }
         let outcome = reconciler.reconcile_versioned(&current.objects, &current.errors, Some(version)).await;
+        drop(display);
         if opts.once {
             let failures = outcome.failures();
             for f in &failures {

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod naming;
 pub mod objects;
 pub mod plan;
+pub mod progress;
 pub mod reconcile;
 pub mod source;
 pub mod state;

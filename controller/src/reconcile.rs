@@ -129,6 +129,12 @@ impl Reconciler {
         &self.status
     }
 
+    /// Reports each pass's progress to `progress`.
+    pub fn with_progress(mut self, progress: Arc<crate::progress::Progress>) -> Self {
+        self.dataplane.progress = Some(progress);
+        self
+    }
+
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self

@@ -78,6 +78,8 @@ pub struct Dataplane {
     /// Sandboxes verified in sync, with the endpoints they were verified for.
     verified: HashMap<String, Vec<Endpoint>>,
     last_firewall: Option<crate::plan::desired::FirewallPlan>,
+    /// Advanced as a pass goes (`--once` on a terminal draws it).
+    pub progress: Option<std::sync::Arc<crate::progress::Progress>>,
     last_files: Option<Vec<crate::plan::names::SandboxFiles>>,
     /// The desired state the previous pass converged to without errors.
     last_clean: Option<DesiredState>,
@@ -103,6 +105,14 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 /// Every network namespace's loopback device has this index.
 const LOOPBACK_INDEX: u32 = 1;
 
+impl Dataplane {
+    fn set_phase(&self, name: &'static str, total: usize) {
+        if let Some(p) = &self.progress {
+            p.phase(name, total);
+        }
+    }
+}
+
 fn is_ours(link: &Link) -> bool {
     link.group == OWNER_LINK_GROUP || link.alias.as_deref().is_some_and(|a| a.starts_with(OWNER_ALIAS_PREFIX))
 }
@@ -123,6 +133,7 @@ impl Dataplane {
             passes_since_full: 0,
             verified: HashMap::new(),
             last_firewall: None,
+            progress: None,
             last_files: None,
             last_clean: None,
             node_view: None,
@@ -226,6 +237,7 @@ impl Dataplane {
         let lap = |name: &'static str, phases: &mut Vec<(&str, std::time::Duration)>| {
             phases.push((name, started.elapsed() - phases.iter().map(|p| p.1).sum::<std::time::Duration>()))
         };
+        self.set_phase("node", 0);
         self.sync_sysctls(desired, &mut report);
         let (node_links, node_addresses) = match self.node_view().await {
             Ok(view) => view,
@@ -237,8 +249,10 @@ impl Dataplane {
         let bridges = self.sync_bridges(desired, &node_links, &node_addresses, &mut report).await;
         self.sync_vxlans(desired, &node_links, &bridges, &mut report).await;
         lap("node", &mut phases);
+        self.set_phase("namespaces", 0);
         let fresh = self.sync_sandboxes(desired, owned, record_owned, &mut report).await;
         lap("netns", &mut phases);
+        self.set_phase("attachments", desired.sandboxes.len());
         // Write-ahead for links made inside sandboxes, which the node
         // namespace cannot mark.
         let before = owned.sandbox_links.len();
@@ -252,6 +266,7 @@ impl Dataplane {
         }
         self.sync_endpoints(desired, &node_links, &bridges, full, &fresh, &mut report).await;
         lap("endpoints", &mut phases);
+        self.set_phase("firewall", 0);
         // The whole ruleset in one transaction; nothing when in sync.
         if full || self.last_firewall.as_ref() != Some(&desired.firewall) {
             self.last_firewall = None;
@@ -269,6 +284,7 @@ impl Dataplane {
             }
         }
         lap("nft", &mut phases);
+        self.set_phase("name files", 0);
         if full || self.last_files.as_ref() != Some(&desired.sandbox_files) {
             let mut ok = true;
             for f in &desired.sandbox_files {
@@ -283,6 +299,7 @@ impl Dataplane {
             self.last_files = ok.then(|| desired.sandbox_files.clone());
         }
         lap("files", &mut phases);
+        self.set_phase("cleanup", 0);
         self.prune(desired, &node_links, owned, record_owned, &mut report).await;
         lap("prune", &mut phases);
         tracing::debug!(?phases, full, "sync phases");
@@ -615,6 +632,9 @@ impl Dataplane {
             }
             // One socket at a time: a thousand open ones cost a receive buffer each.
             self.sandboxes.remove(&path);
+            if let Some(p) = &self.progress {
+                p.step();
+            }
             if endpoints.iter().all(|ep| !report.endpoint_errors.contains_key(&ep.owner)) {
                 self.verified.insert(path, owned_endpoints);
             }
