@@ -223,3 +223,56 @@ fn a_port_held_by_a_node_process_is_reported_and_sctp_is_published() {
     let map = String::from_utf8_lossy(&node.in_node("nft list map inet netlet ports_v4").stdout).into_owned();
     assert!(map.contains("sctp . 9009"), "{map}");
 }
+
+#[test]
+fn element_updates_keep_the_table_equal_to_a_fresh_rendering() {
+    use netlet::dataplane::firewall::{NftFirewall, SyncOutcome};
+    use netlet::plan::desired::{FirewallNetwork, FirewallPlan, PublishedPort};
+    let node = Node::new();
+    let plan = |mappings: std::ops::Range<u16>| FirewallPlan {
+        networks: vec![FirewallNetwork {
+            name: "n".into(),
+            bridge: "nlinc0".into(),
+            subnets: vec!["10.66.0.0/16".parse().unwrap()],
+            icc: true,
+            masquerade: true,
+            internal: false,
+        }],
+        ports: mappings
+            .map(|i| PublishedPort {
+                protocol: netlet::api::Protocol::Tcp,
+                host_ip: None,
+                host_port: 20000 + i,
+                container_ip: std::net::IpAddr::from([10, 66, (i / 250) as u8, (2 + i % 250) as u8]),
+                container_port: 80,
+                bridge: "nlinc0".into(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let ns = std::fs::File::open(format!("/run/netns/{}", node.name)).unwrap();
+    let name = node.name.clone();
+    // The firewall works on its thread's namespace: a thread of our own.
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mapped = || ok(&format!("ip netns exec {name} nft list map inet netlet ports_v4")).matches(" : 10.66.").count();
+        let mut fw = NftFirewall::new();
+        assert_eq!(fw.sync(&plan(0..1000)).unwrap(), SyncOutcome::Applied);
+        assert_eq!(fw.sync(&plan(0..1001)).unwrap(), SyncOutcome::Applied, "one more");
+        assert_eq!(mapped(), 1001);
+        // What the update left lists exactly like a fresh rendering.
+        assert_eq!(fw.sync(&plan(0..1001)).unwrap(), SyncOutcome::InSync);
+        assert_eq!(fw.sync(&plan(1..1001)).unwrap(), SyncOutcome::Applied, "one less");
+        assert_eq!(mapped(), 1000);
+        assert_eq!(fw.sync(&plan(1..1001)).unwrap(), SyncOutcome::InSync);
+        // Flushed behind our back between two changes: still repaired.
+        ok(&format!("ip netns exec {name} nft flush table inet netlet"));
+        fw.sync(&plan(1..1002)).unwrap();
+        assert_eq!(fw.sync(&plan(1..1002)).unwrap(), SyncOutcome::Applied, "the flush is noticed and repaired");
+        assert_eq!(fw.sync(&plan(1..1002)).unwrap(), SyncOutcome::InSync);
+        assert_eq!(mapped(), 1001);
+        fw.remove().unwrap();
+    })
+    .join()
+    .unwrap();
+}

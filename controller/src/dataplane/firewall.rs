@@ -85,6 +85,68 @@ impl SyncOutcome {
 pub struct Ruleset {
     pub inet: Option<String>,
     pub bridge: Option<String>,
+    /// The tables with every set and map left empty: two rulesets with the
+    /// same skeleton differ only in elements.
+    skeleton: String,
+    /// Elements by (family, set or map name).
+    elements: BTreeMap<(&'static str, &'static str), BTreeSet<String>>,
+}
+
+/// Builds one table's text, its skeleton and its elements together.
+struct TableWriter {
+    family: &'static str,
+    text: String,
+    skeleton: String,
+    elements: BTreeMap<(&'static str, &'static str), BTreeSet<String>>,
+}
+
+impl TableWriter {
+    fn new(family: &'static str) -> Self {
+        let head = format!("table {family} {TABLE} {{\n");
+        TableWriter { family, text: head.clone(), skeleton: head, elements: BTreeMap::new() }
+    }
+
+    fn push_str(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.skeleton.push_str(s);
+    }
+
+    /// `set|map NAME { type ...; [flags ...;] [elements = {...}] }`.
+    fn set(&mut self, kind: &str, name: &'static str, ty: &str, flags: &[&str], elems: BTreeSet<String>) {
+        let mut head = format!("\t{kind} {name} {{\n\t\ttype {ty}\n");
+        for f in flags {
+            let _ = writeln!(head, "\t\t{f}");
+        }
+        self.text.push_str(&head);
+        self.skeleton.push_str(&head);
+        if !elems.is_empty() {
+            let body: Vec<&str> = elems.iter().map(String::as_str).collect();
+            let _ = writeln!(self.text, "\t\telements = {{ {} }}", body.join(",\n\t\t\t     "));
+        }
+        self.push_str("\t}\n");
+        self.elements.insert((self.family, name), elems);
+    }
+}
+
+/// The transaction turning `from`'s elements into `to`'s (same skeleton):
+/// deletions first, so a map key whose value changed is replaced.
+fn element_updates(from: &Ruleset, to: &Ruleset) -> String {
+    let none = BTreeSet::new();
+    let mut deletes = String::new();
+    let mut adds = String::new();
+    for (key, want) in &to.elements {
+        let have = from.elements.get(key).unwrap_or(&none);
+        let (family, name) = key;
+        let gone: Vec<&str> = have.difference(want).map(String::as_str).collect();
+        let new: Vec<&str> = want.difference(have).map(String::as_str).collect();
+        if !gone.is_empty() {
+            let _ = writeln!(deletes, "delete element {family} {TABLE} {name} {{ {} }}", gone.join(", "));
+        }
+        if !new.is_empty() {
+            let _ = writeln!(adds, "add element {family} {TABLE} {name} {{ {} }}", new.join(", "));
+        }
+    }
+    deletes + &adds
 }
 
 impl Ruleset {
@@ -221,19 +283,6 @@ fn net(n: &IpNet) -> String {
     }
 }
 
-/// Writes `set|map NAME { type ...; [flags ...;] [elements = {...}] }`.
-fn set(out: &mut String, kind: &str, name: &str, ty: &str, flags: &[&str], elems: &BTreeSet<String>) {
-    let _ = writeln!(out, "\t{kind} {name} {{\n\t\ttype {ty}");
-    for f in flags {
-        let _ = writeln!(out, "\t\t{f}");
-    }
-    if !elems.is_empty() {
-        let body: Vec<&str> = elems.iter().map(String::as_str).collect();
-        let _ = writeln!(out, "\t\telements = {{ {} }}", body.join(",\n\t\t\t     "));
-    }
-    out.push_str("\t}\n");
-}
-
 /// Renders the plan. Same plan, byte-identical text, whatever the order of
 /// its vectors. Port mappings whose host and container address families
 /// differ are skipped (no cross-family NAT); on a duplicate key the first
@@ -301,49 +350,56 @@ pub fn render(plan: &FirewallPlan, brnf: BrNetfilter) -> Result<Ruleset, Firewal
     }
     let [any4, ip4, any6, ip6] = maps.map(|m| m.into_iter().map(|(k, v)| format!("{k} : {v}")).collect::<BTreeSet<_>>());
 
-    let mut t = format!("table inet {TABLE} {{\n");
+    let mut t = TableWriter::new("inet");
     let none: &[&str] = &[];
     let interval: &[&str] = &["flags interval"];
-    set(&mut t, "set", "bridges", "ifname", none, &bridges);
-    set(&mut t, "set", "internal_bridges", "ifname", none, &internal);
-    set(&mut t, "set", "icc_off_bridges", "ifname", none, &icc_off);
+    let icc_off_present = !icc_off.is_empty();
+    t.set("set", "bridges", "ifname", none, bridges);
+    t.set("set", "internal_bridges", "ifname", none, internal);
+    t.set("set", "icc_off_bridges", "ifname", none, icc_off);
     // "br1" . "br1"
-    set(&mut t, "set", "same_bridge", "ifname . ifname", none, &same);
+    t.set("set", "same_bridge", "ifname . ifname", none, same);
     // 172.25.0.0/16
-    set(&mut t, "set", "masq_v4", "ipv4_addr", interval, &masq4);
-    set(&mut t, "set", "masq_v6", "ipv6_addr", interval, &masq6);
+    t.set("set", "masq_v4", "ipv4_addr", interval, masq4);
+    t.set("set", "masq_v6", "ipv6_addr", interval, masq6);
     // 172.25.0.0/16 . "br1"
-    set(&mut t, "set", "subnet_bridge_v4", "ipv4_addr . ifname", interval, &own4);
-    set(&mut t, "set", "subnet_bridge_v6", "ipv6_addr . ifname", interval, &own6);
+    t.set("set", "subnet_bridge_v4", "ipv4_addr . ifname", interval, own4);
+    t.set("set", "subnet_bridge_v6", "ipv6_addr . ifname", interval, own6);
     // tcp . 8080 : 172.25.0.2 . 80
     let any = "inet_proto . inet_service";
-    set(&mut t, "map", "ports_v4", &format!("{any} : ipv4_addr . inet_service"), none, &any4);
-    set(&mut t, "map", "ports_v6", &format!("{any} : ipv6_addr . inet_service"), none, &any6);
+    t.set("map", "ports_v4", &format!("{any} : ipv4_addr . inet_service"), none, any4);
+    t.set("map", "ports_v6", &format!("{any} : ipv6_addr . inet_service"), none, any6);
     // 127.0.0.1 . tcp . 8080 : 172.25.0.2 . 80
     let ty4 = "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service";
     let ty6 = "ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service";
-    set(&mut t, "map", "ports_v4_ip", ty4, none, &ip4);
-    set(&mut t, "map", "ports_v6_ip", ty6, none, &ip6);
+    t.set("map", "ports_v4_ip", ty4, none, ip4);
+    t.set("map", "ports_v6_ip", ty6, none, ip6);
     t.push_str(INET_CHAINS);
 
     let families = [("ip", "v4", brnf.ipv4), ("ip6", "v6", brnf.ipv6)];
     let bridge_needed = families.iter().any(|(_, _, brnf)| !brnf);
-    let bridge = (!icc_off.is_empty() && bridge_needed).then(|| {
-        let mut b = format!("table bridge {TABLE} {{\n");
+    let bridge = (icc_off_present && bridge_needed).then(|| {
+        let mut b = TableWriter::new("bridge");
         // "veth1a2b3c"
-        set(&mut b, "set", "icc_off_ports", "ifname", none, &icc_ports);
+        b.set("set", "icc_off_ports", "ifname", none, icc_ports);
         // 172.25.0.0/16 . 172.25.0.0/16
-        set(&mut b, "set", "icc_off_v4", "ipv4_addr . ipv4_addr", interval, &icc4);
-        set(&mut b, "set", "icc_off_v6", "ipv6_addr . ipv6_addr", interval, &icc6);
+        b.set("set", "icc_off_v4", "ipv4_addr . ipv4_addr", interval, icc4);
+        b.set("set", "icc_off_v6", "ipv6_addr . ipv6_addr", interval, icc6);
         b.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
         for (fam, v, _) in families.iter().filter(|f| !f.2) {
-            let _ = writeln!(b, "\t\tether type {fam} iifname @icc_off_ports oifname @icc_off_ports drop");
-            let _ = writeln!(b, "\t\t{fam} saddr . {fam} daddr @icc_off_{v} drop");
+            b.push_str(&format!("\t\tether type {fam} iifname @icc_off_ports oifname @icc_off_ports drop\n"));
+            b.push_str(&format!("\t\t{fam} saddr . {fam} daddr @icc_off_{v} drop\n"));
         }
         b.push_str("\t}\n}\n");
         b
     });
-    Ok(Ruleset { inet: Some(t), bridge })
+    let mut skeleton = t.skeleton.clone();
+    let mut elements = std::mem::take(&mut t.elements);
+    if let Some(b) = &bridge {
+        skeleton.push_str(&b.skeleton);
+        elements.extend(b.elements.clone());
+    }
+    Ok(Ruleset { inet: Some(t.text), bridge: bridge.map(|b| b.text), skeleton, elements })
 }
 
 /// A listing reduced to compare equal however nft wraps lines, spaces
@@ -381,8 +437,10 @@ fn error_line(stderr: &str, script: &str) -> (Option<usize>, Option<String>) {
 
 struct Applied {
     rendered: Ruleset,
-    /// Normalized listing captured right after our last apply.
-    listing: String,
+    /// Normalized listing captured right after our last full apply (none
+    /// after an element update, which is not listed back: the next check
+    /// compares the live listing with the rendering itself).
+    listing: Option<String>,
 }
 
 /// netlet's firewall in the current network namespace.
@@ -419,17 +477,30 @@ impl NftFirewall {
         if !changed {
             let current = normalize(&self.list()?);
             if current == normalize(&rendered.tables()) {
-                self.last = Some(Applied { rendered, listing: current });
+                self.last = Some(Applied { rendered, listing: Some(current) });
                 return Ok(SyncOutcome::InSync);
             }
-            if self.last.as_ref().is_some_and(|l| l.rendered == rendered && l.listing == current) {
+            if self.last.as_ref().is_some_and(|l| l.rendered == rendered && l.listing.as_ref() == Some(&current)) {
                 return Ok(SyncOutcome::InSync);
+            }
+        }
+        // Only elements changed (a mapping, a network's subnet): update
+        // them in place, one small transaction, instead of a rewrite. A
+        // table changed behind our back is caught by the next full check,
+        // which every nft event triggers.
+        if let Some(last) = self.last.take().filter(|l| changed && l.rendered.skeleton == rendered.skeleton) {
+            match self.run(&element_updates(&last.rendered, &rendered), "update") {
+                Ok(()) => {
+                    self.last = Some(Applied { rendered, listing: None });
+                    return Ok(SyncOutcome::Applied);
+                }
+                Err(e) => tracing::warn!(error = %e, "element update failed; replacing the tables"),
             }
         }
         self.last = None;
         self.run(&rendered.script(), "apply")?;
         let listing = normalize(&self.list()?);
-        self.last = Some(Applied { rendered, listing });
+        self.last = Some(Applied { rendered, listing: Some(listing) });
         Ok(SyncOutcome::Applied)
     }
 
@@ -692,6 +763,26 @@ mod tests {
         assert_eq!(elements(&t, "ports_v6_ip"), ["fd00:9::1 . udp . 53 : fd00:1::3 . 5353"]);
         assert!(elements(&t, "ports_v4").is_empty());
         assert!(t.contains("fib daddr type local dnat ip6 to meta l4proto . th dport map @ports_v6"));
+    }
+
+    #[test]
+    fn element_updates_touch_only_what_changed() {
+        let mut plan = two_networks();
+        plan.ports = vec![port(Protocol::Tcp, None, 8080, "172.25.0.2", 80), port(Protocol::Tcp, None, 8081, "172.25.0.3", 80)];
+        let before = render(&plan, NO_BRNF).unwrap();
+        assert_eq!(element_updates(&before, &before), "", "no change, empty transaction");
+        // One mapping more, one moved to another container, one gone.
+        plan.ports = vec![port(Protocol::Tcp, None, 8080, "172.25.0.9", 80), port(Protocol::Udp, None, 53, "172.25.0.4", 53)];
+        let after = render(&plan, NO_BRNF).unwrap();
+        assert_eq!(before.skeleton, after.skeleton, "mappings change elements only");
+        assert_eq!(
+            element_updates(&before, &after),
+            "delete element inet netlet ports_v4 { tcp . 8080 : 172.25.0.2 . 80, tcp . 8081 : 172.25.0.3 . 80 }\n\
+             add element inet netlet ports_v4 { tcp . 8080 : 172.25.0.9 . 80, udp . 53 : 172.25.0.4 . 53 }\n"
+        );
+        // icc: false adds a table: not an element change.
+        plan.networks[0].icc = false;
+        assert_ne!(render(&plan, NO_BRNF).unwrap().skeleton, after.skeleton);
     }
 
     #[test]
