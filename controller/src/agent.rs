@@ -21,8 +21,11 @@ pub struct StandaloneOptions {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
-/// How often the manifest set is checked for changes.
+/// How often the manifest set is checked for changes without an inotify
+/// wake-up (nested directories, filesystems without inotify).
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// A changed manifest set must hold still this long before it is read.
+const SETTLE: Duration = Duration::from_millis(10);
 
 /// Runs until SIGTERM/SIGINT (or one pass with `once`). Returns the exit code.
 pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
@@ -51,6 +54,7 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
         reconciler.serve_dns();
     }
     let mut fingerprint = manifests::fingerprint(&opts.manifests);
+    let file_watch = if opts.once { None } else { crate::source::file_watch::FileWatch::new(&opts.manifests) };
     let mut cache = manifests::ManifestCache::default();
     let mut loaded: Option<(u64, manifests::Loaded)> = None;
     loop {
@@ -92,6 +96,7 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
                 _ = term.recv() => { tracing::info!("SIGTERM: stopping, dataplane left in place"); return Ok(0); }
                 _ = int.recv() => { tracing::info!("SIGINT: stopping, dataplane left in place"); return Ok(0); }
                 _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+                _ = async { match &file_watch { Some(w) => w.changed().await, None => std::future::pending().await } } => {}
                 _ = kernel_changed.notified() => {
                     // Let a burst of events settle, then repair in one pass.
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -105,7 +110,7 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
                 // for a moment before it is read.
                 let mut settled = now;
                 loop {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(SETTLE).await;
                     let again = manifests::fingerprint(&opts.manifests);
                     if again == settled {
                         break;

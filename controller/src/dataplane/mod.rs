@@ -287,7 +287,11 @@ impl Dataplane {
         self.set_phase("name files", 0);
         if full || self.last_files.as_ref() != Some(&desired.sandbox_files) {
             let mut ok = true;
-            for f in &desired.sandbox_files {
+            // A quick pass rewrites only what changed since the last clean
+            // write; a full pass checks every file against its content.
+            let unchanged: BTreeSet<&crate::plan::names::SandboxFiles> =
+                if full { BTreeSet::new() } else { self.last_files.iter().flatten().collect() };
+            for f in desired.sandbox_files.iter().filter(|f| !unchanged.contains(f)) {
                 match files::ensure(f) {
                     Ok(n) => (0..n).for_each(|_| report.mutated("file")),
                     Err(e) => {

@@ -94,7 +94,7 @@ pub fn name_table(objects: &ObjectSet, networks: &BTreeMap<String, Result<Resolv
 }
 
 /// The files of one managed sandbox.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SandboxFiles {
     pub netns: String,
     pub hosts: String,

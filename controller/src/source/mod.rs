@@ -3,5 +3,6 @@
 //!
 //! [`ObjectSet`]: crate::objects::ObjectSet
 
+pub mod file_watch;
 pub mod kube;
 pub mod manifests;

@@ -1,0 +1,61 @@
+//! Wakes the standalone agent as soon as its manifests change (inotify on
+//! the directory holding them), instead of at the next poll. Polling stays
+//! as the fallback: for nested directories, filesystems without inotify,
+//! or when the watch cannot be set up.
+
+use std::path::Path;
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio::io::unix::AsyncFd;
+
+pub struct FileWatch {
+    inotify: AsyncFd<Handle>,
+}
+
+/// The inotify instance, as tokio's readiness wants it.
+struct Handle(Inotify);
+
+impl std::os::fd::AsRawFd for Handle {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl FileWatch {
+    /// Watches `path` if it is a directory, else the directory holding it
+    /// (editors and `kubectl`-style tools replace files by renaming).
+    pub fn new(path: &Path) -> Option<Self> {
+        let dir = if path.is_dir() { path } else { path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")) };
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+        let mask = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_CREATE;
+        if let Err(e) = inotify.add_watch(dir, mask) {
+            tracing::debug!(dir = %dir.display(), error = %e, "no inotify watch; polling only");
+            return None;
+        }
+        // `new` is deprecated for fds that may close while registered; this
+        // one is owned by the registration itself (its replacement is unsafe).
+        #[allow(deprecated)]
+        let inotify = AsyncFd::new(Handle(inotify)).ok()?;
+        Some(FileWatch { inotify })
+    }
+
+    /// Returns once something in the directory changed.
+    pub async fn changed(&self) {
+        loop {
+            let Ok(mut guard) = self.inotify.readable().await else {
+                return std::future::pending().await;
+            };
+            match guard.get_inner().0.read_events() {
+                Ok(events) if !events.is_empty() => return,
+                Ok(_) => guard.clear_ready(),
+                Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                Err(_) => return std::future::pending().await,
+            }
+        }
+    }
+}
