@@ -595,3 +595,51 @@ fn the_chart_daemonset_template_keeps_the_essentials() {
     assert!(sm.starts_with("{{- if .Values.serviceMonitor.enabled }}"), "the ServiceMonitor is optional");
     assert!(sm.contains("apiVersion: monitoring.coreos.com/v1"));
 }
+
+/// Metric names the agent registers (metrics.rs), with a histogram's series.
+fn exported_metrics() -> BTreeSet<String> {
+    let source = read("controller/src/metrics.rs");
+    let mut names = BTreeSet::new();
+    for (marker, histogram) in [("HistogramOpts::new(", true), ("Opts::new(", false)] {
+        for piece in source.split(marker).skip(1) {
+            let Some(quoted) = piece.trim_start().strip_prefix('"') else { continue };
+            let name = format!("netlet_{}", quoted.split('"').next().unwrap());
+            if histogram {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+            names.insert(name);
+        }
+    }
+    names
+}
+
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_the_agent_exports() {
+    let dashboard: Json = serde_json::from_str(&read("charts/netlet/dashboards/netlet.json")).expect("the dashboard is JSON");
+    let exported = exported_metrics();
+    assert!(exported.contains("netlet_reconcile_duration_seconds_bucket") && exported.contains("netlet_dns_queries_total"));
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8, "one panel per metric family");
+    let mut used = BTreeSet::new();
+    for panel in panels {
+        assert!(panel["title"].as_str().is_some_and(|t| !t.is_empty()));
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {} has no query", panel["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            for token in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|t| t.starts_with("netlet_")) {
+                assert!(exported.contains(token), "panel {}: {token} is not a metric the agent exports", panel["title"]);
+                used.insert(token.to_string());
+            }
+        }
+    }
+    // Every family the agent exports is on the dashboard.
+    for family in exported.iter().filter(|n| !n.ends_with("_sum") && !n.ends_with("_count") && !n.ends_with("_seconds")) {
+        assert!(used.contains(family), "{family} is on no panel");
+    }
+    let template = read("charts/netlet/templates/grafana-dashboard.yaml");
+    assert!(template.starts_with("{{- if .Values.grafanaDashboard.enabled }}"), "the dashboard ConfigMap is optional");
+    assert!(template.contains("kind: ConfigMap") && template.contains(".Files.Get \"dashboards/netlet.json\""));
+}
