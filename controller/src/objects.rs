@@ -92,16 +92,33 @@ pub struct ObjectSet {
     pub port_mappings: Vec<PortMapping>,
 }
 
+fn stamp<K: ResourceExt>(o: &K) -> Option<k8s_openapi::jiff::Timestamp> {
+    o.creation_timestamp().map(|t| t.0)
+}
+
 impl ObjectSet {
     /// Sorts each list into creation order. Sorting is stable, so objects
     /// with equal timestamps (standalone manifests have none) keep source order.
     pub fn sort_by_creation(&mut self) {
-        fn stamp<K: ResourceExt>(o: &K) -> Option<k8s_openapi::jiff::Timestamp> {
-            o.creation_timestamp().map(|t| t.0)
-        }
         self.networks.sort_by_key(stamp);
         self.attachments.sort_by_key(stamp);
         self.port_mappings.sort_by_key(stamp);
+    }
+
+    pub fn is_sorted_by_creation(&self) -> bool {
+        self.networks.is_sorted_by_key(stamp) && self.attachments.is_sorted_by_key(stamp) && self.port_mappings.is_sorted_by_key(stamp)
+    }
+
+    /// This set in creation order: borrowed when it already is (manifests
+    /// in file order, a set the caller sorted), else a sorted copy.
+    pub fn in_creation_order(&self) -> std::borrow::Cow<'_, ObjectSet> {
+        if self.is_sorted_by_creation() {
+            std::borrow::Cow::Borrowed(self)
+        } else {
+            let mut sorted = self.clone();
+            sorted.sort_by_creation();
+            std::borrow::Cow::Owned(sorted)
+        }
     }
 
     pub fn network(&self, name: &str) -> Option<&Network> {

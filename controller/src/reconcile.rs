@@ -178,9 +178,8 @@ impl Reconciler {
         let facts = self.facts().await;
         let t_facts = started.elapsed();
         let reused = version.is_some() && matches!(&self.last_plan, Some((v, f, _)) if *v == version && *f == facts);
+        let objects = objects.in_creation_order();
         if !reused {
-            let mut objects = objects.clone();
-            objects.sort_by_creation();
             let plan = plan::plan(&objects, &facts, &self.allocations);
             self.last_plan = Some((version, facts, plan));
         }
@@ -216,9 +215,7 @@ impl Reconciler {
             self.last_verdicts.clone()
         } else {
             let now = crate::api::now_rfc3339();
-            let mut sorted = objects.clone();
-            sorted.sort_by_creation();
-            let computed = status::compute(&sorted, plan, &report, load_errors, &self.status, &self.node_name, &now);
+            let computed = status::compute(&objects, plan, &report, load_errors, &self.status, &self.node_name, &now);
             if computed.store != self.status {
                 match self.state.store_status(&computed.store) {
                     Ok(()) => self.status = computed.store,
