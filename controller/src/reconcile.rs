@@ -194,6 +194,7 @@ impl Reconciler {
                 Err(e) => node_errors.push(format!("persisting allocations: {e}")),
             }
         }
+        let t_allocations = started.elapsed();
         let state = self.state.clone();
         let mut record = |owned: &Owned| state.store_owned(owned).map_err(|e| e.to_string());
         let report: SyncReport = self.dataplane.sync(&plan.desired, &mut self.owned, &mut record).await;
@@ -225,7 +226,7 @@ impl Reconciler {
             self.last_verdicts = computed.verdicts.clone();
             computed.verdicts
         };
-        tracing::debug!(?t_facts, ?t_plan, ?t_sync, status = ?started.elapsed(), reused, "reconcile phases");
+        tracing::debug!(?t_facts, ?t_plan, ?t_allocations, ?t_sync, status = ?started.elapsed(), reused, "reconcile phases (cumulative)");
         let outcome = Outcome {
             verdicts,
             mutations: report.total_mutations(),

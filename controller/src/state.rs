@@ -99,7 +99,7 @@ impl StateDir {
 
     fn store<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
         let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Encode { file: name.into(), source })?;
-        write_atomically(&self.dir, name, &bytes).map_err(|source| StateError::Io { dir: self.dir.clone(), source })
+        write_atomically(&self.dir, name, &bytes, true).map_err(|source| StateError::Io { dir: self.dir.clone(), source })
     }
 
     pub fn load_allocations(&self) -> Allocations {
@@ -151,21 +151,30 @@ impl StateDir {
     pub fn load_status(&self) -> StatusStore {
         self.load("status.json")
     }
+    /// Status is only displayed (`netlet get`) and every pass recomputes
+    /// it: written atomically but compact and without fsync, which would
+    /// cost more than the rest of a small change's reconcile.
     pub fn store_status(&self, s: &StatusStore) -> Result<(), StateError> {
-        self.store("status.json", s)
+        let bytes = serde_json::to_vec(s).map_err(|source| StateError::Encode { file: "status.json".into(), source })?;
+        write_atomically(&self.dir, "status.json", &bytes, false).map_err(|source| StateError::Io { dir: self.dir.clone(), source })
     }
 }
 
 /// temp file in the same directory, fsync, rename over, fsync the directory.
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
     }
     fs::rename(&tmp, dir.join(name))?;
-    fs::File::open(dir)?.sync_all()
+    if durable {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

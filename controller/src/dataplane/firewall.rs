@@ -137,7 +137,9 @@ fn element_updates(from: &Ruleset, to: &Ruleset) -> String {
     for (key, want) in &to.elements {
         let have = from.elements.get(key).unwrap_or(&none);
         let (family, name) = key;
-        let gone: Vec<&str> = have.difference(want).map(String::as_str).collect();
+        // A map element is deleted by its key alone ("k : v" -> "k"), which
+        // spares nft from evaluating the value (measurably faster).
+        let gone: Vec<&str> = have.difference(want).map(|e| e.split(" : ").next().unwrap_or(e)).collect();
         let new: Vec<&str> = want.difference(have).map(String::as_str).collect();
         if !gone.is_empty() {
             let _ = writeln!(deletes, "delete element {family} {TABLE} {name} {{ {} }}", gone.join(", "));
@@ -777,7 +779,7 @@ mod tests {
         assert_eq!(before.skeleton, after.skeleton, "mappings change elements only");
         assert_eq!(
             element_updates(&before, &after),
-            "delete element inet netlet ports_v4 { tcp . 8080 : 172.25.0.2 . 80, tcp . 8081 : 172.25.0.3 . 80 }\n\
+            "delete element inet netlet ports_v4 { tcp . 8080, tcp . 8081 }\n\
              add element inet netlet ports_v4 { tcp . 8080 : 172.25.0.9 . 80, udp . 53 : 172.25.0.4 . 53 }\n"
         );
         // icc: false adds a table: not an element change.
