@@ -64,7 +64,13 @@ pub struct Reconciler {
     last_verdicts: Vec<Verdict>,
     /// Kubernetes mode: the overlay address blocks this node claimed.
     overlay_blocks: BTreeMap<String, Vec<ipnet::IpNet>>,
+    /// Listening sockets, with the object-set version and time of reading.
+    bound_ports_cache: Option<(Option<u64>, Instant, Vec<BoundPort>)>,
 }
+
+type BoundPort = (crate::api::Protocol, std::net::IpAddr, u16);
+
+const BOUND_PORTS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Reconciler {
     /// Needs a tokio runtime context (netlink sockets).
@@ -84,6 +90,7 @@ impl Reconciler {
             last_plan: None,
             last_verdicts: Vec::new(),
             overlay_blocks: BTreeMap::new(),
+            bound_ports_cache: None,
         })
     }
 
@@ -140,13 +147,29 @@ impl Reconciler {
         self
     }
 
-    async fn facts(&mut self) -> NodeFacts {
+    /// Listening sockets of the node. Reading them walks the kernel's whole
+    /// socket tables (~5 ms, most of a no-op pass), and they only matter
+    /// when ports are allocated: re-read when the object set changed, else
+    /// at most every BOUND_PORTS_TTL.
+    fn bound_ports(&mut self, version: Option<u64>) -> Vec<BoundPort> {
+        match &self.bound_ports_cache {
+            Some((v, at, ports)) if version.is_some() && *v == version && at.elapsed() < BOUND_PORTS_TTL => ports.clone(),
+            _ => {
+                let ports = facts::bound_ports();
+                self.bound_ports_cache = Some((version, Instant::now(), ports.clone()));
+                ports
+            }
+        }
+    }
+
+    async fn facts(&mut self, version: Option<u64>) -> NodeFacts {
+        let bound_ports = self.bound_ports(version);
         let (links, addrs) = self.dataplane.node_view().await.unwrap_or_default();
         let mtus: BTreeMap<u32, u32> = links.into_iter().map(|l| (l.index, l.mtu)).collect();
         NodeFacts {
             node_name: self.node_name.clone(),
             ephemeral_ports: sysctl::ephemeral_port_range(),
-            bound_ports: facts::bound_ports(),
+            bound_ports,
             resolvers: crate::dataplane::files::node_resolvers(),
             embedded_dns: self.dns.is_some(),
             link_mtu_by_address: addrs.iter().filter_map(|a| Some((a.net.addr(), *mtus.get(&a.index)?))).collect(),
@@ -175,7 +198,7 @@ impl Reconciler {
                 self.seed_allocations(recovered);
             }
         }
-        let facts = self.facts().await;
+        let facts = self.facts(version).await;
         let t_facts = started.elapsed();
         let reused = version.is_some() && matches!(&self.last_plan, Some((v, f, _)) if *v == version && *f == facts);
         let objects = objects.in_creation_order();

@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 
 /// Counts kernel events seen so far.
 #[derive(Clone, Default)]
-pub struct EventCounter(Arc<AtomicU64>);
+pub struct EventCounter(Arc<AtomicU64>, Arc<std::sync::atomic::AtomicBool>);
 
 impl EventCounter {
     pub fn get(&self) -> u64 {
@@ -31,6 +31,13 @@ impl EventCounter {
     }
     fn bump(&self) {
         self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    /// The link watcher stopped: no quiet period can be trusted any more.
+    pub fn is_dead(&self) -> bool {
+        self.1.load(Ordering::SeqCst)
+    }
+    fn died(&self) {
+        self.1.store(true, Ordering::SeqCst);
     }
 }
 
@@ -63,6 +70,9 @@ pub fn watch(wake: Arc<Notify>) -> std::io::Result<EventCounter> {
                 w.notify_one();
             }
         }
+        tracing::warn!("kernel event watch ended; every pass is a full one from now on");
+        c.died();
+        w.notify_one();
     });
     match tokio::process::Command::new("nft").arg("monitor").stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn() {
         Ok(mut child) => {
