@@ -75,7 +75,6 @@ pub struct Dataplane {
     events_baseline: u64,
     /// Passes since the last full one (every FULL_PASS_EVERY-th is full).
     passes_since_full: u32,
-    last_full: Option<std::time::Instant>,
     /// Sandboxes verified in sync, with the endpoints they were verified for.
     verified: HashMap<String, Vec<Endpoint>>,
     last_firewall: Option<crate::plan::desired::FirewallPlan>,
@@ -89,12 +88,9 @@ pub struct Dataplane {
     sandboxes: HashMap<String, SandboxHandle>,
 }
 
-/// Observe everything even without kernel events (what no event reports:
-/// edits of /etc/netns files, missed events) every this-many passes, but
-/// not more often than FULL_PASS_MIN_INTERVAL: an agent resyncing every
-/// second must not pay a full audit of a thousand sandboxes every ten.
+/// Every this-many passes, observe everything even without kernel events
+/// (what no event reports: edits of /etc/netns files, missed events).
 const FULL_PASS_EVERY: u32 = 10;
-const FULL_PASS_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Link group used only for a moment, to delete many of our links in one
 /// request; checked to be empty of foreign links before use.
@@ -135,7 +131,6 @@ impl Dataplane {
             events: None,
             events_baseline: 0,
             passes_since_full: 0,
-            last_full: None,
             verified: HashMap::new(),
             last_firewall: None,
             progress: None,
@@ -226,16 +221,11 @@ impl Dataplane {
         let mut report = SyncReport::default();
         // A full pass observes everything; a quick one skips what was
         // verified before, when no kernel event arrived since.
-        let audit_due =
-            self.passes_since_full + 1 >= FULL_PASS_EVERY && self.last_full.is_none_or(|t| t.elapsed() >= FULL_PASS_MIN_INTERVAL);
         let full = match &self.events {
             None => true,
-            Some(events) => events.is_dead() || events.get() != self.events_baseline || audit_due,
+            Some(events) => events.is_dead() || events.get() != self.events_baseline || self.passes_since_full + 1 >= FULL_PASS_EVERY,
         };
         self.passes_since_full = if full { 0 } else { self.passes_since_full + 1 };
-        if full {
-            self.last_full = Some(std::time::Instant::now());
-        }
         // Nothing changed in the kernel (no event) nor in what we want since
         // a pass that converged cleanly: there is nothing to look at.
         if !full && self.last_clean.as_ref() == Some(desired) {
