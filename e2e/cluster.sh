@@ -56,7 +56,7 @@ wait_for() {
     done
 }
 ready() { [[ $(k get "$1" "$2" ${3:+-n "$3"} -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == "${4:-True}" ]]; }
-reason() { k get "$1" "$2" ${3:+-n "$3"} -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'; }
+reason_is() { [[ $(k get "$1" "$2" ${3:+-n "$3"} -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}') == "$4" ]]; }
 field() { k get attachment "$1" -n "$NS" -o jsonpath="{$2}"; }
 
 cleanup() {
@@ -137,14 +137,14 @@ if ((TRAFFIC)); then
 fi
 
 # ---- 2. bad input ----
-wait_for "e2e-lost NetworkNotFound" bash -c "[[ \$($KUBECTL get attachment e2e-lost -n $NS -o jsonpath='{.status.conditions[0].reason}') == NetworkNotFound ]]"
+wait_for "e2e-lost NetworkNotFound" reason_is attachment e2e-lost "$NS" NetworkNotFound
 wait_for "an Event for e2e-lost" bash -c "$KUBECTL get events -n $NS -o jsonpath='{.items[*].reason}' | grep -q NetworkNotFound"
 ready attachment e2e-a1 "$NS" || fail "a bad object disturbed a good one"
 pass "bad input: NetworkNotFound in status and as an Event"
 
 # ---- 3. deletion ----
 k delete network netlet-e2e-bridge --wait=false >/dev/null
-wait_for "DeletionPending" bash -c "[[ \$($KUBECTL get network netlet-e2e-bridge -o jsonpath='{.status.conditions[0].reason}') == DeletionPending ]]"
+wait_for "DeletionPending" reason_is network netlet-e2e-bridge "" DeletionPending
 k delete attachment e2e-a2 -n "$NS" --timeout=60s >/dev/null
 if ((TRAFFIC)); then
     ! in_node "$N1" ip netns pids e2e-a2 >/dev/null 2>&1 || fail "e2e-a2's namespace outlived its object"

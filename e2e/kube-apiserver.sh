@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A real Kubernetes API server (v1.20.2) for tests, on 127.0.0.1 only, offline.
+# A real Kubernetes API server (v1.20.2) for tests, offline; listens on
+# 127.0.0.1 unless NETLET_KUBE_BIND_ADDRESS says otherwise.
 #
 # Built from Debian's `kubernetes` source package (1.20.5+really1.20.2, the
 # whole upstream tree with vendor/) with Debian's Go; etcd is Debian's
@@ -35,7 +36,7 @@ log() { printf '[kube-apiserver.sh] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 usage() {
-    sed -n '8,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '9,12p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -248,21 +249,24 @@ pid_ours() {
     [[ $cmdline == *"$dir/"* ]]
 }
 
+# Waits up to TENTHS tenths of a second for PID to exit; fails if it did not.
+wait_exit() {
+    local pid=$1 tenths=$2 _
+    for _ in $(seq "$tenths"); do
+        pid_alive "$pid" || return 0
+        sleep 0.1
+    done
+    ! pid_alive "$pid"
+}
+
 kill_wait() {
-    local pid=$1 dir=$2 _
+    local pid=$1 dir=$2
     pid_ours "$pid" "$dir" || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 150); do
-        pid_alive "$pid" || return 0
-        sleep 0.1
-    done
+    wait_exit "$pid" 150 && return 0
     log "pid $pid ignored SIGTERM for 15 s; SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-        pid_alive "$pid" || return 0
-        sleep 0.1
-    done
-    die "pid $pid would not die"
+    wait_exit "$pid" 100 || die "pid $pid would not die"
 }
 
 write_pids() {

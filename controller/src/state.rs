@@ -8,7 +8,8 @@
 //!   namespaces), so a wiped state dir does not orphan them either.
 //! - `status.json`: the last status of every object, for `netlet get`.
 //!
-//! Every file is written atomically: temp file, fsync, rename, fsync dir.
+//! Every file is written atomically: temp file, rename; the records that
+//! must survive a crash (allocations, owned) also fsync file and dir.
 //! A file that cannot be parsed is reported and set aside (`*.corrupt`),
 //! never silently trusted.
 
@@ -160,7 +161,8 @@ impl StateDir {
     }
 }
 
-/// temp file in the same directory, fsync, rename over, fsync the directory.
+/// Temp file in the same directory, renamed over; `durable` adds an fsync
+/// of the file before and of the directory after.
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     {

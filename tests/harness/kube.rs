@@ -161,9 +161,9 @@ impl KubeCluster {
     }
 }
 
+/// (status, reason) of an API object's Ready condition.
 pub fn ready_of(obj: &Value) -> (String, String) {
-    let c = obj["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready")).cloned().unwrap_or(Value::Null);
-    (c["status"].as_str().unwrap_or("").into(), c["reason"].as_str().unwrap_or("").into())
+    super::ready_in(&obj["status"])
 }
 
 impl Drop for KubeCluster {

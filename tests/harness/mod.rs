@@ -200,9 +200,7 @@ impl Node {
 
     /// (status, reason) of an object's Ready condition.
     pub fn ready(&self, kind: &str, name: &str) -> (String, String) {
-        let s = self.status(kind, name);
-        let c = s["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready")).cloned().unwrap_or(Value::Null);
-        (c["status"].as_str().unwrap_or("").into(), c["reason"].as_str().unwrap_or("").into())
+        ready_in(&self.status(kind, name))
     }
 
     /// Runs a shell command inside the node namespace.
@@ -228,10 +226,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        for mut child in self.agents.drain(..) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop_agents();
         let names: Vec<String> = String::from_utf8_lossy(&sh("ip netns list").stdout)
             .lines()
             .filter_map(|l| l.split_whitespace().next().map(String::from))
@@ -246,6 +241,12 @@ impl Drop for Node {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// (status, reason) of the Ready condition in an object's `status`.
+pub fn ready_in(status: &Value) -> (String, String) {
+    let c = status["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready")).cloned().unwrap_or(Value::Null);
+    (c["status"].as_str().unwrap_or("").into(), c["reason"].as_str().unwrap_or("").into())
 }
 
 // ---- kernel state, via `ip -j` ----

@@ -395,13 +395,13 @@ pub fn render(plan: &FirewallPlan, brnf: BrNetfilter) -> Result<Ruleset, Firewal
         b.push_str("\t}\n}\n");
         b
     });
-    let mut skeleton = t.skeleton.clone();
-    let mut elements = std::mem::take(&mut t.elements);
-    if let Some(b) = &bridge {
+    let TableWriter { text: inet, mut skeleton, mut elements, .. } = t;
+    let bridge = bridge.map(|b| {
         skeleton.push_str(&b.skeleton);
-        elements.extend(b.elements.clone());
-    }
-    Ok(Ruleset { inet: Some(t.text), bridge: bridge.map(|b| b.text), skeleton, elements })
+        elements.extend(b.elements);
+        b.text
+    });
+    Ok(Ruleset { inet: Some(inet), bridge, skeleton, elements })
 }
 
 /// A listing reduced to compare equal however nft wraps lines, spaces

@@ -100,19 +100,11 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// Ours: created in our link group, or (links made before the group was
-/// used) carrying our alias.
 /// Every network namespace's loopback device has this index.
 const LOOPBACK_INDEX: u32 = 1;
 
-impl Dataplane {
-    fn set_phase(&self, name: &'static str, total: usize) {
-        if let Some(p) = &self.progress {
-            p.phase(name, total);
-        }
-    }
-}
-
+/// Ours: created in our link group, or (links made before the group was
+/// used) carrying our alias.
 fn is_ours(link: &Link) -> bool {
     link.group == OWNER_LINK_GROUP || link.alias.as_deref().is_some_and(|a| a.starts_with(OWNER_ALIAS_PREFIX))
 }
@@ -153,6 +145,13 @@ impl Dataplane {
 
     pub fn node(&self) -> &Netlink {
         &self.node
+    }
+
+    /// Tells the progress display (if any) which phase a pass is in.
+    fn set_phase(&self, name: &'static str, total: usize) {
+        if let Some(p) = &self.progress {
+            p.phase(name, total);
+        }
     }
 
     /// What the kernel says attachments hold, for when the state dir lost

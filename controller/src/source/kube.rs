@@ -48,6 +48,15 @@ fn patch_params() -> PatchParams {
     PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
 }
 
+fn post_params() -> PostParams {
+    PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
+
+/// Is this attachment for `node`? (Unscheduled ones are nobody's here.)
+fn scheduled_on(a: &Attachment, node: &str) -> bool {
+    a.spec.node_name.as_deref() == Some(node)
+}
+
 pub struct KubeOptions {
     pub node_name: String,
     pub state_dir: PathBuf,
@@ -189,7 +198,7 @@ impl Cluster {
         let overlays: BTreeSet<String> = set.networks.iter().filter(|n| n.spec.driver == Driver::Overlay).map(|n| n.name_any()).collect();
         let mut deleting_attachments = Vec::new();
         for a in &attachments {
-            if a.spec.node_name.as_deref() != Some(self.node.as_str()) {
+            if !scheduled_on(a, &self.node) {
                 // Another node's attachment matters here only as an overlay
                 // remote (a static FDB and neighbour entry), until deleted.
                 if a.spec.node_name.is_some() && overlays.contains(&a.spec.network) && a.meta().deletion_timestamp.is_none() {
@@ -215,7 +224,7 @@ impl Cluster {
                 }
                 continue;
             };
-            if attachment.spec.node_name.as_deref() != Some(self.node.as_str()) {
+            if !scheduled_on(attachment, &self.node) {
                 continue;
             }
             if p.meta().deletion_timestamp.is_some() {
@@ -326,9 +335,7 @@ impl Cluster {
             let need = objects
                 .attachments
                 .iter()
-                .filter(|a| {
-                    a.spec.network == name && a.spec.node_name.as_deref() == Some(self.node.as_str()) && a.spec.ipv4_address.is_none()
-                })
+                .filter(|a| a.spec.network == name && scheduled_on(a, &self.node) && a.spec.ipv4_address.is_none())
                 .count() as u64;
             let mine = |status: &Option<NetworkStatus>| -> Vec<IpNet> {
                 let blocks = status.as_ref().map(|s| s.address_blocks.as_slice()).unwrap_or_default();
@@ -364,7 +371,7 @@ impl Cluster {
                 status.address_blocks.push(AddressBlock { node: self.node.clone(), cidr: block.to_string() });
                 let mut updated = current.clone();
                 updated.status = Some(status);
-                match api.replace_status(&name, &self.post_params(), &updated).await {
+                match api.replace_status(&name, &post_params(), &updated).await {
                     Ok(_) => tracing::info!(network = %name, %block, "claimed an address block"),
                     Err(kube::Error::Api(e)) if e.code == 409 => {
                         tracing::info!(network = %name, "address block claim raced another writer (409); reading again")
@@ -378,10 +385,6 @@ impl Cluster {
             out.insert(name, blocks);
         }
         out
-    }
-
-    fn post_params(&self) -> PostParams {
-        PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
     }
 
     /// Networks are written by every node realizing them: each agent owns
@@ -446,7 +449,7 @@ impl Cluster {
             status = new;
             let mut updated = current.clone();
             updated.status = Some(status);
-            match api.replace_status(name, &self.post_params(), &updated).await {
+            match api.replace_status(name, &post_params(), &updated).await {
                 Ok(_) => return,
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     tracing::info!(network = name, "network status changed under us (409); retrying with a fresh read");
@@ -510,16 +513,12 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
 
     loop {
         let (objects, deleting_atts, deleting_pms, deleting_nets) = cluster.desired();
-        // Every attachment's status, not only ours: overlay addresses are
-        // computed cluster-wide and must agree on every node.
-        let (ours, others): (Vec<Attachment>, Vec<Attachment>) = cluster
-            .attachments
-            .state()
-            .iter()
-            .map(|a| (**a).clone())
-            .partition(|a| a.spec.node_name.as_deref() == Some(opts.node_name.as_str()));
+        // Addresses and ports already handed out, from status: ours fill
+        // what the state dir lacks; other nodes' (overlay remotes) are
+        // theirs to decide, so their status wins.
+        let (ours, others): (Vec<Attachment>, Vec<Attachment>) =
+            cluster.attachments.state().iter().map(|a| (**a).clone()).partition(|a| scheduled_on(a, &opts.node_name));
         reconciler.seed_allocations(allocations_from_status(&ours, &objects.port_mappings));
-        // Other nodes' addresses are theirs to decide: their status wins.
         reconciler.override_allocations(allocations_from_status(&others, &[]));
         let blocks = cluster.overlay_blocks(&objects).await;
         reconciler.set_overlay_blocks(blocks);
@@ -529,7 +528,7 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
         let att_api = |ns: &str| Api::<Attachment>::namespaced(client.clone(), ns);
         let pm_api = |ns: &str| Api::<PortMapping>::namespaced(client.clone(), ns);
         let net_api: Api<Network> = Api::all(client.clone());
-        for a in objects.attachments.iter().filter(|a| a.spec.node_name.as_deref() == Some(opts.node_name.as_str())) {
+        for a in objects.attachments.iter().filter(|a| scheduled_on(a, &opts.node_name)) {
             cluster.ensure_finalizer(&att_api(&namespace_of(a)), a, TEARDOWN_FINALIZER).await;
         }
         for p in &objects.port_mappings {
