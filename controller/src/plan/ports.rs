@@ -1,7 +1,7 @@
 //! Port publishing: PortMappings expanded into single host-port bindings,
 //! ephemeral ports chosen and kept, conflicts decided by creation order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use kube::ResourceExt;
@@ -10,7 +10,7 @@ use super::desired::PublishedPort;
 use super::network::ResolvedNetwork;
 use super::outcome::{reason, Failure};
 use super::{is_local, Allocations, NodeFacts, Plan};
-use crate::api::{Driver, PortBinding, PortMapping, Protocol};
+use crate::api::{Attachment, Driver, PortBinding, PortMapping, Protocol};
 use crate::objects::{namespace_of, ObjectSet};
 
 /// Bindings published so far: (protocol, IPv6?, port) -> [(host ip, owner)].
@@ -49,11 +49,17 @@ pub(super) fn plan_ports(
     // port are distinct, as with Docker's dual-stack publishing.
     let mut published: Published = BTreeMap::new();
     let (lo, hi) = node.ephemeral_ports;
+    // Attachments by `namespace/name`: one lookup per mapping, not a scan
+    // (the first of a duplicated name wins, as everywhere else).
+    let mut attachments: HashMap<String, &Attachment> = HashMap::with_capacity(objects.attachments.len());
+    for a in &objects.attachments {
+        attachments.entry(format!("{}/{}", namespace_of(a), a.name_any())).or_insert(a);
+    }
     for pm in &objects.port_mappings {
         let ns = namespace_of(pm);
         let key = format!("{ns}/{}", pm.name_any());
         let att_key = format!("{ns}/{}", pm.spec.attachment);
-        let Some(att) = objects.attachments.iter().find(|a| namespace_of(*a) == ns && a.name_any() == pm.spec.attachment) else {
+        let Some(&att) = attachments.get(&att_key) else {
             out.port_mappings.insert(key, Err(Failure::new(reason::ATTACHMENT_NOT_FOUND, format!("attachment {att_key} does not exist"))));
             continue;
         };
@@ -153,7 +159,7 @@ pub(super) fn plan_ports(
 /// Expands a PortMapping into single-port bindings for the attachment's addresses.
 fn wanted_bindings(
     pm: &PortMapping,
-    att: &crate::api::Attachment,
+    att: &Attachment,
     att_key: &str,
     networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
     out: &Plan,
