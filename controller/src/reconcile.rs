@@ -50,6 +50,10 @@ pub struct Reconciler {
     allocations: Allocations,
     owned: Owned,
     status: StatusStore,
+    /// The objects `status` was computed from (entries of unchanged objects are reused).
+    status_objects: Option<ObjectSet>,
+    /// The last status write failed: retry even if nothing changes.
+    status_unwritten: bool,
     metrics: Option<Arc<Metrics>>,
     /// The previous pass's desired state: mutations made while it is
     /// unchanged are drift repairs.
@@ -80,6 +84,8 @@ impl Reconciler {
             allocations: state.load_allocations(),
             owned: state.load_owned(),
             status: state.load_status(),
+            status_objects: None,
+            status_unwritten: false,
             state,
             node_name,
             dataplane,
@@ -239,11 +245,17 @@ impl Reconciler {
             self.last_verdicts.clone()
         } else {
             let now = crate::api::now_rfc3339();
-            let computed = status::compute(&objects, plan, &report, load_errors, &self.status, &self.node_name, &now);
-            if computed.store != self.status {
-                match self.state.store_status(&computed.store) {
-                    Ok(()) => self.status = computed.store,
-                    Err(e) => node_errors.push(format!("writing status: {e}")),
+            let previous = status::Previous { store: std::mem::take(&mut self.status), objects: self.status_objects.as_ref() };
+            let computed = status::compute(&objects, plan, &report, load_errors, previous, &self.node_name, &now);
+            self.status = computed.store;
+            if computed.changed {
+                self.status_objects = Some(objects.as_ref().clone());
+            }
+            if computed.changed || self.status_unwritten {
+                self.status_unwritten = false;
+                if let Err(e) = self.state.store_status(&self.status) {
+                    self.status_unwritten = true;
+                    node_errors.push(format!("writing status: {e}"));
                 }
             }
             self.last_verdicts = computed.verdicts.clone();

@@ -2,9 +2,10 @@
 //! the previous status (so `lastTransitionTime` only moves on a flip), and
 //! written only when it changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use kube::ResourceExt;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::{
@@ -29,6 +30,8 @@ pub struct Verdict {
 pub struct Computed {
     pub store: StatusStore,
     pub verdicts: Vec<Verdict>,
+    /// The store differs from the previous one (it needs writing).
+    pub changed: bool,
 }
 
 /// Key of a stored object (apiVersion/kind/metadata).
@@ -42,24 +45,78 @@ pub fn key_of(value: &Value) -> Option<ObjectKey> {
     })
 }
 
-fn previous_conditions(previous: &StatusStore) -> BTreeMap<ObjectKey, Vec<Condition>> {
-    previous
-        .iter()
-        .filter_map(|v| {
-            let conditions = serde_json::from_value(v.get("status")?.get("conditions")?.clone()).ok()?;
-            Some((key_of(v)?, conditions))
-        })
-        .collect()
+/// An object as the status store holds it: the object itself, then its
+/// status. An entry is reused as it stands while neither changed.
+trait Stored: serde::Serialize {
+    fn key(&self) -> ObjectKey;
+    /// Same metadata and spec (the status part is the store's own).
+    fn same_as(&self, before: &Self) -> bool;
+}
+
+macro_rules! stored {
+    ($kind:ty, $key:path) => {
+        impl Stored for $kind {
+            fn key(&self) -> ObjectKey {
+                $key(self)
+            }
+            fn same_as(&self, before: &Self) -> bool {
+                self.metadata == before.metadata && self.spec == before.spec
+            }
+        }
+    };
+}
+stored!(Network, network_key);
+stored!(Attachment, attachment_key);
+stored!(PortMapping, port_mapping_key);
+
+/// The previous pass's store and the objects it was computed from.
+/// Serializing every object again each pass was most of the status cost
+/// of a one-object change among thousands.
+pub struct Previous<'a> {
+    pub store: StatusStore,
+    /// None: unknown (first pass after a start), every entry is rebuilt.
+    pub objects: Option<&'a ObjectSet>,
+}
+
+fn by_key<T: Stored>(list: &[T]) -> HashMap<ObjectKey, &T> {
+    list.iter().map(|o| (o.key(), o)).collect()
 }
 
 struct Builder<'a> {
-    previous: BTreeMap<ObjectKey, Vec<Condition>>,
+    /// The previous store; entries are taken out as they are reused.
+    previous: Vec<Option<Value>>,
+    /// Position of each key in `previous`.
+    index: HashMap<ObjectKey, usize>,
+    networks: HashMap<ObjectKey, &'a Network>,
+    attachments: HashMap<ObjectKey, &'a Attachment>,
+    port_mappings: HashMap<ObjectKey, &'a PortMapping>,
     now: &'a str,
     store: StatusStore,
     verdicts: Vec<Verdict>,
+    changed: bool,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    fn new(previous: Previous<'a>, now: &'a str) -> Self {
+        let index = previous.store.iter().enumerate().rev().filter_map(|(i, v)| Some((key_of(v)?, i))).collect();
+        let objects = previous.objects;
+        Builder {
+            previous: previous.store.into_iter().map(Some).collect(),
+            index,
+            networks: objects.map(|o| by_key(&o.networks)).unwrap_or_default(),
+            attachments: objects.map(|o| by_key(&o.attachments)).unwrap_or_default(),
+            port_mappings: objects.map(|o| by_key(&o.port_mappings)).unwrap_or_default(),
+            now,
+            store: Vec::new(),
+            verdicts: Vec::new(),
+            changed: false,
+        }
+    }
+
+    fn previous_entry(&self, key: &ObjectKey) -> Option<&Value> {
+        self.previous.get(*self.index.get(key)?)?.as_ref()
+    }
+
     fn condition(&mut self, key: &ObjectKey, generation: Option<i64>, result: &Result<(), Failure>) -> Vec<Condition> {
         let mut c = match result {
             Ok(()) => Condition::ready(true, reason::READY, "realized on the node"),
@@ -67,14 +124,50 @@ impl Builder<'_> {
         };
         c.observed_generation = generation;
         self.verdicts.push(Verdict { key: key.clone(), ready: result.is_ok(), reason: c.reason.clone(), message: c.message.clone() });
-        let previous = self.previous.get(key).cloned().unwrap_or_default();
+        let previous: Vec<Condition> = self
+            .previous_entry(key)
+            .and_then(|v| v.get("status")?.get("conditions"))
+            .and_then(|c| Vec::<Condition>::deserialize(c).ok())
+            .unwrap_or_default();
         merge_condition(&previous, c, self.now)
     }
 
-    fn push<T: serde::Serialize>(&mut self, object: &T, status: Value) {
+    /// Appends `object` with `status`, reusing the previous entry when the
+    /// object and its status are what they were.
+    fn push<T: Stored>(&mut self, object: &T, before: Option<&T>, status: Value) {
+        let key = object.key();
+        let unchanged =
+            before.is_some_and(|b| object.same_as(b)) && self.previous_entry(&key).and_then(|v| v.get("status")) == Some(&status);
+        if unchanged {
+            self.reuse(&key);
+            return;
+        }
         let mut value = serde_json::to_value(object).expect("objects serialize");
         value["status"] = status;
+        self.changed = true;
         self.store.push(value);
+    }
+
+    /// Appends a whole entry (objects that failed to parse), reusing an equal previous one.
+    fn push_value(&mut self, key: &ObjectKey, value: Value) {
+        if self.previous_entry(key) == Some(&value) {
+            self.reuse(key);
+        } else {
+            self.changed = true;
+            self.store.push(value);
+        }
+    }
+
+    fn reuse(&mut self, key: &ObjectKey) {
+        let i = self.index[key];
+        // The same entry at another position is still a different file.
+        self.changed |= i != self.store.len();
+        self.store.push(self.previous[i].take().expect("each previous entry is reused at most once"));
+    }
+
+    fn finish(self) -> Computed {
+        let changed = self.changed || self.store.len() != self.previous.len();
+        Computed { store: self.store, verdicts: self.verdicts, changed }
     }
 }
 
@@ -88,11 +181,11 @@ pub fn compute(
     plan: &Plan,
     report: &SyncReport,
     load_errors: &[LoadError],
-    previous: &StatusStore,
+    previous: Previous<'_>,
     node: &str,
     now: &str,
 ) -> Computed {
-    let mut b = Builder { previous: previous_conditions(previous), now, store: Vec::new(), verdicts: Vec::new() };
+    let mut b = Builder::new(previous, now);
 
     for net in &objects.networks {
         let key = network_key(net);
@@ -115,7 +208,8 @@ pub fn compute(
             mtu: info.and_then(|i| i.mtu),
             unreachable_peers: unreachable_peers(net, report),
         };
-        b.push::<Network>(net, serde_json::to_value(status).expect("status serializes"));
+        let before = b.networks.get(&key).copied();
+        b.push(net, before, serde_json::to_value(status).expect("status serializes"));
     }
 
     for att in objects.attachments.iter().filter(|a| is_local(a, node)) {
@@ -163,7 +257,8 @@ pub fn compute(
         if let Some(i) = info.filter(|i| !i.node_addresses.is_empty()) {
             status["nodeAddresses"] = json!(i.node_addresses);
         }
-        b.push::<Attachment>(att, status);
+        let before = b.attachments.get(&key).copied();
+        b.push(att, before, status);
     }
 
     let ready_attachments: BTreeMap<String, bool> =
@@ -190,13 +285,18 @@ pub fn compute(
             observed_generation: generation(pm),
             conditions,
         };
-        b.push::<PortMapping>(pm, serde_json::to_value(status).expect("status serializes"));
+        let before = b.port_mappings.get(&key).copied();
+        b.push(pm, before, serde_json::to_value(status).expect("status serializes"));
     }
 
-    // Objects that could not even be parsed still get a status.
+    // Objects that could not even be parsed still get a status (once).
+    let mut listed: HashSet<ObjectKey> = HashSet::new();
+    if !load_errors.is_empty() {
+        listed.extend(b.verdicts.iter().map(|v| v.key.clone()));
+    }
     for err in load_errors {
         let Some(key) = &err.key else { continue };
-        if b.store.iter().any(|v| key_of(v).as_ref() == Some(key)) {
+        if !listed.insert(key.clone()) {
             continue;
         }
         let conditions = b.condition(key, Some(1), &Err(Failure::invalid(err.message.clone())));
@@ -204,14 +304,15 @@ pub fn compute(
         if let Some(ns) = &key.namespace {
             metadata["namespace"] = json!(ns);
         }
-        b.store.push(json!({
+        let value = json!({
             "apiVersion": API_VERSION,
             "kind": Kind::from(key.kind).as_str(),
             "metadata": metadata,
             "status": {"conditions": conditions},
-        }));
+        });
+        b.push_value(key, value);
     }
-    Computed { store: b.store, verdicts: b.verdicts }
+    b.finish()
 }
 
 /// `node (VTEP)` of every overlay peer the dataplane found unreachable.
@@ -225,4 +326,68 @@ fn unreachable_peers(net: &Network, report: &SyncReport) -> Vec<String> {
             None => v.to_string(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::manifests;
+
+    fn objects(attachments: usize) -> ObjectSet {
+        let mut docs = vec!["kind: Network\nmetadata: {name: n}\nspec: {ipam: {config: [{subnet: 10.9.0.0/24}]}}\n".to_string()];
+        for i in 0..attachments {
+            docs.push(format!("kind: Attachment\nmetadata: {{name: a{i}}}\nspec: {{network: n, sandbox: {{netns: s{i}}}}}\n"));
+            docs.push(format!("kind: PortMapping\nmetadata: {{name: p{i}}}\nspec: {{attachment: a{i}, ports: [{{containerPort: 80}}]}}\n"));
+        }
+        let text = docs.iter().map(|d| format!("apiVersion: {API_VERSION}\n{d}")).collect::<Vec<_>>().join("---\n");
+        let loaded = manifests::parse(std::path::Path::new("t.yaml"), &text);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        loaded.objects
+    }
+
+    fn pass(objects: &ObjectSet, previous: Previous<'_>, now: &str) -> Computed {
+        let facts = crate::plan::NodeFacts { node_name: "n1".into(), ephemeral_ports: (40000, 40100), ..Default::default() };
+        let plan = crate::plan::plan(objects, &facts, &Default::default());
+        compute(objects, &plan, &SyncReport::default(), &[], previous, "n1", now)
+    }
+
+    #[test]
+    fn unchanged_objects_keep_their_entries_and_a_new_one_is_added() {
+        let two = objects(2);
+        let first = pass(&two, Previous { store: Vec::new(), objects: None }, "t1");
+        assert!(first.changed);
+        assert_eq!(first.store.len(), 5);
+
+        let again = pass(&two, Previous { store: first.store.clone(), objects: Some(&two) }, "t2");
+        assert!(!again.changed, "an unchanged set rewrites nothing");
+        assert_eq!(again.store, first.store, "lastTransitionTime stays t1");
+
+        let three = objects(3);
+        let grown = pass(&three, Previous { store: first.store.clone(), objects: Some(&two) }, "t3");
+        assert!(grown.changed);
+        assert_eq!(grown.store.len(), 7);
+        let fresh = pass(&three, Previous { store: Vec::new(), objects: None }, "t1");
+        // Same content as computing from nothing, bar the new objects' transition time.
+        let strip = |s: &StatusStore| serde_json::to_string(s).unwrap().replace("t3", "t1");
+        assert_eq!(strip(&grown.store), strip(&fresh.store));
+    }
+
+    #[test]
+    fn a_changed_spec_or_status_rebuilds_the_entry() {
+        let two = objects(2);
+        let first = pass(&two, Previous { store: Vec::new(), objects: None }, "t1");
+        let mut edited = two.clone();
+        edited.attachments[1].spec.interface = Some("net9".into());
+        let after = pass(&edited, Previous { store: first.store.clone(), objects: Some(&two) }, "t2");
+        assert!(after.changed);
+        let a1 = after.store.iter().find(|v| key_of(v) == Some(ObjectKey::attachment("default", "a1"))).unwrap();
+        assert_eq!(a1["spec"]["interface"], "net9");
+        assert_eq!(a1["status"]["interface"], "net9");
+
+        // Fewer objects: the store shrinks and is rewritten.
+        let one = objects(1);
+        let shrunk = pass(&one, Previous { store: first.store, objects: Some(&two) }, "t2");
+        assert!(shrunk.changed);
+        assert_eq!(shrunk.store.len(), 3);
+    }
 }
