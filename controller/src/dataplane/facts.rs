@@ -4,11 +4,75 @@
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_packet_sock_diag::SockDiagMessage;
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
 use crate::api::Protocol;
 
 /// Sockets bound in this namespace that a published port would collide
-/// with: TCP in LISTEN, UDP bound (read from /proc/net, per namespace).
+/// with: TCP in LISTEN, UDP unconnected. Asked of sock_diag, which filters
+/// by state in the kernel; /proc/net walks the whole socket hash (a few ms
+/// on a big machine) and is only the fallback.
 pub fn bound_ports() -> Vec<(Protocol, IpAddr, u16)> {
+    let mut out = match sock_diag_ports() {
+        Ok(ports) => ports,
+        Err(e) => {
+            tracing::debug!(error = %e, "sock_diag unavailable; reading /proc/net");
+            proc_net_ports()
+        }
+    };
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Listening TCP and unconnected UDP sockets, by sock_diag dump requests.
+fn sock_diag_ports() -> std::io::Result<Vec<(Protocol, IpAddr, u16)>> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    for (protocol, ipproto, states) in [(Protocol::Tcp, IPPROTO_TCP, StateFlags::LISTEN), (Protocol::Udp, IPPROTO_UDP, StateFlags::CLOSE)] {
+        for (family, socket_id) in [(AF_INET, SocketId::new_v4()), (AF_INET6, SocketId::new_v6())] {
+            let mut header = NetlinkHeader::default();
+            header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+            let request = InetRequest { family, protocol: ipproto, extensions: ExtensionFlags::empty(), states: states.clone(), socket_id };
+            let mut packet = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
+            packet.finalize();
+            let mut bytes = vec![0u8; packet.buffer_len()];
+            packet.serialize(&mut bytes);
+            socket.send(&bytes, 0)?;
+            'dump: loop {
+                let size = socket.recv(&mut &mut buf[..], 0)?;
+                let mut offset = 0;
+                while offset < size {
+                    let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..size])
+                        .map_err(|e| std::io::Error::other(format!("sock_diag reply: {e}")))?;
+                    match message.payload {
+                        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                            out.push((protocol, r.header.socket_id.source_address, r.header.socket_id.source_port));
+                        }
+                        NetlinkPayload::Done(_) => break 'dump,
+                        NetlinkPayload::Error(e) => return Err(std::io::Error::other(format!("sock_diag: {e}"))),
+                        _ => {}
+                    }
+                    if message.header.length == 0 {
+                        break;
+                    }
+                    offset += message.header.length as usize;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The same, from the /proc/net tables of this namespace.
+fn proc_net_ports() -> Vec<(Protocol, IpAddr, u16)> {
     let mut out = Vec::new();
     for (file, protocol, wanted_state) in
         [("tcp", Protocol::Tcp, "0A"), ("tcp6", Protocol::Tcp, "0A"), ("udp", Protocol::Udp, "07"), ("udp6", Protocol::Udp, "07")]
@@ -26,8 +90,6 @@ pub fn bound_ports() -> Vec<(Protocol, IpAddr, u16)> {
             }
         }
     }
-    out.sort();
-    out.dedup();
     out
 }
 
@@ -54,6 +116,24 @@ fn parse_socket(text: &str) -> Option<(IpAddr, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both readings agree on a socket this test binds (in whatever
+    /// namespace the test runs; no root needed).
+    #[test]
+    fn sock_diag_and_proc_net_see_the_same_listeners() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let udp = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let mine = [
+            (Protocol::Tcp, tcp.local_addr().unwrap().ip(), tcp.local_addr().unwrap().port()),
+            (Protocol::Udp, udp.local_addr().unwrap().ip(), udp.local_addr().unwrap().port()),
+        ];
+        let diag = sock_diag_ports().expect("sock_diag answers");
+        let proc = proc_net_ports();
+        for socket in mine {
+            assert!(diag.contains(&socket), "sock_diag misses {socket:?}");
+            assert!(proc.contains(&socket), "/proc/net misses {socket:?}");
+        }
+    }
 
     #[test]
     fn proc_net_sockets_parse() {
