@@ -88,6 +88,30 @@ pub struct Dataplane {
     sandboxes: HashMap<String, SandboxHandle>,
 }
 
+/// Deletes namespaces (and their /etc/netns files): for each, whether it
+/// existed, or what failed.
+fn delete_namespaces(names: Vec<String>) -> Vec<(String, Result<bool, String>)> {
+    names
+        .into_iter()
+        .map(|name| {
+            let existed = Path::new(crate::plan::attachment::NETNS_DIR).join(&name).exists();
+            let result = files::remove(&name)
+                .map_err(|e| format!("removing /etc/netns/{name}: {e}"))
+                .and_then(|_| netns::delete(&name).map_err(|e| format!("deleting namespace {name}: {e}")))
+                .map(|()| existed);
+            (name, result)
+        })
+        .collect()
+}
+
+/// The firewall's sync running on a blocking thread; it hands the
+/// firewall back with the plan it applied.
+type FirewallJob = tokio::task::JoinHandle<(
+    firewall::NftFirewall,
+    crate::plan::desired::FirewallPlan,
+    Result<firewall::SyncOutcome, firewall::FirewallError>,
+)>;
+
 /// Every this-many passes, observe everything even without kernel events
 /// (what no event reports: edits of /etc/netns files, missed events).
 const FULL_PASS_EVERY: u32 = 10;
@@ -236,12 +260,19 @@ impl Dataplane {
         let lap = |name: &'static str, phases: &mut Vec<(&str, std::time::Duration)>| {
             phases.push((name, started.elapsed() - phases.iter().map(|p| p.1).sum::<std::time::Duration>()))
         };
+        // The ruleset is applied by nft, a process that mostly waits for
+        // the kernel (an element delete waits out an RCU grace period):
+        // it runs beside the link work, which waits for the same.
+        let firewall_job = self.start_firewall(desired, full);
         self.set_phase("node", 0);
         self.sync_sysctls(desired, &mut report);
         let (node_links, node_addresses) = match self.node_view().await {
             Ok(view) => view,
             Err(e) => {
                 report.node_errors.push(e.to_string());
+                if let Some(job) = firewall_job {
+                    self.finish_firewall(job, &mut report).await;
+                }
                 return report;
             }
         };
@@ -265,24 +296,6 @@ impl Dataplane {
         }
         self.sync_endpoints(desired, &node_links, &bridges, full, &fresh, &mut report).await;
         lap("endpoints", &mut phases);
-        self.set_phase("firewall", 0);
-        // The whole ruleset in one transaction; nothing when in sync.
-        if full || self.last_firewall.as_ref() != Some(&desired.firewall) {
-            self.last_firewall = None;
-            match self.firewall.sync(&desired.firewall) {
-                Ok(outcome) => {
-                    if outcome.mutated() {
-                        report.mutated("nft");
-                    }
-                    self.last_firewall = Some(desired.firewall.clone());
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "firewall not applied");
-                    report.firewall_error = Some(e.to_string());
-                }
-            }
-        }
-        lap("nft", &mut phases);
         self.set_phase("name files", 0);
         if full || self.last_files.as_ref() != Some(&desired.sandbox_files) {
             let mut ok = true;
@@ -305,6 +318,11 @@ impl Dataplane {
         self.set_phase("cleanup", 0);
         self.prune(desired, &node_links, owned, record_owned, &mut report).await;
         lap("prune", &mut phases);
+        self.set_phase("firewall", 0);
+        if let Some(job) = firewall_job {
+            self.finish_firewall(job, &mut report).await;
+        }
+        lap("nft wait", &mut phases);
         tracing::debug!(?phases, full, "sync phases");
         // Sockets into sandboxes are cheap to reopen and cost a receive
         // buffer each: keep none between passes.
@@ -324,6 +342,44 @@ impl Dataplane {
             self.events_baseline = events.get();
         }
         report
+    }
+
+    /// Starts the whole ruleset's sync (one transaction, nothing when in
+    /// sync) on a blocking thread, unless it is known to be in place.
+    fn start_firewall(&mut self, desired: &DesiredState, full: bool) -> Option<FirewallJob> {
+        if !full && self.last_firewall.as_ref() == Some(&desired.firewall) {
+            return None;
+        }
+        self.last_firewall = None;
+        let mut firewall = std::mem::take(&mut self.firewall);
+        let plan = desired.firewall.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            let result = firewall.sync(&plan);
+            (firewall, plan, result)
+        }))
+    }
+
+    async fn finish_firewall(&mut self, job: FirewallJob, report: &mut SyncReport) {
+        let (firewall, plan, result) = match job.await {
+            Ok(done) => done,
+            Err(e) => {
+                report.firewall_error = Some(format!("firewall task failed: {e}"));
+                return;
+            }
+        };
+        self.firewall = firewall;
+        match result {
+            Ok(outcome) => {
+                if outcome.mutated() {
+                    report.mutated("nft");
+                }
+                self.last_firewall = Some(plan);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "firewall not applied");
+                report.firewall_error = Some(e.to_string());
+            }
+        }
     }
 
     fn sync_sysctls(&self, desired: &DesiredState, report: &mut SyncReport) {
@@ -612,8 +668,7 @@ impl Dataplane {
         self.verified.retain(|path, _| wanted.contains(path));
         for (sandbox, endpoints) in by_sandbox {
             let path = sandbox.path();
-            let owned_endpoints: Vec<Endpoint> = endpoints.iter().map(|e| (*e).clone()).collect();
-            if !full && self.verified.get(&path) == Some(&owned_endpoints) {
+            if !full && self.verified.get(&path).is_some_and(|v| v.iter().eq(endpoints.iter().copied())) {
                 continue;
             }
             self.verified.remove(&path);
@@ -639,7 +694,7 @@ impl Dataplane {
                 p.step();
             }
             if endpoints.iter().all(|ep| !report.endpoint_errors.contains_key(&ep.owner)) {
-                self.verified.insert(path, owned_endpoints);
+                self.verified.insert(path, endpoints.iter().map(|e| (*e).clone()).collect());
             }
         }
     }
@@ -891,39 +946,6 @@ impl Dataplane {
             .chain(desired.endpoints.iter().filter_map(|e| e.host_name()))
             .chain(desired.vxlans.iter().map(|v| v.name.as_str()))
             .collect();
-        {
-            {
-                let links = node_links;
-                // Veths first (batched), so a bridge is empty when it goes.
-                let stale: Vec<&Link> = links.iter().filter(|l| is_ours(l) && !wanted_links.contains(l.name.as_str())).collect();
-                let (bridges, others): (Vec<&Link>, Vec<&Link>) = stale.into_iter().partition(|l| l.kind.as_deref() == Some("bridge"));
-                let group_is_free = !links.iter().any(|l| l.group == DOOMED_GROUP && !others.iter().any(|o| o.index == l.index));
-                if others.len() > 1 && group_is_free {
-                    let batch: Vec<(u32, String)> = others.iter().map(|l| (l.index, l.name.clone())).collect();
-                    match self.node.delete_links_batched(&batch, DOOMED_GROUP).await {
-                        Ok(()) => {
-                            for _ in &batch {
-                                report.mutated("link");
-                            }
-                        }
-                        Err(e) => report.node_errors.push(e.to_string()),
-                    }
-                } else {
-                    for link in others {
-                        match self.node.delete_link(link.index, &link.name).await {
-                            Ok(()) => report.mutated("link"),
-                            Err(e) => report.node_errors.push(e.to_string()),
-                        }
-                    }
-                }
-                for link in bridges {
-                    match self.node.delete_link(link.index, &link.name).await {
-                        Ok(()) => report.mutated("link"),
-                        Err(e) => report.node_errors.push(e.to_string()),
-                    }
-                }
-            }
-        }
         let wanted_sandbox_links: BTreeSet<(String, String)> = desired
             .endpoints
             .iter()
@@ -966,24 +988,56 @@ impl Dataplane {
                 Err(e) => report.node_errors.push(e.to_string()),
             }
         }
+        // Namespaces we made and no longer want: deleted on a blocking
+        // thread while the links go (both wait for the kernel).
         let wanted_netns: BTreeSet<&str> = desired.sandboxes.iter().filter_map(|s| s.sandbox.netns_name()).collect();
-        let stale: Vec<String> = owned.netns.iter().filter(|n| !wanted_netns.contains(n.as_str())).cloned().collect();
-        let owned_before = owned.netns.len();
-        for name in stale {
-            let path = Path::new(crate::plan::attachment::NETNS_DIR).join(&name);
-            self.sandboxes.remove(&path.display().to_string());
-            let existed = path.exists();
-            if let Err(e) = files::remove(&name) {
-                report.node_errors.push(format!("removing /etc/netns/{name}: {e}"));
-            }
-            match netns::delete(&name) {
+        let stale_netns: Vec<String> = owned.netns.iter().filter(|n| !wanted_netns.contains(n.as_str())).cloned().collect();
+        for name in &stale_netns {
+            self.sandboxes.remove(&Path::new(crate::plan::attachment::NETNS_DIR).join(name).display().to_string());
+        }
+        let netns_job = (!stale_netns.is_empty()).then(|| tokio::task::spawn_blocking(move || delete_namespaces(stale_netns)));
+        // Veths first (batched), so a bridge is empty when it goes.
+        let stale: Vec<&Link> = node_links.iter().filter(|l| is_ours(l) && !wanted_links.contains(l.name.as_str())).collect();
+        let (bridges, others): (Vec<&Link>, Vec<&Link>) = stale.into_iter().partition(|l| l.kind.as_deref() == Some("bridge"));
+        let group_is_free = !node_links.iter().any(|l| l.group == DOOMED_GROUP && !others.iter().any(|o| o.index == l.index));
+        if others.len() > 1 && group_is_free {
+            let batch: Vec<(u32, String)> = others.iter().map(|l| (l.index, l.name.clone())).collect();
+            match self.node.delete_links_batched(&batch, DOOMED_GROUP).await {
                 Ok(()) => {
+                    for _ in &batch {
+                        report.mutated("link");
+                    }
+                }
+                Err(e) => report.node_errors.push(e.to_string()),
+            }
+        } else {
+            for link in others {
+                match self.node.delete_link(link.index, &link.name).await {
+                    Ok(()) => report.mutated("link"),
+                    Err(e) => report.node_errors.push(e.to_string()),
+                }
+            }
+        }
+        for link in bridges {
+            match self.node.delete_link(link.index, &link.name).await {
+                Ok(()) => report.mutated("link"),
+                Err(e) => report.node_errors.push(e.to_string()),
+            }
+        }
+        let owned_before = owned.netns.len();
+        let deleted = match netns_job {
+            Some(job) => job.await.unwrap_or_else(|e| vec![(String::new(), Err(format!("namespace deletion task failed: {e}")))]),
+            None => Vec::new(),
+        };
+        for (name, result) in deleted {
+            match result {
+                Ok(existed) => {
                     if existed {
                         report.mutated("netns");
                     }
                     owned.netns.remove(&name);
                 }
-                Err(e) => report.node_errors.push(format!("deleting namespace {name}: {e}")),
+                Err(e) => report.node_errors.push(e),
             }
         }
         // Recorded after the fact, once: a crash before this only leaves
