@@ -241,6 +241,7 @@ impl Reconciler {
             && report.network_errors.is_empty()
             && report.firewall_error.is_none()
             && node_errors.is_empty();
+        let mut t_status_computed = started.elapsed();
         let verdicts = if quiet {
             self.last_verdicts.clone()
         } else {
@@ -248,6 +249,7 @@ impl Reconciler {
             let previous = status::Previous { store: std::mem::take(&mut self.status), objects: self.status_objects.as_ref() };
             let computed = status::compute(&objects, plan, &report, load_errors, previous, &self.node_name, &now);
             self.status = computed.store;
+            t_status_computed = started.elapsed();
             if computed.changed {
                 self.status_objects = Some(objects.as_ref().clone());
             }
@@ -261,7 +263,7 @@ impl Reconciler {
             self.last_verdicts = computed.verdicts.clone();
             computed.verdicts
         };
-        tracing::debug!(?t_facts, ?t_plan, ?t_allocations, ?t_sync, status = ?started.elapsed(), reused, "reconcile phases (cumulative)");
+        tracing::debug!(?t_facts, ?t_plan, ?t_allocations, ?t_sync, ?t_status_computed, status = ?started.elapsed(), reused, "reconcile phases (cumulative)");
         let outcome = Outcome {
             verdicts,
             mutations: report.total_mutations(),
