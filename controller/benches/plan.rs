@@ -64,8 +64,8 @@ fn main() {
     // and its mapping added: the pure work of the pass that follows.
     let before = objects(n);
     let settled_plan = plan(&before, &facts, &Default::default());
-    let fresh = Previous { store: StatusStore::default(), objects: None };
-    let settled = status::compute(&before, &settled_plan, &report, &[], fresh, "bench", "2026-01-01T00:00:00Z").store;
+    let fresh = Previous { store: StatusStore::default(), computed_from: None };
+    let settled = status::compute(&before, &settled_plan, &report, &[], fresh, "bench", "2026-01-01T00:00:00Z");
     let after = objects(n + 1);
     let churn_plan = plan(&after, &facts, &settled_plan.allocations);
 
@@ -78,9 +78,9 @@ fn main() {
     );
     let t_status = median(
         runs,
-        || settled.clone(),
-        |store| {
-            let previous = Previous { store, objects: Some(&before) };
+        || (settled.store.clone(), settled.memo.clone()),
+        |(store, memo)| {
+            let previous = Previous { store, computed_from: Some((&before, memo)) };
             let computed = status::compute(&after, &churn_plan, &report, &[], previous, "bench", "2026-01-01T00:00:01Z");
             assert!(computed.changed);
             std::hint::black_box(computed);
@@ -90,7 +90,7 @@ fn main() {
         runs,
         || (),
         |()| {
-            let fresh = Previous { store: StatusStore::default(), objects: None };
+            let fresh = Previous { store: StatusStore::default(), computed_from: None };
             std::hint::black_box(status::compute(&after, &churn_plan, &report, &[], fresh, "bench", "2026-01-01T00:00:01Z"));
         },
     );

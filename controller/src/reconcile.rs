@@ -52,6 +52,8 @@ pub struct Reconciler {
     status: StatusStore,
     /// The objects `status` was computed from (entries of unchanged objects are reused).
     status_objects: Option<ObjectSet>,
+    /// The typed form of `status`, by object.
+    status_memo: status::StatusMemo,
     /// The last status write failed: retry even if nothing changes.
     status_unwritten: bool,
     metrics: Option<Arc<Metrics>>,
@@ -85,6 +87,7 @@ impl Reconciler {
             owned: state.load_owned(),
             status: state.load_status(),
             status_objects: None,
+            status_memo: Default::default(),
             status_unwritten: false,
             state,
             node_name,
@@ -246,9 +249,11 @@ impl Reconciler {
             self.last_verdicts.clone()
         } else {
             let now = crate::api::now_rfc3339();
-            let previous = status::Previous { store: std::mem::take(&mut self.status), objects: self.status_objects.as_ref() };
+            let computed_from = self.status_objects.as_ref().map(|o| (o, std::mem::take(&mut self.status_memo)));
+            let previous = status::Previous { store: std::mem::take(&mut self.status), computed_from };
             let computed = status::compute(&objects, plan, &report, load_errors, previous, &self.node_name, &now);
             self.status = computed.store;
+            self.status_memo = computed.memo;
             t_status_computed = started.elapsed();
             if computed.changed {
                 self.status_objects = Some(objects.as_ref().clone());

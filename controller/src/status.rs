@@ -32,6 +32,8 @@ pub struct Computed {
     pub verdicts: Vec<Verdict>,
     /// The store differs from the previous one (it needs writing).
     pub changed: bool,
+    /// For the next pass's [`Previous`].
+    pub memo: StatusMemo,
 }
 
 /// Key of a stored object (apiVersion/kind/metadata).
@@ -69,13 +71,56 @@ stored!(Network, network_key);
 stored!(Attachment, attachment_key);
 stored!(PortMapping, port_mapping_key);
 
-/// The previous pass's store and the objects it was computed from.
-/// Serializing every object again each pass was most of the status cost
-/// of a one-object change among thousands.
+/// One entry's status in typed form. Kept beside the store, so the next
+/// pass compares typed values instead of parsing and serializing JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TypedStatus {
+    Network(NetworkStatus),
+    /// With the node's addresses of a host-mode attachment.
+    Attachment(AttachmentStatus, Vec<String>),
+    PortMapping(PortMappingStatus),
+    /// An object that failed to load has only conditions.
+    Unloaded(Vec<Condition>),
+}
+
+impl TypedStatus {
+    fn conditions(&self) -> &[Condition] {
+        match self {
+            TypedStatus::Network(s) => &s.conditions,
+            TypedStatus::Attachment(s, _) => &s.conditions,
+            TypedStatus::PortMapping(s) => &s.conditions,
+            TypedStatus::Unloaded(c) => c,
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        let value = match self {
+            TypedStatus::Network(s) => serde_json::to_value(s),
+            TypedStatus::Attachment(s, node_addresses) => serde_json::to_value(s).map(|mut v| {
+                if !node_addresses.is_empty() {
+                    v["nodeAddresses"] = json!(node_addresses);
+                }
+                v
+            }),
+            TypedStatus::PortMapping(s) => serde_json::to_value(s),
+            TypedStatus::Unloaded(conditions) => Ok(json!({ "conditions": conditions })),
+        };
+        value.expect("status serializes")
+    }
+}
+
+/// Each entry's typed status and position in the store, by key.
+pub type StatusMemo = HashMap<ObjectKey, (usize, TypedStatus)>;
+
+/// What the previous pass left: its store and, when this process computed
+/// it, the objects and typed statuses it came from. Serializing every
+/// object again each pass was most of the status cost of a one-object
+/// change among thousands.
 pub struct Previous<'a> {
     pub store: StatusStore,
-    /// None: unknown (first pass after a start), every entry is rebuilt.
-    pub objects: Option<&'a ObjectSet>,
+    /// None (first pass after a start): every entry is rebuilt, keeping
+    /// only the stored conditions' transition times.
+    pub computed_from: Option<(&'a ObjectSet, StatusMemo)>,
 }
 
 fn by_key<T: Stored>(list: &[T]) -> HashMap<ObjectKey, &T> {
@@ -85,23 +130,33 @@ fn by_key<T: Stored>(list: &[T]) -> HashMap<ObjectKey, &T> {
 struct Builder<'a> {
     /// The previous store; entries are taken out as they are reused.
     previous: Vec<Option<Value>>,
-    /// Position of each key in `previous`.
+    memo: StatusMemo,
+    /// Positions in `previous` when there is no memo (read from the entries).
     index: HashMap<ObjectKey, usize>,
     networks: HashMap<ObjectKey, &'a Network>,
     attachments: HashMap<ObjectKey, &'a Attachment>,
     port_mappings: HashMap<ObjectKey, &'a PortMapping>,
     now: &'a str,
     store: StatusStore,
+    new_memo: StatusMemo,
     verdicts: Vec<Verdict>,
     changed: bool,
 }
 
 impl<'a> Builder<'a> {
     fn new(previous: Previous<'a>, now: &'a str) -> Self {
-        let index = previous.store.iter().enumerate().rev().filter_map(|(i, v)| Some((key_of(v)?, i))).collect();
-        let objects = previous.objects;
+        let (objects, memo) = match previous.computed_from {
+            Some((objects, memo)) => (Some(objects), memo),
+            None => (None, StatusMemo::new()),
+        };
+        let index = match objects {
+            Some(_) => HashMap::new(),
+            None => previous.store.iter().enumerate().rev().filter_map(|(i, v)| Some((key_of(v)?, i))).collect(),
+        };
         Builder {
+            new_memo: HashMap::with_capacity(previous.store.len() + 1),
             previous: previous.store.into_iter().map(Some).collect(),
+            memo,
             index,
             networks: objects.map(|o| by_key(&o.networks)).unwrap_or_default(),
             attachments: objects.map(|o| by_key(&o.attachments)).unwrap_or_default(),
@@ -113,10 +168,6 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn previous_entry(&self, key: &ObjectKey) -> Option<&Value> {
-        self.previous.get(*self.index.get(key)?)?.as_ref()
-    }
-
     fn condition(&mut self, key: &ObjectKey, generation: Option<i64>, result: &Result<(), Failure>) -> Vec<Condition> {
         let mut c = match result {
             Ok(()) => Condition::ready(true, reason::READY, "realized on the node"),
@@ -124,50 +175,76 @@ impl<'a> Builder<'a> {
         };
         c.observed_generation = generation;
         self.verdicts.push(Verdict { key: key.clone(), ready: result.is_ok(), reason: c.reason.clone(), message: c.message.clone() });
-        let previous: Vec<Condition> = self
-            .previous_entry(key)
-            .and_then(|v| v.get("status")?.get("conditions"))
-            .and_then(|c| Vec::<Condition>::deserialize(c).ok())
-            .unwrap_or_default();
-        merge_condition(&previous, c, self.now)
+        let parsed;
+        let previous: &[Condition] = match self.memo.get(key) {
+            Some((_, typed)) => typed.conditions(),
+            None => {
+                parsed = self
+                    .index
+                    .get(key)
+                    .and_then(|i| self.previous[*i].as_ref()?.get("status")?.get("conditions"))
+                    .and_then(|c| Vec::<Condition>::deserialize(c).ok())
+                    .unwrap_or_default();
+                &parsed
+            }
+        };
+        merge_condition(previous, c, self.now)
     }
 
     /// Appends `object` with `status`, reusing the previous entry when the
     /// object and its status are what they were.
-    fn push<T: Stored>(&mut self, object: &T, before: Option<&T>, status: Value) {
+    fn push<T: Stored>(&mut self, object: &T, before: Option<&T>, status: TypedStatus) {
         let key = object.key();
-        let unchanged =
-            before.is_some_and(|b| object.same_as(b)) && self.previous_entry(&key).and_then(|v| v.get("status")) == Some(&status);
-        if unchanged {
-            self.reuse(&key);
+        if before.is_some_and(|b| object.same_as(b)) && self.reuse(&key, &status) {
             return;
         }
         let mut value = serde_json::to_value(object).expect("objects serialize");
-        value["status"] = status;
-        self.changed = true;
-        self.store.push(value);
+        value["status"] = status.to_value();
+        self.add(key, value, status);
     }
 
-    /// Appends a whole entry (objects that failed to parse), reusing an equal previous one.
-    fn push_value(&mut self, key: &ObjectKey, value: Value) {
-        if self.previous_entry(key) == Some(&value) {
-            self.reuse(key);
-        } else {
-            self.changed = true;
-            self.store.push(value);
+    /// Appends an entry of an object that failed to load.
+    fn push_unloaded(&mut self, key: &ObjectKey, conditions: Vec<Condition>) {
+        let status = TypedStatus::Unloaded(conditions);
+        if self.reuse(key, &status) {
+            return;
         }
+        let mut metadata = json!({"name": key.name});
+        if let Some(ns) = &key.namespace {
+            metadata["namespace"] = json!(ns);
+        }
+        let value = json!({
+            "apiVersion": API_VERSION,
+            "kind": Kind::from(key.kind).as_str(),
+            "metadata": metadata,
+            "status": status.to_value(),
+        });
+        self.add(key.clone(), value, status);
     }
 
-    fn reuse(&mut self, key: &ObjectKey) {
-        let i = self.index[key];
+    /// Moves the previous entry of `key` over if its status is `status`.
+    fn reuse(&mut self, key: &ObjectKey, status: &TypedStatus) -> bool {
+        let Some((i, before)) = self.memo.remove(key) else { return false };
+        if &before != status {
+            return false;
+        }
+        let Some(value) = self.previous.get_mut(i).and_then(Option::take) else { return false };
         // The same entry at another position is still a different file.
         self.changed |= i != self.store.len();
-        self.store.push(self.previous[i].take().expect("each previous entry is reused at most once"));
+        self.new_memo.insert(key.clone(), (self.store.len(), before));
+        self.store.push(value);
+        true
+    }
+
+    fn add(&mut self, key: ObjectKey, value: Value, status: TypedStatus) {
+        self.changed = true;
+        self.new_memo.insert(key, (self.store.len(), status));
+        self.store.push(value);
     }
 
     fn finish(self) -> Computed {
         let changed = self.changed || self.store.len() != self.previous.len();
-        Computed { store: self.store, verdicts: self.verdicts, changed }
+        Computed { store: self.store, memo: self.new_memo, verdicts: self.verdicts, changed }
     }
 }
 
@@ -209,7 +286,7 @@ pub fn compute(
             unreachable_peers: unreachable_peers(net, report),
         };
         let before = b.networks.get(&key).copied();
-        b.push(net, before, serde_json::to_value(status).expect("status serializes"));
+        b.push(net, before, TypedStatus::Network(status));
     }
 
     for att in objects.attachments.iter().filter(|a| is_local(a, node)) {
@@ -253,12 +330,9 @@ pub fn compute(
             observed_generation: generation(att),
             conditions,
         };
-        let mut status = serde_json::to_value(status).expect("status serializes");
-        if let Some(i) = info.filter(|i| !i.node_addresses.is_empty()) {
-            status["nodeAddresses"] = json!(i.node_addresses);
-        }
+        let node_addresses = info.map(|i| i.node_addresses.clone()).unwrap_or_default();
         let before = b.attachments.get(&key).copied();
-        b.push(att, before, status);
+        b.push(att, before, TypedStatus::Attachment(status, node_addresses));
     }
 
     let ready_attachments: BTreeMap<String, bool> =
@@ -286,7 +360,7 @@ pub fn compute(
             conditions,
         };
         let before = b.port_mappings.get(&key).copied();
-        b.push(pm, before, serde_json::to_value(status).expect("status serializes"));
+        b.push(pm, before, TypedStatus::PortMapping(status));
     }
 
     // Objects that could not even be parsed still get a status (once).
@@ -300,17 +374,7 @@ pub fn compute(
             continue;
         }
         let conditions = b.condition(key, Some(1), &Err(Failure::invalid(err.message.clone())));
-        let mut metadata = json!({"name": key.name});
-        if let Some(ns) = &key.namespace {
-            metadata["namespace"] = json!(ns);
-        }
-        let value = json!({
-            "apiVersion": API_VERSION,
-            "kind": Kind::from(key.kind).as_str(),
-            "metadata": metadata,
-            "status": {"conditions": conditions},
-        });
-        b.push_value(key, value);
+        b.push_unloaded(key, conditions);
     }
     b.finish()
 }
@@ -354,19 +418,24 @@ mod tests {
     #[test]
     fn unchanged_objects_keep_their_entries_and_a_new_one_is_added() {
         let two = objects(2);
-        let first = pass(&two, Previous { store: Vec::new(), objects: None }, "t1");
+        let first = pass(&two, Previous { store: Vec::new(), computed_from: None }, "t1");
         assert!(first.changed);
         assert_eq!(first.store.len(), 5);
 
-        let again = pass(&two, Previous { store: first.store.clone(), objects: Some(&two) }, "t2");
+        let again = pass(&two, Previous { store: first.store.clone(), computed_from: Some((&two, first.memo.clone())) }, "t2");
         assert!(!again.changed, "an unchanged set rewrites nothing");
         assert_eq!(again.store, first.store, "lastTransitionTime stays t1");
 
+        // After a restart there is no memo: every entry is rebuilt, and the
+        // stored conditions still keep their transition times.
+        let restarted = pass(&two, Previous { store: first.store.clone(), computed_from: None }, "t2");
+        assert_eq!(restarted.store, first.store);
+
         let three = objects(3);
-        let grown = pass(&three, Previous { store: first.store.clone(), objects: Some(&two) }, "t3");
+        let grown = pass(&three, Previous { store: first.store.clone(), computed_from: Some((&two, first.memo.clone())) }, "t3");
         assert!(grown.changed);
         assert_eq!(grown.store.len(), 7);
-        let fresh = pass(&three, Previous { store: Vec::new(), objects: None }, "t1");
+        let fresh = pass(&three, Previous { store: Vec::new(), computed_from: None }, "t1");
         // Same content as computing from nothing, bar the new objects' transition time.
         let strip = |s: &StatusStore| serde_json::to_string(s).unwrap().replace("t3", "t1");
         assert_eq!(strip(&grown.store), strip(&fresh.store));
@@ -375,10 +444,10 @@ mod tests {
     #[test]
     fn a_changed_spec_or_status_rebuilds_the_entry() {
         let two = objects(2);
-        let first = pass(&two, Previous { store: Vec::new(), objects: None }, "t1");
+        let first = pass(&two, Previous { store: Vec::new(), computed_from: None }, "t1");
         let mut edited = two.clone();
         edited.attachments[1].spec.interface = Some("net9".into());
-        let after = pass(&edited, Previous { store: first.store.clone(), objects: Some(&two) }, "t2");
+        let after = pass(&edited, Previous { store: first.store.clone(), computed_from: Some((&two, first.memo.clone())) }, "t2");
         assert!(after.changed);
         let a1 = after.store.iter().find(|v| key_of(v) == Some(ObjectKey::attachment("default", "a1"))).unwrap();
         assert_eq!(a1["spec"]["interface"], "net9");
@@ -386,7 +455,7 @@ mod tests {
 
         // Fewer objects: the store shrinks and is rewritten.
         let one = objects(1);
-        let shrunk = pass(&one, Previous { store: first.store, objects: Some(&two) }, "t2");
+        let shrunk = pass(&one, Previous { store: first.store, computed_from: Some((&two, first.memo)) }, "t2");
         assert!(shrunk.changed);
         assert_eq!(shrunk.store.len(), 3);
     }
