@@ -4,12 +4,12 @@
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
 use netlink_packet_sock_diag::SockDiagMessage;
-use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 
+use super::dump::dump;
 use crate::api::Protocol;
 
 /// Sockets bound in this namespace that a published port would collide
@@ -31,41 +31,15 @@ pub fn bound_ports() -> Vec<(Protocol, IpAddr, u16)> {
 
 /// Listening TCP and unconnected UDP sockets, by sock_diag dump requests.
 fn sock_diag_ports() -> std::io::Result<Vec<(Protocol, IpAddr, u16)>> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 32 * 1024];
     for (protocol, ipproto, states) in [(Protocol::Tcp, IPPROTO_TCP, StateFlags::LISTEN), (Protocol::Udp, IPPROTO_UDP, StateFlags::CLOSE)] {
         for (family, socket_id) in [(AF_INET, SocketId::new_v4()), (AF_INET6, SocketId::new_v6())] {
-            let mut header = NetlinkHeader::default();
-            header.flags = NLM_F_REQUEST | NLM_F_DUMP;
             let request = InetRequest { family, protocol: ipproto, extensions: ExtensionFlags::empty(), states: states.clone(), socket_id };
-            let mut packet = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
-            packet.finalize();
-            let mut bytes = vec![0u8; packet.buffer_len()];
-            packet.serialize(&mut bytes);
-            socket.send(&bytes, 0)?;
-            'dump: loop {
-                let size = socket.recv(&mut &mut buf[..], 0)?;
-                let mut offset = 0;
-                while offset < size {
-                    let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..size])
-                        .map_err(|e| std::io::Error::other(format!("sock_diag reply: {e}")))?;
-                    match message.payload {
-                        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                            out.push((protocol, r.header.socket_id.source_address, r.header.socket_id.source_port));
-                        }
-                        NetlinkPayload::Done(_) => break 'dump,
-                        NetlinkPayload::Error(e) => return Err(std::io::Error::other(format!("sock_diag: {e}"))),
-                        _ => {}
-                    }
-                    if message.header.length == 0 {
-                        break;
-                    }
-                    offset += message.header.length as usize;
+            dump(NETLINK_SOCK_DIAG, SockDiagMessage::InetRequest(request), |reply| {
+                if let SockDiagMessage::InetResponse(r) = reply {
+                    out.push((protocol, r.header.socket_id.source_address, r.header.socket_id.source_port));
                 }
-            }
+            })?;
         }
     }
     Ok(out)

@@ -5,6 +5,7 @@
 //! and changes only what differs (ensure / delete / prune). Every change is
 //! counted: an in-sync node costs zero mutations.
 
+pub mod dump;
 pub mod events;
 pub mod facts;
 pub mod files;
@@ -189,7 +190,7 @@ impl Dataplane {
         known: &crate::plan::Allocations,
     ) -> crate::plan::Allocations {
         let mut held = crate::plan::Allocations::default();
-        let Ok(node_links) = self.node.links().await else { return held };
+        let Ok(node_links) = netlink::dump_links().await else { return held };
         for att in &objects.attachments {
             let ns = crate::objects::namespace_of(att);
             let name = kube::ResourceExt::name_any(att);
@@ -228,7 +229,7 @@ impl Dataplane {
         if let (true, Some(view)) = (quiet, &self.node_view) {
             return Ok(view.clone());
         }
-        let view = (self.node.links().await?, self.node.addresses().await?);
+        let view = (netlink::dump_links().await?, self.node.addresses().await?);
         self.node_view = Some(view.clone());
         Ok(view)
     }

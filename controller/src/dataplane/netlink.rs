@@ -15,7 +15,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
-use netlink_packet_route::AddressFamily;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use super::netns;
@@ -125,6 +125,26 @@ fn parse_link(msg: &LinkMessage) -> Link {
     link
 }
 
+/// Every link of the agent's own namespace, read one message at a time on
+/// a blocking thread (spawned from, so in, that namespace): a dump of
+/// thousands of links never sits in memory parsed all at once.
+pub async fn dump_links() -> Result<Vec<Link>> {
+    tokio::task::spawn_blocking(read_links).await.unwrap_or_else(|e| Err(NetlinkError::io("list links", std::io::Error::other(e))))
+}
+
+fn read_links() -> Result<Vec<Link>> {
+    let mut request = LinkMessage::default();
+    request.attributes.push(LinkAttribute::ExtMask(vec![netlink_packet_route::link::LinkExtentMask::SkipStats]));
+    let mut links = Vec::new();
+    super::dump::dump(netlink_sys::protocols::NETLINK_ROUTE, RouteNetlinkMessage::GetLink(request), |reply| {
+        if let RouteNetlinkMessage::NewLink(m) = reply {
+            links.push(parse_link(&m));
+        }
+    })
+    .map_err(|e| NetlinkError::io("list links", e))?;
+    Ok(links)
+}
+
 /// An address on a link.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Address {
@@ -179,6 +199,7 @@ impl Netlink {
     /// Every link, without statistics (the kernel skips computing them,
     /// and each message is reduced as it arrives: a node with a thousand
     /// veths would otherwise hold megabytes of parsed attributes at once).
+    /// Every link (the node's own, possibly thousands: [`dump_links`]).
     pub async fn links(&self) -> Result<Vec<Link>> {
         self.handle
             .link()
