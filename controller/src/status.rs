@@ -179,10 +179,13 @@ impl<'a> Builder<'a> {
         let previous: &[Condition] = match self.memo.get(key) {
             Some((_, typed)) => typed.conditions(),
             None => {
-                parsed = self
-                    .index
-                    .get(key)
-                    .and_then(|i| self.previous[*i].as_ref()?.get("status")?.get("conditions"))
+                // Without a memo no entry is reused: each goes as soon as
+                // its conditions are read (two whole stores at once were
+                // the peak of a restart).
+                let entry = self.index.get(key).and_then(|i| self.previous[*i].take());
+                parsed = entry
+                    .as_ref()
+                    .and_then(|v| v.get("status")?.get("conditions"))
                     .and_then(|c| Vec::<Condition>::deserialize(c).ok())
                     .unwrap_or_default();
                 &parsed
