@@ -18,6 +18,7 @@ use crate::reconcile::Outcome;
 pub struct Metrics {
     pub registry: Registry,
     reconcile_duration: HistogramVec,
+    full_reconcile_duration: HistogramVec,
     reconciles: IntCounterVec,
     errors: IntCounterVec,
     objects: IntGaugeVec,
@@ -47,11 +48,21 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new_custom(Some("netlet".into()), None).expect("valid prefix");
+        let buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
         let reconcile_duration = must(HistogramVec::new(
-            HistogramOpts::new("reconcile_duration_seconds", "Time of one full reconcile of the node")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new("reconcile_duration_seconds", "Time of one reconcile of the node").buckets(buckets.clone()),
             &[],
         ));
+        let full_reconcile_duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "full_reconcile_duration_seconds",
+                "Time of the reconciles that re-read everything from the kernel (after kernel events, and every 10th as an audit); also counted in reconcile_duration_seconds",
+            )
+            .buckets(buckets),
+            &[],
+        ));
+        // Shown from the start (zero until the first full pass).
+        full_reconcile_duration.with_label_values::<&str>(&[]);
         let reconciles =
             must(IntCounterVec::new(Opts::new("reconciles_total", "Reconciles by result (ready: every object Ready)"), &["result"]));
         let errors = must(IntCounterVec::new(
@@ -77,6 +88,7 @@ impl Metrics {
         ));
         for c in [
             Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(full_reconcile_duration.clone()),
             Box::new(reconciles.clone()),
             Box::new(errors.clone()),
             Box::new(objects.clone()),
@@ -92,6 +104,7 @@ impl Metrics {
         Arc::new(Metrics {
             registry,
             reconcile_duration,
+            full_reconcile_duration,
             reconciles,
             errors,
             objects,
@@ -110,6 +123,9 @@ impl Metrics {
     /// change since the previous pass, so every mutation was a repair.
     pub fn record(&self, outcome: &Outcome, drift: bool, usage: &BTreeMap<String, AddressUsage>, ports: &BTreeMap<&'static str, i64>) {
         self.reconcile_duration.with_label_values::<&str>(&[]).observe(outcome.duration.as_secs_f64());
+        if outcome.full {
+            self.full_reconcile_duration.with_label_values::<&str>(&[]).observe(outcome.duration.as_secs_f64());
+        }
         self.reconciles.with_label_values(&[if outcome.all_ready() { "ready" } else { "not_ready" }]).inc();
         for v in outcome.verdicts.iter().filter(|v| !v.ready) {
             self.errors.with_label_values(&[v.reason.as_str()]).inc();
@@ -261,5 +277,12 @@ mod tests {
         assert!(text.contains("netlet_address_capacity{network=\"n\"} 253"));
         assert!(text.contains("netlet_published_ports{protocol=\"tcp\"} 4"));
         assert!(text.contains("netlet_reconcile_duration_seconds_count 1"));
+        assert!(text.contains("netlet_full_reconcile_duration_seconds_count 0"), "a quick pass is not a full one");
+        let mut full = outcome(true);
+        full.full = true;
+        m.record(&full, false, &usage, &BTreeMap::new());
+        let text = m.render();
+        assert!(text.contains("netlet_reconcile_duration_seconds_count 2"));
+        assert!(text.contains("netlet_full_reconcile_duration_seconds_count 1"), "{text}");
     }
 }

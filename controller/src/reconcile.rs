@@ -28,6 +28,8 @@ pub struct Outcome {
     pub node_errors: Vec<String>,
     pub load_errors: Vec<String>,
     pub duration: std::time::Duration,
+    /// The dataplane re-read everything from the kernel this pass.
+    pub full: bool,
 }
 
 impl Outcome {
@@ -268,7 +270,7 @@ impl Reconciler {
             self.last_verdicts = computed.verdicts.clone();
             computed.verdicts
         };
-        tracing::debug!(?t_facts, ?t_plan, ?t_allocations, ?t_sync, ?t_status_computed, status = ?started.elapsed(), reused, "reconcile phases (cumulative)");
+        tracing::debug!(?t_facts, ?t_plan, ?t_allocations, ?t_sync, ?t_status_computed, status = ?started.elapsed(), reused, full = report.full, "reconcile phases (cumulative)");
         let outcome = Outcome {
             verdicts,
             mutations: report.total_mutations(),
@@ -276,6 +278,7 @@ impl Reconciler {
             node_errors,
             load_errors: load_errors.iter().map(|e| e.to_string()).collect(),
             duration: started.elapsed(),
+            full: report.full,
         };
         for failure in outcome.failures() {
             tracing::warn!("{failure}");

@@ -45,6 +45,9 @@ pub struct SyncReport {
     /// Overlay network -> remote VTEPs the underlay failed to resolve (ARP
     /// FAILED after traffic was sent their way).
     pub unreachable_vteps: BTreeMap<String, Vec<IpAddr>>,
+    /// Everything was re-read from the kernel (not only what events or
+    /// changes pointed at).
+    pub full: bool,
 }
 
 impl SyncReport {
@@ -250,6 +253,7 @@ impl Dataplane {
             Some(events) => events.is_dead() || events.get() != self.events_baseline || self.passes_since_full + 1 >= FULL_PASS_EVERY,
         };
         self.passes_since_full = if full { 0 } else { self.passes_since_full + 1 };
+        report.full = full;
         // Nothing changed in the kernel (no event) nor in what we want since
         // a pass that converged cleanly: there is nothing to look at.
         if !full && self.last_clean.as_ref() == Some(desired) {
