@@ -13,7 +13,6 @@ use std::sync::Arc;
 use crate::dataplane::{facts, sysctl, Dataplane, SyncReport};
 use crate::metrics::{AddressUsage, Metrics};
 use crate::objects::ObjectSet;
-use crate::plan::desired::DesiredState;
 use crate::plan::{self, Allocations, NodeFacts};
 use crate::source::manifests::LoadError;
 use crate::state::{Owned, StateDir, StatusStore};
@@ -59,9 +58,10 @@ pub struct Reconciler {
     /// The last status write failed: retry even if nothing changes.
     status_unwritten: bool,
     metrics: Option<Arc<Metrics>>,
-    /// The previous pass's desired state: mutations made while it is
-    /// unchanged are drift repairs.
-    last_desired: Option<DesiredState>,
+    /// Bumped whenever a plan's desired state differs from the previous
+    /// one: the dataplane and the drift metric compare generations instead
+    /// of keeping copies of a state that holds every object.
+    desired_generation: u64,
     /// The embedded DNS server (long-running agents only).
     dns: Option<crate::resolver::DnsServer>,
     /// At the first pass, read back from the kernel what attachments hold
@@ -97,7 +97,7 @@ impl Reconciler {
             recover_from_kernel: true,
             dns: None,
             metrics: None,
-            last_desired: None,
+            desired_generation: 0,
             last_plan: None,
             last_verdicts: Vec::new(),
             overlay_blocks: BTreeMap::new(),
@@ -213,8 +213,12 @@ impl Reconciler {
         let t_facts = started.elapsed();
         let reused = version.is_some() && matches!(&self.last_plan, Some((v, f, _)) if *v == version && *f == facts);
         let objects = objects.in_creation_order();
+        // Mutations made while the desired state is unchanged are drift repairs.
+        let mut desired_changed = false;
         if !reused {
             let plan = plan::plan(&objects, &facts, &self.allocations);
+            desired_changed = self.last_plan.as_ref().is_none_or(|(_, _, last)| last.desired != plan.desired);
+            self.desired_generation += u64::from(desired_changed);
             self.last_plan = Some((version, facts, plan));
         }
         let plan = &self.last_plan.as_ref().expect("set above").2;
@@ -231,7 +235,7 @@ impl Reconciler {
         let t_allocations = started.elapsed();
         let state = self.state.clone();
         let mut record = |owned: &Owned| state.store_owned(owned).map_err(|e| e.to_string());
-        let report: SyncReport = self.dataplane.sync(&plan.desired, &mut self.owned, &mut record).await;
+        let report: SyncReport = self.dataplane.sync(&plan.desired, self.desired_generation, &mut self.owned, &mut record).await;
         let t_sync = started.elapsed();
         if let Some(dns) = &mut self.dns {
             let resolvers = self.last_plan.as_ref().map(|(_, f, _)| f.resolvers.clone()).unwrap_or_default();
@@ -292,8 +296,7 @@ impl Reconciler {
             "reconciled"
         );
         if let Some(metrics) = &self.metrics {
-            // Changes made while nothing we want changed repair someone else's.
-            let drift = reused || self.last_desired.as_ref() == Some(&plan.desired);
+            let drift = !desired_changed;
             let usage: BTreeMap<String, AddressUsage> = plan
                 .networks
                 .iter()
@@ -306,9 +309,6 @@ impl Reconciler {
                 *ports.entry(p.protocol.as_str()).or_default() += 1;
             }
             metrics.record(&outcome, drift, &usage, &ports);
-        }
-        if !reused {
-            self.last_desired = Some(plan.desired.clone());
         }
         outcome
     }

@@ -85,8 +85,9 @@ pub struct Dataplane {
     /// Advanced as a pass goes (`--once` on a terminal draws it).
     pub progress: Option<std::sync::Arc<crate::progress::Progress>>,
     last_files: Option<Vec<crate::plan::names::SandboxFiles>>,
-    /// The desired state the previous pass converged to without errors.
-    last_clean: Option<DesiredState>,
+    /// Generation of the desired state the previous pass converged to
+    /// without errors.
+    last_clean: Option<u64>,
     /// Node links and addresses, valid while no kernel event arrives.
     node_view: Option<(Vec<Link>, Vec<netlink::Address>)>,
     sandboxes: HashMap<String, SandboxHandle>,
@@ -237,11 +238,13 @@ impl Dataplane {
         Ok(view)
     }
 
-    /// Converges the node to `desired`. `owned` records the namespaces we
-    /// created; `record_owned` persists it before anything relies on it.
+    /// Converges the node to `desired`, whose `generation` changes whenever
+    /// it does. `owned` records the namespaces we created; `record_owned`
+    /// persists it before anything relies on it.
     pub async fn sync(
         &mut self,
         desired: &DesiredState,
+        generation: u64,
         owned: &mut Owned,
         record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
     ) -> SyncReport {
@@ -256,7 +259,7 @@ impl Dataplane {
         report.full = full;
         // Nothing changed in the kernel (no event) nor in what we want since
         // a pass that converged cleanly: there is nothing to look at.
-        if !full && self.last_clean.as_ref() == Some(desired) {
+        if !full && self.last_clean == Some(generation) {
             return report;
         }
         self.last_clean = None;
@@ -338,7 +341,7 @@ impl Dataplane {
             && report.node_errors.is_empty()
             && report.firewall_error.is_none();
         if clean {
-            self.last_clean = Some(desired.clone());
+            self.last_clean = Some(generation);
         }
         if let Some(events) = &self.events {
             // Our own changes have queued their notifications by now; let
