@@ -191,6 +191,20 @@ fn sigterm_stops_the_agent_and_leaves_the_dataplane_in_place() {
     assert!(ping(&sandbox, "10.71.0.1"), "the container still has its network");
 }
 
+#[test]
+fn an_agent_killed_with_sigkill_leaves_no_process_behind() {
+    let mut node = Node::new();
+    node.write("m.yaml", &format!("{BASE}{}{}", att("a"), pm("a", Some(18080))));
+    let pid = node.spawn(&["--metrics-addr", "off"]);
+    wait_until("the first pass", Duration::from_secs(10), || node.agent_log(0).contains("reconciled"));
+    node.kill_agent(pid, Signal::SIGKILL);
+    // A helper the agent started (an `nft monitor` child did) would live on
+    // in the node namespace, and keep it alive after the node is deleted.
+    wait_until("no process left in the node namespace", Duration::from_secs(5), || {
+        String::from_utf8_lossy(&sh(&format!("ip netns pids {}", node.name)).stdout).trim().is_empty()
+    });
+}
+
 /// GET http://127.0.0.1:9464/PATH inside the node namespace.
 fn scrape(node: &Node, path: &str) -> (u16, String) {
     let script = format!(

@@ -3,7 +3,7 @@
 //! One rtnetlink multicast socket in the node namespace, with
 //! NETLINK_LISTEN_ALL_NSID so it also hears every sandbox that has a
 //! namespace id here (each veth or macvlan peer gives its sandbox one), and
-//! one `nft monitor` child for ruleset changes. Every event bumps a
+//! one netfilter netlink socket for ruleset changes. Every event bumps a
 //! counter; events that can mean drift (a link, address or route removed,
 //! a link down) also wake the reconciler at once. A pass that sees the
 //! counter unchanged since the end of the previous pass, with the same
@@ -16,9 +16,9 @@ use futures::StreamExt;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::link::LinkFlags;
 use netlink_packet_route::RouteNetlinkMessage;
-use rtnetlink::sys::AsyncSocket;
+use netlink_sys::protocols::NETLINK_NETFILTER;
+use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket};
 use rtnetlink::MulticastGroup;
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::Notify;
 
 /// Counts kernel events seen so far.
@@ -74,20 +74,37 @@ pub fn watch(wake: Arc<Notify>) -> std::io::Result<EventCounter> {
         c.died();
         w.notify_one();
     });
-    match tokio::process::Command::new("nft").arg("monitor").stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn() {
-        Ok(mut child) => {
-            let c = counter.clone();
-            let stdout = child.stdout.take().expect("piped");
-            tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(stdout).lines();
-                while let Ok(Some(_)) = lines.next_line().await {
-                    c.bump();
-                    wake.notify_one();
-                }
-                let _ = child.wait().await;
-            });
-        }
-        Err(e) => tracing::warn!(error = %e, "no nft monitor; ruleset drift is found by the periodic full pass"),
+    if let Err(e) = watch_nftables(counter.clone(), wake) {
+        tracing::warn!(error = %e, "no nftables events; ruleset drift is found by the periodic full pass");
     }
     Ok(counter)
+}
+
+/// The nf_tables multicast group: every ruleset change, as `nft monitor`
+/// shows them.
+const NFNLGRP_NFTABLES: u32 = 7;
+
+/// Counts nf_tables changes on a netlink socket of our own, not through an
+/// `nft monitor` child, which would outlive an agent killed with SIGKILL
+/// and keep its namespace alive. Messages are not parsed: any one is a
+/// change, and a receive buffer overrun (ENOBUFS) is many.
+fn watch_nftables(counter: EventCounter, wake: Arc<Notify>) -> std::io::Result<()> {
+    let mut socket = TokioSocket::new(NETLINK_NETFILTER)?;
+    socket.socket_mut().bind_auto()?;
+    socket.socket_mut().add_membership(NFNLGRP_NFTABLES)?;
+    tokio::spawn(async move {
+        loop {
+            match socket.recv_from_full().await {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "nftables event watch ended; ruleset drift is found by the periodic full pass");
+                    return;
+                }
+            }
+            counter.bump();
+            wake.notify_one();
+        }
+    });
+    Ok(())
 }
