@@ -93,18 +93,24 @@ pub struct Dataplane {
     sandboxes: HashMap<String, SandboxHandle>,
 }
 
-/// Deletes namespaces (and their /etc/netns files): for each, whether it
-/// existed, or what failed.
-fn delete_namespaces(names: Vec<String>) -> Vec<(String, Result<bool, String>)> {
+/// What deleting one namespace we made came to.
+struct DeletedNamespace {
+    name: String,
+    existed: bool,
+    /// Removing its /etc/netns files failed (the namespace still goes).
+    files_error: Option<String>,
+    result: std::io::Result<()>,
+}
+
+/// Deletes namespaces and their /etc/netns files.
+fn delete_namespaces(names: Vec<String>) -> Vec<DeletedNamespace> {
     names
         .into_iter()
-        .map(|name| {
-            let existed = Path::new(crate::plan::attachment::NETNS_DIR).join(&name).exists();
-            let result = files::remove(&name)
-                .map_err(|e| format!("removing /etc/netns/{name}: {e}"))
-                .and_then(|_| netns::delete(&name).map_err(|e| format!("deleting namespace {name}: {e}")))
-                .map(|()| existed);
-            (name, result)
+        .map(|name| DeletedNamespace {
+            existed: Path::new(&SandboxRef::Managed(name.clone()).path()).exists(),
+            files_error: files::remove(&name).err().map(|e| e.to_string()),
+            result: netns::delete(&name),
+            name,
         })
         .collect()
 }
@@ -1001,7 +1007,7 @@ impl Dataplane {
         let wanted_netns: BTreeSet<&str> = desired.sandboxes.iter().filter_map(|s| s.sandbox.netns_name()).collect();
         let stale_netns: Vec<String> = owned.netns.iter().filter(|n| !wanted_netns.contains(n.as_str())).cloned().collect();
         for name in &stale_netns {
-            self.sandboxes.remove(&Path::new(crate::plan::attachment::NETNS_DIR).join(name).display().to_string());
+            self.sandboxes.remove(&SandboxRef::Managed(name.clone()).path());
         }
         let netns_job = (!stale_netns.is_empty()).then(|| tokio::task::spawn_blocking(move || delete_namespaces(stale_netns)));
         // Veths first (batched), so a bridge is empty when it goes.
@@ -1034,18 +1040,28 @@ impl Dataplane {
         }
         let owned_before = owned.netns.len();
         let deleted = match netns_job {
-            Some(job) => job.await.unwrap_or_else(|e| vec![(String::new(), Err(format!("namespace deletion task failed: {e}")))]),
+            Some(job) => match job.await {
+                Ok(deleted) => deleted,
+                Err(e) => {
+                    report.node_errors.push(format!("namespace deletion task failed: {e}"));
+                    Vec::new()
+                }
+            },
             None => Vec::new(),
         };
-        for (name, result) in deleted {
-            match result {
-                Ok(existed) => {
-                    if existed {
+        for d in deleted {
+            let name = d.name;
+            if let Some(e) = d.files_error {
+                report.node_errors.push(format!("removing /etc/netns/{name}: {e}"));
+            }
+            match d.result {
+                Ok(()) => {
+                    if d.existed {
                         report.mutated("netns");
                     }
                     owned.netns.remove(&name);
                 }
-                Err(e) => report.node_errors.push(e),
+                Err(e) => report.node_errors.push(format!("deleting namespace {name}: {e}")),
             }
         }
         // Recorded after the fact, once: a crash before this only leaves
