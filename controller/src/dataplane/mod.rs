@@ -438,10 +438,10 @@ impl Dataplane {
                     None => {
                         self.node.create_bridge(&bridge.name, bridge.mtu, bridge.mac, &alias).await.map_err(|e| SyncReport::kernel(&e))?;
                         report.mutated("link");
-                        let links = self.node.links().await.map_err(|e| SyncReport::kernel(&e))?;
-                        links
-                            .into_iter()
-                            .find(|l| l.name == bridge.name)
+                        self.node
+                            .link_by_name(&bridge.name)
+                            .await
+                            .map_err(|e| SyncReport::kernel(&e))?
                             .ok_or_else(|| Failure::new(reason::KERNEL_ERROR, format!("bridge {} vanished after creation", bridge.name)))?
                     }
                 };
@@ -518,8 +518,11 @@ impl Dataplane {
                         let alias = format!("{OWNER_ALIAS_PREFIX}overlay/{}", vx.network);
                         self.node.create_vxlan(&vx.name, vx.vni, vx.port, local, vx.mtu, bridge, &alias).await.map_err(kernel)?;
                         report.mutated("link");
-                        let links = self.node.links().await.map_err(kernel)?;
-                        links.into_iter().find(|l| l.name == vx.name).ok_or_else(|| Failure::new(reason::KERNEL_ERROR, format!("{} vanished after creation", vx.name)))?
+                        self.node
+                            .link_by_name(&vx.name)
+                            .await
+                            .map_err(kernel)?
+                            .ok_or_else(|| Failure::new(reason::KERNEL_ERROR, format!("{} vanished after creation", vx.name)))?
                     }
                 };
                 let change = LinkChange {
