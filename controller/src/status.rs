@@ -196,8 +196,7 @@ impl<'a> Builder<'a> {
 
     /// Appends `object` with `status`, reusing the previous entry when the
     /// object and its status are what they were.
-    fn push<T: Stored>(&mut self, object: &T, before: Option<&T>, status: TypedStatus) {
-        let key = object.key();
+    fn push<T: Stored>(&mut self, key: ObjectKey, object: &T, before: Option<&T>, status: TypedStatus) {
         if before.is_some_and(|b| object.same_as(b)) && self.reuse(&key, &status) {
             return;
         }
@@ -289,7 +288,7 @@ pub fn compute(
             unreachable_peers: unreachable_peers(net, report),
         };
         let before = b.networks.get(&key).copied();
-        b.push(net, before, TypedStatus::Network(status));
+        b.push(key, net, before, TypedStatus::Network(status));
     }
 
     for att in objects.attachments.iter().filter(|a| is_local(a, node)) {
@@ -335,7 +334,7 @@ pub fn compute(
         };
         let node_addresses = info.map(|i| i.node_addresses.clone()).unwrap_or_default();
         let before = b.attachments.get(&key).copied();
-        b.push(att, before, TypedStatus::Attachment(status, node_addresses));
+        b.push(key, att, before, TypedStatus::Attachment(status, node_addresses));
     }
 
     let ready_attachments: BTreeMap<String, bool> =
@@ -363,7 +362,7 @@ pub fn compute(
             conditions,
         };
         let before = b.port_mappings.get(&key).copied();
-        b.push(pm, before, TypedStatus::PortMapping(status));
+        b.push(key, pm, before, TypedStatus::PortMapping(status));
     }
 
     // Objects that could not even be parsed still get a status (once).
