@@ -276,3 +276,97 @@ fn element_updates_keep_the_table_equal_to_a_fresh_rendering() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn element_changes_of_every_fixed_size_set_go_over_netlink_and_list_as_rendered() {
+    use netlet::api::Protocol::{Tcp, Udp};
+    use netlet::dataplane::firewall::{NftFirewall, SyncOutcome};
+    use netlet::plan::desired::{FirewallNetwork, FirewallPlan, PublishedPort};
+    let node = Node::new();
+    let port = |protocol, host_ip: Option<&str>, host_port, container_ip: &str| PublishedPort {
+        protocol,
+        host_ip: host_ip.map(|h| h.parse().unwrap()),
+        host_port,
+        container_ip: container_ip.parse().unwrap(),
+        container_port: 80,
+        bridge: "nlq0".into(),
+    };
+    let network = |name: &str, bridge: &str, subnets: &[&str]| FirewallNetwork {
+        name: name.into(),
+        bridge: bridge.into(),
+        subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
+        icc: false,
+        masquerade: true,
+        internal: false,
+    };
+    // icc: false (without br_netfilter here) brings the bridge table and its port set.
+    let mut before = FirewallPlan {
+        networks: vec![network("q", "nlq0", &["10.77.0.0/24", "fd77::/64"])],
+        ports: vec![port(Tcp, None, 8080, "10.77.0.2"), port(Udp, Some("127.0.0.1"), 53, "10.77.0.3"), port(Tcp, None, 8443, "fd77::2")],
+        ..Default::default()
+    };
+    before.bridge_ports.insert("nlq0".into(), vec!["nlvetha".into()]);
+    // Every fixed-size set and map changes: a second bridge (bridges,
+    // same_bridge, icc_off_bridges), a port on it, a mapping moved to
+    // another container (delete + add of one key), v4 and v6, with and
+    // without a host address. The second network has no subnet, so the
+    // interval sets (subnets, which nft splits into ranges) stay as they are.
+    let mut after = before.clone();
+    after.networks.push(network("q2", "nlq1", &[]));
+    after.bridge_ports.insert("nlq1".into(), vec!["nlvethb".into()]);
+    after.ports = vec![
+        port(Tcp, None, 8080, "10.77.0.9"),
+        port(Udp, Some("127.0.0.1"), 5353, "10.77.0.3"),
+        port(Tcp, Some("fd77::1"), 9443, "fd77::2"),
+        port(Udp, None, 8443, "fd77::3"),
+    ];
+    // Bridged traffic kept away from the inet hooks, as without
+    // br_netfilter: the bridge table (and its port set) is needed.
+    ok(&format!(
+        "ip netns exec {} sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 || true",
+        node.name
+    ));
+    let ns = std::fs::File::open(format!("/run/netns/{}", node.name)).unwrap();
+    let dir = std::env::temp_dir().join(format!("netlet-nftlog-{}", node.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    // nft, logging how it is called: element updates must not need it.
+    let (wrapper, log) = (dir.join("nft"), dir.join("calls"));
+    std::fs::write(&wrapper, format!("#!/bin/sh\necho \"$*\" >> {}\nexec nft \"$@\"\n", log.display())).unwrap();
+    ok(&format!("chmod +x {}", wrapper.display()));
+    let calls = {
+        let log = log.clone();
+        move || std::fs::read_to_string(&log).unwrap_or_default()
+    };
+    let name = node.name.clone();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut fw = NftFirewall::with_binary(&wrapper);
+        assert_eq!(fw.sync(&before).unwrap(), SyncOutcome::Applied);
+        assert!(calls().contains("-f -"), "the first apply is a full one through nft: {}", calls());
+        std::fs::remove_file(&log).unwrap();
+        assert_eq!(fw.sync(&after).unwrap(), SyncOutcome::Applied);
+        assert_eq!(calls(), "", "the element update ran nft");
+        // The kernel holds what nft would list for a fresh rendering.
+        assert_eq!(fw.sync(&after).unwrap(), SyncOutcome::InSync, "the update lists differently from the rendering");
+        let listing = ok(&format!("ip netns exec {name} nft list ruleset"));
+        for want in [
+            "tcp . 8080 : 10.77.0.9 . 80",
+            "127.0.0.1 . udp . 5353 : 10.77.0.3 . 80",
+            "fd77::1 . tcp . 9443 : fd77::2 . 80",
+            "udp . 8443 : fd77::3 . 80",
+            "\"nlvethb\"",
+        ] {
+            assert!(listing.contains(want), "{want} missing from\n{listing}");
+        }
+        assert!(!listing.contains("10.77.0.2 . 80"), "the moved mapping's old value is gone\n{listing}");
+        // And back: deletions of every kind.
+        std::fs::remove_file(&log).unwrap();
+        assert_eq!(fw.sync(&before).unwrap(), SyncOutcome::Applied);
+        assert_eq!(fw.sync(&before).unwrap(), SyncOutcome::InSync);
+        assert!(!calls().contains("-f -"), "the way back ran nft -f: {}", calls());
+        fw.remove().unwrap();
+    })
+    .join()
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -14,6 +14,9 @@
 //!
 //! Replacement is `add table` + `delete table` + the full table in one
 //! transaction, so the table is never momentarily absent or half-built.
+//! A change of elements only (a port published, a container joining an
+//! `icc: false` bridge) is one small transaction of element deletions and
+//! additions instead, sent over netlink by [`super::set_elements`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -23,6 +26,7 @@ use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
 
+use super::set_elements::{ElementSocket, SetChange};
 use crate::plan::desired::FirewallPlan;
 
 /// Name of netlet's tables (`inet`, and `bridge` for icc: false).
@@ -88,8 +92,17 @@ pub struct Ruleset {
     /// The tables with every set and map left empty: two rulesets with the
     /// same skeleton differ only in elements.
     skeleton: String,
-    /// Elements by (family, set or map name).
-    elements: BTreeMap<(&'static str, &'static str), BTreeSet<String>>,
+    /// Every set and map by (family, name).
+    sets: BTreeMap<(&'static str, &'static str), SetContent>,
+}
+
+/// One set's or map's declared type and elements, as rendered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct SetContent {
+    /// `ifname . ifname`; for a map `key type : value type`.
+    ty: String,
+    interval: bool,
+    elements: BTreeSet<String>,
 }
 
 /// Builds one table's text, its skeleton and its elements together.
@@ -97,13 +110,13 @@ struct TableWriter {
     family: &'static str,
     text: String,
     skeleton: String,
-    elements: BTreeMap<(&'static str, &'static str), BTreeSet<String>>,
+    sets: BTreeMap<(&'static str, &'static str), SetContent>,
 }
 
 impl TableWriter {
     fn new(family: &'static str) -> Self {
         let head = format!("table {family} {TABLE} {{\n");
-        TableWriter { family, text: head.clone(), skeleton: head, elements: BTreeMap::new() }
+        TableWriter { family, text: head.clone(), skeleton: head, sets: BTreeMap::new() }
     }
 
     fn push_str(&mut self, s: &str) {
@@ -124,28 +137,38 @@ impl TableWriter {
             let _ = writeln!(self.text, "\t\telements = {{ {} }}", body.join(",\n\t\t\t     "));
         }
         self.push_str("\t}\n");
-        self.elements.insert((self.family, name), elems);
+        let content = SetContent { ty: ty.to_string(), interval: flags.contains(&"flags interval"), elements: elems };
+        self.sets.insert((self.family, name), content);
     }
 }
 
-/// The transaction turning `from`'s elements into `to`'s (same skeleton):
-/// deletions first, so a map key whose value changed is replaced.
-fn element_updates(from: &Ruleset, to: &Ruleset) -> String {
-    let none = BTreeSet::new();
+/// What turns `from`'s elements into `to`'s (same skeleton), set by set.
+fn element_changes<'a>(from: &'a Ruleset, to: &'a Ruleset) -> Vec<SetChange<'a>> {
+    static NONE: BTreeSet<String> = BTreeSet::new();
+    let mut changes = Vec::new();
+    for (&(family, set), want) in &to.sets {
+        let have = from.sets.get(&(family, set)).map_or(&NONE, |s| &s.elements);
+        // A map element is deleted by its key alone ("k : v" -> "k").
+        let gone: Vec<&str> = have.difference(&want.elements).map(|e| e.split(" : ").next().unwrap_or(e)).collect();
+        let new: Vec<&str> = want.elements.difference(have).map(String::as_str).collect();
+        if !gone.is_empty() || !new.is_empty() {
+            changes.push(SetChange { family, set, ty: &want.ty, interval: want.interval, gone, new });
+        }
+    }
+    changes
+}
+
+/// The same changes as an nft script, deletions first so a map key whose
+/// value changed is replaced.
+fn element_script(changes: &[SetChange<'_>]) -> String {
     let mut deletes = String::new();
     let mut adds = String::new();
-    for (key, want) in &to.elements {
-        let have = from.elements.get(key).unwrap_or(&none);
-        let (family, name) = key;
-        // A map element is deleted by its key alone ("k : v" -> "k"), which
-        // spares nft from evaluating the value (measurably faster).
-        let gone: Vec<&str> = have.difference(want).map(|e| e.split(" : ").next().unwrap_or(e)).collect();
-        let new: Vec<&str> = want.difference(have).map(String::as_str).collect();
+    for SetChange { family, set, gone, new, .. } in changes {
         if !gone.is_empty() {
-            let _ = writeln!(deletes, "delete element {family} {TABLE} {name} {{ {} }}", gone.join(", "));
+            let _ = writeln!(deletes, "delete element {family} {TABLE} {set} {{ {} }}", gone.join(", "));
         }
         if !new.is_empty() {
-            let _ = writeln!(adds, "add element {family} {TABLE} {name} {{ {} }}", new.join(", "));
+            let _ = writeln!(adds, "add element {family} {TABLE} {set} {{ {} }}", new.join(", "));
         }
     }
     deletes + &adds
@@ -395,13 +418,13 @@ pub fn render(plan: &FirewallPlan, brnf: BrNetfilter) -> Result<Ruleset, Firewal
         b.push_str("\t}\n}\n");
         b
     });
-    let TableWriter { text: inet, mut skeleton, mut elements, .. } = t;
+    let TableWriter { text: inet, mut skeleton, mut sets, .. } = t;
     let bridge = bridge.map(|b| {
         skeleton.push_str(&b.skeleton);
-        elements.extend(b.elements);
+        sets.extend(b.sets);
         b.text
     });
-    Ok(Ruleset { inet: Some(inet), bridge, skeleton, elements })
+    Ok(Ruleset { inet: Some(inet), bridge, skeleton, sets })
 }
 
 /// A listing reduced to compare equal however nft wraps lines, spaces
@@ -449,6 +472,8 @@ struct Applied {
 pub struct NftFirewall {
     nft: PathBuf,
     last: Option<Applied>,
+    /// Opened on the first element update, in the calling thread's namespace.
+    elements: Option<ElementSocket>,
 }
 
 impl Default for NftFirewall {
@@ -464,7 +489,7 @@ impl NftFirewall {
     }
 
     pub fn with_binary(nft: impl Into<PathBuf>) -> Self {
-        NftFirewall { nft: nft.into(), last: None }
+        NftFirewall { nft: nft.into(), last: None, elements: None }
     }
 
     /// Converges our tables to `plan`. In sync (zero writes) when the live
@@ -491,7 +516,7 @@ impl NftFirewall {
         // table changed behind our back is caught by the next full check,
         // which every nft event triggers.
         if let Some(last) = self.last.take().filter(|l| changed && l.rendered.skeleton == rendered.skeleton) {
-            match self.run(&element_updates(&last.rendered, &rendered), "update") {
+            match self.update_elements(&element_changes(&last.rendered, &rendered)) {
                 Ok(()) => {
                     self.last = Some(Applied { rendered, listing: None });
                     return Ok(SyncOutcome::Applied);
@@ -504,6 +529,27 @@ impl NftFirewall {
         let listing = normalize(&self.list()?);
         self.last = Some(Applied { rendered, listing: Some(listing) });
         Ok(SyncOutcome::Applied)
+    }
+
+    /// One transaction of element changes: over our netlink socket, or
+    /// through nft for what the socket does not encode (interval sets,
+    /// whose subnets nft splits into ranges) or if it fails. A socket that
+    /// failed is reopened next time.
+    fn update_elements(&mut self, changes: &[SetChange<'_>]) -> Result<(), FirewallError> {
+        {
+            let socket = match self.elements.take() {
+                Some(s) => Ok(s),
+                None => ElementSocket::open(),
+            };
+            match socket.and_then(|mut s| s.apply(changes).map(|()| s)) {
+                Ok(s) => {
+                    self.elements = Some(s);
+                    return Ok(());
+                }
+                Err(e) => tracing::debug!(error = %e, "element update over netlink failed; trying nft"),
+            }
+        }
+        self.run(&element_script(changes), "update")
     }
 
     /// Deletes our tables; in sync (nothing done) if they are absent.
@@ -772,13 +818,13 @@ mod tests {
         let mut plan = two_networks();
         plan.ports = vec![port(Protocol::Tcp, None, 8080, "172.25.0.2", 80), port(Protocol::Tcp, None, 8081, "172.25.0.3", 80)];
         let before = render(&plan, NO_BRNF).unwrap();
-        assert_eq!(element_updates(&before, &before), "", "no change, empty transaction");
+        assert!(element_changes(&before, &before).is_empty(), "no change, empty transaction");
         // One mapping more, one moved to another container, one gone.
         plan.ports = vec![port(Protocol::Tcp, None, 8080, "172.25.0.9", 80), port(Protocol::Udp, None, 53, "172.25.0.4", 53)];
         let after = render(&plan, NO_BRNF).unwrap();
         assert_eq!(before.skeleton, after.skeleton, "mappings change elements only");
         assert_eq!(
-            element_updates(&before, &after),
+            element_script(&element_changes(&before, &after)),
             "delete element inet netlet ports_v4 { tcp . 8080, tcp . 8081 }\n\
              add element inet netlet ports_v4 { tcp . 8080 : 172.25.0.9 . 80, udp . 53 : 172.25.0.4 . 53 }\n"
         );

@@ -12,6 +12,7 @@ pub mod files;
 pub mod firewall;
 pub mod netlink;
 pub mod netns;
+pub mod set_elements;
 pub mod sysctl;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -274,9 +275,8 @@ impl Dataplane {
         let lap = |name: &'static str, phases: &mut Vec<(&str, std::time::Duration)>| {
             phases.push((name, started.elapsed() - phases.iter().map(|p| p.1).sum::<std::time::Duration>()))
         };
-        // The ruleset is applied by nft, a process that mostly waits for
-        // the kernel (an element delete waits out an RCU grace period):
-        // it runs beside the link work, which waits for the same.
+        // The ruleset's sync (an element update over netlink, or a full
+        // check and apply through nft processes) runs beside the link work.
         let firewall_job = self.start_firewall(desired, full);
         self.set_phase("node", 0);
         self.sync_sysctls(desired, &mut report);
