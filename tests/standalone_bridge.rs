@@ -278,3 +278,37 @@ fn once_on_a_terminal_shows_progress_and_clears_it() {
     // Without a terminal (every other test), no progress line.
     assert!(!node.converge().contains("netlet: "));
 }
+
+#[test]
+fn a_manifest_still_being_written_is_not_read_half_done() {
+    use std::io::Write;
+    let mut node = Node::new();
+    let net = "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: n}\nspec: {ipam: {config: [{subnet: 10.32.0.0/24}]}}\n";
+    let att = |name: &str| {
+        format!("---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: {name}}}\nspec: {{network: n, sandbox: {{netns: \"{{T}}{name}\"}}}}\n")
+    };
+    node.write("all.yaml", &format!("{net}{}{}", att("first"), att("second")));
+    node.spawn(&["--metrics-addr", "off"]);
+    let (first, second) = (node.ns("first"), node.ns("second"));
+    wait_until("both attachments", Duration::from_secs(10), || {
+        addresses(&second, "eth0").len() == 1 && addresses(&first, "eth0").len() == 1
+    });
+    // Rewritten in place, slowly: the first part alone is valid YAML that
+    // no longer holds `second`. Read half-done, it would be torn down.
+    let path = node.manifests().join("all.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cut = text.rfind("---").unwrap();
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(&text.as_bytes()[..cut]).unwrap();
+    file.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(netns_exists(&second), "the agent acted on a half-written manifest");
+    file.write_all(&text.as_bytes()[cut..]).unwrap();
+    drop(file);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(netns_exists(&second) && addresses(&second, "eth0").len() == 1, "second lost its network");
+    // A real change is still followed at once.
+    node.write("all.yaml", &format!("{net}{}", att("first")));
+    wait_until("second to go", Duration::from_secs(10), || !netns_exists(&second));
+    assert_eq!(addresses(&first, "eth0").len(), 1);
+}

@@ -24,8 +24,11 @@ pub struct StandaloneOptions {
 /// How often the manifest set is checked for changes without an inotify
 /// wake-up (nested directories, filesystems without inotify).
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
-/// A changed manifest set must hold still this long before it is read.
+/// A changed manifest set must hold still this long before it is read
+/// (when inotify cannot tell that its writes are done).
 const SETTLE: Duration = Duration::from_millis(10);
+/// A manifest kept open for writing this long is read once it holds still.
+const HELD_OPEN: Duration = Duration::from_secs(2);
 
 /// Runs until SIGTERM/SIGINT (or one pass with `once`). Returns the exit code.
 pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
@@ -54,7 +57,7 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
         reconciler.serve_dns();
     }
     let mut fingerprint = manifests::fingerprint(&opts.manifests);
-    let file_watch = if opts.once { None } else { crate::source::file_watch::FileWatch::new(&opts.manifests) };
+    let mut file_watch = if opts.once { None } else { crate::source::file_watch::FileWatch::new(&opts.manifests) };
     let mut cache = manifests::ManifestCache::default();
     let mut loaded: Option<(u64, manifests::Loaded)> = None;
     loop {
@@ -96,7 +99,7 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
                 _ = term.recv() => { tracing::info!("SIGTERM: stopping, dataplane left in place"); return Ok(0); }
                 _ = int.recv() => { tracing::info!("SIGINT: stopping, dataplane left in place"); return Ok(0); }
                 _ = tokio::time::sleep(WATCH_INTERVAL) => {}
-                _ = async { match &file_watch { Some(w) => w.changed().await, None => std::future::pending().await } } => {}
+                _ = async { match &mut file_watch { Some(w) => w.changed().await, None => std::future::pending().await } } => {}
                 _ = kernel_changed.notified() => {
                     // Let a burst of events settle, then repair in one pass.
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -106,13 +109,23 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
             }
             let now = manifests::fingerprint(&opts.manifests);
             if now != fingerprint {
-                // Let a write in progress finish: the set must hold still
-                // for a moment before it is read.
+                // Never read a manifest half-written: wait until inotify
+                // has seen every write to one closed (an editor's save,
+                // `cp`, a rename lands at once). Without inotify, or for a
+                // file held open for writing over HELD_OPEN, wait until the
+                // set holds still for SETTLE.
+                let named = opts.manifests.file_name();
+                let matters = |f: &std::path::Path| manifests::is_manifest(f) || f.file_name() == named;
+                let since = Instant::now();
                 let mut settled = now;
                 loop {
+                    if file_watch.as_mut().is_some_and(|w| w.quiet(matters)) {
+                        settled = manifests::fingerprint(&opts.manifests);
+                        break;
+                    }
                     tokio::time::sleep(SETTLE).await;
                     let again = manifests::fingerprint(&opts.manifests);
-                    if again == settled {
+                    if again == settled && (file_watch.is_none() || since.elapsed() >= HELD_OPEN) {
                         break;
                     }
                     settled = again;

@@ -3,6 +3,8 @@
 //! as the fallback: for nested directories, filesystems without inotify,
 //! or when the watch cannot be set up.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::Path;
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -10,6 +12,9 @@ use tokio::io::unix::AsyncFd;
 
 pub struct FileWatch {
     inotify: AsyncFd<Handle>,
+    /// Names in the directory written to and not closed since: a write in
+    /// progress, which must not be read half-done.
+    writing: BTreeSet<OsString>,
 }
 
 /// The inotify instance, as tokio's readiness wants it.
@@ -29,6 +34,7 @@ impl FileWatch {
         let dir = if path.is_dir() { path } else { path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")) };
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
         let mask = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MODIFY
             | AddWatchFlags::IN_MOVED_TO
             | AddWatchFlags::IN_MOVED_FROM
             | AddWatchFlags::IN_DELETE
@@ -41,20 +47,45 @@ impl FileWatch {
         // one is owned by the registration itself (its replacement is unsafe).
         #[allow(deprecated)]
         let inotify = AsyncFd::new(Handle(inotify)).ok()?;
-        Some(FileWatch { inotify })
+        Some(FileWatch { inotify, writing: BTreeSet::new() })
     }
 
     /// Returns once something in the directory changed.
-    pub async fn changed(&self) {
+    pub async fn changed(&mut self) {
         loop {
             let Ok(mut guard) = self.inotify.readable().await else {
                 return std::future::pending().await;
             };
             match guard.get_inner().0.read_events() {
-                Ok(events) if !events.is_empty() => return,
+                Ok(events) if !events.is_empty() => {
+                    drop(guard);
+                    self.note(events);
+                    return;
+                }
                 Ok(_) => guard.clear_ready(),
                 Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
                 Err(_) => return std::future::pending().await,
+            }
+        }
+    }
+
+    /// Whether no file named as `matters` says is being written, after
+    /// taking in the events queued so far. A file is written from its
+    /// first modification to its close; renames and deletions end it too.
+    pub fn quiet(&mut self, matters: impl Fn(&Path) -> bool) -> bool {
+        if let Ok(events) = self.inotify.get_ref().0.read_events() {
+            self.note(events);
+        }
+        !self.writing.iter().any(|name| matters(Path::new(name)))
+    }
+
+    fn note(&mut self, events: Vec<nix::sys::inotify::InotifyEvent>) {
+        for e in events {
+            let Some(name) = e.name else { continue };
+            if e.mask.contains(AddWatchFlags::IN_MODIFY) {
+                self.writing.insert(name);
+            } else if e.mask.intersects(AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM) {
+                self.writing.remove(&name);
             }
         }
     }

@@ -42,7 +42,8 @@ pub struct Loaded {
     pub errors: Vec<LoadError>,
 }
 
-fn is_manifest(path: &Path) -> bool {
+/// Whether a file in a manifest directory is read (by its extension).
+pub fn is_manifest(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
 }
 
