@@ -51,6 +51,9 @@ pub struct Reconciler {
     allocations: Allocations,
     owned: Owned,
     status: StatusStore,
+    /// Each entry of `status` serialized, reused while the entry is
+    /// (re-serializing thousands was most of writing the file).
+    status_serialized: Vec<Vec<u8>>,
     /// The objects `status` was computed from (entries of unchanged objects are reused).
     status_objects: Option<ObjectSet>,
     /// The typed form of `status`, by object.
@@ -88,6 +91,7 @@ impl Reconciler {
             allocations: state.load_allocations(),
             owned: state.load_owned(),
             status: state.load_status(),
+            status_serialized: Vec::new(),
             status_objects: None,
             status_memo: Default::default(),
             status_unwritten: false,
@@ -260,13 +264,19 @@ impl Reconciler {
             let computed = status::compute(&objects, plan, &report, load_errors, previous, &self.node_name, &now);
             self.status = computed.store;
             self.status_memo = computed.memo;
+            let mut before: Vec<Option<Vec<u8>>> = std::mem::take(&mut self.status_serialized).into_iter().map(Some).collect();
+            self.status_serialized = (self.status.iter().zip(&computed.origins))
+                .map(|(entry, origin)| {
+                    origin.and_then(|i| before.get_mut(i)?.take()).unwrap_or_else(|| crate::state::serialize_status_entry(entry))
+                })
+                .collect();
             t_status_computed = started.elapsed();
             if computed.changed {
                 self.status_objects = Some(objects.as_ref().clone());
             }
             if computed.changed || self.status_unwritten {
                 self.status_unwritten = false;
-                if let Err(e) = self.state.store_status(&self.status) {
+                if let Err(e) = self.state.store_status(&self.status_serialized) {
                     self.status_unwritten = true;
                     node_errors.push(format!("writing status: {e}"));
                 }

@@ -154,11 +154,25 @@ impl StateDir {
     }
     /// Status is only displayed (`netlet get`) and every pass recomputes
     /// it: written atomically but compact and without fsync, which would
-    /// cost more than the rest of a small change's reconcile.
-    pub fn store_status(&self, s: &StatusStore) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(s).map_err(|source| StateError::Encode { file: "status.json".into(), source })?;
+    /// cost more than the rest of a small change's reconcile. Entries come
+    /// serialized (see [`serialize_status_entry`]); the file is their array.
+    pub fn store_status(&self, entries: &[Vec<u8>]) -> Result<(), StateError> {
+        let mut bytes = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+        bytes.push(b'[');
+        for (i, entry) in entries.iter().enumerate() {
+            if i > 0 {
+                bytes.push(b',');
+            }
+            bytes.extend_from_slice(entry);
+        }
+        bytes.push(b']');
         write_atomically(&self.dir, "status.json", &bytes, false).map_err(|source| StateError::Io { dir: self.dir.clone(), source })
     }
+}
+
+/// One status entry as status.json holds it (compact JSON).
+pub fn serialize_status_entry(entry: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(entry).expect("a JSON value serializes")
 }
 
 /// Temp file in the same directory, renamed over; `durable` adds an fsync
@@ -197,6 +211,19 @@ mod tests {
         a.ports.insert("default/web|tcp|80|0.0.0.0".into(), 32768);
         state.store_allocations(&a).unwrap();
         assert_eq!(state.load_allocations(), a);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn status_entries_serialized_apart_make_the_same_file() {
+        let dir = temp_dir("status");
+        let state = StateDir::open(&dir).unwrap();
+        let store: StatusStore = vec![serde_json::json!({"kind": "Network", "status": {"a": [1, 2]}}), serde_json::json!({"kind": "x"})];
+        state.store_status(&store.iter().map(serialize_status_entry).collect::<Vec<_>>()).unwrap();
+        assert_eq!(fs::read(dir.join("status.json")).unwrap(), serde_json::to_vec(&store).unwrap());
+        assert_eq!(state.load_status(), store);
+        state.store_status(&[]).unwrap();
+        assert_eq!(state.load_status(), StatusStore::new());
         fs::remove_dir_all(dir).unwrap();
     }
 

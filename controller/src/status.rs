@@ -32,6 +32,9 @@ pub struct Computed {
     pub verdicts: Vec<Verdict>,
     /// The store differs from the previous one (it needs writing).
     pub changed: bool,
+    /// For each entry, its position in the previous store when it was
+    /// moved over unchanged: its serialized form can be reused too.
+    pub origins: Vec<Option<usize>>,
     /// For the next pass's [`Previous`].
     pub memo: StatusMemo,
 }
@@ -138,6 +141,7 @@ struct Builder<'a> {
     port_mappings: HashMap<ObjectKey, &'a PortMapping>,
     now: &'a str,
     store: StatusStore,
+    origins: Vec<Option<usize>>,
     new_memo: StatusMemo,
     verdicts: Vec<Verdict>,
     changed: bool,
@@ -163,6 +167,7 @@ impl<'a> Builder<'a> {
             port_mappings: objects.map(|o| by_key(&o.port_mappings)).unwrap_or_default(),
             now,
             store: Vec::new(),
+            origins: Vec::new(),
             verdicts: Vec::new(),
             changed: false,
         }
@@ -235,6 +240,7 @@ impl<'a> Builder<'a> {
         self.changed |= i != self.store.len();
         self.new_memo.insert(key.clone(), (self.store.len(), before));
         self.store.push(value);
+        self.origins.push(Some(i));
         true
     }
 
@@ -242,11 +248,12 @@ impl<'a> Builder<'a> {
         self.changed = true;
         self.new_memo.insert(key, (self.store.len(), status));
         self.store.push(value);
+        self.origins.push(None);
     }
 
     fn finish(self) -> Computed {
         let changed = self.changed || self.store.len() != self.previous.len();
-        Computed { store: self.store, memo: self.new_memo, verdicts: self.verdicts, changed }
+        Computed { store: self.store, origins: self.origins, memo: self.new_memo, verdicts: self.verdicts, changed }
     }
 }
 
@@ -441,6 +448,16 @@ mod tests {
         // Same content as computing from nothing, bar the new objects' transition time.
         let strip = |s: &StatusStore| serde_json::to_string(s).unwrap().replace("t3", "t1");
         assert_eq!(strip(&grown.store), strip(&fresh.store));
+        // Where each entry came from: the old attachments and mappings moved
+        // over as they were (their serialized form is reused); the network
+        // (one attachment more) and the new objects built.
+        let built: Vec<String> =
+            grown.store.iter().zip(&grown.origins).filter(|(_, o)| o.is_none()).map(|(e, _)| key_of(e).unwrap().name).collect();
+        assert_eq!(built, ["n", "a2", "p2"]);
+        for (entry, origin) in grown.store.iter().zip(&grown.origins).filter(|(_, o)| o.is_some()) {
+            assert_eq!(entry, &first.store[origin.unwrap()]);
+        }
+        assert!(restarted.origins.iter().all(Option::is_none), "without a memo nothing is moved over");
     }
 
     #[test]
