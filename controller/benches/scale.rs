@@ -9,8 +9,10 @@
 //!   time, CPU time (schedstat) and kernel mutations (from its metrics),
 //!   for quick passes and, apart, for full ones (every 10th, an audit that
 //!   re-reads every sandbox)
-//! - churn: add one attachment + mapping (and remove one) with N in place:
-//!   the reconcile pass that realizes it, and file-write-to-Ready
+//! - churn: add one attachment + mapping (and remove one) with N in place,
+//!   five times: the reconcile pass that realizes it, file-write-to-Ready,
+//!   and file-removal-to-gone (out of the status and its namespace
+//!   deleted); medians
 //! - peak RSS of the agent
 //! - teardown: everything removed (`--once` on an empty manifest set)
 //! - the floor: the same kernel work by a straight-line program in one
@@ -19,7 +21,6 @@
 //!   map), and a batched teardown floor
 //!   (`ip link del group`, `ip -batch netns del`).
 
-use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -204,24 +205,52 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Durat
     started.elapsed()
 }
 
-/// Is `attachment` Ready in the status file? The file is parsed only when
-/// its modification time moved since the last look (`seen`): a poll every
-/// 2 ms that parsed a megabyte each time would take a core from the agent.
-fn status_ready(node: &Node, attachment: &str, seen: &mut Option<std::time::SystemTime>) -> bool {
-    let path = node.dir.join("state/status.json");
-    let Ok(modified) = fs::metadata(&path).and_then(|m| m.modified()) else { return false };
-    if *seen == Some(modified) {
-        return false;
-    }
-    *seen = Some(modified);
-    let Ok(text) = fs::read_to_string(&path) else { return false };
-    let Ok(items) = serde_json::from_str::<Vec<serde_json::Value>>(&text) else { return false };
-    items.iter().any(|v| {
-        v["kind"] == "Attachment"
-            && v["metadata"]["name"] == attachment
-            && v["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-    })
+/// One attachment as the status file shows it: `Some(ready)` while it is
+/// listed, `None` once it is not. The file is parsed only when its
+/// modification time moved since the last look: a poll every 2 ms that
+/// parsed a megabyte each time would take a core from the agent.
+struct Followed {
+    seen: Option<std::time::SystemTime>,
+    ready: Option<bool>,
 }
+
+impl Followed {
+    /// From the file as it is now, the attachment known to be `ready`.
+    fn from_now(node: &Node, ready: Option<bool>) -> Self {
+        Followed { seen: fs::metadata(node.dir.join("state/status.json")).and_then(|m| m.modified()).ok(), ready }
+    }
+
+    fn poll(&mut self, node: &Node, attachment: &str) -> Option<bool> {
+        let path = node.dir.join("state/status.json");
+        let Ok(modified) = fs::metadata(&path).and_then(|m| m.modified()) else { return self.ready };
+        if self.seen == Some(modified) {
+            return self.ready;
+        }
+        let Some(items) = fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok()) else {
+            return self.ready;
+        };
+        self.seen = Some(modified);
+        self.ready = items
+            .iter()
+            .find(|v| v["kind"] == "Attachment" && v["metadata"]["name"] == attachment)
+            .map(|v| v["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")));
+        self.ready
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Mean reconcile pass time since the metrics read `(sum, count)`.
+fn mean_pass_ms(node: &Node, sum: f64, count: f64) -> f64 {
+    let passes = (metric(node, "netlet_reconcile_duration_seconds_count") - count).max(1.0);
+    (metric(node, "netlet_reconcile_duration_seconds_sum") - sum) / passes * 1e3
+}
+
+/// Churn is measured this many times (add, then remove), medians reported.
+const CHURN_ROUNDS: usize = 5;
 
 #[derive(Default, serde::Serialize)]
 struct Row {
@@ -238,6 +267,7 @@ struct Row {
     churn_add_reconcile_ms: f64,
     churn_add_to_ready_ms: f64,
     churn_remove_reconcile_ms: f64,
+    churn_remove_to_done_ms: f64,
     peak_rss_mib: f64,
     teardown_ms: f64,
     teardown_floor_ms: f64,
@@ -368,25 +398,36 @@ fn measure(n: usize) -> Row {
     row.full_resync_ms = full.1 / full.0 * 1e3;
     row.full_resync_cpu_ms = full.2.as_secs_f64() * 1e3 / full.0;
 
-    // Churn: one more attachment + mapping, in a file of its own.
-    let before = metric(&node, "netlet_reconcile_duration_seconds_sum");
-    let count_before = metric(&node, "netlet_reconcile_duration_seconds_count");
+    // Churn: one more attachment + mapping, in a file of its own, added
+    // and removed CHURN_ROUNDS times; medians.
     let extra = node.dir.join("manifests/churn.yaml");
-    let mut yaml = node.attachment_yaml(n);
-    let _ = write!(yaml, "");
-    fs::write(&extra, yaml).unwrap();
-    let mut seen = fs::metadata(node.dir.join("state/status.json")).and_then(|m| m.modified()).ok();
-    row.churn_add_to_ready_ms =
-        wait_for("churn add", Duration::from_secs(30), || status_ready(&node, &format!("a{n}"), &mut seen)).as_secs_f64() * 1e3;
-    let passes = (metric(&node, "netlet_reconcile_duration_seconds_count") - count_before).max(1.0);
-    row.churn_add_reconcile_ms = (metric(&node, "netlet_reconcile_duration_seconds_sum") - before) / passes * 1e3;
-    let before = metric(&node, "netlet_reconcile_duration_seconds_sum");
-    let count_before = metric(&node, "netlet_reconcile_duration_seconds_count");
-    fs::remove_file(&extra).unwrap();
-    let gone = node.sandbox(n);
-    wait_for("churn remove", Duration::from_secs(30), || !Path::new(&format!("/run/netns/{gone}")).exists());
-    let passes = (metric(&node, "netlet_reconcile_duration_seconds_count") - count_before).max(1.0);
-    row.churn_remove_reconcile_ms = (metric(&node, "netlet_reconcile_duration_seconds_sum") - before) / passes * 1e3;
+    let (mut add_pass, mut add_ready, mut del_pass, mut del_done) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..CHURN_ROUNDS {
+        let (sum, count) =
+            (metric(&node, "netlet_reconcile_duration_seconds_sum"), metric(&node, "netlet_reconcile_duration_seconds_count"));
+        fs::write(&extra, node.attachment_yaml(n)).unwrap();
+        let mut status = Followed::from_now(&node, None);
+        let ready = wait_for("churn add", Duration::from_secs(30), || status.poll(&node, &format!("a{n}")) == Some(true));
+        add_ready.push(ready.as_secs_f64() * 1e3);
+        add_pass.push(mean_pass_ms(&node, sum, count));
+        // Let the pass that follows our own kernel events run before the next step.
+        std::thread::sleep(Duration::from_millis(300));
+        let (sum, count) =
+            (metric(&node, "netlet_reconcile_duration_seconds_sum"), metric(&node, "netlet_reconcile_duration_seconds_count"));
+        fs::remove_file(&extra).unwrap();
+        let gone = node.sandbox(n);
+        let mut status = Followed::from_now(&node, Some(true));
+        let done = wait_for("churn remove", Duration::from_secs(30), || {
+            status.poll(&node, &format!("a{n}")).is_none() && !Path::new(&format!("/run/netns/{gone}")).exists()
+        });
+        del_done.push(done.as_secs_f64() * 1e3);
+        del_pass.push(mean_pass_ms(&node, sum, count));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    row.churn_add_reconcile_ms = median(&mut add_pass);
+    row.churn_add_to_ready_ms = median(&mut add_ready);
+    row.churn_remove_reconcile_ms = median(&mut del_pass);
+    row.churn_remove_to_done_ms = median(&mut del_done);
     let hwm = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let running_rss_kib: f64 =
         hwm.lines().find(|l| l.starts_with("VmHWM")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0.0);
@@ -411,7 +452,7 @@ fn main() {
         std::env::var("NETLET_BENCH_N").unwrap_or_else(|_| "10,100,1000".into()).split(',').filter_map(|s| s.trim().parse().ok()).collect();
     let mut rows = Vec::new();
     println!(
-        "{:>5} {:>10} {:>9} {:>6} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>6}",
+        "{:>5} {:>10} {:>9} {:>6} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>6}",
         "N",
         "cold ms",
         "floor ms",
@@ -424,6 +465,7 @@ fn main() {
         "add ms",
         "add>rdy",
         "del ms",
+        "del>gone",
         "RSS MiB",
         "down ms",
         "dn floor",
@@ -432,7 +474,7 @@ fn main() {
     for n in sizes {
         let r = measure(n);
         println!(
-            "{:>5} {:>10.1} {:>9.1} {:>6.2} {:>9.2} {:>8.2} {:>7} {:>9.1} {:>9.1} {:>9.2} {:>9.1} {:>9.2} {:>7.1} {:>9.1} {:>9.1} {:>6.2}",
+            "{:>5} {:>10.1} {:>9.1} {:>6.2} {:>9.2} {:>8.2} {:>7} {:>9.1} {:>9.1} {:>9.2} {:>9.1} {:>9.2} {:>9.1} {:>7.1} {:>9.1} {:>9.1} {:>6.2}",
             r.n,
             r.cold_start_ms,
             r.floor_ms,
@@ -445,6 +487,7 @@ fn main() {
             r.churn_add_reconcile_ms,
             r.churn_add_to_ready_ms,
             r.churn_remove_reconcile_ms,
+            r.churn_remove_to_done_ms,
             r.peak_rss_mib,
             r.teardown_ms,
             r.teardown_floor_ms,
