@@ -285,6 +285,7 @@ impl Reconciler {
             computed.verdicts
         };
         tracing::debug!(?t_facts, ?t_plan, ?t_allocations, ?t_sync, ?t_status_computed, status = ?started.elapsed(), reused, full = report.full, "reconcile phases (cumulative)");
+        self.dataplane.settle_events().await;
         let outcome = Outcome {
             verdicts,
             mutations: report.total_mutations(),

@@ -78,8 +78,13 @@ pub struct Dataplane {
     events: Option<events::EventCounter>,
     /// Event count at the end of the previous pass.
     events_baseline: u64,
+    /// Until when the kernel events of our last sync are still arriving
+    /// (see [`Dataplane::settle_events`]).
+    own_events_until: Option<tokio::time::Instant>,
     /// Passes since the last full one (every FULL_PASS_EVERY-th is full).
     passes_since_full: u32,
+    /// The desired-state generation of the previous pass.
+    last_generation: Option<u64>,
     /// Sandboxes verified in sync, with the endpoints they were verified for.
     verified: HashMap<String, Vec<Endpoint>>,
     last_firewall: Option<crate::plan::desired::FirewallPlan>,
@@ -124,6 +129,11 @@ type FirewallJob = tokio::task::JoinHandle<(
     Result<firewall::SyncOutcome, firewall::FirewallError>,
 )>;
 
+/// How long after a sync its own kernel notifications are still counted as
+/// its own (they are queued by the time its requests are answered; the
+/// watcher task needs a moment to count them).
+const OWN_EVENTS_SETTLE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Every this-many passes, observe everything even without kernel events
 /// (what no event reports: edits of /etc/netns files, missed events).
 const FULL_PASS_EVERY: u32 = 10;
@@ -158,7 +168,9 @@ impl Dataplane {
             firewall: firewall::NftFirewall::new(),
             events: None,
             events_baseline: 0,
+            own_events_until: None,
             passes_since_full: 0,
+            last_generation: None,
             verified: HashMap::new(),
             last_firewall: None,
             progress: None,
@@ -236,6 +248,7 @@ impl Dataplane {
     /// The node's links and addresses: dumped, or the previous dump while
     /// no kernel event has arrived since the last pass.
     pub async fn node_view(&mut self) -> Result<(Vec<Link>, Vec<netlink::Address>), NetlinkError> {
+        self.settle_events().await;
         let quiet = self.events.as_ref().is_some_and(|e| e.get() == self.events_baseline);
         if let (true, Some(view)) = (quiet, &self.node_view) {
             return Ok(view.clone());
@@ -256,13 +269,15 @@ impl Dataplane {
         record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
     ) -> SyncReport {
         let mut report = SyncReport::default();
+        self.settle_events().await;
         // A full pass observes everything; a quick one skips what was
         // verified before, when no kernel event arrived since.
         let full = match &self.events {
             None => true,
-            Some(events) => events.is_dead() || events.get() != self.events_baseline || self.passes_since_full + 1 >= FULL_PASS_EVERY,
+            Some(events) => events.is_dead() || events.get() != self.events_baseline || self.audit_due(generation),
         };
         self.passes_since_full = if full { 0 } else { self.passes_since_full + 1 };
+        self.last_generation = Some(generation);
         report.full = full;
         // Nothing changed in the kernel (no event) nor in what we want since
         // a pass that converged cleanly: there is nothing to look at.
@@ -349,13 +364,31 @@ impl Dataplane {
         if clean {
             self.last_clean = Some(generation);
         }
+        self.own_events_until = Some(tokio::time::Instant::now() + OWN_EVENTS_SETTLE);
+        report
+    }
+
+    /// Whether this pass should be the periodic audit. A pass that
+    /// realizes a change leaves it to the next one (a change among
+    /// thousands of objects should not wait for every sandbox to be
+    /// re-read), unless changes keep coming for another FULL_PASS_EVERY.
+    fn audit_due(&self, generation: u64) -> bool {
+        let due = self.passes_since_full + 1 >= FULL_PASS_EVERY;
+        let overdue = self.passes_since_full + 1 >= 2 * FULL_PASS_EVERY;
+        due && (overdue || self.last_generation == Some(generation))
+    }
+
+    /// Counts the kernel events of our last sync as seen once they had
+    /// OWN_EVENTS_SETTLE to arrive, so that they do not make the next pass
+    /// a full one. The reconciler calls it after writing status (which
+    /// leaves them that time, off the path to Ready); the next pass does
+    /// if nobody did.
+    pub async fn settle_events(&mut self) {
+        let Some(until) = self.own_events_until.take() else { return };
         if let Some(events) = &self.events {
-            // Our own changes have queued their notifications by now; let
-            // the watcher count them so they do not force the next pass full.
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            tokio::time::sleep_until(until).await;
             self.events_baseline = events.get();
         }
-        report
     }
 
     /// Starts the whole ruleset's sync (one transaction, nothing when in
