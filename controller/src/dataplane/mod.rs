@@ -138,6 +138,17 @@ const OWN_EVENTS_SETTLE: std::time::Duration = std::time::Duration::from_millis(
 /// (what no event reports: edits of /etc/netns files, missed events).
 const FULL_PASS_EVERY: u32 = 10;
 
+/// Whether a pass should be the periodic audit. A pass that realizes a
+/// change (its generation is not the previous pass's) leaves it to the next
+/// one: a change among thousands of objects should not wait for every
+/// sandbox to be re-read. Changes that keep coming delay it at most another
+/// FULL_PASS_EVERY passes.
+fn audit_due(passes_since_full: u32, last_generation: Option<u64>, generation: u64) -> bool {
+    let due = passes_since_full + 1 >= FULL_PASS_EVERY;
+    let overdue = passes_since_full + 1 >= 2 * FULL_PASS_EVERY;
+    due && (overdue || last_generation == Some(generation))
+}
+
 /// Link group used only for a moment, to delete many of our links in one
 /// request; checked to be empty of foreign links before use.
 const DOOMED_GROUP: u32 = 0x6e6c_7400;
@@ -274,7 +285,11 @@ impl Dataplane {
         // verified before, when no kernel event arrived since.
         let full = match &self.events {
             None => true,
-            Some(events) => events.is_dead() || events.get() != self.events_baseline || self.audit_due(generation),
+            Some(events) => {
+                events.is_dead()
+                    || events.get() != self.events_baseline
+                    || audit_due(self.passes_since_full, self.last_generation, generation)
+            }
         };
         self.passes_since_full = if full { 0 } else { self.passes_since_full + 1 };
         self.last_generation = Some(generation);
@@ -366,16 +381,6 @@ impl Dataplane {
         }
         self.own_events_until = Some(tokio::time::Instant::now() + OWN_EVENTS_SETTLE);
         report
-    }
-
-    /// Whether this pass should be the periodic audit. A pass that
-    /// realizes a change leaves it to the next one (a change among
-    /// thousands of objects should not wait for every sandbox to be
-    /// re-read), unless changes keep coming for another FULL_PASS_EVERY.
-    fn audit_due(&self, generation: u64) -> bool {
-        let due = self.passes_since_full + 1 >= FULL_PASS_EVERY;
-        let overdue = self.passes_since_full + 1 >= 2 * FULL_PASS_EVERY;
-        due && (overdue || self.last_generation == Some(generation))
     }
 
     /// Counts the kernel events of our last sync as seen once they had
@@ -1107,5 +1112,21 @@ impl Dataplane {
                 report.node_errors.push(format!("recording namespace removals: {e}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_periodic_audit_waits_for_a_pass_without_a_change() {
+        let last = FULL_PASS_EVERY - 1;
+        assert!(!audit_due(last - 1, Some(7), 7), "not due yet");
+        assert!(audit_due(last, Some(7), 7), "due, nothing changed");
+        assert!(!audit_due(last, Some(7), 8), "due, but this pass realizes a change");
+        assert!(!audit_due(last, None, 1), "the first pass of a change");
+        assert!(audit_due(last + 1, Some(8), 8), "the pass after the change");
+        assert!(audit_due(2 * FULL_PASS_EVERY - 1, Some(8), 9), "changes that keep coming delay it only so long");
     }
 }
