@@ -226,16 +226,43 @@ impl Followed {
         if self.seen == Some(modified) {
             return self.ready;
         }
-        let Some(items) = fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok()) else {
+        // Typed, reading only what is needed: parsing a megabyte into
+        // `serde_json::Value`s took longer than the change being timed.
+        let Some(items) = fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Vec<Entry>>(&t).ok()) else {
             return self.ready;
         };
         self.seen = Some(modified);
         self.ready = items
             .iter()
-            .find(|v| v["kind"] == "Attachment" && v["metadata"]["name"] == attachment)
-            .map(|v| v["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")));
+            .find(|e| e.kind == "Attachment" && e.metadata.name == attachment)
+            .map(|e| e.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")));
         self.ready
     }
+}
+
+#[derive(serde::Deserialize)]
+struct Entry {
+    kind: String,
+    metadata: EntryMeta,
+    status: Option<EntryStatus>,
+}
+
+#[derive(serde::Deserialize)]
+struct EntryMeta {
+    name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct EntryStatus {
+    #[serde(default)]
+    conditions: Vec<EntryCondition>,
+}
+
+#[derive(serde::Deserialize)]
+struct EntryCondition {
+    #[serde(rename = "type")]
+    type_: String,
+    status: String,
 }
 
 fn median(values: &mut [f64]) -> f64 {
