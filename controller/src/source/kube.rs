@@ -568,12 +568,30 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
             }
         }
 
-        // Wait for a change (debounced), the resync period, or a signal.
+        // Wait for a change (and the rest of its burst), the resync period, or a signal.
         tokio::select! {
-            _ = changed.notified() => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ = changed.notified() => settle(&changed).await,
             _ = tokio::time::sleep(opts.resync_period) => {}
             _ = term.recv() => { tracing::info!("SIGTERM: stopping, dataplane left in place"); return Ok(0); }
             _ = int.recv() => { tracing::info!("SIGINT: stopping, dataplane left in place"); return Ok(0); }
+        }
+    }
+}
+
+/// A change is read once the watches have been quiet for CHANGE_QUIET (the
+/// rest of a `kubectl apply`, a burst of kernel events), or after
+/// CHANGE_SETTLE_MAX while changes keep coming: a single change is not held
+/// for a fixed delay, and a large apply is still taken in few passes.
+const CHANGE_QUIET: Duration = Duration::from_millis(10);
+const CHANGE_SETTLE_MAX: Duration = Duration::from_millis(100);
+
+async fn settle(changed: &Notify) {
+    let deadline = tokio::time::Instant::now() + CHANGE_SETTLE_MAX;
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(CHANGE_QUIET) => return,
+            _ = tokio::time::sleep_until(deadline) => return,
         }
     }
 }
@@ -582,6 +600,26 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
 mod tests {
     use super::*;
     use crate::api::{AttachmentSpec, AttachmentStatus, PortBinding, PortMappingSpec, PortMappingStatus, Protocol, Sandbox};
+
+    #[tokio::test]
+    async fn a_burst_of_changes_is_waited_out_but_never_forever() {
+        let changed = Arc::new(Notify::new());
+        let started = std::time::Instant::now();
+        settle(&changed).await;
+        assert!(started.elapsed() >= CHANGE_QUIET, "a quiet moment is waited for");
+        // Changes that never stop: read anyway.
+        let poker = {
+            let changed = changed.clone();
+            tokio::spawn(async move {
+                loop {
+                    changed.notify_one();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(5), settle(&changed)).await.expect("settles while changes keep coming");
+        poker.abort();
+    }
 
     #[test]
     fn allocations_are_rebuilt_from_status() {
