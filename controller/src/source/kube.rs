@@ -542,15 +542,15 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
             cluster.attachments.state().into_iter().map(|a| (format!("{}/{}", namespace_of(&*a), a.name_any()), a)).collect();
         let live_pms: BTreeMap<String, Arc<PortMapping>> =
             cluster.port_mappings.state().into_iter().map(|p| (format!("{}/{}", namespace_of(&*p), p.name_any()), p)).collect();
-        for value in reconciler.status().clone() {
-            let Some(key) = key_of(&value) else { continue };
+        for value in reconciler.status() {
+            let Some(key) = key_of(value) else { continue };
             match key.kind {
-                crate::objects::KindName::Network => cluster.publish_network_status(&key.name, &value).await,
+                crate::objects::KindName::Network => cluster.publish_network_status(&key.name, value).await,
                 crate::objects::KindName::Attachment => {
-                    cluster.publish_status(att_api, live_atts.get(&key.ns_name()).map(|a| &**a), &value).await
+                    cluster.publish_status(att_api, live_atts.get(&key.ns_name()).map(|a| &**a), value).await
                 }
                 crate::objects::KindName::PortMapping => {
-                    cluster.publish_status(pm_api, live_pms.get(&key.ns_name()).map(|p| &**p), &value).await
+                    cluster.publish_status(pm_api, live_pms.get(&key.ns_name()).map(|p| &**p), value).await
                 }
             }
         }
