@@ -324,7 +324,7 @@ impl Dataplane {
         self.sync_vxlans(desired, &node_links, &bridges, &mut report).await;
         lap("node", &mut phases);
         self.set_phase("namespaces", 0);
-        let fresh = self.sync_sandboxes(desired, owned, record_owned, &mut report).await;
+        let fresh = self.sync_sandboxes(desired, full, owned, record_owned, &mut report).await;
         lap("netns", &mut phases);
         self.set_phase("attachments", desired.sandboxes.len());
         // Write-ahead for links made inside sandboxes, which the node
@@ -640,9 +640,12 @@ impl Dataplane {
         }
     }
 
+    /// Creates the managed namespaces that are missing. A quick pass takes
+    /// those verified by an earlier pass as present (no kernel event since).
     async fn sync_sandboxes(
         &mut self,
         desired: &DesiredState,
+        full: bool,
         owned: &mut Owned,
         record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
         report: &mut SyncReport,
@@ -653,7 +656,11 @@ impl Dataplane {
             .iter()
             .filter_map(|s| s.sandbox.netns_name().map(|_| &s.sandbox))
             .filter_map(|s| match s {
-                SandboxRef::Managed(name) if !netns::is_namespace(&Path::new(crate::plan::attachment::NETNS_DIR).join(name)) => Some(name),
+                SandboxRef::Managed(name) => {
+                    let path = s.path();
+                    let known = !full && self.verified.contains_key(&path);
+                    (!known && !netns::is_namespace(Path::new(&path))).then_some(name)
+                }
                 _ => None,
             })
             .collect();
