@@ -536,20 +536,20 @@ impl NftFirewall {
     /// whose subnets nft splits into ranges) or if it fails. A socket that
     /// failed is reopened next time.
     fn update_elements(&mut self, changes: &[SetChange<'_>]) -> Result<(), FirewallError> {
-        {
-            let socket = match self.elements.take() {
-                Some(s) => Ok(s),
-                None => ElementSocket::open(),
-            };
-            match socket.and_then(|mut s| s.apply(changes).map(|()| s)) {
-                Ok(s) => {
-                    self.elements = Some(s);
-                    return Ok(());
-                }
-                Err(e) => tracing::debug!(error = %e, "element update over netlink failed; trying nft"),
+        let socket = match self.elements.take() {
+            Some(s) => Ok(s),
+            None => ElementSocket::open(),
+        };
+        match socket.and_then(|mut s| s.apply(changes).map(|()| s)) {
+            Ok(s) => {
+                self.elements = Some(s);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "element update over netlink failed; trying nft");
+                self.run(&element_script(changes), "update")
             }
         }
-        self.run(&element_script(changes), "update")
     }
 
     /// Deletes our tables; in sync (nothing done) if they are absent.

@@ -96,10 +96,10 @@ impl ElementSocket {
     pub fn apply(&mut self, changes: &[SetChange<'_>]) -> Result<(), ElementError> {
         let mut messages = Vec::new();
         for c in changes.iter().filter(|c| !c.gone.is_empty()) {
-            messages.push(set_message(NFT_MSG_DELSETELEM, c, &c.gone, true)?);
+            messages.push((set_message(NFT_MSG_DELSETELEM, c, &c.gone)?, NLM_F_REQUEST | NLM_F_ACK));
         }
         for c in changes.iter().filter(|c| !c.new.is_empty()) {
-            messages.push(set_message(NFT_MSG_NEWSETELEM, c, &c.new, false)?);
+            messages.push((set_message(NFT_MSG_NEWSETELEM, c, &c.new)?, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE));
         }
         if messages.is_empty() {
             return Ok(());
@@ -108,9 +108,8 @@ impl ElementSocket {
         let first = self.seq.wrapping_add(1);
         let mut batch = Vec::new();
         self.push(&mut batch, batch_marker(NFNL_MSG_BATCH_BEGIN), NLM_F_REQUEST);
-        for m in messages {
-            let flags = NLM_F_REQUEST | NLM_F_ACK | if m.message_type & 0xff == NFT_MSG_NEWSETELEM { NLM_F_CREATE } else { 0 };
-            self.push(&mut batch, m, flags);
+        for (message, flags) in messages {
+            self.push(&mut batch, message, flags);
         }
         self.push(&mut batch, batch_marker(NFNL_MSG_BATCH_END), NLM_F_REQUEST);
         if batch.len() > MAX_BATCH {
@@ -222,8 +221,9 @@ fn data(kind: u16, bytes: Vec<u8>) -> DefaultNla {
     nested(kind, &[DefaultNla::new(NFTA_DATA_VALUE, bytes)])
 }
 
-/// NEWSETELEM or DELSETELEM of `elements` (for a delete, keys only).
-fn set_message(kind: u16, change: &SetChange<'_>, elements: &[&str], keys_only: bool) -> Result<NfMessage, ElementError> {
+/// NEWSETELEM or DELSETELEM of `elements` (a delete sends keys only).
+fn set_message(kind: u16, change: &SetChange<'_>, elements: &[&str]) -> Result<NfMessage, ElementError> {
+    let keys_only = kind == NFT_MSG_DELSETELEM;
     if change.interval {
         return Err(ElementError::Unsupported(format!("set {}", change.set), "fixed-size elements (it is an interval set)".into()));
     }
@@ -350,9 +350,9 @@ mod tests {
             gone: vec![],
             new: vec!["tcp . 80"],
         };
-        assert!(set_message(NFT_MSG_NEWSETELEM, &change, &change.new, false).is_err());
+        assert!(set_message(NFT_MSG_NEWSETELEM, &change, &change.new).is_err());
         // A delete needs the key only.
-        assert!(set_message(NFT_MSG_DELSETELEM, &change, &["tcp . 80 : 10.0.0.2 . 80"], true).is_ok());
+        assert!(set_message(NFT_MSG_DELSETELEM, &change, &["tcp . 80 : 10.0.0.2 . 80"]).is_ok());
     }
 
     #[test]
@@ -360,6 +360,6 @@ mod tests {
         // A host route is listed as a bare address, but in an interval set
         // it is a range: encoding it as a key would be wrong, not just slow.
         let change = SetChange { family: "inet", set: "masq_v4", ty: "ipv4_addr", interval: true, gone: vec![], new: vec!["10.0.0.5"] };
-        assert!(matches!(set_message(NFT_MSG_NEWSETELEM, &change, &change.new, false), Err(ElementError::Unsupported(..))));
+        assert!(matches!(set_message(NFT_MSG_NEWSETELEM, &change, &change.new), Err(ElementError::Unsupported(..))));
     }
 }
