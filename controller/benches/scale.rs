@@ -270,10 +270,10 @@ fn median(values: &mut [f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Mean reconcile pass time since the metrics read `(sum, count)`.
-fn mean_pass_ms(node: &Node, sum: f64, count: f64) -> f64 {
-    let passes = (metric(node, "netlet_reconcile_duration_seconds_count") - count).max(1.0);
-    (metric(node, "netlet_reconcile_duration_seconds_sum") - sum) / passes * 1e3
+/// Mean reconcile pass time since the snapshot `since`.
+fn mean_pass_ms(node: &Node, pid: u32, since: &Snapshot) -> f64 {
+    let now = Snapshot::take(node, pid);
+    (now.seconds - since.seconds) / (now.passes - since.passes).max(1.0) * 1e3
 }
 
 /// Churn is measured this many times (add, then remove), medians reported.
@@ -430,17 +430,15 @@ fn measure(n: usize) -> Row {
     let extra = node.dir.join("manifests/churn.yaml");
     let (mut add_pass, mut add_ready, mut del_pass, mut del_done) = (vec![], vec![], vec![], vec![]);
     for _ in 0..CHURN_ROUNDS {
-        let (sum, count) =
-            (metric(&node, "netlet_reconcile_duration_seconds_sum"), metric(&node, "netlet_reconcile_duration_seconds_count"));
+        let since = Snapshot::take(&node, pid);
         fs::write(&extra, node.attachment_yaml(n)).unwrap();
         let mut status = Followed::from_now(&node, None);
         let ready = wait_for("churn add", Duration::from_secs(30), || status.poll(&node, &format!("a{n}")) == Some(true));
         add_ready.push(ready.as_secs_f64() * 1e3);
-        add_pass.push(mean_pass_ms(&node, sum, count));
+        add_pass.push(mean_pass_ms(&node, pid, &since));
         // Let the pass that follows our own kernel events run before the next step.
         std::thread::sleep(Duration::from_millis(300));
-        let (sum, count) =
-            (metric(&node, "netlet_reconcile_duration_seconds_sum"), metric(&node, "netlet_reconcile_duration_seconds_count"));
+        let since = Snapshot::take(&node, pid);
         fs::remove_file(&extra).unwrap();
         let gone = node.sandbox(n);
         let mut status = Followed::from_now(&node, Some(true));
@@ -448,7 +446,7 @@ fn measure(n: usize) -> Row {
             status.poll(&node, &format!("a{n}")).is_none() && !Path::new(&format!("/run/netns/{gone}")).exists()
         });
         del_done.push(done.as_secs_f64() * 1e3);
-        del_pass.push(mean_pass_ms(&node, sum, count));
+        del_pass.push(mean_pass_ms(&node, pid, &since));
         std::thread::sleep(Duration::from_millis(300));
     }
     row.churn_add_reconcile_ms = median(&mut add_pass);
