@@ -51,6 +51,79 @@ fn objects(n: usize) -> ObjectSet {
     loaded.objects
 }
 
+/// The CPU side of the churn passes an agent runs, phase by phase: one
+/// manifest file added to (and removed from) a directory holding N
+/// attachments, read through the manifest cache, planned, compared with the
+/// previous plan, and given a status, every result kept for the next pass as
+/// the reconciler keeps it.
+#[inline(never)]
+fn churn_passes(n: usize, runs: usize, facts: &NodeFacts, report: &SyncReport) {
+    let dir = std::env::temp_dir().join(format!("netlet-plan-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let all = manifest(n + 1);
+    let split = all.rfind("apiVersion: netlet.io/v1alpha1\nkind: Attachment").unwrap();
+    std::fs::write(dir.join("base.yaml"), &all[..split]).unwrap();
+    let churn = dir.join("churn.yaml");
+    let mut cache = manifests::ManifestCache::default();
+    let mut previous = cache.load(&dir).objects;
+    let mut last_plan = plan(&previous, facts, &Default::default());
+    let fresh = Previous { store: StatusStore::default(), computed_from: None };
+    let mut last = status::compute(&previous, &last_plan, report, &[], fresh, "bench", "2026-01-01T00:00:00Z");
+    let phases = ["load", "plan", "compare", "status", "serialize", "keep"];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); phases.len() + 1];
+    for round in 0..runs * 2 {
+        if round % 2 == 0 {
+            std::fs::write(&churn, &all[split..]).unwrap();
+        } else {
+            std::fs::remove_file(&churn).unwrap();
+        }
+        let mut marks = vec![Instant::now()];
+        let loaded = cache.load(&dir);
+        marks.push(Instant::now());
+        let next_plan = plan(&loaded.objects, facts, &last_plan.allocations);
+        marks.push(Instant::now());
+        assert!(next_plan.desired != last_plan.desired && next_plan.allocations != last_plan.allocations);
+        marks.push(Instant::now());
+        let computed_from = Some((&previous, std::mem::take(&mut last.memo)));
+        let computed = status::compute(
+            &loaded.objects,
+            &next_plan,
+            report,
+            &[],
+            Previous { store: std::mem::take(&mut last.store), computed_from },
+            "bench",
+            "2026-01-01T00:00:01Z",
+        );
+        assert!(computed.changed);
+        marks.push(Instant::now());
+        let bytes: usize = computed
+            .store
+            .iter()
+            .zip(&computed.origins)
+            .filter(|(_, o)| o.is_none())
+            .map(|(e, _)| netlet::state::serialize_status_entry(e).len())
+            .sum();
+        std::hint::black_box(bytes);
+        marks.push(Instant::now());
+        previous = loaded.objects.clone();
+        last_plan = next_plan;
+        last = computed;
+        marks.push(Instant::now());
+        for (i, w) in marks.windows(2).enumerate() {
+            times[i].push((w[1] - w[0]).as_secs_f64() * 1e3);
+        }
+        times[phases.len()].push((marks[marks.len() - 1] - marks[0]).as_secs_f64() * 1e3);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut line = format!("N={n} churn pass (CPU side, median of {}):", runs * 2);
+    for (name, t) in phases.iter().chain(["total"].iter()).zip(times.iter_mut()) {
+        t.sort_by(f64::total_cmp);
+        line.push_str(&format!(" {name} {:.2}", t[t.len() / 2]));
+    }
+    println!("{line} ms");
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -59,6 +132,7 @@ fn main() {
     let runs: usize = std::env::var("NETLET_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let facts = NodeFacts { node_name: "bench".into(), ephemeral_ports: (32768, 60999), ..Default::default() };
     let report = SyncReport::default();
+    churn_passes(n, runs, &facts, &report);
 
     // N settled objects (allocated, status written), then one attachment
     // and its mapping added: the pure work of the pass that follows.

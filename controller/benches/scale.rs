@@ -12,7 +12,8 @@
 //! - churn: add one attachment + mapping (and remove one) with N in place,
 //!   five times: the reconcile pass that realizes it, file-write-to-Ready,
 //!   and file-removal-to-gone (out of the status and its namespace
-//!   deleted); medians
+//!   deleted), each up to the write of the status version that showed it
+//!   (the bench's own reading is not counted); medians
 //! - peak RSS of the agent
 //! - teardown: everything removed (`--once` on an empty manifest set)
 //! - the floor: the same kernel work by a straight-line program in one
@@ -206,9 +207,13 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Durat
 }
 
 /// One attachment as the status file shows it: `Some(ready)` while it is
-/// listed, `None` once it is not. The file is parsed only when its
-/// modification time moved since the last look: a poll every 2 ms that
-/// parsed a megabyte each time would take a core from the agent.
+/// listed, `None` once it is not, with the modification time of the file
+/// version that showed it. The file is read only when its modification time
+/// moved since the last look (a poll every 2 ms that parsed a megabyte each
+/// time would take a core from the agent). A version's modification time
+/// is when the agent wrote it (it is renamed into place right after, never
+/// written again): the time to Ready is taken from it, so the bench's own
+/// reading and parsing are not counted.
 struct Followed {
     seen: Option<std::time::SystemTime>,
     ready: Option<bool>,
@@ -220,24 +225,34 @@ impl Followed {
         Followed { seen: fs::metadata(node.dir.join("state/status.json")).and_then(|m| m.modified()).ok(), ready }
     }
 
-    fn poll(&mut self, node: &Node, attachment: &str) -> Option<bool> {
-        let path = node.dir.join("state/status.json");
-        let Ok(modified) = fs::metadata(&path).and_then(|m| m.modified()) else { return self.ready };
+    /// The attachment's state, and the modification time of the version
+    /// it was read from when that version is new.
+    fn poll(&mut self, node: &Node, attachment: &str) -> (Option<bool>, Option<std::time::SystemTime>) {
+        use std::io::Read as _;
+        // One open file: its time and its content belong to the same version.
+        let Ok(mut file) = fs::File::open(node.dir.join("state/status.json")) else { return (self.ready, None) };
+        let Ok(modified) = file.metadata().and_then(|m| m.modified()) else { return (self.ready, None) };
         if self.seen == Some(modified) {
-            return self.ready;
+            return (self.ready, None);
         }
         // Typed, reading only what is needed: parsing a megabyte into
         // `serde_json::Value`s took longer than the change being timed.
-        let Some(items) = fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Vec<Entry>>(&t).ok()) else {
-            return self.ready;
+        let mut text = String::new();
+        let Some(items) = file.read_to_string(&mut text).ok().and_then(|_| serde_json::from_str::<Vec<Entry>>(&text).ok()) else {
+            return (self.ready, None);
         };
         self.seen = Some(modified);
         self.ready = items
             .iter()
             .find(|e| e.kind == "Attachment" && e.metadata.name == attachment)
             .map(|e| e.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")));
-        self.ready
+        (self.ready, Some(modified))
     }
+}
+
+/// Milliseconds from `since` to `at` (wall clock).
+fn ms_between(since: std::time::SystemTime, at: std::time::SystemTime) -> f64 {
+    at.duration_since(since).unwrap_or_default().as_secs_f64() * 1e3
 }
 
 #[derive(serde::Deserialize)]
@@ -431,21 +446,46 @@ fn measure(n: usize) -> Row {
     let (mut add_pass, mut add_ready, mut del_pass, mut del_done) = (vec![], vec![], vec![], vec![]);
     for _ in 0..CHURN_ROUNDS {
         let since = Snapshot::take(&node, pid);
+        let written = std::time::SystemTime::now();
         fs::write(&extra, node.attachment_yaml(n)).unwrap();
         let mut status = Followed::from_now(&node, None);
-        let ready = wait_for("churn add", Duration::from_secs(30), || status.poll(&node, &format!("a{n}")) == Some(true));
-        add_ready.push(ready.as_secs_f64() * 1e3);
+        let mut ready_at = None;
+        wait_for("churn add", Duration::from_secs(30), || match status.poll(&node, &format!("a{n}")) {
+            (Some(true), at) => {
+                ready_at = at;
+                true
+            }
+            _ => false,
+        });
+        add_ready.push(ms_between(written, ready_at.expect("Ready is first seen in a new version of the file")));
         add_pass.push(mean_pass_ms(&node, pid, &since));
         // Let the pass that follows our own kernel events run before the next step.
         std::thread::sleep(Duration::from_millis(300));
         let since = Snapshot::take(&node, pid);
+        let removed = std::time::SystemTime::now();
         fs::remove_file(&extra).unwrap();
         let gone = node.sandbox(n);
         let mut status = Followed::from_now(&node, Some(true));
-        let done = wait_for("churn remove", Duration::from_secs(30), || {
-            status.poll(&node, &format!("a{n}")).is_none() && !Path::new(&format!("/run/netns/{gone}")).exists()
+        // Done when the status no longer lists it and its namespace is
+        // gone: at the version that dropped it when the namespace was gone
+        // by then (a pass deletes before it writes status), else when both
+        // were seen.
+        let mut first_gone: Option<(std::time::SystemTime, bool)> = None;
+        let mut done_at = None;
+        wait_for("churn remove", Duration::from_secs(30), || {
+            let (listed, at) = status.poll(&node, &format!("a{n}"));
+            let netns_gone = !Path::new(&format!("/run/netns/{gone}")).exists();
+            if listed.is_none() && first_gone.is_none() {
+                first_gone = Some((at.unwrap_or_else(std::time::SystemTime::now), netns_gone));
+            }
+            match first_gone {
+                Some((at, true)) => done_at = Some(at),
+                Some((_, false)) if netns_gone => done_at = Some(std::time::SystemTime::now()),
+                _ => {}
+            }
+            done_at.is_some()
         });
-        del_done.push(done.as_secs_f64() * 1e3);
+        del_done.push(ms_between(removed, done_at.expect("set when done")));
         del_pass.push(mean_pass_ms(&node, pid, &since));
         std::thread::sleep(Duration::from_millis(300));
     }
