@@ -179,8 +179,9 @@ impl Reconciler {
 
     async fn facts(&mut self, version: Option<u64>) -> NodeFacts {
         let bound_ports = self.bound_ports(version);
-        let (links, addrs) = self.dataplane.node_view().await.unwrap_or_default();
-        let mtus: BTreeMap<u32, u32> = links.into_iter().map(|l| (l.index, l.mtu)).collect();
+        let view = self.dataplane.node_view().await.unwrap_or_default();
+        let (links, addrs) = (&view.0, &view.1);
+        let mtus: BTreeMap<u32, u32> = links.iter().map(|l| (l.index, l.mtu)).collect();
         NodeFacts {
             node_name: self.node_name.clone(),
             ephemeral_ports: sysctl::ephemeral_port_range(),
@@ -188,7 +189,7 @@ impl Reconciler {
             resolvers: crate::dataplane::files::node_resolvers(),
             embedded_dns: self.dns.is_some(),
             link_mtu_by_address: addrs.iter().filter_map(|a| Some((a.net.addr(), *mtus.get(&a.index)?))).collect(),
-            node_addresses: addrs.into_iter().map(|a| a.net).filter(|n| !n.addr().is_loopback()).collect(),
+            node_addresses: addrs.iter().map(|a| a.net).filter(|n| !n.addr().is_loopback()).collect(),
             overlay_blocks: self.overlay_blocks.clone(),
         }
     }
@@ -284,12 +285,19 @@ impl Reconciler {
             self.last_verdicts = computed.verdicts.clone();
             computed.verdicts
         };
-        tracing::debug!(?t_facts, ?t_plan, ?t_allocations, ?t_sync, ?t_status_computed, status = ?started.elapsed(), reused, full = report.full, "reconcile phases (cumulative)");
+        let t_status = started.elapsed();
+        let deletions = self.dataplane.finish_deletions().await;
+        node_errors.extend(deletions.errors);
+        let mut mutations_by_kind = report.mutations.clone();
+        if deletions.links > 0 {
+            *mutations_by_kind.entry("link").or_default() += deletions.links;
+        }
+        tracing::debug!(?t_facts, ?t_plan, ?t_allocations, ?t_sync, ?t_status_computed, ?t_status, deletions = ?started.elapsed(), reused, full = report.full, "reconcile phases (cumulative)");
         self.dataplane.settle_events().await;
         let outcome = Outcome {
             verdicts,
-            mutations: report.total_mutations(),
-            mutations_by_kind: report.mutations.clone(),
+            mutations: mutations_by_kind.values().sum(),
+            mutations_by_kind,
             node_errors,
             load_errors: load_errors.iter().map(|e| e.to_string()).collect(),
             duration: started.elapsed(),

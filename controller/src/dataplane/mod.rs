@@ -95,8 +95,23 @@ pub struct Dataplane {
     /// without errors.
     last_clean: Option<u64>,
     /// Node links and addresses, valid while no kernel event arrives.
-    node_view: Option<(Vec<Link>, Vec<netlink::Address>)>,
+    node_view: Option<NodeView>,
     sandboxes: HashMap<String, SandboxHandle>,
+    /// Sends the node link deletions that wait for the kernel, from a
+    /// thread of its own (None: it could not start; they go inline).
+    unhurried: Option<Netlink>,
+    /// Link deletions a pass started and has not yet seen finish.
+    pending_deletions: Option<tokio::task::JoinHandle<LinkDeletions>>,
+}
+
+/// What deleting stale node links came to: one outcome per link.
+type LinkDeletions = Vec<Result<(), NetlinkError>>;
+
+/// What finishing a pass's link deletions did.
+#[derive(Debug, Default)]
+pub struct FinishedDeletions {
+    pub links: u32,
+    pub errors: Vec<String>,
 }
 
 /// What deleting one namespace we made came to.
@@ -149,6 +164,9 @@ fn audit_due(passes_since_full: u32, last_generation: Option<u64>, generation: u
     due && (overdue || last_generation == Some(generation))
 }
 
+/// The node namespace's links and addresses as last dumped.
+pub type NodeView = std::sync::Arc<(Vec<Link>, Vec<netlink::Address>)>;
+
 /// Link group used only for a moment, to delete many of our links in one
 /// request; checked to be empty of foreign links before use.
 const DOOMED_GROUP: u32 = 0x6e6c_7400;
@@ -189,6 +207,10 @@ impl Dataplane {
             last_clean: None,
             node_view: None,
             sandboxes: HashMap::new(),
+            unhurried: Netlink::connect_on_own_thread()
+                .inspect_err(|e| tracing::warn!(error = %e, "link deletions will hold up status writes"))
+                .ok(),
+            pending_deletions: None,
         })
     }
 
@@ -258,13 +280,13 @@ impl Dataplane {
 
     /// The node's links and addresses: dumped, or the previous dump while
     /// no kernel event has arrived since the last pass.
-    pub async fn node_view(&mut self) -> Result<(Vec<Link>, Vec<netlink::Address>), NetlinkError> {
+    pub async fn node_view(&mut self) -> Result<NodeView, NetlinkError> {
         self.settle_events().await;
         let quiet = self.events.as_ref().is_some_and(|e| e.get() == self.events_baseline);
         if let (true, Some(view)) = (quiet, &self.node_view) {
             return Ok(view.clone());
         }
-        let view = (netlink::dump_links().await?, self.node.addresses().await?);
+        let view: NodeView = std::sync::Arc::new((netlink::dump_links().await?, self.node.addresses().await?));
         self.node_view = Some(view.clone());
         Ok(view)
     }
@@ -280,6 +302,11 @@ impl Dataplane {
         record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
     ) -> SyncReport {
         let mut report = SyncReport::default();
+        // Normally finished by the reconciler right after its status write.
+        let unfinished = self.finish_deletions().await;
+        *report.mutations.entry("link").or_default() += unfinished.links;
+        report.node_errors.extend(unfinished.errors);
+        report.mutations.retain(|_, n| *n > 0);
         self.settle_events().await;
         // A full pass observes everything; a quick one skips what was
         // verified before, when no kernel event arrived since.
@@ -310,7 +337,7 @@ impl Dataplane {
         let firewall_job = self.start_firewall(desired, full);
         self.set_phase("node", 0);
         self.sync_sysctls(desired, &mut report);
-        let (node_links, node_addresses) = match self.node_view().await {
+        let view = match self.node_view().await {
             Ok(view) => view,
             Err(e) => {
                 report.node_errors.push(e.to_string());
@@ -320,8 +347,9 @@ impl Dataplane {
                 return report;
             }
         };
-        let bridges = self.sync_bridges(desired, &node_links, &node_addresses, &mut report).await;
-        self.sync_vxlans(desired, &node_links, &bridges, &mut report).await;
+        let (node_links, node_addresses) = (&view.0, &view.1);
+        let bridges = self.sync_bridges(desired, node_links, node_addresses, &mut report).await;
+        self.sync_vxlans(desired, node_links, &bridges, &mut report).await;
         lap("node", &mut phases);
         self.set_phase("namespaces", 0);
         let fresh = self.sync_sandboxes(desired, full, owned, record_owned, &mut report).await;
@@ -338,7 +366,7 @@ impl Dataplane {
                 report.node_errors.push(format!("recording sandbox links: {e}"));
             }
         }
-        self.sync_endpoints(desired, &node_links, &bridges, full, &fresh, &mut report).await;
+        self.sync_endpoints(desired, node_links, &bridges, full, &fresh, &mut report).await;
         lap("endpoints", &mut phases);
         self.set_phase("name files", 0);
         if full || self.last_files.as_ref() != Some(&desired.sandbox_files) {
@@ -360,7 +388,7 @@ impl Dataplane {
         }
         lap("files", &mut phases);
         self.set_phase("cleanup", 0);
-        self.prune(desired, &node_links, owned, record_owned, &mut report).await;
+        self.prune(desired, node_links, owned, record_owned, &mut report).await;
         lap("prune", &mut phases);
         self.set_phase("firewall", 0);
         if let Some(job) = firewall_job {
@@ -371,7 +399,12 @@ impl Dataplane {
         // Sockets into sandboxes are cheap to reopen and cost a receive
         // buffer each: keep none between passes.
         self.sandboxes.clear();
-        self.node_view = None;
+        // What this pass changed is not in the view; a pass that changed
+        // nothing leaves it as good as it was (the next change pass then
+        // starts without dumping every link again).
+        if report.total_mutations() > 0 {
+            self.node_view = None;
+        }
         let clean = report.endpoint_errors.is_empty()
             && report.network_errors.is_empty()
             && report.node_errors.is_empty()
@@ -381,6 +414,35 @@ impl Dataplane {
         }
         self.own_events_until = Some(tokio::time::Instant::now() + OWN_EVENTS_SETTLE);
         report
+    }
+
+    /// Waits for the link deletions the last sync started (see `prune`):
+    /// called after the status write, so a removal is reported while the
+    /// kernel finishes releasing links that are already down.
+    pub async fn finish_deletions(&mut self) -> FinishedDeletions {
+        let mut finished = FinishedDeletions::default();
+        let Some(job) = self.pending_deletions.take() else { return finished };
+        let results =
+            job.await.unwrap_or_else(|e| vec![Err(NetlinkError { op: "delete links".into(), message: e.to_string(), errno: None })]);
+        let mut mutations = BTreeMap::new();
+        Self::count_deletions(results, &mut mutations, &mut finished.errors);
+        finished.links = mutations.values().sum();
+        if !finished.errors.is_empty() {
+            // The next pass must look again, not trust this one.
+            self.last_clean = None;
+        }
+        self.node_view = None;
+        self.own_events_until = Some(tokio::time::Instant::now() + OWN_EVENTS_SETTLE);
+        finished
+    }
+
+    fn count_deletions(results: LinkDeletions, mutations: &mut BTreeMap<&'static str, u32>, errors: &mut Vec<String>) {
+        for result in results {
+            match result {
+                Ok(()) => *mutations.entry("link").or_default() += 1,
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
     }
 
     /// Counts the kernel events of our last sync as seen once they had
@@ -1058,26 +1120,34 @@ impl Dataplane {
             self.sandboxes.remove(&SandboxRef::Managed(name.clone()).path());
         }
         let netns_job = (!stale_netns.is_empty()).then(|| tokio::task::spawn_blocking(move || delete_namespaces(stale_netns)));
-        // Veths first (batched), so a bridge is empty when it goes.
+        // Veths first (batched), so a bridge is empty when it goes. Their
+        // deletion waits ~20-30 ms in the kernel (an RCU grace period) after
+        // the link is already down and unlisted: it is sent from another
+        // thread and finished after the status write (`finish_deletions`).
         let stale: Vec<&Link> = node_links.iter().filter(|l| is_ours(l) && !wanted_links.contains(l.name.as_str())).collect();
         let (bridges, others): (Vec<&Link>, Vec<&Link>) = stale.into_iter().partition(|l| l.kind.as_deref() == Some("bridge"));
         let group_is_free = !node_links.iter().any(|l| l.group == DOOMED_GROUP && !others.iter().any(|o| o.index == l.index));
-        if others.len() > 1 && group_is_free {
-            let batch: Vec<(u32, String)> = others.iter().map(|l| (l.index, l.name.clone())).collect();
-            match self.node.delete_links_batched(&batch, DOOMED_GROUP).await {
-                Ok(()) => {
-                    for _ in &batch {
-                        report.mutated("link");
+        let doomed: Vec<(u32, String)> = others.iter().map(|l| (l.index, l.name.clone())).collect();
+        if !doomed.is_empty() {
+            let netlink = self.unhurried.clone().unwrap_or_else(|| self.node.clone());
+            let deletion = async move {
+                if doomed.len() > 1 && group_is_free {
+                    let result = netlink.delete_links_batched(&doomed, DOOMED_GROUP).await;
+                    doomed.iter().map(|_| result.clone()).collect()
+                } else {
+                    let mut results = Vec::new();
+                    for (index, name) in &doomed {
+                        results.push(netlink.delete_link(*index, name).await);
                     }
+                    results
                 }
-                Err(e) => report.node_errors.push(e.to_string()),
-            }
-        } else {
-            for link in others {
-                match self.node.delete_link(link.index, &link.name).await {
-                    Ok(()) => report.mutated("link"),
-                    Err(e) => report.node_errors.push(e.to_string()),
-                }
+            };
+            if !bridges.is_empty() || self.unhurried.is_none() {
+                // A bridge goes only once its ports have.
+                let results = deletion.await;
+                Self::count_deletions(results, &mut report.mutations, &mut report.node_errors);
+            } else {
+                self.pending_deletions = Some(tokio::spawn(deletion));
             }
         }
         for link in bridges {

@@ -22,7 +22,7 @@ use super::netns;
 use crate::api::MacvlanMode;
 use crate::naming::OWNER_LINK_GROUP;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{op}: {message}")]
 pub struct NetlinkError {
     pub op: String,
@@ -170,6 +170,28 @@ impl Netlink {
     pub fn connect() -> Result<Self> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError::io("open netlink socket", e))?;
         tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A handle in the calling thread's namespace whose requests are sent
+    /// from a thread of its own: the kernel handles a request inside the
+    /// sender's `sendmsg`, so a slow one (a link delete waits for an RCU
+    /// grace period, ~20-30 ms) blocks that thread, not the caller's.
+    pub fn connect_on_own_thread() -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| NetlinkError::io("start the netlink thread", e))?;
+        // The socket belongs to the reactor of the runtime that polls it.
+        let (conn, handle, _) = {
+            let _in_runtime = runtime.enter();
+            rtnetlink::new_connection().map_err(|e| NetlinkError::io("open netlink socket", e))?
+        };
+        // Ends with the connection, once every handle is dropped.
+        std::thread::Builder::new()
+            .name("netlink-slow".into())
+            .spawn(move || runtime.block_on(conn))
+            .map_err(|e| NetlinkError::io("start the netlink thread", e))?;
         Ok(Netlink { handle })
     }
 
