@@ -112,8 +112,29 @@ impl TypedStatus {
     }
 }
 
-/// Each entry's typed status and position in the store, by key.
-pub type StatusMemo = HashMap<ObjectKey, (usize, TypedStatus)>;
+/// What the previous pass knew of one entry: its position in the store,
+/// its status in typed form, and a digest of everything that status was
+/// computed from besides the object itself (its plan outcome, the
+/// dataplane's errors for it, its generation).
+#[derive(Clone, Debug)]
+pub struct Memo {
+    position: usize,
+    status: TypedStatus,
+    inputs: u64,
+}
+
+/// The memo of every entry, by key.
+pub type StatusMemo = HashMap<ObjectKey, Memo>;
+
+/// Digest of a status's inputs. 64 bits: two different inputs that collide
+/// would keep an entry stale until its next change; at 2^-64 per entry and
+/// pass, that is never.
+fn digest(inputs: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    inputs.hash(&mut h);
+    h.finish()
+}
 
 /// What the previous pass left: its store and, when this process computed
 /// it, the objects and typed statuses it came from. Serializing every
@@ -126,8 +147,30 @@ pub struct Previous<'a> {
     pub computed_from: Option<(&'a ObjectSet, StatusMemo)>,
 }
 
-fn by_key<T: Stored>(list: &[T]) -> HashMap<ObjectKey, &T> {
-    list.iter().map(|o| (o.key(), o)).collect()
+/// The previous objects of one kind, found by key. Lists mostly keep their
+/// order from pass to pass (one object more or less shifts the rest by
+/// one), so the same position and its neighbours are tried before an index
+/// of every key is built.
+struct Before<'a, T> {
+    list: &'a [T],
+    index: Option<HashMap<ObjectKey, &'a T>>,
+}
+
+impl<'a, T: Stored + kube::Resource> Before<'a, T> {
+    fn new(list: &'a [T]) -> Self {
+        Before { list, index: None }
+    }
+
+    /// The previous object with `object`'s key; `position` is `object`'s in its list.
+    fn find(&mut self, position: usize, object: &T, key: &ObjectKey) -> Option<&'a T> {
+        let same = |o: &&T| o.meta().name == object.meta().name && o.meta().namespace == object.meta().namespace;
+        let near = [Some(position), position.checked_sub(1), position.checked_add(1)];
+        if let Some(found) = near.into_iter().flatten().filter_map(|i| self.list.get(i)).find(same) {
+            return Some(found);
+        }
+        let list = self.list;
+        self.index.get_or_insert_with(|| list.iter().map(|o| (o.key(), o)).collect()).get(key).copied()
+    }
 }
 
 struct Builder<'a> {
@@ -136,9 +179,9 @@ struct Builder<'a> {
     memo: StatusMemo,
     /// Positions in `previous` when there is no memo (read from the entries).
     index: HashMap<ObjectKey, usize>,
-    networks: HashMap<ObjectKey, &'a Network>,
-    attachments: HashMap<ObjectKey, &'a Attachment>,
-    port_mappings: HashMap<ObjectKey, &'a PortMapping>,
+    networks: Before<'a, Network>,
+    attachments: Before<'a, Attachment>,
+    port_mappings: Before<'a, PortMapping>,
     now: &'a str,
     store: StatusStore,
     origins: Vec<Option<usize>>,
@@ -162,9 +205,9 @@ impl<'a> Builder<'a> {
             previous: previous.store.into_iter().map(Some).collect(),
             memo,
             index,
-            networks: objects.map(|o| by_key(&o.networks)).unwrap_or_default(),
-            attachments: objects.map(|o| by_key(&o.attachments)).unwrap_or_default(),
-            port_mappings: objects.map(|o| by_key(&o.port_mappings)).unwrap_or_default(),
+            networks: Before::new(objects.map(|o| o.networks.as_slice()).unwrap_or_default()),
+            attachments: Before::new(objects.map(|o| o.attachments.as_slice()).unwrap_or_default()),
+            port_mappings: Before::new(objects.map(|o| o.port_mappings.as_slice()).unwrap_or_default()),
             now,
             store: Vec::new(),
             origins: Vec::new(),
@@ -182,7 +225,7 @@ impl<'a> Builder<'a> {
         self.verdicts.push(Verdict { key: key.clone(), ready: result.is_ok(), reason: c.reason.clone(), message: c.message.clone() });
         let parsed;
         let previous: &[Condition] = match self.memo.get(key) {
-            Some((_, typed)) => typed.conditions(),
+            Some(memo) => memo.status.conditions(),
             None => {
                 // Without a memo no entry is reused: each goes as soon as
                 // its conditions are read (two whole stores at once were
@@ -199,21 +242,43 @@ impl<'a> Builder<'a> {
         merge_condition(previous, c, self.now)
     }
 
+    /// Moves the previous entry over as it stands, building nothing, when
+    /// the object and everything its status is computed from (`inputs`)
+    /// are what they were: most of a pass among thousands of objects.
+    fn reuse_unchanged<T: Stored>(&mut self, key: &ObjectKey, object: &T, before: Option<&T>, inputs: u64) -> bool {
+        if !before.is_some_and(|b| object.same_as(b)) {
+            return false;
+        }
+        let Some(memo) = self.memo.get(key).filter(|m| m.inputs == inputs && self.previous.get(m.position).is_some_and(Option::is_some))
+        else {
+            return false;
+        };
+        let Some(ready) = crate::api::ready_condition(memo.status.conditions()) else { return false };
+        self.verdicts.push(Verdict {
+            key: key.clone(),
+            ready: ready.is_true(),
+            reason: ready.reason.clone(),
+            message: ready.message.clone(),
+        });
+        let memo = self.memo.remove(key).expect("looked up above");
+        self.take_over(key, memo)
+    }
+
     /// Appends `object` with `status`, reusing the previous entry when the
     /// object and its status are what they were.
-    fn push<T: Stored>(&mut self, key: ObjectKey, object: &T, before: Option<&T>, status: TypedStatus) {
-        if before.is_some_and(|b| object.same_as(b)) && self.reuse(&key, &status) {
+    fn push<T: Stored>(&mut self, key: ObjectKey, object: &T, before: Option<&T>, status: TypedStatus, inputs: u64) {
+        if before.is_some_and(|b| object.same_as(b)) && self.reuse(&key, &status, inputs) {
             return;
         }
         let mut value = serde_json::to_value(object).expect("objects serialize");
         value["status"] = status.to_value();
-        self.add(key, value, status);
+        self.add(key, value, status, inputs);
     }
 
     /// Appends an entry of an object that failed to load.
     fn push_unloaded(&mut self, key: &ObjectKey, conditions: Vec<Condition>) {
         let status = TypedStatus::Unloaded(conditions);
-        if self.reuse(key, &status) {
+        if self.reuse(key, &status, 0) {
             return;
         }
         let mut metadata = json!({"name": key.name});
@@ -226,27 +291,33 @@ impl<'a> Builder<'a> {
             "metadata": metadata,
             "status": status.to_value(),
         });
-        self.add(key.clone(), value, status);
+        self.add(key.clone(), value, status, 0);
     }
 
     /// Moves the previous entry of `key` over if its status is `status`.
-    fn reuse(&mut self, key: &ObjectKey, status: &TypedStatus) -> bool {
-        let Some((i, before)) = self.memo.remove(key) else { return false };
-        if &before != status {
+    fn reuse(&mut self, key: &ObjectKey, status: &TypedStatus, inputs: u64) -> bool {
+        let Some(before) = self.memo.remove(key) else { return false };
+        if &before.status != status {
             return false;
         }
+        self.take_over(key, Memo { inputs, ..before })
+    }
+
+    /// Moves the previous entry `memo` describes to the end of the store.
+    fn take_over(&mut self, key: &ObjectKey, memo: Memo) -> bool {
+        let i = memo.position;
         let Some(value) = self.previous.get_mut(i).and_then(Option::take) else { return false };
         // The same entry at another position is still a different file.
         self.changed |= i != self.store.len();
-        self.new_memo.insert(key.clone(), (self.store.len(), before));
+        self.new_memo.insert(key.clone(), Memo { position: self.store.len(), ..memo });
         self.store.push(value);
         self.origins.push(Some(i));
         true
     }
 
-    fn add(&mut self, key: ObjectKey, value: Value, status: TypedStatus) {
+    fn add(&mut self, key: ObjectKey, value: Value, status: TypedStatus, inputs: u64) {
         self.changed = true;
-        self.new_memo.insert(key, (self.store.len(), status));
+        self.new_memo.insert(key, Memo { position: self.store.len(), status, inputs });
         self.store.push(value);
         self.origins.push(None);
     }
@@ -273,7 +344,7 @@ pub fn compute(
 ) -> Computed {
     let mut b = Builder::new(previous, now);
 
-    for net in &objects.networks {
+    for (position, net) in objects.networks.iter().enumerate() {
         let key = network_key(net);
         let planned = plan.networks.get(&net.name_any());
         let result = match (planned, report.network_errors.get(&net.name_any())) {
@@ -282,6 +353,12 @@ pub fn compute(
             (None, None) => Err(Failure::new(reason::KERNEL_ERROR, "not planned")),
         };
         let info = planned.and_then(|p| p.as_ref().ok());
+        let unreachable = unreachable_peers(net, report);
+        let inputs = digest((generation(net), &result, info, &unreachable));
+        let before = b.networks.find(position, net, &key);
+        if b.reuse_unchanged(&key, net, before, inputs) {
+            continue;
+        }
         let conditions = b.condition(&key, generation(net), &result);
         let status = NetworkStatus {
             conditions,
@@ -292,13 +369,12 @@ pub fn compute(
             nodes: Vec::new(),
             address_blocks: Vec::new(),
             mtu: info.and_then(|i| i.mtu),
-            unreachable_peers: unreachable_peers(net, report),
+            unreachable_peers: unreachable,
         };
-        let before = b.networks.get(&key).copied();
-        b.push(key, net, before, TypedStatus::Network(status));
+        b.push(key, net, before, TypedStatus::Network(status), inputs);
     }
 
-    for att in objects.attachments.iter().filter(|a| is_local(a, node)) {
+    for (position, att) in objects.attachments.iter().enumerate().filter(|(_, a)| is_local(a, node)) {
         let key = attachment_key(att);
         let ns_name = key.ns_name();
         let planned = plan.attachments.get(&ns_name);
@@ -324,6 +400,11 @@ pub fn compute(
             },
         };
         let info = planned.and_then(|p| p.as_ref().ok()).filter(|_| result.is_ok());
+        let inputs = digest((generation(att), &result, info));
+        let before = b.attachments.find(position, att, &key);
+        if b.reuse_unchanged(&key, att, before, inputs) {
+            continue;
+        }
         let conditions = b.condition(&key, generation(att), &result);
         let status = AttachmentStatus {
             phase: if result.is_ok() { "Ready" } else { "Failed" }.into(),
@@ -340,13 +421,12 @@ pub fn compute(
             conditions,
         };
         let node_addresses = info.map(|i| i.node_addresses.clone()).unwrap_or_default();
-        let before = b.attachments.get(&key).copied();
-        b.push(key, att, before, TypedStatus::Attachment(status, node_addresses));
+        b.push(key, att, before, TypedStatus::Attachment(status, node_addresses), inputs);
     }
 
     let ready_attachments: BTreeMap<String, bool> =
         b.verdicts.iter().filter(|v| v.key.kind == KindName::Attachment).map(|v| (v.key.ns_name(), v.ready)).collect();
-    for pm in &objects.port_mappings {
+    for (position, pm) in objects.port_mappings.iter().enumerate() {
         let key = port_mapping_key(pm);
         let Some(planned) = plan.port_mappings.get(&key.ns_name()) else {
             continue;
@@ -362,14 +442,15 @@ pub fn compute(
                 None => Ok(()),
             },
         };
+        let bindings = planned.as_ref().ok().filter(|_| result.is_ok());
+        let inputs = digest((generation(pm), &result, bindings));
+        let before = b.port_mappings.find(position, pm, &key);
+        if b.reuse_unchanged(&key, pm, before, inputs) {
+            continue;
+        }
         let conditions = b.condition(&key, generation(pm), &result);
-        let status = PortMappingStatus {
-            bindings: planned.as_ref().ok().filter(|_| result.is_ok()).cloned().unwrap_or_default(),
-            observed_generation: generation(pm),
-            conditions,
-        };
-        let before = b.port_mappings.get(&key).copied();
-        b.push(key, pm, before, TypedStatus::PortMapping(status));
+        let status = PortMappingStatus { bindings: bindings.cloned().unwrap_or_default(), observed_generation: generation(pm), conditions };
+        b.push(key, pm, before, TypedStatus::PortMapping(status), inputs);
     }
 
     // Objects that could not even be parsed still get a status (once).
@@ -458,6 +539,63 @@ mod tests {
             assert_eq!(entry, &first.store[origin.unwrap()]);
         }
         assert!(restarted.origins.iter().all(Option::is_none), "without a memo nothing is moved over");
+    }
+
+    /// A pass with `report` instead of a clean one.
+    fn pass_with(objects: &ObjectSet, report: &SyncReport, previous: Previous<'_>, now: &str) -> Computed {
+        let facts = crate::plan::NodeFacts { node_name: "n1".into(), ephemeral_ports: (40000, 40100), ..Default::default() };
+        let plan = crate::plan::plan(objects, &facts, &Default::default());
+        compute(objects, &plan, report, &[], previous, "n1", now)
+    }
+
+    fn ready_of(store: &StatusStore, key: ObjectKey) -> (String, String) {
+        let entry = store.iter().find(|v| key_of(v) == Some(key.clone())).unwrap();
+        let c = &entry["status"]["conditions"][0];
+        (c["status"].as_str().unwrap().to_string(), c["lastTransitionTime"].as_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn an_unchanged_object_whose_outcome_changed_is_rebuilt_and_the_rest_moved_over() {
+        let two = objects(2);
+        let first = pass(&two, Previous { store: Vec::new(), computed_from: None }, "t1");
+        // Same objects, same plan; the dataplane failed for a1 only.
+        let mut failed = SyncReport::default();
+        failed.endpoint_errors.insert("default/a1".into(), Failure::new(reason::KERNEL_ERROR, "veth: no"));
+        let broken =
+            pass_with(&two, &failed, Previous { store: first.store.clone(), computed_from: Some((&two, first.memo.clone())) }, "t2");
+        assert!(broken.changed);
+        assert_eq!(ready_of(&broken.store, ObjectKey::attachment("default", "a1")), ("False".into(), "t2".into()));
+        // Its mapping follows it; everything else is the previous entry, moved.
+        assert_eq!(ready_of(&broken.store, ObjectKey::port_mapping("default", "p1")), ("False".into(), "t2".into()));
+        let rebuilt: Vec<String> =
+            broken.store.iter().zip(&broken.origins).filter(|(_, o)| o.is_none()).map(|(e, _)| key_of(e).unwrap().name).collect();
+        assert_eq!(rebuilt, ["a1", "p1"]);
+        let verdict = broken.verdicts.iter().find(|v| v.key == ObjectKey::attachment("default", "a0")).unwrap();
+        assert!(verdict.ready, "a verdict of a moved entry is read from it");
+
+        // Repaired: Ready again, from the moment it was.
+        let repaired = pass(&two, Previous { store: broken.store.clone(), computed_from: Some((&two, broken.memo.clone())) }, "t3");
+        assert_eq!(ready_of(&repaired.store, ObjectKey::attachment("default", "a1")), ("True".into(), "t3".into()));
+        assert_eq!(ready_of(&repaired.store, ObjectKey::attachment("default", "a0")), ("True".into(), "t1".into()));
+        assert!(repaired.verdicts.iter().all(|v| v.ready));
+    }
+
+    #[test]
+    fn objects_in_another_order_are_still_found_and_moved_over() {
+        let facts = crate::plan::NodeFacts { node_name: "n1".into(), ephemeral_ports: (40000, 40100), ..Default::default() };
+        let three = objects(3);
+        let plan = crate::plan::plan(&three, &facts, &Default::default());
+        let first = compute(&three, &plan, &SyncReport::default(), &[], Previous { store: Vec::new(), computed_from: None }, "n1", "t1");
+        // Another order, the same outcome (what was handed out is held).
+        let mut reordered = three.clone();
+        reordered.port_mappings.reverse();
+        reordered.attachments.rotate_left(1);
+        let replan = crate::plan::plan(&reordered, &facts, &plan.allocations);
+        let previous = Previous { store: first.store.clone(), computed_from: Some((&three, first.memo.clone())) };
+        let again = compute(&reordered, &replan, &SyncReport::default(), &[], previous, "n1", "t2");
+        assert!(again.origins.iter().all(Option::is_some), "every entry moved over: {:?}", again.origins);
+        assert!(again.changed, "the file lists them in the new order");
+        assert_eq!(ready_of(&again.store, ObjectKey::port_mapping("default", "p0")), ("True".into(), "t1".into()));
     }
 
     #[test]

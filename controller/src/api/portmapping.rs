@@ -77,7 +77,7 @@ pub struct PortMappingStatus {
     pub conditions: Vec<Condition>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PortBinding {
     pub protocol: Protocol,

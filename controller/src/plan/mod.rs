@@ -75,7 +75,7 @@ pub struct HeldEndpoint {
     pub interface: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Hash)]
 pub struct NetworkInfo {
     pub bridge: Option<String>,
     pub gateways: Vec<String>,
@@ -88,7 +88,7 @@ pub struct NetworkInfo {
     pub mtu: Option<u32>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Hash)]
 pub struct AttachmentInfo {
     pub network: String,
     pub interface: Option<String>,

@@ -28,7 +28,7 @@ pub mod reason {
 
 /// Why an object is not Ready: a reason from [`reason`] and a message a
 /// user can act on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Failure {
     pub reason: &'static str,
     pub message: String,
