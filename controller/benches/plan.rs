@@ -106,7 +106,7 @@ fn churn_passes(n: usize, runs: usize, facts: &NodeFacts, report: &SyncReport) {
             .sum();
         std::hint::black_box(bytes);
         marks.push(Instant::now());
-        previous = loaded.objects.clone();
+        previous = loaded.objects;
         last_plan = next_plan;
         last = computed;
         marks.push(Instant::now());
@@ -130,7 +130,13 @@ fn main() {
     }
     let n: usize = std::env::var("NETLET_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let runs: usize = std::env::var("NETLET_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
-    let facts = NodeFacts { node_name: "bench".into(), ephemeral_ports: (32768, 60999), ..Default::default() };
+    let facts = NodeFacts {
+        node_name: "bench".into(),
+        ephemeral_ports: (32768, 60999),
+        embedded_dns: true,
+        resolvers: vec!["10.0.0.53".parse().unwrap()],
+        ..Default::default()
+    };
     let report = SyncReport::default();
     churn_passes(n, runs, &facts, &report);
 

@@ -59,7 +59,7 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
     let mut fingerprint = manifests::fingerprint(&opts.manifests);
     let mut file_watch = if opts.once { None } else { crate::source::file_watch::FileWatch::new(&opts.manifests) };
     let mut cache = manifests::ManifestCache::default();
-    let mut loaded: Option<(u64, manifests::Loaded)> = None;
+    let mut loaded: Option<(u64, std::sync::Arc<crate::objects::ObjectSet>, Vec<manifests::LoadError>)> = None;
     loop {
         // Parse only when the manifest set changed; the version lets the
         // reconciler reuse its plan when nothing did.
@@ -70,17 +70,18 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
             h.finish()
         };
         let display = progress.as_ref().map(|p| p.show());
-        if loaded.as_ref().is_none_or(|(v, _)| *v != version) {
+        if loaded.as_ref().is_none_or(|(v, _, _)| *v != version) {
             if let Some(p) = &progress {
                 p.phase("reading manifests", 0);
             }
-            loaded = Some((version, cache.load(&opts.manifests)));
+            let fresh = cache.load(&opts.manifests);
+            loaded = Some((version, std::sync::Arc::new(fresh.objects), fresh.errors));
         }
-        let (_, current) = loaded.as_ref().expect("loaded above");
+        let (_, objects, errors) = loaded.as_ref().expect("loaded above");
         if let Some(p) = &progress {
             p.phase("planning", 0);
         }
-        let outcome = reconciler.reconcile_versioned(&current.objects, &current.errors, Some(version)).await;
+        let outcome = reconciler.reconcile_versioned(objects.clone(), errors, Some(version)).await;
         drop(display);
         if opts.once {
             let failures = outcome.failures();

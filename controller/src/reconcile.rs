@@ -55,7 +55,7 @@ pub struct Reconciler {
     /// (re-serializing thousands was most of writing the file).
     status_serialized: Vec<Vec<u8>>,
     /// The objects `status` was computed from (entries of unchanged objects are reused).
-    status_objects: Option<ObjectSet>,
+    status_objects: Option<Arc<ObjectSet>>,
     /// The typed form of `status`, by object.
     status_memo: status::StatusMemo,
     /// The last status write failed: retry even if nothing changes.
@@ -194,7 +194,7 @@ impl Reconciler {
         }
     }
 
-    pub async fn reconcile(&mut self, objects: &ObjectSet, load_errors: &[LoadError]) -> Outcome {
+    pub async fn reconcile(&mut self, objects: Arc<ObjectSet>, load_errors: &[LoadError]) -> Outcome {
         self.reconcile_versioned(objects, load_errors, None).await
     }
 
@@ -204,10 +204,10 @@ impl Reconciler {
     /// that then changes nothing reuses the previous status too: an in-sync
     /// node costs almost nothing to check.
     #[tracing::instrument(skip_all, fields(node = %self.node_name, objects = objects.len()))]
-    pub async fn reconcile_versioned(&mut self, objects: &ObjectSet, load_errors: &[LoadError], version: Option<u64>) -> Outcome {
+    pub async fn reconcile_versioned(&mut self, objects: Arc<ObjectSet>, load_errors: &[LoadError], version: Option<u64>) -> Outcome {
         let started = Instant::now();
         if std::mem::take(&mut self.recover_from_kernel) {
-            let recovered = self.dataplane.recover_allocations(objects, &self.allocations).await;
+            let recovered = self.dataplane.recover_allocations(&objects, &self.allocations).await;
             let missing = recovered.endpoints.keys().filter(|k| !self.allocations.endpoints.contains_key(*k)).count();
             if missing > 0 {
                 tracing::warn!(attachments = missing, "allocations missing from the state dir were recovered from the kernel");
@@ -217,14 +217,20 @@ impl Reconciler {
         let facts = self.facts(version).await;
         let t_facts = started.elapsed();
         let reused = version.is_some() && matches!(&self.last_plan, Some((v, f, _)) if *v == version && *f == facts);
-        let objects = objects.in_creation_order();
+        let objects = match objects.is_sorted_by_creation() {
+            true => objects,
+            false => Arc::new(objects.in_creation_order().into_owned()),
+        };
+        // What this pass replaces is dropped once its status is written
+        // (freeing thousands of objects takes a millisecond or two).
+        let mut replaced: (Option<plan::Plan>, Option<Arc<ObjectSet>>) = (None, None);
         // Mutations made while the desired state is unchanged are drift repairs.
         let mut desired_changed = false;
         if !reused {
             let plan = plan::plan(&objects, &facts, &self.allocations);
             desired_changed = self.last_plan.as_ref().is_none_or(|(_, _, last)| last.desired != plan.desired);
             self.desired_generation += u64::from(desired_changed);
-            self.last_plan = Some((version, facts, plan));
+            replaced.0 = self.last_plan.replace((version, facts, plan)).map(|(_, _, plan)| plan);
         }
         let plan = &self.last_plan.as_ref().expect("set above").2;
         let t_plan = started.elapsed();
@@ -260,7 +266,7 @@ impl Reconciler {
             self.last_verdicts.clone()
         } else {
             let now = crate::api::now_rfc3339();
-            let computed_from = self.status_objects.as_ref().map(|o| (o, std::mem::take(&mut self.status_memo)));
+            let computed_from = self.status_objects.as_deref().map(|o| (o, std::mem::take(&mut self.status_memo)));
             let previous = status::Previous { store: std::mem::take(&mut self.status), computed_from };
             let computed = status::compute(&objects, plan, &report, load_errors, previous, &self.node_name, &now);
             self.status = computed.store;
@@ -272,9 +278,7 @@ impl Reconciler {
                 })
                 .collect();
             t_status_computed = started.elapsed();
-            if computed.changed {
-                self.status_objects = Some(objects.as_ref().clone());
-            }
+            replaced.1 = self.status_objects.replace(objects.clone());
             if computed.changed || self.status_unwritten {
                 self.status_unwritten = false;
                 if let Err(e) = self.state.store_status(&self.status_serialized) {
@@ -294,6 +298,7 @@ impl Reconciler {
         }
         tracing::debug!(?t_facts, ?t_plan, ?t_allocations, ?t_sync, ?t_status_computed, ?t_status, deletions = ?started.elapsed(), reused, full = report.full, "reconcile phases (cumulative)");
         self.dataplane.settle_events().await;
+        drop(replaced);
         let outcome = Outcome {
             verdicts,
             mutations: mutations_by_kind.values().sum(),

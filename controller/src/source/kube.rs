@@ -522,7 +522,8 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
         reconciler.override_allocations(allocations_from_status(&others, &[]));
         let blocks = cluster.overlay_blocks(&objects).await;
         reconciler.set_overlay_blocks(blocks);
-        let outcome = reconciler.reconcile(&objects, &[]).await;
+        let objects = std::sync::Arc::new(objects);
+        let outcome = reconciler.reconcile(objects.clone(), &[]).await;
 
         // Finalizers first on live objects, so a later delete waits for us.
         let att_api = |ns: &str| Api::<Attachment>::namespaced(client.clone(), ns);
