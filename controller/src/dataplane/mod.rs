@@ -100,6 +100,8 @@ pub struct Dataplane {
     /// Sends the node link deletions that wait for the kernel, from a
     /// thread of its own (None: it could not start; they go inline).
     unhurried: Option<Netlink>,
+    /// The node namespace's IPv6 interface settings, held open.
+    node_ipv6_conf: sysctl::Ipv6Conf,
     /// Link deletions a pass started and has not yet seen finish.
     pending_deletions: Option<tokio::task::JoinHandle<LinkDeletions>>,
 }
@@ -211,6 +213,7 @@ impl Dataplane {
                 .inspect_err(|e| tracing::warn!(error = %e, "link deletions will hold up status writes"))
                 .ok(),
             pending_deletions: None,
+            node_ipv6_conf: sysctl::Ipv6Conf::open(),
         })
     }
 
@@ -1022,7 +1025,7 @@ impl Dataplane {
                 // container on an IPv4-only network (Docker does the same).
                 // Otherwise each new port's DAD and MLD multicast is flooded
                 // to every other port of the bridge: quadratic work at scale.
-                sysctl::disable_ipv6_on(host_name);
+                self.node_ipv6_conf.disable_on(host_name);
                 if !ep.addresses.iter().any(|a| a.addr().is_ipv6()) {
                     let _ = netns::with_netns(file, || sysctl::disable_ipv6_on(&ep.ifname));
                 }

@@ -37,3 +37,28 @@ pub fn ephemeral_port_range() -> (u16, u16) {
 pub fn disable_ipv6_on(ifname: &str) {
     let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), "1");
 }
+
+/// /proc/sys/net/ipv6/conf of one namespace, held open. Walking to it
+/// took 1-2 ms on a node holding a thousand namespaces (measured; the IPv4
+/// tree takes microseconds); a name inside the open directory takes
+/// microseconds. Lookups through it see the namespace it was opened in.
+pub struct Ipv6Conf(Option<std::os::fd::OwnedFd>);
+
+impl Ipv6Conf {
+    /// Opens the current namespace's; without IPv6, every use is a no-op.
+    pub fn open() -> Self {
+        Ipv6Conf(fs::File::open("/proc/sys/net/ipv6/conf").ok().map(Into::into))
+    }
+
+    /// As [`disable_ipv6_on`], in the namespace this was opened in.
+    pub fn disable_on(&self, ifname: &str) {
+        use nix::fcntl::{openat, OFlag};
+        let Some(dir) = &self.0 else { return };
+        let Ok(fd) =
+            openat(dir, format!("{ifname}/disable_ipv6").as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        else {
+            return;
+        };
+        let _ = io::Write::write_all(&mut fs::File::from(fd), b"1");
+    }
+}
