@@ -59,6 +59,9 @@ pub fn watch(wake: Arc<Notify>) -> std::io::Result<EventCounter> {
     tokio::spawn(async move {
         while let Some((msg, _)) = messages.next().await {
             c.bump();
+            if let NetlinkPayload::InnerMessage(m) = &msg.payload {
+                tracing::trace!(event = ?EventSummary(m), "kernel event");
+            }
             let drift = match msg.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(_)) => true,
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(_)) => true,
@@ -107,4 +110,39 @@ fn watch_nftables(counter: EventCounter, wake: Arc<Notify>) -> std::io::Result<(
         }
     });
     Ok(())
+}
+
+/// One line of an event for trace logs: its kind and the object it is about.
+struct EventSummary<'a>(&'a RouteNetlinkMessage);
+
+impl std::fmt::Debug for EventSummary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => {
+                let name = l.attributes.iter().find_map(|a| match a {
+                    netlink_packet_route::link::LinkAttribute::IfName(n) => Some(n.as_str()),
+                    _ => None,
+                });
+                write!(f, "{} index {} {:?} flags {:?}", self.kind(), l.header.index, name.unwrap_or("?"), l.header.flags)
+            }
+            RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
+                write!(f, "{} on index {}", self.kind(), a.header.index)
+            }
+            other => write!(f, "{}", EventSummary(other).kind()),
+        }
+    }
+}
+
+impl EventSummary<'_> {
+    fn kind(&self) -> &'static str {
+        match self.0 {
+            RouteNetlinkMessage::NewLink(_) => "new link",
+            RouteNetlinkMessage::DelLink(_) => "deleted link",
+            RouteNetlinkMessage::NewAddress(_) => "new address",
+            RouteNetlinkMessage::DelAddress(_) => "deleted address",
+            RouteNetlinkMessage::NewRoute(_) => "new route",
+            RouteNetlinkMessage::DelRoute(_) => "deleted route",
+            _ => "other",
+        }
+    }
 }
