@@ -124,7 +124,14 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
                         settled = manifests::fingerprint(&opts.manifests);
                         break;
                     }
-                    tokio::time::sleep(SETTLE).await;
+                    // With inotify, the close that ends the write wakes
+                    // us at once; SETTLE bounds the wait either way.
+                    match &mut file_watch {
+                        Some(w) => {
+                            let _ = tokio::time::timeout(SETTLE, w.changed()).await;
+                        }
+                        None => tokio::time::sleep(SETTLE).await,
+                    }
                     let again = manifests::fingerprint(&opts.manifests);
                     if again == settled && (file_watch.is_none() || since.elapsed() >= HELD_OPEN) {
                         break;
