@@ -286,9 +286,16 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 /// Mean reconcile pass time since the snapshot `since`.
+/// A pass is counted when it ends, which can be after the status write
+/// that the churn is timed to (a removal's link deletions finish after
+/// it): waits for one.
 fn mean_pass_ms(node: &Node, pid: u32, since: &Snapshot) -> f64 {
-    let now = Snapshot::take(node, pid);
-    (now.seconds - since.seconds) / (now.passes - since.passes).max(1.0) * 1e3
+    let mut now = Snapshot::take(node, pid);
+    wait_for("a pass to be counted", Duration::from_secs(10), || {
+        now = Snapshot::take(node, pid);
+        now.passes > since.passes
+    });
+    (now.seconds - since.seconds) / (now.passes - since.passes) * 1e3
 }
 
 /// Churn is measured this many times (add, then remove), medians reported.
