@@ -204,8 +204,16 @@ fn a_running_agent_follows_manifest_changes() {
     );
     let sandbox = node.ns("late");
     wait_until("the new attachment's address", Duration::from_secs(10), || addresses(&sandbox, "eth0") == ["10.31.0.2/24"]);
+    let ports = || {
+        ip_json(&node.name, "link show master nl-n").into_iter().map(|l| l["ifname"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>()
+    };
+    let host_end = ports().pop().expect("the attachment's veth is a port of the bridge");
     node.remove("att.yaml");
     wait_until("the attachment's namespace to go", Duration::from_secs(10), || !netns_exists(&sandbox));
+    // Its host end is deleted by the same pass, after that pass's status
+    // write (the kernel takes ~30 ms to release it): well before a resync.
+    wait_until("its host veth to go", Duration::from_secs(2), || link(&node.name, &host_end).is_none());
+    assert!(ports().is_empty());
 }
 
 #[test]
