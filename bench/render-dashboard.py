@@ -110,14 +110,14 @@ def series(samples, name, by, gauge=False, window=WINDOW):
     return out
 
 
-def quantile(samples, q):
+def quantile(samples, q, metric="netlet_reconcile_duration_seconds_bucket"):
     pts = []
     for i, (t, s) in enumerate(samples):
         j = next((k for k in range(i, -1, -1) if t - samples[k][0] >= WINDOW), None)
         if j is None:
             continue
         buckets = sorted((float(dict(l)["le"]) if dict(l)["le"] != "+Inf" else float("inf"), v - samples[j][1].get((n, l), 0.0))
-                         for (n, l), v in s.items() if n == "netlet_reconcile_duration_seconds_bucket")
+                         for (n, l), v in s.items() if n == metric)
         if not buckets or buckets[-1][1] <= 0:
             continue
         rank, prev_le, prev_c = q * buckets[-1][1], 0.0, 0.0
@@ -155,7 +155,8 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     computed = {
-        1: {"p50": quantile(samples, 0.5), "p99": quantile(samples, 0.99)},
+        1: {"p50": quantile(samples, 0.5), "p99": quantile(samples, 0.99),
+            "p50 of full passes": quantile(samples, 0.5, "netlet_full_reconcile_duration_seconds_bucket")},
         2: series(samples, "netlet_reconciles_total", ["result"]),
         3: series(samples, "netlet_reconcile_errors_total", ["reason"]),
         4: series(samples, "netlet_objects", ["kind", "ready"], gauge=True),
