@@ -27,6 +27,13 @@ pub struct Verdict {
     pub message: String,
 }
 
+impl Verdict {
+    /// The verdict an object's Ready condition states.
+    fn of(key: &ObjectKey, ready: &Condition) -> Self {
+        Verdict { key: key.clone(), ready: ready.is_true(), reason: ready.reason.clone(), message: ready.message.clone() }
+    }
+}
+
 pub struct Computed {
     pub store: StatusStore,
     pub verdicts: Vec<Verdict>,
@@ -161,15 +168,17 @@ impl<'a, T: Stored + kube::Resource> Before<'a, T> {
         Before { list, index: None }
     }
 
-    /// The previous object with `object`'s key; `position` is `object`'s in its list.
-    fn find(&mut self, position: usize, object: &T, key: &ObjectKey) -> Option<&'a T> {
+    /// Whether the previous object with `object`'s key had the same
+    /// metadata and spec; `position` is `object`'s in its list.
+    fn unchanged(&mut self, position: usize, object: &T, key: &ObjectKey) -> bool {
         let same = |o: &&T| o.meta().name == object.meta().name && o.meta().namespace == object.meta().namespace;
         let near = [Some(position), position.checked_sub(1), position.checked_add(1)];
-        if let Some(found) = near.into_iter().flatten().filter_map(|i| self.list.get(i)).find(same) {
-            return Some(found);
-        }
         let list = self.list;
-        self.index.get_or_insert_with(|| list.iter().map(|o| (o.key(), o)).collect()).get(key).copied()
+        let before = match near.into_iter().flatten().filter_map(|i| list.get(i)).find(same) {
+            Some(found) => Some(found),
+            None => self.index.get_or_insert_with(|| list.iter().map(|o| (o.key(), o)).collect()).get(key).copied(),
+        };
+        before.is_some_and(|b| object.same_as(b))
     }
 }
 
@@ -222,7 +231,7 @@ impl<'a> Builder<'a> {
             Err(f) => Condition::ready(false, f.reason, f.message.clone()),
         };
         c.observed_generation = generation;
-        self.verdicts.push(Verdict { key: key.clone(), ready: result.is_ok(), reason: c.reason.clone(), message: c.message.clone() });
+        self.verdicts.push(Verdict::of(key, &c));
         let parsed;
         let previous: &[Condition] = match self.memo.get(key) {
             Some(memo) => memo.status.conditions(),
@@ -245,8 +254,8 @@ impl<'a> Builder<'a> {
     /// Moves the previous entry over as it stands, building nothing, when
     /// the object and everything its status is computed from (`inputs`)
     /// are what they were: most of a pass among thousands of objects.
-    fn reuse_unchanged<T: Stored>(&mut self, key: &ObjectKey, object: &T, before: Option<&T>, inputs: u64) -> bool {
-        if !before.is_some_and(|b| object.same_as(b)) {
+    fn reuse_unchanged(&mut self, key: &ObjectKey, unchanged: bool, inputs: u64) -> bool {
+        if !unchanged {
             return false;
         }
         let Some(memo) = self.memo.get(key).filter(|m| m.inputs == inputs && self.previous.get(m.position).is_some_and(Option::is_some))
@@ -254,20 +263,15 @@ impl<'a> Builder<'a> {
             return false;
         };
         let Some(ready) = crate::api::ready_condition(memo.status.conditions()) else { return false };
-        self.verdicts.push(Verdict {
-            key: key.clone(),
-            ready: ready.is_true(),
-            reason: ready.reason.clone(),
-            message: ready.message.clone(),
-        });
+        self.verdicts.push(Verdict::of(key, ready));
         let memo = self.memo.remove(key).expect("looked up above");
         self.take_over(key, memo)
     }
 
     /// Appends `object` with `status`, reusing the previous entry when the
-    /// object and its status are what they were.
-    fn push<T: Stored>(&mut self, key: ObjectKey, object: &T, before: Option<&T>, status: TypedStatus, inputs: u64) {
-        if before.is_some_and(|b| object.same_as(b)) && self.reuse(&key, &status, inputs) {
+    /// object (`unchanged`) and its status are what they were.
+    fn push<T: Stored>(&mut self, key: ObjectKey, object: &T, unchanged: bool, status: TypedStatus, inputs: u64) {
+        if unchanged && self.reuse(&key, &status, inputs) {
             return;
         }
         let mut value = serde_json::to_value(object).expect("objects serialize");
@@ -355,8 +359,8 @@ pub fn compute(
         let info = planned.and_then(|p| p.as_ref().ok());
         let unreachable = unreachable_peers(net, report);
         let inputs = digest((generation(net), &result, info, &unreachable));
-        let before = b.networks.find(position, net, &key);
-        if b.reuse_unchanged(&key, net, before, inputs) {
+        let unchanged = b.networks.unchanged(position, net, &key);
+        if b.reuse_unchanged(&key, unchanged, inputs) {
             continue;
         }
         let conditions = b.condition(&key, generation(net), &result);
@@ -371,7 +375,7 @@ pub fn compute(
             mtu: info.and_then(|i| i.mtu),
             unreachable_peers: unreachable,
         };
-        b.push(key, net, before, TypedStatus::Network(status), inputs);
+        b.push(key, net, unchanged, TypedStatus::Network(status), inputs);
     }
 
     for (position, att) in objects.attachments.iter().enumerate().filter(|(_, a)| is_local(a, node)) {
@@ -401,8 +405,8 @@ pub fn compute(
         };
         let info = planned.and_then(|p| p.as_ref().ok()).filter(|_| result.is_ok());
         let inputs = digest((generation(att), &result, info));
-        let before = b.attachments.find(position, att, &key);
-        if b.reuse_unchanged(&key, att, before, inputs) {
+        let unchanged = b.attachments.unchanged(position, att, &key);
+        if b.reuse_unchanged(&key, unchanged, inputs) {
             continue;
         }
         let conditions = b.condition(&key, generation(att), &result);
@@ -421,7 +425,7 @@ pub fn compute(
             conditions,
         };
         let node_addresses = info.map(|i| i.node_addresses.clone()).unwrap_or_default();
-        b.push(key, att, before, TypedStatus::Attachment(status, node_addresses), inputs);
+        b.push(key, att, unchanged, TypedStatus::Attachment(status, node_addresses), inputs);
     }
 
     let ready_attachments: BTreeMap<String, bool> =
@@ -444,13 +448,13 @@ pub fn compute(
         };
         let bindings = planned.as_ref().ok().filter(|_| result.is_ok());
         let inputs = digest((generation(pm), &result, bindings));
-        let before = b.port_mappings.find(position, pm, &key);
-        if b.reuse_unchanged(&key, pm, before, inputs) {
+        let unchanged = b.port_mappings.unchanged(position, pm, &key);
+        if b.reuse_unchanged(&key, unchanged, inputs) {
             continue;
         }
         let conditions = b.condition(&key, generation(pm), &result);
         let status = PortMappingStatus { bindings: bindings.cloned().unwrap_or_default(), observed_generation: generation(pm), conditions };
-        b.push(key, pm, before, TypedStatus::PortMapping(status), inputs);
+        b.push(key, pm, unchanged, TypedStatus::PortMapping(status), inputs);
     }
 
     // Objects that could not even be parsed still get a status (once).
