@@ -223,14 +223,14 @@ impl Reconciler {
         };
         // What this pass replaces is dropped once its status is written
         // (freeing thousands of objects takes a millisecond or two).
-        let mut replaced: (Option<plan::Plan>, Option<Arc<ObjectSet>>) = (None, None);
+        let (mut replaced_plan, mut replaced_objects) = (None, None);
         // Mutations made while the desired state is unchanged are drift repairs.
         let mut desired_changed = false;
         if !reused {
             let plan = plan::plan(&objects, &facts, &self.allocations);
             desired_changed = self.last_plan.as_ref().is_none_or(|(_, _, last)| last.desired != plan.desired);
             self.desired_generation += u64::from(desired_changed);
-            replaced.0 = self.last_plan.replace((version, facts, plan)).map(|(_, _, plan)| plan);
+            replaced_plan = self.last_plan.replace((version, facts, plan)).map(|(_, _, plan)| plan);
         }
         let plan = &self.last_plan.as_ref().expect("set above").2;
         let t_plan = started.elapsed();
@@ -278,7 +278,7 @@ impl Reconciler {
                 })
                 .collect();
             t_status_computed = started.elapsed();
-            replaced.1 = self.status_objects.replace(objects.clone());
+            replaced_objects = self.status_objects.replace(objects.clone());
             if computed.changed || self.status_unwritten {
                 self.status_unwritten = false;
                 if let Err(e) = self.state.store_status(&self.status_serialized) {
@@ -290,15 +290,11 @@ impl Reconciler {
             computed.verdicts
         };
         let t_status = started.elapsed();
-        let deletions = self.dataplane.finish_deletions().await;
-        node_errors.extend(deletions.errors);
         let mut mutations_by_kind = report.mutations.clone();
-        if deletions.links > 0 {
-            *mutations_by_kind.entry("link").or_default() += deletions.links;
-        }
+        self.dataplane.finish_deletions().await.record(&mut mutations_by_kind, &mut node_errors);
         tracing::debug!(?t_facts, ?t_plan, ?t_allocations, ?t_sync, ?t_status_computed, ?t_status, deletions = ?started.elapsed(), reused, full = report.full, "reconcile phases (cumulative)");
         self.dataplane.settle_events().await;
-        drop(replaced);
+        drop((replaced_plan, replaced_objects));
         let outcome = Outcome {
             verdicts,
             mutations: mutations_by_kind.values().sum(),

@@ -116,6 +116,27 @@ pub struct FinishedDeletions {
     pub errors: Vec<String>,
 }
 
+impl FinishedDeletions {
+    fn of(results: LinkDeletions) -> Self {
+        let mut finished = FinishedDeletions::default();
+        for result in results {
+            match result {
+                Ok(()) => finished.links += 1,
+                Err(e) => finished.errors.push(e.to_string()),
+            }
+        }
+        finished
+    }
+
+    /// Adds these to a pass's mutations by kind and its errors.
+    pub fn record(self, mutations: &mut BTreeMap<&'static str, u32>, errors: &mut Vec<String>) {
+        if self.links > 0 {
+            *mutations.entry("link").or_default() += self.links;
+        }
+        errors.extend(self.errors);
+    }
+}
+
 /// What deleting one namespace we made came to.
 struct DeletedNamespace {
     name: String,
@@ -306,10 +327,7 @@ impl Dataplane {
     ) -> SyncReport {
         let mut report = SyncReport::default();
         // Normally finished by the reconciler right after its status write.
-        let unfinished = self.finish_deletions().await;
-        *report.mutations.entry("link").or_default() += unfinished.links;
-        report.node_errors.extend(unfinished.errors);
-        report.mutations.retain(|_, n| *n > 0);
+        self.finish_deletions().await.record(&mut report.mutations, &mut report.node_errors);
         self.settle_events().await;
         // A full pass observes everything; a quick one skips what was
         // verified before, when no kernel event arrived since.
@@ -423,13 +441,10 @@ impl Dataplane {
     /// called after the status write, so a removal is reported while the
     /// kernel finishes releasing links that are already down.
     pub async fn finish_deletions(&mut self) -> FinishedDeletions {
-        let mut finished = FinishedDeletions::default();
-        let Some(job) = self.pending_deletions.take() else { return finished };
+        let Some(job) = self.pending_deletions.take() else { return FinishedDeletions::default() };
         let results =
             job.await.unwrap_or_else(|e| vec![Err(NetlinkError { op: "delete links".into(), message: e.to_string(), errno: None })]);
-        let mut mutations = BTreeMap::new();
-        Self::count_deletions(results, &mut mutations, &mut finished.errors);
-        finished.links = mutations.values().sum();
+        let finished = FinishedDeletions::of(results);
         if !finished.errors.is_empty() {
             // The next pass must look again, not trust this one.
             self.last_clean = None;
@@ -437,15 +452,6 @@ impl Dataplane {
         self.node_view = None;
         self.own_events_until = Some(tokio::time::Instant::now() + OWN_EVENTS_SETTLE);
         finished
-    }
-
-    fn count_deletions(results: LinkDeletions, mutations: &mut BTreeMap<&'static str, u32>, errors: &mut Vec<String>) {
-        for result in results {
-            match result {
-                Ok(()) => *mutations.entry("link").or_default() += 1,
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
     }
 
     /// Counts the kernel events of our last sync as seen once they had
@@ -1147,8 +1153,7 @@ impl Dataplane {
             };
             if !bridges.is_empty() || self.unhurried.is_none() {
                 // A bridge goes only once its ports have.
-                let results = deletion.await;
-                Self::count_deletions(results, &mut report.mutations, &mut report.node_errors);
+                FinishedDeletions::of(deletion.await).record(&mut report.mutations, &mut report.node_errors);
             } else {
                 self.pending_deletions = Some(tokio::spawn(deletion));
             }
