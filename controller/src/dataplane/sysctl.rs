@@ -35,7 +35,7 @@ pub fn ephemeral_port_range() -> (u16, u16) {
 /// address, no DAD, router or MLD packets). Best effort: a kernel without
 /// IPv6 has no such file, which is the same outcome.
 pub fn disable_ipv6_on(ifname: &str) {
-    let _ = fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), "1");
+    Ipv6Conf::open().disable_on(ifname);
 }
 
 /// /proc/sys/net/ipv6/conf of one namespace, held open. Walking to it
