@@ -235,18 +235,23 @@ impl Reconciler {
         let plan = &self.last_plan.as_ref().expect("set above").2;
         let t_plan = started.elapsed();
 
-        // Allocations are durable before any container can be given one.
+        // Allocations are made durable while the kernel work runs, and the
+        // pass reports nothing before they are: what a crash in between
+        // leaves unrecorded is in the kernel, and the first pass after a
+        // restart reads it back from there (`recover_allocations`).
         let mut node_errors = Vec::new();
-        if plan.allocations != self.allocations {
-            match self.state.store_allocations(&plan.allocations) {
-                Ok(()) => self.allocations = plan.allocations.clone(),
-                Err(e) => node_errors.push(format!("persisting allocations: {e}")),
-            }
-        }
+        let allocations_write =
+            (plan.allocations != self.allocations).then(|| self.state.store_allocations_in_background(plan.allocations.clone()));
         let t_allocations = started.elapsed();
         let state = self.state.clone();
         let mut record = |owned: &Owned| state.store_owned(owned).map_err(|e| e.to_string());
         let report: SyncReport = self.dataplane.sync(&plan.desired, self.desired_generation, &mut self.owned, &mut record).await;
+        if let Some(write) = allocations_write {
+            match write.finish() {
+                Ok(allocations) => self.allocations = allocations,
+                Err(e) => node_errors.push(format!("persisting allocations: {e}")),
+            }
+        }
         let t_sync = started.elapsed();
         if let Some(dns) = &mut self.dns {
             let resolvers = self.last_plan.as_ref().map(|(_, f, _)| f.resolvers.clone()).unwrap_or_default();

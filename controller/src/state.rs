@@ -109,6 +109,25 @@ impl StateDir {
     pub fn store_allocations(&self, a: &Allocations) -> Result<(), StateError> {
         self.store("allocations.json", a)
     }
+    /// As [`StateDir::store_allocations`], on a thread of its own (encoding
+    /// and two fsyncs take a few milliseconds); the returned write is
+    /// waited for with [`AllocationsWrite::finish`].
+    pub fn store_allocations_in_background(&self, a: Allocations) -> AllocationsWrite {
+        let state = self.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new().name("store-allocations".into()).spawn(move || {
+            let written = state.store_allocations(&a).map(|()| a).map_err(|e| e.to_string());
+            let _ = tx.send(written);
+        });
+        match spawned {
+            Ok(_) => AllocationsWrite(rx),
+            Err(e) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                let _ = tx.send(Err(format!("starting a thread to write allocations: {e}")));
+                AllocationsWrite(rx)
+            }
+        }
+    }
     /// What we created: the state dir's record joined with the runtime copy.
     pub fn load_owned(&self) -> Owned {
         let mut owned: Owned = self.load("owned.json");
@@ -167,6 +186,16 @@ impl StateDir {
         }
         bytes.push(b']');
         write_atomically(&self.dir, "status.json", &bytes, false).map_err(|source| StateError::Io { dir: self.dir.clone(), source })
+    }
+}
+
+/// An allocations write under way; `finish` waits for it and gives back
+/// what was made durable.
+pub struct AllocationsWrite(std::sync::mpsc::Receiver<Result<Allocations, String>>);
+
+impl AllocationsWrite {
+    pub fn finish(self) -> Result<Allocations, String> {
+        self.0.recv().unwrap_or_else(|_| Err("the thread writing allocations ended without an answer".into()))
     }
 }
 
