@@ -2,7 +2,9 @@
 //! the previous status (so `lastTransitionTime` only moves on a flip), and
 //! written only when it changed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
+
+use foldhash::{HashMap, HashMapExt};
 
 use kube::ResourceExt;
 use serde::Deserialize;
@@ -126,7 +128,8 @@ impl TypedStatus {
 #[derive(Clone, Debug)]
 pub struct Memo {
     position: usize,
-    status: TypedStatus,
+    /// Boxed: memos move between maps every pass, and a status is large.
+    status: Box<TypedStatus>,
     inputs: u64,
 }
 
@@ -251,6 +254,13 @@ impl<'a> Builder<'a> {
         merge_condition(previous, c, self.now)
     }
 
+    /// Whether the previous pass left an entry for `key` to reuse: a new
+    /// object has none, and looking for its previous version would index
+    /// every object of its kind.
+    fn remembers(&self, key: &ObjectKey) -> bool {
+        self.memo.contains_key(key)
+    }
+
     /// Moves the previous entry over as it stands, building nothing, when
     /// the object and everything its status is computed from (`inputs`)
     /// are what they were: most of a pass among thousands of objects.
@@ -301,7 +311,7 @@ impl<'a> Builder<'a> {
     /// Moves the previous entry of `key` over if its status is `status`.
     fn reuse(&mut self, key: &ObjectKey, status: &TypedStatus, inputs: u64) -> bool {
         let Some(before) = self.memo.remove(key) else { return false };
-        if &before.status != status {
+        if *before.status != *status {
             return false;
         }
         self.take_over(key, Memo { inputs, ..before })
@@ -321,7 +331,7 @@ impl<'a> Builder<'a> {
 
     fn add(&mut self, key: ObjectKey, value: Value, status: TypedStatus, inputs: u64) {
         self.changed = true;
-        self.new_memo.insert(key, Memo { position: self.store.len(), status, inputs });
+        self.new_memo.insert(key, Memo { position: self.store.len(), status: Box::new(status), inputs });
         self.store.push(value);
         self.origins.push(None);
     }
@@ -359,7 +369,7 @@ pub fn compute(
         let info = planned.and_then(|p| p.as_ref().ok());
         let unreachable = unreachable_peers(net, report);
         let inputs = digest((generation(net), &result, info, &unreachable));
-        let unchanged = b.networks.unchanged(position, net, &key);
+        let unchanged = b.remembers(&key) && b.networks.unchanged(position, net, &key);
         if b.reuse_unchanged(&key, unchanged, inputs) {
             continue;
         }
@@ -378,6 +388,8 @@ pub fn compute(
         b.push(key, net, unchanged, TypedStatus::Network(status), inputs);
     }
 
+    // Whether each local attachment is ready, by `namespace/name`, for its port mappings.
+    let mut ready_attachments: HashMap<String, bool> = HashMap::with_capacity(objects.attachments.len());
     for (position, att) in objects.attachments.iter().enumerate().filter(|(_, a)| is_local(a, node)) {
         let key = attachment_key(att);
         let ns_name = key.ns_name();
@@ -404,8 +416,9 @@ pub fn compute(
             },
         };
         let info = planned.and_then(|p| p.as_ref().ok()).filter(|_| result.is_ok());
+        ready_attachments.insert(ns_name, result.is_ok());
         let inputs = digest((generation(att), &result, info));
-        let unchanged = b.attachments.unchanged(position, att, &key);
+        let unchanged = b.remembers(&key) && b.attachments.unchanged(position, att, &key);
         if b.reuse_unchanged(&key, unchanged, inputs) {
             continue;
         }
@@ -428,8 +441,6 @@ pub fn compute(
         b.push(key, att, unchanged, TypedStatus::Attachment(status, node_addresses), inputs);
     }
 
-    let ready_attachments: BTreeMap<String, bool> =
-        b.verdicts.iter().filter(|v| v.key.kind == KindName::Attachment).map(|v| (v.key.ns_name(), v.ready)).collect();
     for (position, pm) in objects.port_mappings.iter().enumerate() {
         let key = port_mapping_key(pm);
         let Some(planned) = plan.port_mappings.get(&key.ns_name()) else {
@@ -448,7 +459,7 @@ pub fn compute(
         };
         let bindings = planned.as_ref().ok().filter(|_| result.is_ok());
         let inputs = digest((generation(pm), &result, bindings));
-        let unchanged = b.port_mappings.unchanged(position, pm, &key);
+        let unchanged = b.remembers(&key) && b.port_mappings.unchanged(position, pm, &key);
         if b.reuse_unchanged(&key, unchanged, inputs) {
             continue;
         }
