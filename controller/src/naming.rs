@@ -73,6 +73,13 @@ pub fn host_veth_name(namespace: &str, name: &str) -> String {
     format!("{HOST_VETH_PREFIX}{}", hex12(&format!("{namespace}/{name}")))
 }
 
+/// [`host_veth_name`] of an Attachment (its namespace "default" when unset).
+pub fn host_veth_name_of(att: &crate::api::Attachment) -> String {
+    let meta = &att.metadata;
+    let name = meta.name.as_deref().or(meta.generate_name.as_deref()).unwrap_or_default();
+    host_veth_name(meta.namespace.as_deref().unwrap_or("default"), name)
+}
+
 /// Docker's MAC for an IPv4 endpoint: 02:42 followed by the four address bytes.
 pub fn mac_from_ipv4(ip: Ipv4Addr) -> [u8; 6] {
     let o = ip.octets();
@@ -86,7 +93,16 @@ pub fn mac_from_key(key: &str) -> [u8; 6] {
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(17);
+    for (i, b) in mac.iter().enumerate() {
+        if i > 0 {
+            text.push(':');
+        }
+        text.push(char::from(HEX[usize::from(b >> 4)]));
+        text.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    text
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`; rejects multicast addresses, which no

@@ -7,60 +7,71 @@
 //! 3. dynamic addresses are handed out lowest-free-first from the range,
 //!    in creation order.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
+
+use foldhash::{HashMap, HashMapExt};
 
 use super::network::Subnet;
 use super::outcome::{reason, Failure};
 
 /// One attachment asking for an address in this subnet.
 #[derive(Clone, Debug)]
-pub struct Request {
+pub struct Request<'a> {
     /// `namespace/name` of the attachment.
-    pub owner: String,
+    pub owner: &'a str,
     pub static_ip: Option<IpAddr>,
     /// The address it held before, if any.
     pub previous: Option<IpAddr>,
 }
 
-/// Allocates every request; the result holds one entry per request.
-pub fn allocate(subnet: &Subnet, requests: &[Request]) -> BTreeMap<String, Result<IpAddr, Failure>> {
-    let mut used: BTreeMap<IpAddr, String> = BTreeMap::new();
-    let mut out = BTreeMap::new();
+/// Allocates every request; the answer is by position in `requests` (an
+/// owner listed twice shares its first request's answer).
+pub fn allocate(subnet: &Subnet, requests: &[Request<'_>]) -> Vec<Result<IpAddr, Failure>> {
+    // Address -> position of the request holding it.
+    let mut used: HashMap<IpAddr, usize> = HashMap::with_capacity(requests.len());
+    let mut out: Vec<Option<Result<IpAddr, Failure>>> = vec![None; requests.len()];
+    let mut first: HashMap<&str, usize> = HashMap::with_capacity(requests.len());
+    let firsts: Vec<usize> = requests.iter().enumerate().map(|(i, r)| *first.entry(r.owner).or_insert(i)).collect();
+    let originals = || (0..requests.len()).filter(|i| firsts[*i] == *i);
 
     // 1. Keep what is held, when it still fits the request.
-    for req in requests {
+    for i in originals() {
+        let req = &requests[i];
         let Some(prev) = req.previous else { continue };
         let fits = match req.static_ip {
             Some(ip) => ip == prev,
             None => subnet.net.contains(&prev) && subnet.reserved_reason(prev).is_none(),
         };
         if fits && !used.contains_key(&prev) {
-            used.insert(prev, req.owner.clone());
-            out.insert(req.owner.clone(), Ok(prev));
+            used.insert(prev, i);
+            out[i] = Some(Ok(prev));
         }
     }
     // 2. Static addresses.
-    for req in requests {
+    for i in originals() {
+        let req = &requests[i];
         let Some(ip) = req.static_ip else { continue };
-        if out.contains_key(&req.owner) {
+        if out[i].is_some() {
             continue;
         }
         let result = check_static(subnet, ip).and_then(|()| match used.get(&ip) {
-            Some(holder) => Err(Failure::new(reason::ADDRESS_IN_USE, format!("address {ip} is already assigned to attachment {holder}"))),
+            Some(holder) => Err(Failure::new(
+                reason::ADDRESS_IN_USE,
+                format!("address {ip} is already assigned to attachment {}", requests[*holder].owner),
+            )),
             None => Ok(ip),
         });
         if result.is_ok() {
-            used.insert(ip, req.owner.clone());
+            used.insert(ip, i);
         }
-        out.insert(req.owner.clone(), result);
+        out[i] = Some(result);
     }
     // 3. Dynamic addresses, lowest free first. The cursor only moves
     // forward: nothing is freed during one pass.
     let (mut cursor, last) = (to_u128(subnet.range.network()), to_u128(subnet.range.broadcast()));
     let v4 = subnet.net.addr().is_ipv4();
-    for req in requests {
-        if out.contains_key(&req.owner) {
+    for i in originals() {
+        if out[i].is_some() {
             continue;
         }
         let mut found = None;
@@ -74,14 +85,14 @@ pub fn allocate(subnet: &Subnet, requests: &[Request]) -> BTreeMap<String, Resul
         }
         let result = match found {
             Some(ip) => {
-                used.insert(ip, req.owner.clone());
+                used.insert(ip, i);
                 Ok(ip)
             }
             None => Err(Failure::new(reason::POOL_EXHAUSTED, format!("no free address left in {} (subnet {})", subnet.range, subnet.net))),
         };
-        out.insert(req.owner.clone(), result);
+        out[i] = Some(result);
     }
-    out
+    (0..requests.len()).map(|i| out[firsts[i]].clone().expect("every first request is answered")).collect()
 }
 
 fn to_u128(ip: IpAddr) -> u128 {
@@ -137,8 +148,12 @@ mod tests {
             aux: aux.iter().map(|a| a.parse().unwrap()).collect(),
         }
     }
-    fn dynamic(owner: &str) -> Request {
-        Request { owner: owner.into(), static_ip: None, previous: None }
+    /// The answers by owner.
+    fn allocated<'a>(s: &Subnet, reqs: &[Request<'a>]) -> std::collections::BTreeMap<&'a str, Result<IpAddr, Failure>> {
+        reqs.iter().map(|r| r.owner).zip(allocate(s, reqs)).collect()
+    }
+    fn dynamic(owner: &str) -> Request<'_> {
+        Request { owner, static_ip: None, previous: None }
     }
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -147,7 +162,7 @@ mod tests {
     #[test]
     fn dynamic_addresses_skip_network_gateway_and_aux() {
         let s = subnet("10.0.0.0/24", "10.0.0.1", None, &["10.0.0.3"]);
-        let got = allocate(&s, &[dynamic("a"), dynamic("b"), dynamic("c")]);
+        let got = allocated(&s, &[dynamic("a"), dynamic("b"), dynamic("c")]);
         assert_eq!(got["a"], Ok(ip("10.0.0.2")));
         assert_eq!(got["b"], Ok(ip("10.0.0.4")));
         assert_eq!(got["c"], Ok(ip("10.0.0.5")));
@@ -156,7 +171,7 @@ mod tests {
     #[test]
     fn dynamic_addresses_come_only_from_the_ip_range() {
         let s = subnet("172.25.0.0/16", "172.25.0.1", Some("172.25.5.0/24"), &[]);
-        let got = allocate(&s, &[dynamic("a"), dynamic("b")]);
+        let got = allocated(&s, &[dynamic("a"), dynamic("b")]);
         assert_eq!(got["a"], Ok(ip("172.25.5.0")));
         assert_eq!(got["b"], Ok(ip("172.25.5.1")));
     }
@@ -164,8 +179,8 @@ mod tests {
     #[test]
     fn statics_are_claimed_before_dynamics_regardless_of_order() {
         let s = subnet("10.0.0.0/29", "10.0.0.1", None, &[]);
-        let reqs = [dynamic("a"), Request { owner: "b".into(), static_ip: Some(ip("10.0.0.2")), previous: None }];
-        let got = allocate(&s, &reqs);
+        let reqs = [dynamic("a"), Request { owner: "b", static_ip: Some(ip("10.0.0.2")), previous: None }];
+        let got = allocated(&s, &reqs);
         assert_eq!(got["b"], Ok(ip("10.0.0.2")));
         assert_eq!(got["a"], Ok(ip("10.0.0.3")));
     }
@@ -173,8 +188,8 @@ mod tests {
     #[test]
     fn held_addresses_are_kept_even_when_lower_ones_are_free() {
         let s = subnet("10.0.0.0/24", "10.0.0.1", None, &[]);
-        let reqs = [dynamic("a"), Request { owner: "b".into(), static_ip: None, previous: Some(ip("10.0.0.9")) }];
-        let got = allocate(&s, &reqs);
+        let reqs = [dynamic("a"), Request { owner: "b", static_ip: None, previous: Some(ip("10.0.0.9")) }];
+        let got = allocated(&s, &reqs);
         assert_eq!(got["b"], Ok(ip("10.0.0.9")));
         assert_eq!(got["a"], Ok(ip("10.0.0.2")));
     }
@@ -183,10 +198,10 @@ mod tests {
     fn a_static_address_already_held_is_a_conflict_for_the_later_one() {
         let s = subnet("10.0.0.0/24", "10.0.0.1", None, &[]);
         let reqs = [
-            Request { owner: "old".into(), static_ip: None, previous: Some(ip("10.0.0.7")) },
-            Request { owner: "new".into(), static_ip: Some(ip("10.0.0.7")), previous: None },
+            Request { owner: "old", static_ip: None, previous: Some(ip("10.0.0.7")) },
+            Request { owner: "new", static_ip: Some(ip("10.0.0.7")), previous: None },
         ];
-        let got = allocate(&s, &reqs);
+        let got = allocated(&s, &reqs);
         let err = got["new"].clone().unwrap_err();
         assert_eq!(err.reason, reason::ADDRESS_IN_USE);
         assert!(err.message.contains("old"));
@@ -196,7 +211,7 @@ mod tests {
     fn exhaustion_fails_only_the_attachment_that_did_not_fit() {
         // /30: network .0, gateway .1, one host .2, broadcast .3
         let s = subnet("10.0.0.0/30", "10.0.0.1", None, &[]);
-        let got = allocate(&s, &[dynamic("a"), dynamic("b")]);
+        let got = allocated(&s, &[dynamic("a"), dynamic("b")]);
         assert_eq!(got["a"], Ok(ip("10.0.0.2")));
         assert_eq!(got["b"].clone().unwrap_err().reason, reason::POOL_EXHAUSTED);
     }
@@ -204,9 +219,17 @@ mod tests {
     #[test]
     fn range_ending_at_the_top_of_the_address_space_terminates() {
         let s = subnet("255.255.255.248/29", "255.255.255.249", None, &[]);
-        let reqs: Vec<_> = (0..10).map(|i| dynamic(&format!("x{i}"))).collect();
-        let got = allocate(&s, &reqs);
+        let owners: Vec<String> = (0..10).map(|i| format!("x{i}")).collect();
+        let reqs: Vec<_> = owners.iter().map(|o| dynamic(o)).collect();
+        let got = allocated(&s, &reqs);
         assert_eq!(got.values().filter(|r| r.is_ok()).count(), 5);
+    }
+
+    #[test]
+    fn an_owner_listed_twice_gets_one_address() {
+        let s = subnet("10.0.0.0/24", "10.0.0.1", None, &[]);
+        let got = allocate(&s, &[dynamic("a"), dynamic("a"), dynamic("b")]);
+        assert_eq!(got, vec![Ok(ip("10.0.0.2")), Ok(ip("10.0.0.2")), Ok(ip("10.0.0.3"))]);
     }
 
     #[test]
@@ -231,7 +254,7 @@ mod tests {
     #[test]
     fn ipv6_allocation_works_the_same_way() {
         let s = subnet("fd00::/64", "fd00::1", None, &[]);
-        let got = allocate(&s, &[dynamic("a")]);
+        let got = allocated(&s, &[dynamic("a")]);
         assert_eq!(got["a"], Ok(ip("fd00::2")));
     }
 }

@@ -14,6 +14,8 @@ pub mod overlay;
 pub mod ports;
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
@@ -115,6 +117,10 @@ pub struct Plan {
     pub port_mappings: BTreeMap<String, Result<Vec<crate::api::PortBinding>, Failure>>,
 }
 
+/// An attachment of this node that passed its own checks: its
+/// `namespace/name`, the object, and what the checks parsed.
+pub type Local<'a> = (String, &'a Attachment, CheckedAttachment);
+
 /// Is this attachment for the node `node`? (No nodeName: whoever reads it.)
 pub fn is_local(att: &Attachment, node: &str) -> bool {
     att.spec.node_name.as_deref().is_none_or(|n| n == node)
@@ -127,7 +133,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
     overlay::prepare(&mut networks, node, &mut out);
 
     // Attachments of this node, checked, in creation order.
-    let mut local: Vec<(String, &Attachment, CheckedAttachment)> = Vec::new();
+    let mut local: Vec<Local<'_>> = Vec::new();
     for att in objects.attachments.iter().filter(|a| is_local(a, &node.node_name)) {
         let key = format!("{}/{}", namespace_of(att), att.name_any());
         match attachment::check(att).and_then(|checked| check_against_network(att, &checked, &networks).map(|()| checked)) {
@@ -140,17 +146,18 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
 
     let mut addresses = allocate_addresses(&local, &networks, held, &mut out);
     let overlay_addresses = overlay::allocate(objects, node, &networks, held, &mut out);
-    for (key, _, _) in &local {
+    for ((key, _, _), pair) in local.iter().zip(&mut addresses) {
         if let Some(a) = overlay_addresses.get(key) {
-            addresses.insert(key.clone(), *a);
+            *pair = *a;
         }
     }
     let interfaces = assign_interfaces(&local, held, &mut out);
     let default_routes = choose_default_routes(&local, &networks, &out);
 
-    let mut macs: BTreeMap<(String, [u8; 6]), String> = BTreeMap::new();
+    // (network, MAC) -> the attachment holding it.
+    let mut macs: HashMap<(&str, [u8; 6]), &str> = HashMap::new();
     let mut sandboxes: BTreeSet<SandboxRef> = BTreeSet::new();
-    for (key, att, checked) in &local {
+    for (position, (key, att, checked)) in local.iter().enumerate() {
         if out.attachments.contains_key(key) {
             continue; // already failed
         }
@@ -167,12 +174,12 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
             out.allocations.endpoints.insert(key.clone(), HeldEndpoint { network: net.name.clone(), ..Default::default() });
             continue;
         }
-        let (v4, v6) = addresses.get(key).cloned().unwrap_or_default();
+        let (v4, v6) = addresses[position];
         let mac = checked.mac.unwrap_or_else(|| match v4 {
             Some(IpAddr::V4(ip)) => naming::mac_from_ipv4(ip),
             _ => naming::mac_from_key(key),
         });
-        if let Some(holder) = macs.get(&(net.name.clone(), mac)) {
+        if let Some(holder) = macs.get(&(net.name.as_str(), mac)) {
             out.attachments.insert(
                 key.clone(),
                 Err(Failure::new(
@@ -182,21 +189,21 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
             );
             continue;
         }
-        macs.insert((net.name.clone(), mac), key.clone());
+        macs.insert((net.name.as_str(), mac), key);
 
-        let ifname = interfaces[key].clone();
+        let Some(ifname) = interfaces[position].clone() else { continue };
         let with_prefix =
             |ip: Option<IpAddr>| ip.and_then(|ip| net.subnet_for(ip).map(|s| IpNet::new(ip, s.net.prefix_len()).expect("valid prefix")));
         let (cidr4, cidr6) = (with_prefix(v4), with_prefix(v6));
         let gw4 = v4.and_then(|ip| net.subnet_for(ip)).map(|s| s.gateway);
         let gw6 = v6.and_then(|ip| net.subnet_for(ip)).map(|s| s.gateway);
-        let carries_default = default_routes.get(&sandbox.clone()) == Some(key);
+        let carries_default = default_routes.get(sandbox) == Some(&position);
         let kind = match net.driver {
             Driver::Macvlan => {
                 let (parent, mode) = net.macvlan.clone().expect("resolved macvlan network has a parent");
                 EndpointKind::Macvlan { parent, mode }
             }
-            _ => EndpointKind::Veth { host_name: naming::host_veth_name(&namespace_of(*att), &att.name_any()), bridge: net.bridge.clone() },
+            _ => EndpointKind::Veth { host_name: naming::host_veth_name_of(att), bridge: net.bridge.clone() },
         };
         let endpoint = Endpoint {
             owner: key.clone(),
@@ -305,9 +312,9 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
 
     ports::plan_ports(objects, node, held, &networks, &mut out);
     out.desired.vxlans = overlay::vxlans(objects, node, &networks, &overlay_addresses);
-    out.desired.sandbox_files = names::sandbox_files(objects, &networks, &node.resolvers, node.embedded_dns, &out);
+    out.desired.sandbox_files = names::sandbox_files(&local, &networks, &node.resolvers, node.embedded_dns, &out);
     if node.embedded_dns {
-        out.desired.names = names::name_table(objects, &networks, &out);
+        out.desired.names = names::name_table(&local, &networks, &out);
     }
 
     out.desired.sandboxes = sandboxes.into_iter().map(|sandbox| SandboxSpec { sandbox }).collect();
@@ -414,34 +421,34 @@ fn check_against_network(
     Ok(())
 }
 
-type Addresses = BTreeMap<String, AddressPair>;
-
-/// Runs IPAM for every subnet of every ready network.
+/// Runs IPAM for every subnet of every ready network; the answer is by
+/// position in `local` (failures go to `out`).
 fn allocate_addresses(
-    local: &[(String, &Attachment, CheckedAttachment)],
+    local: &[Local<'_>],
     networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
     held: &Allocations,
     out: &mut Plan,
-) -> Addresses {
-    let mut addresses: Addresses = BTreeMap::new();
+) -> Vec<AddressPair> {
+    let mut addresses: Vec<AddressPair> = vec![(None, None); local.len()];
     for (name, net) in networks {
         let Ok(net) = net else { continue };
         if !matches!(net.driver, Driver::Bridge | Driver::Macvlan) {
             continue;
         }
-        let members: Vec<&(String, &Attachment, CheckedAttachment)> = local
-            .iter()
-            .filter(|(_, att, checked)| &att.spec.network == name && matches!(checked.sandbox, SandboxChoice::Namespace(_)))
+        let members: Vec<usize> = (0..local.len())
+            .filter(|i| {
+                let (_, att, checked) = &local[*i];
+                &att.spec.network == name && matches!(checked.sandbox, SandboxChoice::Namespace(_))
+            })
             .collect();
-        let requests: Vec<(&String, Option<IpAddr>, Option<IpAddr>)> = members.iter().map(|(key, _, c)| (key, c.ipv4, c.ipv6)).collect();
-        for (owner, result) in allocate_network(name, net, &requests, held) {
+        let requests: Vec<Member<'_>> = members.iter().map(|i| (local[*i].0.as_str(), local[*i].2.ipv4, local[*i].2.ipv6)).collect();
+        for (i, result) in members.into_iter().zip(allocate_network(name, net, &requests, held)) {
             match result {
-                Ok(pair) => {
-                    addresses.insert(owner, pair);
+                Some(Ok(pair)) => addresses[i] = pair,
+                Some(Err(f)) => {
+                    out.attachments.entry(local[i].0.clone()).or_insert(Err(f));
                 }
-                Err(f) => {
-                    out.attachments.entry(owner).or_insert(Err(f));
-                }
+                None => {}
             }
         }
     }
@@ -451,38 +458,48 @@ fn allocate_addresses(
 /// An attachment's IPv4 and IPv6 address on one network.
 pub(crate) type AddressPair = (Option<IpAddr>, Option<IpAddr>);
 
-/// One network's IPAM over `members` (key, static IPv4, static IPv6): in
-/// each family, statics go to the subnet holding them and dynamic addresses
-/// come from the family's first subnet; what `held` records is kept.
+/// An attachment asking for addresses on a network: its key, static IPv4, static IPv6.
+pub(crate) type Member<'a> = (&'a str, Option<IpAddr>, Option<IpAddr>);
+
+/// One network's IPAM over `members`: in each family, statics go to the
+/// subnet holding them and dynamic addresses come from the family's first
+/// subnet; what `held` records is kept. The answer is by position in
+/// `members`; None for a member no subnet took.
 pub(crate) fn allocate_network(
     name: &str,
     net: &ResolvedNetwork,
-    members: &[(&String, Option<IpAddr>, Option<IpAddr>)],
+    members: &[Member<'_>],
     held: &Allocations,
-) -> BTreeMap<String, Result<AddressPair, Failure>> {
-    let mut out: BTreeMap<String, Result<AddressPair, Failure>> = BTreeMap::new();
+) -> Vec<Option<Result<AddressPair, Failure>>> {
+    let mut out: Vec<Option<Result<AddressPair, Failure>>> = vec![None; members.len()];
     for (v4, first) in [(true, net.subnet_v4()), (false, net.subnet_v6())] {
         let Some(first) = first else { continue };
         for subnet in net.subnets.iter().filter(|s| s.net.addr().is_ipv4() == v4) {
-            let requests: Vec<ipam::Request> = members
-                .iter()
-                .filter_map(|(key, ipv4, ipv6)| {
-                    let static_ip = if v4 { *ipv4 } else { *ipv6 };
-                    let wanted = match static_ip {
-                        Some(ip) => net.subnet_for(ip)?,
-                        None => first,
-                    };
-                    let previous = held
-                        .endpoints
-                        .get(*key)
-                        .filter(|h| h.network == name)
-                        .and_then(|h| if v4 { h.ipv4 } else { h.ipv6 })
-                        .filter(|ip| subnet.net.contains(ip));
-                    (wanted == subnet).then(|| ipam::Request { owner: (*key).clone(), static_ip, previous })
-                })
-                .collect();
-            for (owner, result) in ipam::allocate(subnet, &requests) {
-                let entry = out.entry(owner).or_insert(Ok((None, None)));
+            let mut positions = Vec::new();
+            let mut requests: Vec<ipam::Request> = Vec::new();
+            for (i, (key, ipv4, ipv6)) in members.iter().enumerate() {
+                let static_ip = if v4 { *ipv4 } else { *ipv6 };
+                let wanted = match static_ip {
+                    Some(ip) => match net.subnet_for(ip) {
+                        Some(s) => s,
+                        None => continue,
+                    },
+                    None => first,
+                };
+                if wanted != subnet {
+                    continue;
+                }
+                let previous = held
+                    .endpoints
+                    .get(*key)
+                    .filter(|h| h.network == name)
+                    .and_then(|h| if v4 { h.ipv4 } else { h.ipv6 })
+                    .filter(|ip| subnet.net.contains(ip));
+                positions.push(i);
+                requests.push(ipam::Request { owner: key, static_ip, previous });
+            }
+            for (i, result) in positions.into_iter().zip(ipam::allocate(subnet, &requests)) {
+                let entry = out[i].get_or_insert(Ok((None, None)));
                 match (result, entry.as_mut()) {
                     (Ok(ip), Ok(pair)) if v4 => pair.0 = Some(ip),
                     (Ok(ip), Ok(pair)) => pair.1 = Some(ip),
@@ -496,38 +513,41 @@ pub(crate) fn allocate_network(
 }
 
 /// Names interfaces per sandbox: names held before, then explicit names, then eth0, eth1, ...
-/// for the rest in creation order, keeping names assigned earlier.
-fn assign_interfaces(local: &[(String, &Attachment, CheckedAttachment)], held: &Allocations, out: &mut Plan) -> BTreeMap<String, String> {
-    let mut by_sandbox: BTreeMap<SandboxRef, Vec<&(String, &Attachment, CheckedAttachment)>> = BTreeMap::new();
-    for entry in local {
+/// for the rest in creation order, keeping names assigned earlier. The
+/// answer is by position in `local`; failed attachments have none.
+fn assign_interfaces(local: &[(String, &Attachment, CheckedAttachment)], held: &Allocations, out: &mut Plan) -> Vec<Option<String>> {
+    let mut by_sandbox: BTreeMap<&SandboxRef, Vec<usize>> = BTreeMap::new();
+    for (position, entry) in local.iter().enumerate() {
         if let SandboxChoice::Namespace(sandbox) = &entry.2.sandbox {
-            by_sandbox.entry(sandbox.clone()).or_default().push(entry);
+            by_sandbox.entry(sandbox).or_default().push(position);
         }
     }
-    let mut names = BTreeMap::new();
+    let mut names: Vec<Option<String>> = vec![None; local.len()];
     for members in by_sandbox.values() {
         // interface name -> attachment holding it, within this sandbox
-        let mut taken: BTreeMap<String, String> = BTreeMap::new();
+        let mut taken: HashMap<String, &str> = HashMap::new();
         // Names held from earlier reconciles come first: a running
         // container's interface is never renamed because of a newcomer.
-        for (key, att, _) in members.iter() {
-            let Some(ifname) = held.endpoints.get(key.as_str()).and_then(|h| h.interface.clone()) else {
+        for &i in members {
+            let (key, att, _) = &local[i];
+            let Some(ifname) = held.endpoints.get(key.as_str()).and_then(|h| h.interface.as_ref()) else {
                 continue;
             };
-            if att.spec.interface.as_ref().is_none_or(|wanted| wanted == &ifname) && !taken.contains_key(&ifname) {
-                taken.insert(ifname.clone(), key.clone());
-                names.insert(key.clone(), ifname);
+            if att.spec.interface.as_ref().is_none_or(|wanted| wanted == ifname) && !taken.contains_key(ifname) {
+                taken.insert(ifname.clone(), key);
+                names[i] = Some(ifname.clone());
             }
         }
         // Then explicit names, in creation order.
-        for (key, att, _) in members.iter() {
-            let Some(ifname) = att.spec.interface.clone() else {
+        for &i in members {
+            let (key, att, _) = &local[i];
+            let Some(ifname) = &att.spec.interface else {
                 continue;
             };
-            if names.contains_key(key) {
+            if names[i].is_some() {
                 continue;
             }
-            match taken.get(&ifname) {
+            match taken.get(ifname) {
                 Some(holder) => {
                     out.attachments.entry(key.clone()).or_insert(Err(Failure::new(
                         reason::INTERFACE_CONFLICT,
@@ -535,23 +555,24 @@ fn assign_interfaces(local: &[(String, &Attachment, CheckedAttachment)], held: &
                     )));
                 }
                 None => {
-                    taken.insert(ifname.clone(), key.clone());
-                    names.insert(key.clone(), ifname);
+                    taken.insert(ifname.clone(), key);
+                    names[i] = Some(ifname.clone());
                 }
             }
         }
         // The rest: the lowest free ethN, in creation order.
         let mut next = 0;
-        for (key, _, _) in members.iter() {
-            if names.contains_key(key) || out.attachments.contains_key(key) {
+        for &i in members {
+            let key = &local[i].0;
+            if names[i].is_some() || out.attachments.contains_key(key) {
                 continue;
             }
             while taken.contains_key(&format!("eth{next}")) {
                 next += 1;
             }
             let ifname = format!("eth{next}");
-            taken.insert(ifname.clone(), key.clone());
-            names.insert(key.clone(), ifname);
+            taken.insert(ifname.clone(), key);
+            names[i] = Some(ifname);
         }
     }
     names
@@ -559,14 +580,14 @@ fn assign_interfaces(local: &[(String, &Attachment, CheckedAttachment)], held: &
 
 /// One default route per sandbox: an explicit `defaultRoute: true` wins over
 /// the default; ties go to the earliest created. Internal and null networks
-/// never carry it.
-fn choose_default_routes(
-    local: &[(String, &Attachment, CheckedAttachment)],
+/// never carry it. The answer is a position in `local`.
+fn choose_default_routes<'a>(
+    local: &'a [(String, &Attachment, CheckedAttachment)],
     networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
     out: &Plan,
-) -> BTreeMap<SandboxRef, String> {
-    let mut chosen: BTreeMap<SandboxRef, (bool, String)> = BTreeMap::new();
-    for (key, att, checked) in local {
+) -> HashMap<&'a SandboxRef, usize> {
+    let mut chosen: HashMap<&SandboxRef, (bool, usize)> = HashMap::new();
+    for (position, (key, att, checked)) in local.iter().enumerate() {
         let SandboxChoice::Namespace(sandbox) = &checked.sandbox else {
             continue;
         };
@@ -584,11 +605,11 @@ fn choose_default_routes(
             Some((true, _)) => {}
             Some((false, _)) if !explicit => {}
             _ => {
-                chosen.insert(sandbox.clone(), (explicit, key.clone()));
+                chosen.insert(sandbox, (explicit, position));
             }
         }
     }
-    chosen.into_iter().map(|(s, (_, k))| (s, k)).collect()
+    chosen.into_iter().map(|(s, (_, i))| (s, i)).collect()
 }
 
 #[cfg(test)]

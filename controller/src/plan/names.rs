@@ -8,15 +8,17 @@
 //! `bridge` network there is no embedded DNS: the resolvers are used directly.
 
 use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
+use std::fmt::Write;
 use std::net::IpAddr;
 
 use kube::ResourceExt;
 
 use super::network::{ResolvedNetwork, DEFAULT_BRIDGE_NETWORK};
 use super::outcome::Failure;
-use super::{AttachmentInfo, Plan};
+use super::{AttachmentInfo, Local, Plan};
 use crate::api::Attachment;
-use crate::objects::{namespace_of, ObjectSet};
 
 /// What the embedded DNS server answers, per network: built by the plan,
 /// served by `resolver`. Names are lower-case, without a trailing dot.
@@ -41,14 +43,14 @@ pub struct NameClient {
 
 /// The table for every ready attachment on a network with embedded DNS:
 /// its Attachment name, netns name, hostname and aliases.
-pub fn name_table(objects: &ObjectSet, networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>, out: &Plan) -> NameTable {
+/// `local` is this node's checked attachments, in creation order.
+pub fn name_table(local: &[Local<'_>], networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>, out: &Plan) -> NameTable {
     let mut table = NameTable::default();
-    let mut sandbox_networks: BTreeMap<String, (Vec<String>, Vec<IpAddr>)> = BTreeMap::new();
+    let mut sandbox_networks: HashMap<&str, (Vec<String>, Vec<IpAddr>)> = HashMap::new();
     let mut members: Vec<(&Attachment, &AttachmentInfo)> = Vec::new();
-    for att in &objects.attachments {
-        let key = format!("{}/{}", namespace_of(att), att.name_any());
-        let Some(Ok(info)) = out.attachments.get(&key) else { continue };
-        let Some(sandbox) = info.sandbox_path.clone() else { continue };
+    for (key, att, _) in local {
+        let Some(Ok(info)) = out.attachments.get(key) else { continue };
+        let Some(sandbox) = info.sandbox_path.as_deref() else { continue };
         let entry = sandbox_networks.entry(sandbox).or_default();
         entry.0.push(info.network.clone());
         if let Some(dns) = &att.spec.dns {
@@ -66,7 +68,10 @@ pub fn name_table(objects: &ObjectSet, networks: &BTreeMap<String, Result<Resolv
         names.extend(att.spec.sandbox.netns.clone());
         names.extend(att.spec.hostname.clone());
         names.extend(att.spec.aliases.iter().cloned());
-        let records = table.records.entry(info.network.clone()).or_default();
+        if !table.records.contains_key(&info.network) {
+            table.records.insert(info.network.clone(), BTreeMap::new());
+        }
+        let records = table.records.get_mut(&info.network).expect("inserted above");
         for name in names {
             let list = records.entry(name.to_ascii_lowercase()).or_default();
             for a in &addrs {
@@ -75,9 +80,12 @@ pub fn name_table(objects: &ObjectSet, networks: &BTreeMap<String, Result<Resolv
                 }
             }
         }
+        if !addrs.is_empty() && !table.reverse.contains_key(&info.network) {
+            table.reverse.insert(info.network.clone(), BTreeMap::new());
+        }
         for a in &addrs {
-            table.reverse.entry(info.network.clone()).or_default().insert(*a, att.name_any().to_ascii_lowercase());
-            if let Some(sandbox) = &info.sandbox_path {
+            table.reverse.get_mut(&info.network).expect("inserted above").insert(*a, att.name_any().to_ascii_lowercase());
+            if let Some(sandbox) = info.sandbox_path.as_deref() {
                 let (nets, upstreams) = sandbox_networks[sandbox].clone();
                 table.clients.insert(*a, NameClient { networks: nets, upstreams });
             }
@@ -106,34 +114,34 @@ pub fn has_embedded_dns(net: &ResolvedNetwork) -> bool {
     net.has_bridge() && net.name != DEFAULT_BRIDGE_NETWORK && net.subnet_v4().is_some()
 }
 
-/// Builds the files of every managed sandbox from its ready attachments.
+/// Builds the files of every managed sandbox from its ready attachments
+/// (`local`: this node's checked attachments, in creation order).
 pub fn sandbox_files(
-    objects: &ObjectSet,
+    local: &[Local<'_>],
     networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
     node_resolvers: &[IpAddr],
     embedded_dns: bool,
     out: &Plan,
 ) -> Vec<SandboxFiles> {
-    let mut by_netns: BTreeMap<String, Vec<(&Attachment, &AttachmentInfo)>> = BTreeMap::new();
-    for att in &objects.attachments {
-        let key = format!("{}/{}", namespace_of(att), att.name_any());
-        let Some(Ok(info)) = out.attachments.get(&key) else { continue };
-        let Some(netns) = att.spec.sandbox.netns.as_ref() else { continue };
-        by_netns.entry(netns.clone()).or_default().push((att, info));
+    let mut by_netns: BTreeMap<&str, Vec<(&Attachment, &AttachmentInfo)>> = BTreeMap::new();
+    for (key, att, _) in local {
+        let Some(Ok(info)) = out.attachments.get(key) else { continue };
+        let Some(netns) = att.spec.sandbox.netns.as_deref() else { continue };
+        by_netns.entry(netns).or_default().push((att, info));
     }
     let mut files = Vec::new();
     for (netns, members) in by_netns {
-        let hostname = members.iter().find_map(|(a, _)| a.spec.hostname.clone()).unwrap_or_else(|| netns.clone());
+        let hostname = members.iter().find_map(|(a, _)| a.spec.hostname.as_deref()).unwrap_or(netns);
         let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n");
         for (_, info) in &members {
             for addr in info.ipv4.iter().chain(info.ipv6.iter()) {
-                hosts.push_str(&format!("{}\t{hostname}\n", addr.addr()));
+                let _ = writeln!(hosts, "{}\t{hostname}", addr.addr());
             }
         }
         for (a, _) in &members {
             for entry in &a.spec.extra_hosts {
                 if let Some((name, addr)) = entry.split_once(':') {
-                    hosts.push_str(&format!("{addr}\t{name}\n"));
+                    let _ = writeln!(hosts, "{addr}\t{name}");
                 }
             }
         }
@@ -153,7 +161,7 @@ pub fn sandbox_files(
         };
         let mut resolv = String::from("# generated by netlet\n");
         for ns in &nameservers {
-            resolv.push_str(&format!("nameserver {ns}\n"));
+            let _ = writeln!(resolv, "nameserver {ns}");
         }
         if !dns.searches.is_empty() {
             resolv.push_str(&format!("search {}\n", dns.searches.join(" ")));
@@ -161,7 +169,7 @@ pub fn sandbox_files(
         if !dns.options.is_empty() {
             resolv.push_str(&format!("options {}\n", dns.options.join(" ")));
         }
-        files.push(SandboxFiles { netns, hosts, resolv_conf: resolv });
+        files.push(SandboxFiles { netns: netns.to_string(), hosts, resolv_conf: resolv });
     }
     files
 }

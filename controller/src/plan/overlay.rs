@@ -20,7 +20,7 @@ use super::attachment::{self, SandboxChoice};
 use super::desired::{VxlanLink, VxlanRemote};
 use super::network::{ResolvedNetwork, Subnet, VXLAN_OVERHEAD};
 use super::outcome::{reason, Failure};
-use super::{ipam, is_local, AddressPair, Allocations, HeldEndpoint, NodeFacts, Plan};
+use super::{ipam, is_local, AddressPair, Allocations, HeldEndpoint, Member, NodeFacts, Plan};
 use crate::api::{Attachment, Driver};
 use crate::naming;
 use crate::objects::{namespace_of, ObjectSet};
@@ -90,12 +90,14 @@ pub fn allocate(
             .filter_map(|a| Some((key_of(a), attachment::check(a).ok()?)))
             .filter(|(_, c)| matches!(c.sandbox, SandboxChoice::Namespace(_)))
             .collect();
-        let requests: Vec<(&String, Option<IpAddr>, Option<IpAddr>)> = members.iter().map(|(key, c)| (key, c.ipv4, c.ipv6)).collect();
+        let requests: Vec<Member<'_>> = members.iter().map(|(key, c)| (key.as_str(), c.ipv4, c.ipv6)).collect();
         let results = match blocks {
             None => super::allocate_network(name, net, &requests, held),
             Some(blocks) => allocate_in_blocks(name, net, &requests, held, blocks),
         };
-        for (owner, result) in results {
+        for ((owner, _, _), result) in requests.iter().zip(results) {
+            let Some(result) = result else { continue };
+            let owner = owner.to_string();
             match result {
                 Ok((v4, v6)) => {
                     let h = out
@@ -121,10 +123,10 @@ pub fn allocate(
 fn allocate_in_blocks(
     name: &str,
     net: &ResolvedNetwork,
-    requests: &[(&String, Option<IpAddr>, Option<IpAddr>)],
+    requests: &[Member<'_>],
     held: &Allocations,
     blocks: &[IpNet],
-) -> BTreeMap<String, Result<AddressPair, Failure>> {
+) -> Vec<Option<Result<AddressPair, Failure>>> {
     let Some(v4) = net.subnet_v4().map(|s| s.net) else { return super::allocate_network(name, net, requests, held) };
     let scoped = |range: IpNet| {
         let mut n = net.clone();
@@ -134,7 +136,7 @@ fn allocate_in_blocks(
     if blocks.is_empty() {
         // No block yet: held and static addresses stand, dynamic ones wait.
         let mut out = super::allocate_network(name, &scoped(IpNet::from(v4.network())), requests, held);
-        for result in out.values_mut() {
+        for result in out.iter_mut().flatten() {
             if matches!(result, Err(f) if f.reason == reason::POOL_EXHAUSTED) {
                 *result = Err(Failure::new(
                     reason::ADDRESS_BLOCK_PENDING,
@@ -145,16 +147,17 @@ fn allocate_in_blocks(
         return out;
     }
     let mut held = held.clone();
-    let mut out = BTreeMap::new();
+    let mut out = Vec::new();
     for block in blocks {
         out = super::allocate_network(name, &scoped(*block), requests, &held);
-        for (owner, result) in &out {
-            if let Ok((v4, v6)) = result {
-                let h = held.endpoints.entry(owner.clone()).or_insert_with(|| HeldEndpoint { network: name.into(), ..Default::default() });
+        for ((owner, _, _), result) in requests.iter().zip(&out) {
+            if let Some(Ok((v4, v6))) = result {
+                let h =
+                    held.endpoints.entry(owner.to_string()).or_insert_with(|| HeldEndpoint { network: name.into(), ..Default::default() });
                 (h.network, h.ipv4, h.ipv6) = (name.into(), *v4, *v6);
             }
         }
-        if out.values().all(|r| r.is_ok()) {
+        if out.iter().flatten().all(|r| r.is_ok()) {
             break;
         }
     }

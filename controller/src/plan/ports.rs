@@ -1,7 +1,9 @@
 //! Port publishing: PortMappings expanded into single host-port bindings,
 //! ephemeral ports chosen and kept, conflicts decided by creation order.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt};
 use std::net::IpAddr;
 
 use kube::ResourceExt;
@@ -156,6 +158,15 @@ pub(super) fn plan_ports(
     out.desired.firewall.ports.sort();
 }
 
+/// `ports[i]` in messages, formatted only when one is written.
+struct PortIndex(usize);
+
+impl std::fmt::Display for PortIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ports[{}]", self.0)
+    }
+}
+
 /// Expands a PortMapping into single-port bindings for the attachment's addresses.
 fn wanted_bindings(
     pm: &PortMapping,
@@ -209,7 +220,7 @@ fn wanted_bindings(
         Ok(())
     };
     for (i, port) in pm.spec.ports.iter().enumerate() {
-        let what = format!("ports[{i}]");
+        let what = PortIndex(i);
         if port.container_port == 0 {
             return Err(Failure::invalid(format!("{what}.containerPort must be between 1 and 65535")));
         }
