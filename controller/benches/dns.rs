@@ -24,7 +24,7 @@ fn main() {
     table.clients.insert("127.0.0.1".parse().unwrap(), NameClient { networks: vec!["bench".into()], upstreams: vec![] });
     table.listen.push("127.0.0.1".parse().unwrap());
     let mut server = DnsServer::new(port);
-    rt.block_on(server.update(&table, vec![]));
+    rt.block_on(server.update(&std::sync::Arc::new(table), vec![]));
     // Clients in threads; the server runs on this thread's runtime.
     let duration = Duration::from_secs(3);
     let clients: Vec<_> = (0..4)

@@ -21,8 +21,8 @@ pub struct DesiredState {
     pub vxlans: Vec<VxlanLink>,
     /// /etc/netns/<name>/{hosts,resolv.conf} of managed sandboxes.
     pub sandbox_files: Vec<super::names::SandboxFiles>,
-    /// What the embedded DNS server answers.
-    pub names: super::names::NameTable,
+    /// What the embedded DNS server answers (shared with it, not copied).
+    pub names: std::sync::Arc<super::names::NameTable>,
     pub firewall: FirewallPlan,
     /// net.ipv4.ip_forward / net.ipv6.conf.all.forwarding in the node namespace.
     pub ipv4_forwarding: bool,

@@ -314,7 +314,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
     out.desired.vxlans = overlay::vxlans(objects, node, &networks, &overlay_addresses);
     out.desired.sandbox_files = names::sandbox_files(&local, &networks, &node.resolvers, node.embedded_dns, &out);
     if node.embedded_dns {
-        out.desired.names = names::name_table(&local, &networks, &out);
+        out.desired.names = std::sync::Arc::new(names::name_table(&local, &networks, &out));
     }
 
     out.desired.sandboxes = sandboxes.into_iter().map(|sandbox| SandboxSpec { sandbox }).collect();

@@ -26,7 +26,7 @@ pub struct DnsStats {
 }
 
 pub struct DnsServer {
-    table: Arc<RwLock<NameTable>>,
+    table: Arc<RwLock<Arc<NameTable>>>,
     node_resolvers: Arc<RwLock<Vec<IpAddr>>>,
     listeners: BTreeMap<IpAddr, JoinHandle<()>>,
     port: u16,
@@ -49,10 +49,12 @@ impl DnsServer {
 
     /// Swaps in a new table (live at once) and listens exactly on its
     /// addresses; an address that cannot be bound yet is retried next time.
-    pub async fn update(&mut self, table: &NameTable, node_resolvers: Vec<IpAddr>) {
+    pub async fn update(&mut self, table: &Arc<NameTable>, node_resolvers: Vec<IpAddr>) {
         *self.node_resolvers.write().expect("not poisoned") = node_resolvers;
-        if *self.table.read().expect("not poisoned") != *table {
-            *self.table.write().expect("not poisoned") = table.clone();
+        let current = self.table.read().expect("not poisoned").clone();
+        if !Arc::ptr_eq(&current, table) && *current != **table {
+            // The replaced table is freed here, outside the lock.
+            let _replaced = std::mem::replace(&mut *self.table.write().expect("not poisoned"), table.clone());
         }
         self.listeners.retain(|addr, task| {
             let keep = table.listen.contains(addr) && !task.is_finished();
@@ -93,7 +95,7 @@ impl Drop for DnsServer {
 
 async fn serve(
     socket: Arc<UdpSocket>,
-    table: Arc<RwLock<NameTable>>,
+    table: Arc<RwLock<Arc<NameTable>>>,
     resolvers: Arc<RwLock<Vec<IpAddr>>>,
     rotation: Arc<AtomicUsize>,
     stats: Arc<DnsStats>,
@@ -111,7 +113,7 @@ async fn serve(
         };
         let packet = buf[..len].to_vec();
         let reply = {
-            let table = table.read().expect("not poisoned");
+            let table = table.read().expect("not poisoned").clone();
             answer(&table, peer.ip(), &packet, rotation.fetch_add(1, Ordering::Relaxed))
         };
         match reply {
