@@ -150,21 +150,27 @@ impl ManifestCache {
         }
         // Merge in file order; a key defined twice keeps its first definition.
         let mut loaded = Loaded::default();
-        let mut seen = BTreeSet::new();
+        let goods = || self.files.values().filter_map(|e| e.good.as_ref());
+        let objects = &mut loaded.objects;
+        objects.networks.reserve(goods().map(|g| g.networks.len()).sum());
+        objects.attachments.reserve(goods().map(|g| g.attachments.len()).sum());
+        objects.port_mappings.reserve(goods().map(|g| g.port_mappings.len()).sum());
+        let count = goods().map(ObjectSet::len).sum();
+        let mut seen: foldhash::HashSet<ObjectKey> = foldhash::HashSet::with_capacity_and_hasher(count, Default::default());
         for (file, entry) in &self.files {
             loaded.errors.extend(entry.errors.iter().cloned());
             let Some(good) = &entry.good else { continue };
             let mut dup = |key: ObjectKey, loaded: &mut Loaded| {
-                let fresh = seen.insert(key.clone());
-                if !fresh {
+                if seen.contains(&key) {
                     loaded.errors.push(LoadError {
                         file: file.clone(),
                         document: 0,
                         key: Some(key),
                         message: "defined more than once; the first definition is used".into(),
                     });
+                    return false;
                 }
-                fresh
+                seen.insert(key)
             };
             for n in &good.networks {
                 if dup(crate::objects::network_key(n), &mut loaded) {
