@@ -297,6 +297,11 @@ impl Reconciler {
         let t_status = started.elapsed();
         let mut mutations_by_kind = report.mutations.clone();
         self.dataplane.finish_deletions().await.record(&mut mutations_by_kind, &mut node_errors);
+        if report.owned_to_record {
+            if let Err(e) = self.state.store_owned(&self.owned) {
+                node_errors.push(format!("recording namespace removals: {e}"));
+            }
+        }
         tracing::debug!(?t_facts, ?t_plan, ?t_allocations, ?t_sync, ?t_status_computed, ?t_status, deletions = ?started.elapsed(), reused, full = report.full, "reconcile phases (cumulative)");
         self.dataplane.settle_events().await;
         drop((replaced_plan, replaced_objects));

@@ -49,6 +49,11 @@ pub struct SyncReport {
     /// Everything was re-read from the kernel (not only what events or
     /// changes pointed at).
     pub full: bool,
+    /// Deleted namespaces were dropped from `owned` but not recorded: the
+    /// caller records it once the pass has reported (a crash before that
+    /// only leaves names of namespaces already gone, which the next prune
+    /// drops).
+    pub owned_to_record: bool,
 }
 
 impl SyncReport {
@@ -85,8 +90,9 @@ pub struct Dataplane {
     passes_since_full: u32,
     /// The desired-state generation of the previous pass.
     last_generation: Option<u64>,
-    /// Sandboxes verified in sync, with the endpoints they were verified for.
-    verified: HashMap<String, Vec<Endpoint>>,
+    /// Sandboxes verified in sync, with the endpoints they were verified
+    /// for (by sandbox, not path: a pass looks up every one of them).
+    verified: HashMap<SandboxRef, Vec<Endpoint>>,
     last_firewall: Option<crate::plan::desired::FirewallPlan>,
     /// Advanced as a pass goes (`--once` on a terminal draws it).
     pub progress: Option<std::sync::Arc<crate::progress::Progress>>,
@@ -728,9 +734,8 @@ impl Dataplane {
             .filter_map(|s| s.sandbox.netns_name().map(|_| &s.sandbox))
             .filter_map(|s| match s {
                 SandboxRef::Managed(name) => {
-                    let path = s.path();
-                    let known = !full && self.verified.contains_key(&path);
-                    (!known && !netns::is_namespace(Path::new(&path))).then_some(name)
+                    let known = !full && self.verified.contains_key(s);
+                    (!known && !netns::is_namespace(Path::new(&s.path()))).then_some(name)
                 }
                 _ => None,
             })
@@ -797,14 +802,13 @@ impl Dataplane {
         for ep in &desired.endpoints {
             by_sandbox.entry(&ep.sandbox).or_default().push(ep);
         }
-        let wanted: BTreeSet<String> = by_sandbox.keys().map(|s| s.path()).collect();
-        self.verified.retain(|path, _| wanted.contains(path));
+        self.verified.retain(|sandbox, _| by_sandbox.contains_key(sandbox));
         for (sandbox, endpoints) in by_sandbox {
-            let path = sandbox.path();
-            if !full && self.verified.get(&path).is_some_and(|v| v.iter().eq(endpoints.iter().copied())) {
+            if !full && self.verified.get(sandbox).is_some_and(|v| v.iter().eq(endpoints.iter().copied())) {
                 continue;
             }
-            self.verified.remove(&path);
+            self.verified.remove(sandbox);
+            let path = sandbox.path();
             let handle = match self.sandbox(sandbox) {
                 Ok(h) => (h.netlink.clone(), h.file.try_clone()),
                 Err(f) => {
@@ -827,7 +831,7 @@ impl Dataplane {
                 p.step();
             }
             if endpoints.iter().all(|ep| !report.endpoint_errors.contains_key(&ep.owner)) {
-                self.verified.insert(path, endpoints.iter().map(|e| (*e).clone()).collect());
+                self.verified.insert(sandbox.clone(), endpoints.iter().map(|e| (*e).clone()).collect());
             }
         }
     }
@@ -1190,13 +1194,8 @@ impl Dataplane {
                 Err(e) => report.node_errors.push(format!("deleting namespace {name}: {e}")),
             }
         }
-        // Recorded after the fact, once: a crash before this only leaves
-        // names of namespaces already gone, which the next prune drops.
-        if owned.netns.len() != owned_before {
-            if let Err(e) = record_owned(owned) {
-                report.node_errors.push(format!("recording namespace removals: {e}"));
-            }
-        }
+        // Recorded after the fact, by the caller, once the pass reported.
+        report.owned_to_record |= owned.netns.len() != owned_before;
     }
 }
 
