@@ -8,8 +8,11 @@
 //!   namespaces), so a wiped state dir does not orphan them either.
 //! - `status.json`: the last status of every object, for `netlet get`.
 //!
-//! Every file is written atomically: temp file, rename; the records that
-//! must survive a crash (allocations, owned) also fsync file and dir.
+//! Every file is written atomically: temp file, rename. Allocations must
+//! survive the machine and also fsync file and dir; owned.json only needs
+//! to survive the agent (what it lists, namespaces and the links in them,
+//! does not outlive the machine), so it is not fsynced: it is written
+//! before each namespace is created, on the path of every add.
 //! A file that cannot be parsed is reported and set aside (`*.corrupt`),
 //! never silently trusted.
 
@@ -98,16 +101,16 @@ impl StateDir {
         }
     }
 
-    fn store<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+    fn store<T: Serialize>(&self, name: &str, value: &T, durable: bool) -> Result<(), StateError> {
         let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Encode { file: name.into(), source })?;
-        write_atomically(&self.dir, name, &bytes, true).map_err(|source| StateError::Io { dir: self.dir.clone(), source })
+        write_atomically(&self.dir, name, &bytes, durable).map_err(|source| StateError::Io { dir: self.dir.clone(), source })
     }
 
     pub fn load_allocations(&self) -> Allocations {
         self.load("allocations.json")
     }
     pub fn store_allocations(&self, a: &Allocations) -> Result<(), StateError> {
-        self.store("allocations.json", a)
+        self.store("allocations.json", a, true)
     }
     /// As [`StateDir::store_allocations`], on a thread of its own (encoding
     /// and two fsyncs take a few milliseconds); the returned write is
@@ -141,9 +144,9 @@ impl StateDir {
         owned
     }
     pub fn store_owned(&self, o: &Owned) -> Result<(), StateError> {
-        self.store("owned.json", o)?;
+        self.store("owned.json", o, false)?;
         if let Some(runtime) = self.runtime() {
-            if let Err(e) = runtime.store("owned.json", o) {
+            if let Err(e) = runtime.store("owned.json", o, false) {
                 tracing::warn!(error = %e, "cannot keep the runtime copy of owned.json");
             }
         }
@@ -215,9 +218,10 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> std:
             f.sync_all()?;
         }
     }
-    // Releasing the file replaced (freeing a megabyte of page cache takes
-    // ~1 ms) is left to the last holder of it: a thread of its own.
-    let replaced = if durable { None } else { fs::File::open(dir.join(name)).ok() };
+    // Releasing a large file replaced (freeing a megabyte of page cache
+    // takes ~1 ms) is left to the last holder of it: a thread of its own.
+    let large = bytes.len() > 256 * 1024;
+    let replaced = if durable || !large { None } else { fs::File::open(dir.join(name)).ok() };
     fs::rename(&tmp, dir.join(name))?;
     if let Some(old) = replaced {
         let _ = std::thread::Builder::new().name("release-old-file".into()).spawn(move || drop(old));
