@@ -96,7 +96,7 @@ pub struct Dataplane {
     last_firewall: Option<crate::plan::desired::FirewallPlan>,
     /// Advanced as a pass goes (`--once` on a terminal draws it).
     pub progress: Option<std::sync::Arc<crate::progress::Progress>>,
-    last_files: Option<Vec<crate::plan::names::SandboxFiles>>,
+    last_files: Option<std::sync::Arc<Vec<crate::plan::names::SandboxFiles>>>,
     /// Generation of the desired state the previous pass converged to
     /// without errors.
     last_clean: Option<u64>,
@@ -399,10 +399,17 @@ impl Dataplane {
         if full || self.last_files.as_ref() != Some(&desired.sandbox_files) {
             let mut ok = true;
             // A quick pass rewrites only what changed since the last clean
-            // write; a full pass checks every file against its content.
-            let unchanged: BTreeSet<&crate::plan::names::SandboxFiles> =
-                if full { BTreeSet::new() } else { self.last_files.iter().flatten().collect() };
-            for f in desired.sandbox_files.iter().filter(|f| !unchanged.contains(f)) {
+            // write; a full pass checks every file against its content. The
+            // lists are sorted by namespace name (a miss only costs a look
+            // at the files on disk).
+            let last: &[crate::plan::names::SandboxFiles] = match (&self.last_files, full) {
+                (Some(last), false) => last,
+                _ => &[],
+            };
+            let unchanged = |f: &crate::plan::names::SandboxFiles| {
+                last.binary_search_by(|l| l.netns.cmp(&f.netns)).is_ok_and(|i| last[i] == *f)
+            };
+            for f in desired.sandbox_files.iter().filter(|f| !unchanged(f)) {
                 match files::ensure(f) {
                     Ok(n) => (0..n).for_each(|_| report.mutated("file")),
                     Err(e) => {

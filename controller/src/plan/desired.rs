@@ -19,8 +19,9 @@ pub struct DesiredState {
     pub endpoints: Vec<Endpoint>,
     /// VXLAN devices of overlay networks, with their static remotes.
     pub vxlans: Vec<VxlanLink>,
-    /// /etc/netns/<name>/{hosts,resolv.conf} of managed sandboxes.
-    pub sandbox_files: Vec<super::names::SandboxFiles>,
+    /// /etc/netns/<name>/{hosts,resolv.conf} of managed sandboxes, sorted by
+    /// name (shared with the dataplane, which keeps the last one written).
+    pub sandbox_files: std::sync::Arc<Vec<super::names::SandboxFiles>>,
     /// What the embedded DNS server answers (shared with it, not copied).
     pub names: std::sync::Arc<super::names::NameTable>,
     pub firewall: FirewallPlan,

@@ -312,7 +312,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
 
     ports::plan_ports(objects, node, held, &networks, &mut out);
     out.desired.vxlans = overlay::vxlans(objects, node, &networks, &overlay_addresses);
-    out.desired.sandbox_files = names::sandbox_files(&local, &networks, &node.resolvers, node.embedded_dns, &out);
+    out.desired.sandbox_files = std::sync::Arc::new(names::sandbox_files(&local, &networks, &node.resolvers, node.embedded_dns, &out));
     if node.embedded_dns {
         out.desired.names = std::sync::Arc::new(names::name_table(&local, &networks, &out));
     }
