@@ -406,9 +406,8 @@ impl Dataplane {
                 (Some(last), false) => last,
                 _ => &[],
             };
-            let unchanged = |f: &crate::plan::names::SandboxFiles| {
-                last.binary_search_by(|l| l.netns.cmp(&f.netns)).is_ok_and(|i| last[i] == *f)
-            };
+            let unchanged =
+                |f: &crate::plan::names::SandboxFiles| last.binary_search_by(|l| l.netns.cmp(&f.netns)).is_ok_and(|i| last[i] == *f);
             for f in desired.sandbox_files.iter().filter(|f| !unchanged(f)) {
                 match files::ensure(f) {
                     Ok(n) => (0..n).for_each(|_| report.mutated("file")),
