@@ -5,13 +5,18 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::unix::AsyncFd;
 
 pub struct FileWatch {
     inotify: AsyncFd<Handle>,
+    /// The directory watched.
+    dir: PathBuf,
     /// Names in the directory written to and not closed since: a write in
     /// progress, which must not be read half-done.
     writing: BTreeSet<OsString>,
@@ -47,7 +52,7 @@ impl FileWatch {
         // one is owned by the registration itself (its replacement is unsafe).
         #[allow(deprecated)]
         let inotify = AsyncFd::new(Handle(inotify)).ok()?;
-        Some(FileWatch { inotify, writing: BTreeSet::new() })
+        Some(FileWatch { inotify, dir: dir.to_path_buf(), writing: BTreeSet::new() })
     }
 
     /// Returns once something in the directory changed.
@@ -71,7 +76,9 @@ impl FileWatch {
 
     /// Whether no file named as `matters` says is being written, after
     /// taking in the events queued so far. A file is written from its
-    /// first modification to its close; renames and deletions end it too.
+    /// creation or first modification to its close; renames and deletions
+    /// end it too. (A file created empty and read before its first write
+    /// was a wasted pass, or worse.)
     pub fn quiet(&mut self, matters: impl Fn(&Path) -> bool) -> bool {
         if let Ok(events) = self.inotify.get_ref().0.read_events() {
             self.note(events);
@@ -82,11 +89,45 @@ impl FileWatch {
     fn note(&mut self, events: Vec<nix::sys::inotify::InotifyEvent>) {
         for e in events {
             let Some(name) = e.name else { continue };
-            if e.mask.contains(AddWatchFlags::IN_MODIFY) {
+            // A directory, symlink or hard link made here is never closed.
+            let opened = e.mask.contains(AddWatchFlags::IN_CREATE)
+                && !e.mask.contains(AddWatchFlags::IN_ISDIR)
+                && fs::symlink_metadata(self.dir.join(&name)).is_ok_and(|m| m.file_type().is_file() && m.nlink() == 1);
+            if e.mask.contains(AddWatchFlags::IN_MODIFY) || opened {
                 self.writing.insert(name);
             } else if e.mask.intersects(AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM) {
                 self.writing.remove(&name);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("netlet-watch-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[tokio::test]
+    async fn a_file_is_written_from_its_creation_to_its_close() {
+        let dir = temp_dir("create");
+        let mut watch = FileWatch::new(&dir).expect("inotify works here");
+        let any = |_: &Path| true;
+        let mut file = fs::File::create(dir.join("new.yaml")).unwrap();
+        assert!(!watch.quiet(any), "created, nothing written yet: not to be read");
+        file.write_all(b"kind: Network\n").unwrap();
+        assert!(!watch.quiet(any), "written, still open");
+        drop(file);
+        assert!(watch.quiet(any), "closed");
+        std::os::unix::fs::symlink(dir.join("new.yaml"), dir.join("link.yaml")).unwrap();
+        fs::create_dir(dir.join("sub")).unwrap();
+        assert!(watch.quiet(any), "a symlink or a directory is never closed: not a write");
+        let _ = fs::remove_dir_all(&dir);
     }
 }
