@@ -117,19 +117,10 @@ impl StateDir {
     /// waited for with [`AllocationsWrite::finish`].
     pub fn store_allocations_in_background(&self, a: Allocations) -> AllocationsWrite {
         let state = self.clone();
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let spawned = std::thread::Builder::new().name("store-allocations".into()).spawn(move || {
-            let written = state.store_allocations(&a).map(|()| a).map_err(|e| e.to_string());
-            let _ = tx.send(written);
-        });
-        match spawned {
-            Ok(_) => AllocationsWrite(rx),
-            Err(e) => {
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                let _ = tx.send(Err(format!("starting a thread to write allocations: {e}")));
-                AllocationsWrite(rx)
-            }
-        }
+        let spawned = std::thread::Builder::new()
+            .name("store-allocations".into())
+            .spawn(move || state.store_allocations(&a).map(|()| a).map_err(|e| e.to_string()));
+        AllocationsWrite(spawned.map_err(|e| format!("starting a thread to write allocations: {e}")))
     }
     /// What we created: the state dir's record joined with the runtime copy.
     pub fn load_owned(&self) -> Owned {
@@ -194,11 +185,14 @@ impl StateDir {
 
 /// An allocations write under way; `finish` waits for it and gives back
 /// what was made durable.
-pub struct AllocationsWrite(std::sync::mpsc::Receiver<Result<Allocations, String>>);
+pub struct AllocationsWrite(Result<std::thread::JoinHandle<Result<Allocations, String>>, String>);
 
 impl AllocationsWrite {
     pub fn finish(self) -> Result<Allocations, String> {
-        self.0.recv().unwrap_or_else(|_| Err("the thread writing allocations ended without an answer".into()))
+        match self.0 {
+            Ok(thread) => thread.join().unwrap_or_else(|_| Err("the thread writing allocations panicked".into())),
+            Err(e) => Err(e),
+        }
     }
 }
 
