@@ -8,11 +8,10 @@
 //! `bridge` network there is no embedded DNS: the resolvers are used directly.
 
 use std::collections::BTreeMap;
-
-use foldhash::{HashMap, HashMapExt};
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use foldhash::{HashMap, HashMapExt};
 use kube::ResourceExt;
 
 use super::network::{ResolvedNetwork, DEFAULT_BRIDGE_NETWORK};
@@ -68,10 +67,7 @@ pub fn name_table(local: &[Local<'_>], networks: &BTreeMap<String, Result<Resolv
         names.extend(att.spec.sandbox.netns.clone());
         names.extend(att.spec.hostname.clone());
         names.extend(att.spec.aliases.iter().cloned());
-        if !table.records.contains_key(&info.network) {
-            table.records.insert(info.network.clone(), BTreeMap::new());
-        }
-        let records = table.records.get_mut(&info.network).expect("inserted above");
+        let records = table.records.entry(info.network.clone()).or_default();
         for name in names {
             let list = records.entry(name.to_ascii_lowercase()).or_default();
             for a in &addrs {
@@ -80,11 +76,8 @@ pub fn name_table(local: &[Local<'_>], networks: &BTreeMap<String, Result<Resolv
                 }
             }
         }
-        if !addrs.is_empty() && !table.reverse.contains_key(&info.network) {
-            table.reverse.insert(info.network.clone(), BTreeMap::new());
-        }
         for a in &addrs {
-            table.reverse.get_mut(&info.network).expect("inserted above").insert(*a, att.name_any().to_ascii_lowercase());
+            table.reverse.entry(info.network.clone()).or_default().insert(*a, att.name_any().to_ascii_lowercase());
             if let Some(sandbox) = info.sandbox_path.as_deref() {
                 let (nets, upstreams) = sandbox_networks[sandbox].clone();
                 table.clients.insert(*a, NameClient { networks: nets, upstreams });
