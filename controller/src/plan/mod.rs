@@ -14,10 +14,9 @@ pub mod overlay;
 pub mod ports;
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use foldhash::{HashMap, HashMapExt};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use foldhash::{HashMap, HashMapExt};
 use ipnet::IpNet;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
@@ -515,7 +514,7 @@ pub(crate) fn allocate_network(
 /// Names interfaces per sandbox: names held before, then explicit names, then eth0, eth1, ...
 /// for the rest in creation order, keeping names assigned earlier. The
 /// answer is by position in `local`; failed attachments have none.
-fn assign_interfaces(local: &[(String, &Attachment, CheckedAttachment)], held: &Allocations, out: &mut Plan) -> Vec<Option<String>> {
+fn assign_interfaces(local: &[Local<'_>], held: &Allocations, out: &mut Plan) -> Vec<Option<String>> {
     let mut by_sandbox: BTreeMap<&SandboxRef, Vec<usize>> = BTreeMap::new();
     for (position, entry) in local.iter().enumerate() {
         if let SandboxChoice::Namespace(sandbox) = &entry.2.sandbox {
@@ -582,7 +581,7 @@ fn assign_interfaces(local: &[(String, &Attachment, CheckedAttachment)], held: &
 /// the default; ties go to the earliest created. Internal and null networks
 /// never carry it. The answer is a position in `local`.
 fn choose_default_routes<'a>(
-    local: &'a [(String, &Attachment, CheckedAttachment)],
+    local: &'a [Local<'_>],
     networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
     out: &Plan,
 ) -> HashMap<&'a SandboxRef, usize> {

@@ -2,10 +2,9 @@
 //! ephemeral ports chosen and kept, conflicts decided by creation order.
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use foldhash::{HashMap, HashMapExt};
 use std::net::IpAddr;
 
+use foldhash::{HashMap, HashMapExt};
 use kube::ResourceExt;
 
 use super::desired::PublishedPort;
