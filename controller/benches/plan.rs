@@ -4,6 +4,10 @@
 //! part of a churn pass that grows with N.
 //! `cargo bench --bench plan`; NETLET_BENCH_N picks N (default 1000).
 
+/// The agent's allocator (src/main.rs), so the CPU measured is the agent's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -9,6 +9,27 @@ use netlet::api::Kind;
 use netlet::get::{self, OutputFormat, Query};
 use netlet::state::{StateDir, DEFAULT_STATE_DIR};
 
+/// Every pass builds and drops its plan and status as many small maps and
+/// strings; glibc's allocator spent ~40% of a churn pass's CPU on them
+/// (consolidating and unlinking free chunks), mimalloc a fraction of that.
+/// Built without transparent huge pages, which made a 1,000-attachment
+/// agent's resident memory 2 MiB pages of mostly nothing.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `purge_delay` (the header's option number; the crate keeps
+/// it unnamed). Memory a pass frees is returned to the OS only after this
+/// delay (1 s by default), so passes in quick succession (cold start, a
+/// burst of changes) kept each other's garbage resident: a 1,000-attachment
+/// agent peaked at 54 MiB with the default, 42 MiB with no delay.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+fn tune_allocator() {
+    // SAFETY: called first thing in main, before any other thread exists
+    // (the setter is not thread-safe); the option takes a plain integer.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 #[derive(Parser)]
 #[command(name = "netlet", version, about = "Docker-style container networking as a declarative, self-healing node agent")]
 struct Cli {
@@ -105,6 +126,7 @@ fn node_name(given: Option<String>) -> String {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Crds => {
@@ -186,5 +208,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The option number is this mimalloc's: it and its neighbours have
+    /// their defaults (purge delay 1000 ms, all NUMA nodes, OS tag 100,
+    /// 32 errors shown), so a renumbering upstream fails here, not silently.
+    #[test]
+    fn purge_delay_option_number_matches_the_linked_mimalloc() {
+        let get = |o| unsafe { libmimalloc_sys::mi_option_get(o) };
+        assert_eq!(get(MI_OPTION_PURGE_DELAY), 1000);
+        assert_eq!(get(MI_OPTION_PURGE_DELAY + 1), 0);
+        assert_eq!(get(MI_OPTION_PURGE_DELAY + 3), 100);
+        assert_eq!(get(MI_OPTION_PURGE_DELAY + 4), 32);
     }
 }
