@@ -216,6 +216,41 @@ fn a_running_agent_follows_manifest_changes() {
     assert!(ports().is_empty());
 }
 
+/// A running agent makes the next namespace ahead of need (see
+/// `netns::Spare`): each attachment added later still gets a namespace of
+/// its own, new, and not the node's, and nothing unnamed is left in
+/// /run/netns.
+#[test]
+fn namespaces_made_ahead_are_each_new_and_their_own() {
+    let mut node = Node::new();
+    node.write(
+        "net.yaml",
+        "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: n}\nspec: {ipam: {config: [{subnet: 10.32.0.0/24}]}}\n",
+    );
+    node.spawn(&["--metrics-addr", "off"]);
+    wait_until("the bridge", Duration::from_secs(10), || link(&node.name, "nl-n").is_some());
+    for (i, name) in ["one", "two", "three"].iter().enumerate() {
+        node.write(
+            &format!("{name}.yaml"),
+            &format!("apiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: {name}}}\nspec: {{network: n, sandbox: {{netns: \"{{T}}{name}\"}}}}\n"),
+        );
+        let want = [format!("10.32.0.{}/24", i + 2)];
+        wait_until("the new attachment's address", Duration::from_secs(10), || addresses(&node.ns(name), "eth0") == want);
+    }
+    let inode = |path: &str| ok(&format!("stat -L -c %i {path}")).trim().to_string();
+    let mut seen: Vec<String> = ["one", "two", "three"].iter().map(|n| inode(&format!("/run/netns/{}", node.ns(n)))).collect();
+    seen.push(inode(&format!("/run/netns/{}", node.name)));
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 4, "three sandboxes and the node are four namespaces");
+    assert!(ping(&node.ns("one"), "10.32.0.4"), "one reaches three over the bridge");
+    assert!(ping(&node.ns("three"), "10.32.0.3"), "three reaches two over the bridge");
+    node.stop_agents();
+    let named = ok("ls /run/netns");
+    let ours = named.lines().filter(|l| l.starts_with(&node.tag)).count();
+    assert_eq!(ours, 4, "the node and its three sandboxes, nothing more: {named}");
+}
+
 #[test]
 fn a_bad_object_fails_alone_with_a_clear_reason() {
     let node = Node::new();

@@ -141,9 +141,11 @@ impl Reconciler {
         self.dns = Some(dns);
     }
 
-    /// Watch kernel events (long-running agents): see `Dataplane::watch_events`.
+    /// Watch kernel events, and keep a namespace made ahead (long-running
+    /// agents): see `Dataplane::watch_events` and `keep_spare_namespace`.
     pub fn watch_events(&mut self, wake: Arc<tokio::sync::Notify>) {
         self.dataplane.watch_events(wake);
+        self.dataplane.keep_spare_namespace();
     }
 
     /// The last computed status of every object.
@@ -297,6 +299,7 @@ impl Reconciler {
         let t_status = started.elapsed();
         let mut mutations_by_kind = report.mutations.clone();
         self.dataplane.finish_deletions().await.record(&mut mutations_by_kind, &mut node_errors);
+        self.dataplane.refill_spare_namespace();
         if report.owned_to_record {
             if let Err(e) = self.state.store_owned(&self.owned) {
                 node_errors.push(format!("recording namespace removals: {e}"));

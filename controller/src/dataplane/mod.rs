@@ -110,6 +110,8 @@ pub struct Dataplane {
     node_ipv6_conf: sysctl::Ipv6Conf,
     /// Link deletions a pass started and has not yet seen finish.
     pending_deletions: Option<tokio::task::JoinHandle<LinkDeletions>>,
+    /// The next managed namespace, made between passes (long-running agents).
+    spare_netns: netns::Spare,
 }
 
 /// What deleting stale node links came to: one outcome per link.
@@ -240,6 +242,7 @@ impl Dataplane {
                 .inspect_err(|e| tracing::warn!(error = %e, "link deletions will hold up status writes"))
                 .ok(),
             pending_deletions: None,
+            spare_netns: netns::Spare::default(),
             node_ipv6_conf: sysctl::Ipv6Conf::open(),
         })
     }
@@ -252,6 +255,19 @@ impl Dataplane {
             Ok(counter) => self.events = Some(counter),
             Err(e) => tracing::warn!(error = %e, "no kernel events; every pass observes everything"),
         }
+    }
+
+    /// Keeps a namespace made ahead for the next attachment that needs one
+    /// (long-running agents; see [`netns::Spare`]).
+    pub fn keep_spare_namespace(&mut self) {
+        self.spare_netns = netns::Spare::wanted();
+        self.spare_netns.refill();
+    }
+
+    /// Makes the next spare namespace if the last one was used: called
+    /// after the status write, off the path to Ready.
+    pub fn refill_spare_namespace(&mut self) {
+        self.spare_netns.refill();
     }
 
     pub fn node(&self) -> &Netlink {
@@ -761,7 +777,7 @@ impl Dataplane {
             }
         }
         for name in missing {
-            match netns::create(name) {
+            match netns::create(name, &mut self.spare_netns) {
                 Ok(()) => {
                     report.mutated("netns");
                     fresh.insert(SandboxRef::Managed(name.clone()).path());

@@ -8,6 +8,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -55,28 +56,72 @@ pub fn is_namespace(path: &Path) -> bool {
 }
 
 /// Creates `/run/netns/<name>` holding a new network namespace with lo up
-/// left to the caller. Succeeds if it already exists as a namespace.
-pub fn create(name: &str) -> io::Result<()> {
+/// left to the caller. Succeeds if it already exists as a namespace. Takes
+/// the namespace from `spare` when one is made.
+pub fn create(name: &str, spare: &mut Spare) -> io::Result<()> {
     ensure_netns_dir()?;
     let path = Path::new(NETNS_DIR).join(name);
     if is_namespace(&path) {
         return Ok(());
     }
     OpenOptions::new().write(true).create(true).truncate(false).open(&path)?;
-    let target = path.clone();
-    let result = std::thread::spawn(move || -> io::Result<()> {
-        // unshare(CLONE_NEWNET) changes only this thread's namespace; the
-        // thread ends right after, and the bind mount keeps the namespace.
-        unshare(CloneFlags::CLONE_NEWNET)?;
-        mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
-        Ok(())
-    })
-    .join()
-    .map_err(|_| io::Error::other("netns creation thread panicked"))?;
+    let result = match spare.take() {
+        // The spare's descriptor is a link to the namespace, which a bind
+        // mount follows, as for /proc/thread-self/ns/net below.
+        Some(ns) => mount(Some(format!("/proc/self/fd/{}", ns.as_raw_fd()).as_str()), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(io::Error::from),
+        None => {
+            let target = path.clone();
+            std::thread::spawn(move || -> io::Result<()> {
+                // unshare(CLONE_NEWNET) changes only this thread's namespace; the
+                // thread ends right after, and the bind mount keeps the namespace.
+                unshare(CloneFlags::CLONE_NEWNET)?;
+                mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+                Ok(())
+            })
+            .join()
+            .map_err(|_| io::Error::other("netns creation thread panicked"))?
+        }
+    };
     if result.is_err() {
         let _ = fs::remove_file(&path);
     }
     result
+}
+
+/// A namespace made ahead of need, held open by descriptor only: the
+/// kernel's setup of a namespace (~1 ms with a thousand in place) is then
+/// done between passes, not on the path of the one that adds an
+/// attachment. Unnamed, it is nobody's and goes with the agent's process.
+#[derive(Default)]
+pub struct Spare {
+    /// Whether to make one at all (long-running agents).
+    wanted: bool,
+    making: Option<std::thread::JoinHandle<io::Result<File>>>,
+}
+
+impl Spare {
+    pub fn wanted() -> Self {
+        Spare { wanted: true, making: None }
+    }
+
+    /// Starts making the next spare when there is none.
+    pub fn refill(&mut self) {
+        if !self.wanted || self.making.is_some() {
+            return;
+        }
+        let made = std::thread::Builder::new().name("spare-netns".into()).spawn(|| {
+            unshare(CloneFlags::CLONE_NEWNET)?;
+            File::open("/proc/thread-self/ns/net")
+        });
+        self.making = made.inspect_err(|e| tracing::debug!(error = %e, "no spare namespace")).ok();
+    }
+
+    /// The spare, once made (waiting for it if it is being made).
+    fn take(&mut self) -> Option<File> {
+        let made = self.making.take()?.join().ok()?;
+        made.inspect_err(|e| tracing::debug!(error = %e, "the spare namespace could not be made")).ok()
+    }
 }
 
 /// Deletes `/run/netns/<name>`; succeeds if it is already gone.
