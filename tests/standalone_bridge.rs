@@ -251,6 +251,45 @@ fn namespaces_made_ahead_are_each_new_and_their_own() {
     assert_eq!(ours, 4, "the node and its three sandboxes, nothing more: {named}");
 }
 
+/// A running agent keeps its view of the node's links up to date with the
+/// changes of its own passes instead of dumping every link again. The
+/// agents of the tests are debug builds, which compare that view with a
+/// dump after every pass and log any difference.
+#[test]
+fn the_link_view_a_running_agent_keeps_matches_the_kernel() {
+    let mut node = Node::new();
+    node.write(
+        "net.yaml",
+        "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: n}\nspec: {ipam: {config: [{subnet: 10.33.0.0/24}]}}\n",
+    );
+    node.spawn(&["--metrics-addr", "off"]);
+    wait_until("the bridge", Duration::from_secs(10), || link(&node.name, "nl-n").is_some());
+    let attach = |node: &Node, name: &str, port: u16| {
+        node.write(
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: {name}}}\nspec: {{network: n, sandbox: {{netns: \"{{T}}{name}\"}}}}\n---\n\
+                 apiVersion: netlet.io/v1alpha1\nkind: PortMapping\nmetadata: {{name: {name}}}\nspec: {{attachment: {name}, ports: [{{containerPort: 80, hostPort: {port}}}]}}\n"
+            ),
+        );
+    };
+    let address_of = |node: &Node, name: &str| addresses(&node.ns(name), "eth0");
+    attach(&node, "a", 18081);
+    wait_until("a's address", Duration::from_secs(10), || address_of(&node, "a") == ["10.33.0.2/24"]);
+    attach(&node, "b", 18082);
+    wait_until("b's address", Duration::from_secs(10), || address_of(&node, "b") == ["10.33.0.3/24"]);
+    node.remove("a.yaml");
+    wait_until("a's namespace to go", Duration::from_secs(10), || !netns_exists(&node.ns("a")));
+    attach(&node, "c", 18083);
+    wait_until("c's address", Duration::from_secs(10), || address_of(&node, "c") == ["10.33.0.2/24"]);
+    assert!(ping(&node.ns("b"), "10.33.0.2"), "b reaches c over the bridge");
+    // The passes that follow our own kernel events, then a resync.
+    std::thread::sleep(Duration::from_millis(400));
+    let log = node.agent_log(0);
+    assert!(log.contains("reconciled"), "the agent logged its passes: {log}");
+    assert!(!log.contains("differs from the kernel"), "{log}");
+}
+
 #[test]
 fn a_bad_object_fails_alone_with_a_clear_reason() {
     let node = Node::new();

@@ -112,6 +112,30 @@ pub struct Dataplane {
     pending_deletions: Option<tokio::task::JoinHandle<LinkDeletions>>,
     /// The next managed namespace, made between passes (long-running agents).
     spare_netns: netns::Spare,
+    /// Node links this pass changed: the view is brought up to date from
+    /// them instead of dumped again.
+    view_changes: ViewChanges,
+}
+
+/// The node links a pass touched (created, changed, or whose addresses
+/// changed) by name, and deleted by index. Recorded before each change is
+/// sent, so a failed one is only looked at again.
+#[derive(Default)]
+struct ViewChanges {
+    touched: BTreeSet<String>,
+    gone: BTreeSet<u32>,
+}
+
+impl ViewChanges {
+    fn is_empty(&self) -> bool {
+        self.touched.is_empty() && self.gone.is_empty()
+    }
+
+    fn touch(&mut self, name: &str) {
+        if !self.touched.contains(name) {
+            self.touched.insert(name.to_string());
+        }
+    }
 }
 
 /// What deleting stale node links came to: one outcome per link.
@@ -243,6 +267,7 @@ impl Dataplane {
                 .ok(),
             pending_deletions: None,
             spare_netns: netns::Spare::default(),
+            view_changes: ViewChanges::default(),
             node_ipv6_conf: sysctl::Ipv6Conf::open(),
         })
     }
@@ -337,6 +362,54 @@ impl Dataplane {
         Ok(view)
     }
 
+    /// Brings the node view up to date with this pass's own changes: the
+    /// links it touched are read back one by one (a get each) and the
+    /// addresses dumped (a handful), instead of dumping every link again,
+    /// which with a thousand veths costs ~17 ms (the kernel looks up each
+    /// peer's namespace id) and made every change cost a second pass that
+    /// did it. Anything that cannot be read leaves no view: the next pass
+    /// dumps.
+    async fn update_node_view(&mut self) {
+        let changes = std::mem::take(&mut self.view_changes);
+        if changes.is_empty() {
+            return;
+        }
+        let Some(view) = self.node_view.take() else { return };
+        let mut links: Vec<Link> =
+            view.0.iter().filter(|l| !changes.gone.contains(&l.index) && !changes.touched.contains(&l.name)).cloned().collect();
+        for name in &changes.touched {
+            match self.node.link_by_name(name).await {
+                Ok(Some(link)) => {
+                    links.retain(|l| l.index != link.index);
+                    links.push(link);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "the node's links will be dumped again");
+                    return;
+                }
+            }
+        }
+        match self.node.addresses().await {
+            Ok(addresses) => self.node_view = Some(std::sync::Arc::new((links, addresses))),
+            Err(e) => tracing::debug!(error = %e, "the node's links will be dumped again"),
+        }
+        // Debug builds (the tests' agents) check the result against a dump
+        // (links being deleted may still be listed: a deletion of several
+        // finishes after the status write).
+        #[cfg(debug_assertions)]
+        if let (Some(view), Ok(mut dumped)) = (&self.node_view, netlink::dump_links().await) {
+            let mut patched = view.0.clone();
+            patched.sort_by_key(|l| l.index);
+            dumped.retain(|l| !changes.gone.contains(&l.index));
+            dumped.sort_by_key(|l| l.index);
+            if patched != dumped {
+                tracing::warn!(?patched, ?dumped, "node view brought up to date differs from the kernel's links");
+                self.node_view = None;
+            }
+        }
+    }
+
     /// Converges the node to `desired`, whose `generation` changes whenever
     /// it does. `owned` records the namespaces we created; `record_owned`
     /// persists it before anything relies on it.
@@ -380,6 +453,13 @@ impl Dataplane {
         let firewall_job = self.start_firewall(desired, full);
         self.set_phase("node", 0);
         self.sync_sysctls(desired, &mut report);
+        // A full pass reads the node's links afresh, not the view that
+        // earlier passes kept up to date with their own changes; so does a
+        // pass after one that did not finish bringing the view up to date.
+        if full || !self.view_changes.is_empty() {
+            self.node_view = None;
+            self.view_changes = ViewChanges::default();
+        }
         let view = match self.node_view().await {
             Ok(view) => view,
             Err(e) => {
@@ -448,12 +528,7 @@ impl Dataplane {
         // Sockets into sandboxes are cheap to reopen and cost a receive
         // buffer each: keep none between passes.
         self.sandboxes.clear();
-        // What this pass changed is not in the view; a pass that changed
-        // nothing leaves it as good as it was (the next change pass then
-        // starts without dumping every link again).
-        if report.total_mutations() > 0 {
-            self.node_view = None;
-        }
+        self.update_node_view().await;
         let clean = report.endpoint_errors.is_empty()
             && report.network_errors.is_empty()
             && report.node_errors.is_empty()
@@ -474,10 +549,11 @@ impl Dataplane {
             job.await.unwrap_or_else(|e| vec![Err(NetlinkError { op: "delete links".into(), message: e.to_string(), errno: None })]);
         let finished = FinishedDeletions::of(results);
         if !finished.errors.is_empty() {
-            // The next pass must look again, not trust this one.
+            // The next pass must look again, not trust this one (nor the
+            // view, which already left the links out).
             self.last_clean = None;
+            self.node_view = None;
         }
-        self.node_view = None;
         self.own_events_until = Some(tokio::time::Instant::now() + OWN_EVENTS_SETTLE);
         finished
     }
@@ -573,6 +649,7 @@ impl Dataplane {
                         ))
                     }
                     None => {
+                        self.view_changes.touch(&bridge.name);
                         self.node.create_bridge(&bridge.name, bridge.mtu, bridge.mac, &alias).await.map_err(|e| SyncReport::kernel(&e))?;
                         report.mutated("link");
                         self.node
@@ -589,6 +666,7 @@ impl Dataplane {
                     controller: None,
                 };
                 if !change.is_empty() {
+                    self.view_changes.touch(&bridge.name);
                     self.node.set_link(link.index, &bridge.name, change).await.map_err(|e| SyncReport::kernel(&e))?;
                     report.mutated("link");
                 }
@@ -596,10 +674,12 @@ impl Dataplane {
                     addresses.iter().filter(|a| a.index == link.index && !is_link_local(&a.net)).map(|a| a.net).collect();
                 let want: BTreeSet<IpNet> = bridge.addresses.iter().copied().collect();
                 for net in want.difference(&have) {
+                    self.view_changes.touch(&bridge.name);
                     self.node.add_address(link.index, *net, &bridge.name).await.map_err(|e| SyncReport::kernel(&e))?;
                     report.mutated("address");
                 }
                 for net in have.difference(&want) {
+                    self.view_changes.touch(&bridge.name);
                     self.node.delete_address(link.index, *net, &bridge.name).await.map_err(|e| SyncReport::kernel(&e))?;
                     report.mutated("address");
                 }
@@ -644,6 +724,7 @@ impl Dataplane {
                         return Err(Failure::new(reason::INTERFACE_CONFLICT, format!("a link named {} exists on the node and is not netlet's", vx.name)));
                     }
                     if l.kind.as_deref() != Some("vxlan") || l.vxlan != Some(want_identity) {
+                        self.view_changes.gone.insert(l.index);
                         self.node.delete_link(l.index, &vx.name).await.map_err(kernel)?;
                         report.mutated("link");
                         link = None;
@@ -653,6 +734,7 @@ impl Dataplane {
                     Some(l) => l,
                     None => {
                         let alias = format!("{OWNER_ALIAS_PREFIX}overlay/{}", vx.network);
+                        self.view_changes.touch(&vx.name);
                         self.node.create_vxlan(&vx.name, vx.vni, vx.port, local, vx.mtu, bridge, &alias).await.map_err(kernel)?;
                         report.mutated("link");
                         self.node
@@ -669,6 +751,7 @@ impl Dataplane {
                     mac: None,
                 };
                 if !change.is_empty() {
+                    self.view_changes.touch(&vx.name);
                     self.node.set_link(link.index, &vx.name, change).await.map_err(kernel)?;
                     report.mutated("link");
                 }
@@ -1019,6 +1102,7 @@ impl Dataplane {
                         mac: None,
                     };
                     if !change.is_empty() {
+                        self.view_changes.touch(host_name);
                         self.node.set_link(h.index, host_name, change).await.map_err(|e| SyncReport::kernel(&e))?;
                         report.mutated("link");
                     }
@@ -1044,10 +1128,12 @@ impl Dataplane {
                             format!("a link named {host_name} exists on the node and is not netlet's"),
                         ));
                     }
+                    self.view_changes.gone.insert(h.index);
                     self.node.delete_link(h.index, host_name).await.map_err(|e| SyncReport::kernel(&e))?;
                     report.mutated("link");
                 }
                 let alias = format!("{OWNER_ALIAS_PREFIX}attachment/{}", ep.owner);
+                self.view_changes.touch(host_name);
                 self.node
                     .create_veth(host_name, &alias, bridge_index, &ep.ifname, file, ep.mac, ep.mtu)
                     .await
@@ -1163,6 +1249,7 @@ impl Dataplane {
         let (bridges, others): (Vec<&Link>, Vec<&Link>) = stale.into_iter().partition(|l| l.kind.as_deref() == Some("bridge"));
         let group_is_free = !node_links.iter().any(|l| l.group == DOOMED_GROUP && !others.iter().any(|o| o.index == l.index));
         let doomed: Vec<(u32, String)> = others.iter().map(|l| (l.index, l.name.clone())).collect();
+        self.view_changes.gone.extend(doomed.iter().map(|(index, _)| *index));
         if !doomed.is_empty() {
             let netlink = self.unhurried.clone().unwrap_or_else(|| self.node.clone());
             let deletion = async move {
@@ -1185,6 +1272,7 @@ impl Dataplane {
             }
         }
         for link in bridges {
+            self.view_changes.gone.insert(link.index);
             match self.node.delete_link(link.index, &link.name).await {
                 Ok(()) => report.mutated("link"),
                 Err(e) => report.node_errors.push(e.to_string()),
