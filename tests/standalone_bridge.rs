@@ -189,15 +189,24 @@ spec: {network: n, sandbox: {netns: "{T}f"}}
     assert_eq!(node.status("attachments", "second")["ipv4Address"], "10.30.0.2/24");
 }
 
-#[test]
-fn a_running_agent_follows_manifest_changes() {
+/// A running agent whose manifests hold one bridge network `n` on
+/// `subnet`, once its bridge is up.
+fn agent_on_network_n(subnet: &str) -> Node {
     let mut node = Node::new();
     node.write(
         "net.yaml",
-        "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: n}\nspec: {ipam: {config: [{subnet: 10.31.0.0/24}]}}\n",
+        &format!(
+            "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {{name: n}}\nspec: {{ipam: {{config: [{{subnet: {subnet}}}]}}}}\n"
+        ),
     );
     node.spawn(&["--metrics-addr", "off"]);
     wait_until("the bridge", Duration::from_secs(10), || link(&node.name, "nl-n").is_some());
+    node
+}
+
+#[test]
+fn a_running_agent_follows_manifest_changes() {
+    let node = agent_on_network_n("10.31.0.0/24");
     node.write(
         "att.yaml",
         "apiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {name: late}\nspec: {network: n, sandbox: {netns: \"{T}late\"}}\n",
@@ -222,13 +231,7 @@ fn a_running_agent_follows_manifest_changes() {
 /// /run/netns.
 #[test]
 fn namespaces_made_ahead_are_each_new_and_their_own() {
-    let mut node = Node::new();
-    node.write(
-        "net.yaml",
-        "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: n}\nspec: {ipam: {config: [{subnet: 10.32.0.0/24}]}}\n",
-    );
-    node.spawn(&["--metrics-addr", "off"]);
-    wait_until("the bridge", Duration::from_secs(10), || link(&node.name, "nl-n").is_some());
+    let mut node = agent_on_network_n("10.32.0.0/24");
     for (i, name) in ["one", "two", "three"].iter().enumerate() {
         node.write(
             &format!("{name}.yaml"),
@@ -257,13 +260,7 @@ fn namespaces_made_ahead_are_each_new_and_their_own() {
 /// dump after every pass and log any difference.
 #[test]
 fn the_link_view_a_running_agent_keeps_matches_the_kernel() {
-    let mut node = Node::new();
-    node.write(
-        "net.yaml",
-        "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: n}\nspec: {ipam: {config: [{subnet: 10.33.0.0/24}]}}\n",
-    );
-    node.spawn(&["--metrics-addr", "off"]);
-    wait_until("the bridge", Duration::from_secs(10), || link(&node.name, "nl-n").is_some());
+    let node = agent_on_network_n("10.33.0.0/24");
     let attach = |node: &Node, name: &str, port: u16| {
         node.write(
             &format!("{name}.yaml"),
