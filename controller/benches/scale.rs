@@ -12,8 +12,9 @@
 //! - churn: add one attachment + mapping (and remove one) with N in place,
 //!   five times: the reconcile pass that realizes it, file-write-to-Ready,
 //!   and file-removal-to-gone (out of the status and its namespace
-//!   deleted), each up to the write of the status version that showed it
-//!   (the bench's own reading is not counted); medians
+//!   deleted), each up to the rename of the status version that showed
+//!   it into place, seen through inotify (the bench's own reading is not
+//!   counted); medians
 //! - peak RSS of the agent
 //! - teardown: everything removed (`--once` on an empty manifest set)
 //! - the floor: the same kernel work by a straight-line program in one
@@ -219,47 +220,60 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Durat
     started.elapsed()
 }
 
-/// One attachment as the status file shows it: `Some(ready)` while it is
-/// listed, `None` once it is not, with the modification time of the file
-/// version that showed it. The file is read only when its modification time
-/// moved since the last look (a poll every 2 ms that parsed a megabyte each
-/// time would take a core from the agent). A version's modification time
-/// is when the agent wrote it (it is renamed into place right after, never
-/// written again): the time to Ready is taken from it, so the bench's own
-/// reading and parsing are not counted.
-struct Followed {
-    seen: Option<std::time::SystemTime>,
-    ready: Option<bool>,
+/// Each new version of the status file, as the agent renames it into
+/// place, with the wall-clock time the rename was seen (inotify wakes this
+/// thread at once) and what it says of one attachment: `Some(ready)` while
+/// listed, `None` once not. File modification times are not used: a new
+/// file's can be a coarse clock tick (4 ms here) behind its write. Each
+/// version is read after its time is taken, so the bench's reading and
+/// parsing are not counted.
+struct StatusWatch {
+    versions: std::sync::mpsc::Receiver<(std::time::SystemTime, Option<bool>)>,
 }
 
-impl Followed {
-    /// From the file as it is now, the attachment known to be `ready`.
-    fn from_now(node: &Node, ready: Option<bool>) -> Self {
-        Followed { seen: fs::metadata(node.dir.join("state/status.json")).and_then(|m| m.modified()).ok(), ready }
+impl StatusWatch {
+    fn start(node: &Node, attachment: String) -> Self {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC).expect("inotify");
+        inotify.add_watch(&node.dir.join("state"), AddWatchFlags::IN_MOVED_TO).expect("watch the state directory");
+        let path = node.dir.join("state/status.json");
+        let (tx, versions) = std::sync::mpsc::channel();
+        std::thread::spawn(move || loop {
+            let Ok(events) = inotify.read_events() else { return };
+            if events.iter().any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED)) {
+                return; // the node's directory is gone
+            }
+            if !events.iter().any(|e| e.name.as_deref() == Some(std::ffi::OsStr::new("status.json"))) {
+                continue;
+            }
+            let at = std::time::SystemTime::now();
+            // Typed, reading only what is needed: parsing a megabyte into
+            // `serde_json::Value`s takes longer than the change being timed.
+            let Some(items) = fs::read_to_string(&path).ok().and_then(|text| serde_json::from_str::<Vec<Entry>>(&text).ok()) else {
+                continue;
+            };
+            let state = items
+                .iter()
+                .find(|e| e.kind == "Attachment" && e.metadata.name == attachment)
+                .map(|e| e.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")));
+            if tx.send((at, state)).is_err() {
+                return;
+            }
+        });
+        StatusWatch { versions }
     }
 
-    /// The attachment's state, and the modification time of the version
-    /// it was read from when that version is new.
-    fn poll(&mut self, node: &Node, attachment: &str) -> (Option<bool>, Option<std::time::SystemTime>) {
-        use std::io::Read as _;
-        // One open file: its time and its content belong to the same version.
-        let Ok(mut file) = fs::File::open(node.dir.join("state/status.json")) else { return (self.ready, None) };
-        let Ok(modified) = file.metadata().and_then(|m| m.modified()) else { return (self.ready, None) };
-        if self.seen == Some(modified) {
-            return (self.ready, None);
+    /// The next version written after `since`, waiting up to `timeout`.
+    fn next_after(&self, since: std::time::SystemTime, timeout: Duration) -> Option<(std::time::SystemTime, Option<bool>)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.versions.recv_timeout(left) {
+                Ok((at, state)) if at > since => return Some((at, state)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
         }
-        // Typed, reading only what is needed: parsing a megabyte into
-        // `serde_json::Value`s took longer than the change being timed.
-        let mut text = String::new();
-        let Some(items) = file.read_to_string(&mut text).ok().and_then(|_| serde_json::from_str::<Vec<Entry>>(&text).ok()) else {
-            return (self.ready, None);
-        };
-        self.seen = Some(modified);
-        self.ready = items
-            .iter()
-            .find(|e| e.kind == "Attachment" && e.metadata.name == attachment)
-            .map(|e| e.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")));
-        (self.ready, Some(modified))
     }
 }
 
@@ -463,49 +477,43 @@ fn measure(n: usize) -> Row {
     // Churn: one more attachment + mapping, in a file of its own, added
     // and removed CHURN_ROUNDS times; medians.
     let extra = node.dir.join("manifests/churn.yaml");
+    let status = StatusWatch::start(&node, format!("a{n}"));
     let (mut add_pass, mut add_ready, mut del_pass, mut del_done) = (vec![], vec![], vec![], vec![]);
     for _ in 0..CHURN_ROUNDS {
         let since = Snapshot::take(&node, pid);
         let written = std::time::SystemTime::now();
         fs::write(&extra, node.attachment_yaml(n)).unwrap();
-        let mut status = Followed::from_now(&node, None);
-        let mut ready_at = None;
-        wait_for("churn add", Duration::from_secs(30), || match status.poll(&node, &format!("a{n}")) {
-            (Some(true), at) => {
-                ready_at = at;
-                true
+        let ready_at = loop {
+            match status.next_after(written, Duration::from_secs(30)).expect("the attachment becomes Ready") {
+                (at, Some(true)) => break at,
+                _ => continue,
             }
-            _ => false,
-        });
-        add_ready.push(ms_between(written, ready_at.expect("Ready is first seen in a new version of the file")));
+        };
+        add_ready.push(ms_between(written, ready_at));
         add_pass.push(mean_pass_ms(&node, pid, &since));
         // Let the pass that follows our own kernel events run before the next step.
         std::thread::sleep(Duration::from_millis(300));
         let since = Snapshot::take(&node, pid);
         let removed = std::time::SystemTime::now();
         fs::remove_file(&extra).unwrap();
-        let gone = node.sandbox(n);
-        let mut status = Followed::from_now(&node, Some(true));
+        let gone = format!("/run/netns/{}", node.sandbox(n));
         // Done when the status no longer lists it and its namespace is
         // gone: at the version that dropped it when the namespace was gone
-        // by then (a pass deletes before it writes status), else when both
-        // were seen.
-        let mut first_gone: Option<(std::time::SystemTime, bool)> = None;
-        let mut done_at = None;
-        wait_for("churn remove", Duration::from_secs(30), || {
-            let (listed, at) = status.poll(&node, &format!("a{n}"));
-            let netns_gone = !Path::new(&format!("/run/netns/{gone}")).exists();
-            if listed.is_none() && first_gone.is_none() {
-                first_gone = Some((at.unwrap_or_else(std::time::SystemTime::now), netns_gone));
+        // by then (a pass deletes before it writes status), else when the
+        // namespace is seen gone.
+        let dropped_at = loop {
+            match status.next_after(removed, Duration::from_secs(30)).expect("the attachment leaves the status") {
+                (at, None) => break at,
+                _ => continue,
             }
-            match first_gone {
-                Some((at, true)) => done_at = Some(at),
-                Some((_, false)) if netns_gone => done_at = Some(std::time::SystemTime::now()),
-                _ => {}
-            }
-            done_at.is_some()
-        });
-        del_done.push(ms_between(removed, done_at.expect("set when done")));
+        };
+        let done_at = if Path::new(&gone).exists() {
+            wait_for("the namespace to go", Duration::from_secs(30), || !Path::new(&gone).exists());
+            std::time::SystemTime::now()
+        } else {
+            dropped_at
+        };
+        del_done.push(ms_between(removed, done_at));
         del_pass.push(mean_pass_ms(&node, pid, &since));
         std::thread::sleep(Duration::from_millis(300));
     }
