@@ -239,6 +239,9 @@ fn namespaces_made_ahead_are_each_new_and_their_own() {
         );
         let want = [format!("10.32.0.{}/24", i + 2)];
         wait_until("the new attachment's address", Duration::from_secs(10), || addresses(&node.ns(name), "eth0") == want);
+        // Its IPv6 settings were opened when it was made: they are its own.
+        let ipv6 = ok(&format!("ip netns exec {} cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6", node.ns(name)));
+        assert_eq!(ipv6.trim(), "1", "IPv6 is off in {name}, on an IPv4-only network");
     }
     let inode = |path: &str| ok(&format!("stat -L -c %i {path}")).trim().to_string();
     let mut seen: Vec<String> = ["one", "two", "three"].iter().map(|n| inode(&format!("/run/netns/{}", node.ns(n)))).collect();

@@ -831,8 +831,8 @@ impl Dataplane {
         owned: &mut Owned,
         record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
         report: &mut SyncReport,
-    ) -> BTreeSet<String> {
-        let mut fresh = BTreeSet::new();
+    ) -> BTreeMap<String, netns::Created> {
+        let mut fresh = BTreeMap::new();
         let missing: Vec<&String> = desired
             .sandboxes
             .iter()
@@ -861,9 +861,9 @@ impl Dataplane {
         }
         for name in missing {
             match netns::create(name, &mut self.spare_netns) {
-                Ok(()) => {
+                Ok(created) => {
                     report.mutated("netns");
-                    fresh.insert(SandboxRef::Managed(name.clone()).path());
+                    fresh.insert(SandboxRef::Managed(name.clone()).path(), created);
                 }
                 Err(e) => report.node_errors.push(format!("creating namespace {name}: {e}")),
             }
@@ -896,7 +896,7 @@ impl Dataplane {
         node_links: &[Link],
         bridges: &HashMap<String, u32>,
         full: bool,
-        fresh: &BTreeSet<String>,
+        fresh: &BTreeMap<String, netns::Created>,
         report: &mut SyncReport,
     ) {
         // Group by sandbox: one dump of links, addresses and routes each.
@@ -925,7 +925,7 @@ impl Dataplane {
             };
             let (sb, file) = handle;
             let Ok(file) = file else { continue };
-            if let Err(e) = self.sync_sandbox(&sb, &file, &endpoints, node_links, bridges, fresh.contains(&path), report).await {
+            if let Err(e) = self.sync_sandbox(&sb, &file, &endpoints, node_links, bridges, fresh.get(&path), report).await {
                 for ep in &endpoints {
                     report.endpoint_errors.entry(ep.owner.clone()).or_insert_with(|| SyncReport::kernel(&e));
                 }
@@ -953,9 +953,11 @@ impl Dataplane {
         endpoints: &[&Endpoint],
         node_links: &[Link],
         bridges: &HashMap<String, u32>,
-        fresh: bool,
+        fresh: Option<&netns::Created>,
         report: &mut SyncReport,
     ) -> Result<(), NetlinkError> {
+        let ipv6_conf = fresh.and_then(|c| c.ipv6_conf.as_ref());
+        let fresh = fresh.is_some();
         let mut links = Vec::new();
         if fresh {
             sb.set_link(LOOPBACK_INDEX, "lo", LinkChange { up: true, ..Default::default() }).await?;
@@ -971,7 +973,7 @@ impl Dataplane {
         }
         let mut created = false;
         for ep in endpoints {
-            if let Err(f) = self.ensure_link(file, ep, &links, node_links, bridges, report, &mut created).await {
+            if let Err(f) = self.ensure_link(file, ipv6_conf, ep, &links, node_links, bridges, report, &mut created).await {
                 report.endpoint_errors.insert(ep.owner.clone(), f);
             }
         }
@@ -1076,6 +1078,7 @@ impl Dataplane {
     async fn ensure_link(
         &mut self,
         file: &File,
+        ipv6_conf: Option<&sysctl::Ipv6Conf>,
         ep: &Endpoint,
         sb_links: &[Link],
         node_links: &[Link],
@@ -1145,7 +1148,10 @@ impl Dataplane {
                 // to every other port of the bridge: quadratic work at scale.
                 self.node_ipv6_conf.disable_on(host_name);
                 if !ep.addresses.iter().any(|a| a.addr().is_ipv6()) {
-                    let _ = netns::with_netns(file, || sysctl::disable_ipv6_on(&ep.ifname));
+                    let _ = netns::with_netns(file, || match ipv6_conf {
+                        Some(conf) => conf.disable_on(&ep.ifname),
+                        None => sysctl::disable_ipv6_on(&ep.ifname),
+                    });
                 }
                 *created = true;
                 Ok(())

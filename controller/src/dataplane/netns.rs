@@ -15,6 +15,7 @@ use std::path::Path;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
+use super::sysctl::Ipv6Conf;
 use crate::plan::attachment::NETNS_DIR;
 
 /// Makes /run/netns a shared mount point, as iproute2 does, once per
@@ -58,26 +59,29 @@ pub fn is_namespace(path: &Path) -> bool {
 /// Creates `/run/netns/<name>` holding a new network namespace with lo up
 /// left to the caller. Succeeds if it already exists as a namespace. Takes
 /// the namespace from `spare` when one is made.
-pub fn create(name: &str, spare: &mut Spare) -> io::Result<()> {
+pub fn create(name: &str, spare: &mut Spare) -> io::Result<Created> {
     ensure_netns_dir()?;
     let path = Path::new(NETNS_DIR).join(name);
     if is_namespace(&path) {
-        return Ok(());
+        return Ok(Created::default());
     }
     OpenOptions::new().write(true).create(true).truncate(false).open(&path)?;
     let result = match spare.take() {
         // The spare's descriptor is a link to the namespace, which a bind
         // mount follows, as for /proc/thread-self/ns/net below.
-        Some(ns) => mount(Some(format!("/proc/self/fd/{}", ns.as_raw_fd()).as_str()), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(io::Error::from),
+        Some(made) => {
+            mount(Some(format!("/proc/self/fd/{}", made.ns.as_raw_fd()).as_str()), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map(|()| Created { ipv6_conf: Some(made.ipv6_conf) })
+                .map_err(io::Error::from)
+        }
         None => {
             let target = path.clone();
-            std::thread::spawn(move || -> io::Result<()> {
+            std::thread::spawn(move || -> io::Result<Created> {
                 // unshare(CLONE_NEWNET) changes only this thread's namespace; the
                 // thread ends right after, and the bind mount keeps the namespace.
                 unshare(CloneFlags::CLONE_NEWNET)?;
                 mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
-                Ok(())
+                Ok(Created::default())
             })
             .join()
             .map_err(|_| io::Error::other("netns creation thread panicked"))?
@@ -89,6 +93,14 @@ pub fn create(name: &str, spare: &mut Spare) -> io::Result<()> {
     result
 }
 
+/// What is known of a namespace [`create`] made.
+#[derive(Default)]
+pub struct Created {
+    /// Its /proc/sys/net/ipv6/conf, when it was made ahead and opened then
+    /// (walking there takes 1-2 ms with a thousand namespaces in place).
+    pub ipv6_conf: Option<Ipv6Conf>,
+}
+
 /// A namespace made ahead of need, held open by descriptor only: the
 /// kernel's setup of a namespace (~1 ms with a thousand in place) is then
 /// done between passes, not on the path of the one that adds an
@@ -97,7 +109,12 @@ pub fn create(name: &str, spare: &mut Spare) -> io::Result<()> {
 pub struct Spare {
     /// Whether to make one at all (long-running agents).
     wanted: bool,
-    making: Option<std::thread::JoinHandle<io::Result<File>>>,
+    making: Option<std::thread::JoinHandle<io::Result<MadeAhead>>>,
+}
+
+struct MadeAhead {
+    ns: File,
+    ipv6_conf: Ipv6Conf,
 }
 
 impl Spare {
@@ -112,13 +129,14 @@ impl Spare {
         }
         let made = std::thread::Builder::new().name("spare-netns".into()).spawn(|| {
             unshare(CloneFlags::CLONE_NEWNET)?;
-            File::open("/proc/thread-self/ns/net")
+            let ns = File::open("/proc/thread-self/ns/net")?;
+            Ok(MadeAhead { ns, ipv6_conf: Ipv6Conf::open() })
         });
         self.making = made.inspect_err(|e| tracing::debug!(error = %e, "no spare namespace")).ok();
     }
 
     /// The spare, once made (waiting for it if it is being made).
-    fn take(&mut self) -> Option<File> {
+    fn take(&mut self) -> Option<MadeAhead> {
         let made = self.making.take()?.join().ok()?;
         made.inspect_err(|e| tracing::debug!(error = %e, "the spare namespace could not be made")).ok()
     }

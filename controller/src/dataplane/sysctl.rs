@@ -41,7 +41,8 @@ pub fn disable_ipv6_on(ifname: &str) {
 /// /proc/sys/net/ipv6/conf of one namespace, held open. Walking to it
 /// took 1-2 ms on a node holding a thousand namespaces (measured; the IPv4
 /// tree takes microseconds); a name inside the open directory takes
-/// microseconds. Lookups through it see the namespace it was opened in.
+/// microseconds. Use it from a thread in the namespace it was opened in:
+/// the kernel matches sysctl entries against the caller's namespace.
 pub struct Ipv6Conf(Option<std::os::fd::OwnedFd>);
 
 impl Ipv6Conf {
