@@ -131,7 +131,7 @@ impl Metrics {
             self.errors.with_label_values(&[v.reason.as_str()]).inc();
         }
         self.objects.reset();
-        for v in &outcome.verdicts {
+        for v in outcome.verdicts.iter() {
             let kind = crate::api::Kind::from(v.key.kind).as_str();
             self.objects.with_label_values(&[kind, if v.ready { "true" } else { "false" }]).inc();
         }
@@ -226,13 +226,13 @@ mod tests {
     use crate::status::Verdict;
 
     fn outcome(ready: bool) -> Outcome {
-        let mut o = Outcome::default();
-        o.verdicts.push(Verdict {
+        let verdict = Verdict {
             key: ObjectKey::network("n"),
             ready,
             reason: if ready { "Ready" } else { "InvalidSpec" }.into(),
             message: String::new(),
-        });
+        };
+        let mut o = Outcome { verdicts: Arc::from([verdict]), ..Default::default() };
         o.mutations_by_kind.insert("link", 3);
         o
     }

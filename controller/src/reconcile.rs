@@ -21,7 +21,9 @@ use crate::status::{self, Verdict};
 /// What one pass did, for logs, `--once` and metrics.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    pub verdicts: Vec<Verdict>,
+    /// Shared with the reconciler, which hands the same verdicts out again
+    /// for a pass that changed nothing (2,000 objects' keys and messages).
+    pub verdicts: Arc<[Verdict]>,
     pub mutations: u32,
     pub mutations_by_kind: std::collections::BTreeMap<&'static str, u32>,
     pub node_errors: Vec<String>,
@@ -72,7 +74,7 @@ pub struct Reconciler {
     recover_from_kernel: bool,
     /// The last plan, with the object-set version and facts it came from.
     last_plan: Option<(Option<u64>, NodeFacts, plan::Plan)>,
-    last_verdicts: Vec<Verdict>,
+    last_verdicts: Arc<[Verdict]>,
     /// Kubernetes mode: the overlay address blocks this node claimed.
     overlay_blocks: BTreeMap<String, Vec<ipnet::IpNet>>,
     /// Listening sockets, with the object-set version and time of reading.
@@ -103,7 +105,7 @@ impl Reconciler {
             metrics: None,
             desired_generation: 0,
             last_plan: None,
-            last_verdicts: Vec::new(),
+            last_verdicts: Arc::from([]),
             overlay_blocks: BTreeMap::new(),
             bound_ports_cache: None,
         })
@@ -293,8 +295,8 @@ impl Reconciler {
                     node_errors.push(format!("writing status: {e}"));
                 }
             }
-            self.last_verdicts = computed.verdicts.clone();
-            computed.verdicts
+            self.last_verdicts = computed.verdicts.into();
+            self.last_verdicts.clone()
         };
         let t_status = started.elapsed();
         let mut mutations_by_kind = report.mutations.clone();
