@@ -242,6 +242,8 @@ fn namespaces_made_ahead_are_each_new_and_their_own() {
         // Its IPv6 settings were opened when it was made: they are its own.
         let ipv6 = ok(&format!("ip netns exec {} cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6", node.ns(name)));
         assert_eq!(ipv6.trim(), "1", "IPv6 is off in {name}, on an IPv4-only network");
+        let lo = ip_json(&node.ns(name), "link show lo");
+        assert!(lo[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP"), "lo is up in {name}: {lo:?}");
     }
     let inode = |path: &str| ok(&format!("stat -L -c %i {path}")).trim().to_string();
     let mut seen: Vec<String> = ["one", "two", "three"].iter().map(|n| inode(&format!("/run/netns/{}", node.ns(n)))).collect();

@@ -957,10 +957,15 @@ impl Dataplane {
         report: &mut SyncReport,
     ) -> Result<(), NetlinkError> {
         let ipv6_conf = fresh.and_then(|c| c.ipv6_conf.as_ref());
+        let loopback_up = fresh.is_some_and(|c| c.loopback_up);
         let fresh = fresh.is_some();
         let mut links = Vec::new();
         if fresh {
-            sb.set_link(LOOPBACK_INDEX, "lo", LinkChange { up: true, ..Default::default() }).await?;
+            // A namespace made ahead had lo brought up then: the change is
+            // still this pass's.
+            if !loopback_up {
+                sb.set_link(LOOPBACK_INDEX, "lo", LinkChange { up: true, ..Default::default() }).await?;
+            }
             report.mutated("link");
         } else {
             links = sb.links().await?;

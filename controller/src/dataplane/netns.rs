@@ -15,7 +15,9 @@ use std::path::Path;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 
+use super::netlink::{LinkChange, Netlink};
 use super::sysctl::Ipv6Conf;
+use super::LOOPBACK_INDEX;
 use crate::plan::attachment::NETNS_DIR;
 
 /// Makes /run/netns a shared mount point, as iproute2 does, once per
@@ -71,7 +73,7 @@ pub fn create(name: &str, spare: &mut Spare) -> io::Result<Created> {
         // mount follows, as for /proc/thread-self/ns/net below.
         Some(made) => {
             mount(Some(format!("/proc/self/fd/{}", made.ns.as_raw_fd()).as_str()), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map(|()| Created { ipv6_conf: Some(made.ipv6_conf) })
+                .map(|()| Created { ipv6_conf: Some(made.ipv6_conf), loopback_up: made.loopback_up })
                 .map_err(io::Error::from)
         }
         None => {
@@ -99,6 +101,8 @@ pub struct Created {
     /// Its /proc/sys/net/ipv6/conf, when it was made ahead and opened then
     /// (walking there takes 1-2 ms with a thousand namespaces in place).
     pub ipv6_conf: Option<Ipv6Conf>,
+    /// Its loopback was brought up when it was made ahead.
+    pub loopback_up: bool,
 }
 
 /// A namespace made ahead of need, held open by descriptor only: the
@@ -115,6 +119,7 @@ pub struct Spare {
 struct MadeAhead {
     ns: File,
     ipv6_conf: Ipv6Conf,
+    loopback_up: bool,
 }
 
 impl Spare {
@@ -130,7 +135,8 @@ impl Spare {
         let made = std::thread::Builder::new().name("spare-netns".into()).spawn(|| {
             unshare(CloneFlags::CLONE_NEWNET)?;
             let ns = File::open("/proc/thread-self/ns/net")?;
-            Ok(MadeAhead { ns, ipv6_conf: Ipv6Conf::open() })
+            let loopback_up = bring_loopback_up().inspect_err(|e| tracing::debug!(error = %e, "spare namespace: lo stays down")).is_ok();
+            Ok(MadeAhead { ns, ipv6_conf: Ipv6Conf::open(), loopback_up })
         });
         self.making = made.inspect_err(|e| tracing::debug!(error = %e, "no spare namespace")).ok();
     }
@@ -140,6 +146,16 @@ impl Spare {
         let made = self.making.take()?.join().ok()?;
         made.inspect_err(|e| tracing::debug!(error = %e, "the spare namespace could not be made")).ok()
     }
+}
+
+/// Sets lo up in the calling thread's namespace, with a netlink socket of
+/// its own (the thread has no runtime; it makes a small one).
+fn bring_loopback_up() -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    runtime.block_on(async {
+        let lo = Netlink::connect().map_err(io::Error::other)?;
+        lo.set_link(LOOPBACK_INDEX, "lo", LinkChange { up: true, ..Default::default() }).await.map_err(io::Error::other)
+    })
 }
 
 /// Deletes `/run/netns/<name>`; succeeds if it is already gone.
