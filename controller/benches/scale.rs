@@ -10,7 +10,7 @@
 //!   for quick passes and, apart, for full ones (every 10th, an audit that
 //!   re-reads every sandbox)
 //! - churn: add one attachment + mapping (and remove one) with N in place,
-//!   five times: the reconcile pass that realizes it, file-write-to-Ready,
+//!   nine times: the reconcile pass that realizes it, file-write-to-Ready,
 //!   and file-removal-to-gone (out of the status and its namespace
 //!   deleted), each up to the rename of the status version that showed
 //!   it into place, seen through inotify (the bench's own reading is not
@@ -326,7 +326,7 @@ fn mean_pass_ms(node: &Node, pid: u32, since: &Snapshot) -> f64 {
 }
 
 /// Churn is measured this many times (add, then remove), medians reported.
-const CHURN_ROUNDS: usize = 5;
+const CHURN_ROUNDS: usize = 9;
 
 #[derive(Default, serde::Serialize)]
 struct Row {
