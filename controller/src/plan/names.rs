@@ -45,13 +45,15 @@ pub struct NameClient {
 /// `local` is this node's checked attachments, in creation order.
 pub fn name_table(local: &[Local<'_>], networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>, out: &Plan) -> NameTable {
     let mut table = NameTable::default();
-    let mut sandbox_networks: HashMap<&str, (Vec<String>, Vec<IpAddr>)> = HashMap::new();
+    // Built for a thousand attachments on every pass that changes any:
+    // names are borrowed until they are stored, stored once.
+    let mut sandbox_networks: HashMap<&str, (Vec<&str>, Vec<IpAddr>)> = HashMap::new();
     let mut members: Vec<(&Attachment, &AttachmentInfo)> = Vec::new();
     for (key, att, _) in local {
         let Some(Ok(info)) = out.attachments.get(key) else { continue };
         let Some(sandbox) = info.sandbox_path.as_deref() else { continue };
         let entry = sandbox_networks.entry(sandbox).or_default();
-        entry.0.push(info.network.clone());
+        entry.0.push(&info.network);
         if let Some(dns) = &att.spec.dns {
             entry.1.extend(dns.nameservers.iter().filter_map(|n| n.parse::<IpAddr>().ok()));
         }
@@ -63,11 +65,12 @@ pub fn name_table(local: &[Local<'_>], networks: &BTreeMap<String, Result<Resolv
             continue;
         }
         let addrs: Vec<IpAddr> = info.ipv4.iter().chain(info.ipv6.iter()).map(|n| n.addr()).collect();
-        let mut names = vec![att.name_any()];
-        names.extend(att.spec.sandbox.netns.clone());
-        names.extend(att.spec.hostname.clone());
-        names.extend(att.spec.aliases.iter().cloned());
-        let records = table.records.entry(info.network.clone()).or_default();
+        let name = att.name_any();
+        let names = std::iter::once(name.as_str())
+            .chain(att.spec.sandbox.netns.as_deref())
+            .chain(att.spec.hostname.as_deref())
+            .chain(att.spec.aliases.iter().map(String::as_str));
+        let records = entry_of(&mut table.records, &info.network);
         for name in names {
             let list = records.entry(name.to_ascii_lowercase()).or_default();
             for a in &addrs {
@@ -76,11 +79,18 @@ pub fn name_table(local: &[Local<'_>], networks: &BTreeMap<String, Result<Resolv
                 }
             }
         }
+        if addrs.is_empty() {
+            continue;
+        }
+        let reverse = entry_of(&mut table.reverse, &info.network);
         for a in &addrs {
-            table.reverse.entry(info.network.clone()).or_default().insert(*a, att.name_any().to_ascii_lowercase());
-            if let Some(sandbox) = info.sandbox_path.as_deref() {
-                let (nets, upstreams) = sandbox_networks[sandbox].clone();
-                table.clients.insert(*a, NameClient { networks: nets, upstreams });
+            reverse.insert(*a, name.to_ascii_lowercase());
+        }
+        if let Some(sandbox) = info.sandbox_path.as_deref() {
+            let (nets, upstreams) = &sandbox_networks[sandbox];
+            for a in &addrs {
+                let client = NameClient { networks: nets.iter().map(|n| n.to_string()).collect(), upstreams: upstreams.clone() };
+                table.clients.insert(*a, client);
             }
         }
     }
@@ -92,6 +102,15 @@ pub fn name_table(local: &[Local<'_>], networks: &BTreeMap<String, Result<Resolv
         }
     }
     table
+}
+
+/// The map `network` keys in `by_network`, made on first use (without
+/// copying the name for each attachment that finds it there).
+fn entry_of<'m, V: Default>(by_network: &'m mut BTreeMap<String, V>, network: &str) -> &'m mut V {
+    if !by_network.contains_key(network) {
+        by_network.insert(network.to_string(), V::default());
+    }
+    by_network.get_mut(network).expect("inserted above")
 }
 
 /// The files of one managed sandbox.

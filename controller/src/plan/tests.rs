@@ -355,3 +355,36 @@ fn overlay_blocks_default_to_26_and_skip_claimed_ones() {
     assert_eq!(overlay::free_block(subnet, 26, &claimed), Some("10.77.0.64/26".parse().unwrap()));
     assert_eq!(overlay::free_block(subnet, 26, &[subnet]), None);
 }
+
+#[test]
+fn the_name_table_holds_every_name_its_reverse_and_who_asks() {
+    let mut web = attachment("web", "n", "web-ns");
+    web.spec.hostname = Some("WWW".into());
+    web.spec.aliases = vec!["front".into()];
+    web.spec.dns = Some(crate::api::DnsConfig { nameservers: vec!["10.9.9.9".into()], ..Default::default() });
+    let db = attachment("db", "n", "db-ns");
+    let also = attachment("web-other", "m", "web-ns");
+    let objects = ObjectSet {
+        networks: vec![network("n", "10.1.0.0/24"), network("m", "10.2.0.0/24")],
+        attachments: vec![web, db, also],
+        ..Default::default()
+    };
+    let p = plan(&objects, &NodeFacts { embedded_dns: true, ..facts() }, &Allocations::default());
+    let names = &p.desired.names;
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let on_n = &names.records["n"];
+    for name in ["web", "web-ns", "www", "front"] {
+        assert_eq!(on_n[name], [ip("10.1.0.2")], "{name}");
+    }
+    assert_eq!(on_n["db"], [ip("10.1.0.3")]);
+    assert_eq!(names.records["m"]["web-other"], [ip("10.2.0.2")]);
+    assert_eq!(names.reverse["n"][&ip("10.1.0.2")], "web");
+    assert_eq!(names.reverse["m"][&ip("10.2.0.2")], "web-other");
+    // Both of web-ns's addresses ask with its two networks and its own upstream.
+    let client = &names.clients[&ip("10.2.0.2")];
+    assert_eq!(client.networks, ["n", "m"]);
+    assert_eq!(client.upstreams, [ip("10.9.9.9")]);
+    assert_eq!(names.clients[&ip("10.1.0.2")], *client);
+    assert!(names.clients[&ip("10.1.0.3")].upstreams.is_empty());
+    assert_eq!(names.listen, [ip("10.2.0.1"), ip("10.1.0.1")], "by network name");
+}
