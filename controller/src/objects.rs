@@ -1,6 +1,7 @@
 //! The desired objects one reconcile works from, whatever their source.
 
 use std::fmt;
+use std::sync::Arc;
 
 use kube::ResourceExt;
 
@@ -84,15 +85,18 @@ pub fn port_mapping_key(p: &PortMapping) -> ObjectKey {
 
 /// Every desired object, each list in creation order (creationTimestamp,
 /// then source order, then namespace/name): the order in which addresses and
-/// ports are handed out and conflicts are won.
+/// ports are handed out and conflicts are won. Objects are shared (`Arc`)
+/// with the source they came from and with the previous pass's set: a pass
+/// among thousands of objects neither copies nor frees the ones that did
+/// not change, and tells them apart from changed ones by pointer.
 #[derive(Clone, Debug, Default)]
 pub struct ObjectSet {
-    pub networks: Vec<Network>,
-    pub attachments: Vec<Attachment>,
-    pub port_mappings: Vec<PortMapping>,
+    pub networks: Vec<Arc<Network>>,
+    pub attachments: Vec<Arc<Attachment>>,
+    pub port_mappings: Vec<Arc<PortMapping>>,
 }
 
-fn stamp<K: ResourceExt>(o: &K) -> Option<k8s_openapi::jiff::Timestamp> {
+fn stamp<K: ResourceExt>(o: &Arc<K>) -> Option<k8s_openapi::jiff::Timestamp> {
     o.creation_timestamp().map(|t| t.0)
 }
 
@@ -121,7 +125,7 @@ impl ObjectSet {
         }
     }
 
-    pub fn network(&self, name: &str) -> Option<&Network> {
+    pub fn network(&self, name: &str) -> Option<&Arc<Network>> {
         self.networks.iter().find(|n| n.name_any() == name)
     }
 

@@ -3,6 +3,7 @@
 //! written only when it changed.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
 
@@ -168,26 +169,27 @@ pub struct Previous<'a> {
 /// one), so the same position and its neighbours are tried before an index
 /// of every key is built.
 struct Before<'a, T> {
-    list: &'a [T],
-    index: Option<HashMap<ObjectKey, &'a T>>,
+    list: &'a [Arc<T>],
+    index: Option<HashMap<ObjectKey, &'a Arc<T>>>,
 }
 
 impl<'a, T: Stored + kube::Resource> Before<'a, T> {
-    fn new(list: &'a [T]) -> Self {
+    fn new(list: &'a [Arc<T>]) -> Self {
         Before { list, index: None }
     }
 
     /// Whether the previous object with `object`'s key had the same
-    /// metadata and spec; `position` is `object`'s in its list.
-    fn unchanged(&mut self, position: usize, object: &T, key: &ObjectKey) -> bool {
-        let same = |o: &&T| o.meta().name == object.meta().name && o.meta().namespace == object.meta().namespace;
+    /// metadata and spec (the very same object, most of the time);
+    /// `position` is `object`'s in its list.
+    fn unchanged(&mut self, position: usize, object: &Arc<T>, key: &ObjectKey) -> bool {
+        let same = |o: &&Arc<T>| o.meta().name == object.meta().name && o.meta().namespace == object.meta().namespace;
         let near = [Some(position), position.checked_sub(1), position.checked_add(1)];
         let list = self.list;
         let before = match near.into_iter().flatten().filter_map(|i| list.get(i)).find(same) {
             Some(found) => Some(found),
             None => self.index.get_or_insert_with(|| list.iter().map(|o| (o.key(), o)).collect()).get(key).copied(),
         };
-        before.is_some_and(|b| object.same_as(b))
+        before.is_some_and(|b| Arc::ptr_eq(b, object) || object.same_as(b))
     }
 }
 
@@ -364,7 +366,8 @@ pub fn compute(
 ) -> Computed {
     let mut b = Builder::new(previous, now);
 
-    for (position, net) in objects.networks.iter().enumerate() {
+    for (position, shared) in objects.networks.iter().enumerate() {
+        let net: &Network = shared;
         let key = network_key(net);
         let planned = plan.networks.get(&net.name_any());
         let result = match (planned, report.network_errors.get(&net.name_any())) {
@@ -375,7 +378,7 @@ pub fn compute(
         let info = planned.and_then(|p| p.as_ref().ok());
         let unreachable = unreachable_peers(net, report);
         let inputs = digest((generation(net), &result, info, &unreachable));
-        let unchanged = b.remembers(&key) && b.networks.unchanged(position, net, &key);
+        let unchanged = b.remembers(&key) && b.networks.unchanged(position, shared, &key);
         if b.reuse_unchanged(&key, unchanged, inputs) {
             continue;
         }
@@ -396,7 +399,8 @@ pub fn compute(
 
     // Whether each local attachment is ready, by `namespace/name`, for its port mappings.
     let mut ready_attachments: HashMap<String, bool> = HashMap::with_capacity(objects.attachments.len());
-    for (position, att) in objects.attachments.iter().enumerate().filter(|(_, a)| is_local(a, node)) {
+    for (position, shared) in objects.attachments.iter().enumerate().filter(|(_, a)| is_local(a, node)) {
+        let att: &Attachment = shared;
         let key = attachment_key(att);
         let ns_name = key.ns_name();
         let planned = plan.attachments.get(&ns_name);
@@ -424,7 +428,7 @@ pub fn compute(
         let info = planned.and_then(|p| p.as_ref().ok()).filter(|_| result.is_ok());
         ready_attachments.insert(ns_name, result.is_ok());
         let inputs = digest((generation(att), &result, info));
-        let unchanged = b.remembers(&key) && b.attachments.unchanged(position, att, &key);
+        let unchanged = b.remembers(&key) && b.attachments.unchanged(position, shared, &key);
         if b.reuse_unchanged(&key, unchanged, inputs) {
             continue;
         }
@@ -447,7 +451,8 @@ pub fn compute(
         b.push(key, att, unchanged, TypedStatus::Attachment(status, node_addresses), inputs);
     }
 
-    for (position, pm) in objects.port_mappings.iter().enumerate() {
+    for (position, shared) in objects.port_mappings.iter().enumerate() {
+        let pm: &PortMapping = shared;
         let key = port_mapping_key(pm);
         let Some(planned) = plan.port_mappings.get(&key.ns_name()) else {
             continue;
@@ -465,7 +470,7 @@ pub fn compute(
         };
         let bindings = planned.as_ref().ok().filter(|_| result.is_ok());
         let inputs = digest((generation(pm), &result, bindings));
-        let unchanged = b.remembers(&key) && b.port_mappings.unchanged(position, pm, &key);
+        let unchanged = b.remembers(&key) && b.port_mappings.unchanged(position, shared, &key);
         if b.reuse_unchanged(&key, unchanged, inputs) {
             continue;
         }
@@ -624,7 +629,7 @@ mod tests {
         let two = objects(2);
         let first = pass(&two, Previous { store: Vec::new(), computed_from: None }, "t1");
         let mut edited = two.clone();
-        edited.attachments[1].spec.interface = Some("net9".into());
+        std::sync::Arc::make_mut(&mut edited.attachments[1]).spec.interface = Some("net9".into());
         let after = pass(&edited, Previous { store: first.store.clone(), computed_from: Some((&two, first.memo.clone())) }, "t2");
         assert!(after.changed);
         let a1 = after.store.iter().find(|v| key_of(v) == Some(ObjectKey::attachment("default", "a1"))).unwrap();

@@ -318,7 +318,7 @@ impl Dataplane {
     ) -> crate::plan::Allocations {
         let mut held = crate::plan::Allocations::default();
         let Ok(node_links) = netlink::dump_links().await else { return held };
-        for att in &objects.attachments {
+        for att in objects.attachments.iter().map(|a| &**a) {
             let ns = crate::objects::namespace_of(att);
             let name = kube::ResourceExt::name_any(att);
             if known.endpoints.contains_key(&format!("{ns}/{name}")) {

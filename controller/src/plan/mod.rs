@@ -133,7 +133,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
 
     // Attachments of this node, checked, in creation order.
     let mut local: Vec<Local<'_>> = Vec::new();
-    for att in objects.attachments.iter().filter(|a| is_local(a, &node.node_name)) {
+    for att in objects.attachments.iter().map(|a| &**a).filter(|a| is_local(a, &node.node_name)) {
         let key = format!("{}/{}", namespace_of(att), att.name_any());
         match attachment::check(att).and_then(|checked| check_against_network(att, &checked, &networks).map(|()| checked)) {
             Ok(checked) => local.push((key, att, checked)),

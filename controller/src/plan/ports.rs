@@ -53,10 +53,10 @@ pub(super) fn plan_ports(
     // Attachments by `namespace/name`: one lookup per mapping, not a scan
     // (the first of a duplicated name wins, as everywhere else).
     let mut attachments: HashMap<String, &Attachment> = HashMap::with_capacity(objects.attachments.len());
-    for a in &objects.attachments {
+    for a in objects.attachments.iter().map(|a| &**a) {
         attachments.entry(format!("{}/{}", namespace_of(a), a.name_any())).or_insert(a);
     }
-    for pm in &objects.port_mappings {
+    for pm in objects.port_mappings.iter().map(|p| &**p) {
         let ns = namespace_of(pm);
         let key = format!("{ns}/{}", pm.name_any());
         let att_key = format!("{ns}/{}", pm.spec.attachment);

@@ -34,6 +34,10 @@ fn port_mapping(name: &str, att: &str, container: u16, host: Option<u16>) -> Por
     p
 }
 
+fn arcs<T>(objects: Vec<T>) -> Vec<std::sync::Arc<T>> {
+    objects.into_iter().map(std::sync::Arc::new).collect()
+}
+
 fn facts() -> NodeFacts {
     NodeFacts { node_name: "node-a".into(), ephemeral_ports: (32768, 60999), ..Default::default() }
 }
@@ -60,12 +64,12 @@ fn docker_isolated_nw_scenario_plans_bridge_addresses_and_interfaces() {
     let mut c3 = attachment("container3", "isolated_nw", "container3");
     c3.spec.ipv4_address = Some("172.25.3.3".into());
     let objects = ObjectSet {
-        networks: vec![network("bridge", "172.17.0.0/16"), isolated],
-        attachments: vec![
+        networks: arcs(vec![network("bridge", "172.17.0.0/16"), isolated]),
+        attachments: arcs(vec![
             attachment("container2-bridge", "bridge", "container2"),
             attachment("container2", "isolated_nw", "container2"),
             c3,
-        ],
+        ]),
         ..Default::default()
     };
     let p = run(objects);
@@ -87,13 +91,16 @@ fn docker_isolated_nw_scenario_plans_bridge_addresses_and_interfaces() {
 
 #[test]
 fn held_allocations_survive_a_replan_with_new_earlier_objects() {
-    let objects =
-        ObjectSet { networks: vec![network("n", "10.1.0.0/24")], attachments: vec![attachment("b", "n", "b")], ..Default::default() };
+    let objects = ObjectSet {
+        networks: arcs(vec![network("n", "10.1.0.0/24")]),
+        attachments: arcs(vec![attachment("b", "n", "b")]),
+        ..Default::default()
+    };
     let first = run(objects);
     assert_eq!(ok_att(&first, "default/b").ipv4.unwrap().to_string(), "10.1.0.2/24");
     let objects = ObjectSet {
-        networks: vec![network("n", "10.1.0.0/24")],
-        attachments: vec![attachment("a", "n", "a"), attachment("b", "n", "b")],
+        networks: arcs(vec![network("n", "10.1.0.0/24")]),
+        attachments: arcs(vec![attachment("a", "n", "a"), attachment("b", "n", "b")]),
         ..Default::default()
     };
     let second = plan(&objects, &facts(), &first.allocations);
@@ -104,8 +111,8 @@ fn held_allocations_survive_a_replan_with_new_earlier_objects() {
 #[test]
 fn attachment_on_a_missing_network_fails_alone() {
     let objects = ObjectSet {
-        networks: vec![network("n", "10.1.0.0/24")],
-        attachments: vec![attachment("lost", "nope", "x"), attachment("fine", "n", "y")],
+        networks: arcs(vec![network("n", "10.1.0.0/24")]),
+        attachments: arcs(vec![attachment("lost", "nope", "x"), attachment("fine", "n", "y")]),
         ..Default::default()
     };
     let p = run(objects);
@@ -119,7 +126,7 @@ fn overlapping_and_invalid_networks_fail_with_specific_reasons() {
     let mut bad_gw = network("badgw", "10.9.0.0/24");
     bad_gw.spec.ipam.config[0].gateway = Some("10.8.0.1".into());
     let objects = ObjectSet {
-        networks: vec![network("first", "10.1.0.0/16"), network("second", "10.1.2.0/24"), network("cidr", "10.1.0.0/33"), bad_gw],
+        networks: arcs(vec![network("first", "10.1.0.0/16"), network("second", "10.1.2.0/24"), network("cidr", "10.1.0.0/33"), bad_gw]),
         ..Default::default()
     };
     let p = run(objects);
@@ -141,8 +148,11 @@ fn static_address_problems_are_reported_per_attachment() {
     first.spec.ipv4_address = Some("10.1.0.9".into());
     let mut dup = attachment("dup", "n", "d");
     dup.spec.ipv4_address = Some("10.1.0.9".into());
-    let objects =
-        ObjectSet { networks: vec![network("n", "10.1.0.0/24")], attachments: vec![gw, outside, first, dup], ..Default::default() };
+    let objects = ObjectSet {
+        networks: arcs(vec![network("n", "10.1.0.0/24")]),
+        attachments: arcs(vec![gw, outside, first, dup]),
+        ..Default::default()
+    };
     let p = run(objects);
     assert!(failed(&p, "default/gw").message.contains("gateway"));
     assert!(failed(&p, "default/outside").message.contains("outside every subnet"));
@@ -154,7 +164,7 @@ fn static_address_problems_are_reported_per_attachment() {
 fn conflicting_sandbox_variants_are_rejected() {
     let mut a = attachment("a", "n", "a");
     a.spec.sandbox.path = Some("/proc/1/ns/net".into());
-    let objects = ObjectSet { networks: vec![network("n", "10.1.0.0/24")], attachments: vec![a], ..Default::default() };
+    let objects = ObjectSet { networks: arcs(vec![network("n", "10.1.0.0/24")]), attachments: arcs(vec![a]), ..Default::default() };
     let f = failed(&run(objects), "default/a");
     assert_eq!(f.reason, reason::INVALID_SPEC);
     assert!(f.message.contains("netns, path"), "{}", f.message);
@@ -169,8 +179,8 @@ fn explicit_interface_names_and_duplicate_macs() {
     let mut c = attachment("c", "n", "t");
     c.spec.mac_address = Some("02:42:0a:01:00:02".into()); // what a's derived MAC is
     let objects = ObjectSet {
-        networks: vec![network("n", "10.1.0.0/24"), network("m", "10.2.0.0/24")],
-        attachments: vec![a, b, c],
+        networks: arcs(vec![network("n", "10.1.0.0/24"), network("m", "10.2.0.0/24")]),
+        attachments: arcs(vec![a, b, c]),
         ..Default::default()
     };
     let p = run(objects);
@@ -183,7 +193,7 @@ fn explicit_interface_names_and_duplicate_macs() {
 fn attachments_of_other_nodes_are_ignored() {
     let mut a = attachment("a", "n", "a");
     a.spec.node_name = Some("node-b".into());
-    let objects = ObjectSet { networks: vec![network("n", "10.1.0.0/24")], attachments: vec![a], ..Default::default() };
+    let objects = ObjectSet { networks: arcs(vec![network("n", "10.1.0.0/24")]), attachments: arcs(vec![a]), ..Default::default() };
     let p = run(objects);
     assert!(p.attachments.is_empty());
     assert!(p.desired.endpoints.is_empty());
@@ -192,14 +202,14 @@ fn attachments_of_other_nodes_are_ignored() {
 #[test]
 fn port_mappings_expand_allocate_and_conflict_in_creation_order() {
     let objects = ObjectSet {
-        networks: vec![network("n", "10.1.0.0/24")],
-        attachments: vec![attachment("web", "n", "web"), attachment("db", "n", "db")],
-        port_mappings: vec![
+        networks: arcs(vec![network("n", "10.1.0.0/24")]),
+        attachments: arcs(vec![attachment("web", "n", "web"), attachment("db", "n", "db")]),
+        port_mappings: arcs(vec![
             port_mapping("web", "web", 80, Some(8080)),
             port_mapping("db", "db", 5432, Some(8080)),
             port_mapping("eph", "db", 5432, None),
             port_mapping("ghost", "nobody", 1, None),
-        ],
+        ]),
     };
     let p = run(objects);
     let web = p.port_mappings["default/web"].as_ref().unwrap();
@@ -240,12 +250,12 @@ fn facts_for(node: &str) -> NodeFacts {
 #[test]
 fn every_node_computes_the_same_overlay_addresses_and_programs_the_others() {
     let objects = ObjectSet {
-        networks: vec![overlay_network()],
-        attachments: vec![
+        networks: arcs(vec![overlay_network()]),
+        attachments: arcs(vec![
             on_node(attachment("c1", "ov", "c1"), "n1"),
             on_node(attachment("c2", "ov", "c2"), "n2"),
             on_node(attachment("c3", "ov", "c3"), "n3"),
-        ],
+        ]),
         ..Default::default()
     };
     let plans: Vec<Plan> = ["n1", "n2", "n3"].iter().map(|n| plan(&objects, &facts_for(n), &Allocations::default())).collect();
@@ -267,12 +277,12 @@ fn every_node_computes_the_same_overlay_addresses_and_programs_the_others() {
 #[test]
 fn overlay_addresses_stay_put_when_an_earlier_attachment_goes() {
     let all = ObjectSet {
-        networks: vec![overlay_network()],
-        attachments: vec![on_node(attachment("c1", "ov", "c1"), "n1"), on_node(attachment("c2", "ov", "c2"), "n2")],
+        networks: arcs(vec![overlay_network()]),
+        attachments: arcs(vec![on_node(attachment("c1", "ov", "c1"), "n1"), on_node(attachment("c2", "ov", "c2"), "n2")]),
         ..Default::default()
     };
     let first = plan(&all, &facts_for("n2"), &Allocations::default());
-    let fewer = ObjectSet { networks: vec![overlay_network()], attachments: vec![all.attachments[1].clone()], ..Default::default() };
+    let fewer = ObjectSet { networks: arcs(vec![overlay_network()]), attachments: vec![all.attachments[1].clone()], ..Default::default() };
     let second = plan(&fewer, &facts_for("n2"), &first.allocations);
     assert_eq!(second.allocations.endpoints["default/c2"].ipv4, Some("10.77.0.3".parse().unwrap()));
 }
@@ -282,7 +292,7 @@ fn a_node_outside_the_peers_and_vni_collisions_are_reported() {
     let mut twin = overlay_network();
     twin.metadata.name = Some("twin".into());
     twin.spec.ipam.config[0].subnet = "10.78.0.0/24".into();
-    let objects = ObjectSet { networks: vec![overlay_network(), twin], ..Default::default() };
+    let objects = ObjectSet { networks: arcs(vec![overlay_network(), twin]), ..Default::default() };
     let p = plan(&objects, &facts_for("n1"), &Allocations::default());
     assert!(p.networks["twin"].clone().unwrap_err().message.contains("already used by network ov"));
     let outsider = plan(&objects, &facts_for("n9"), &Allocations::default());
@@ -296,8 +306,8 @@ fn an_explicit_default_route_wins_and_internal_networks_never_carry_it() {
     let mut b = attachment("b", "m", "s");
     b.spec.default_route = Some(true);
     let objects = ObjectSet {
-        networks: vec![network("n", "10.1.0.0/24"), network("m", "10.2.0.0/24"), internal],
-        attachments: vec![attachment("a", "n", "s"), b, attachment("i", "int", "t")],
+        networks: arcs(vec![network("n", "10.1.0.0/24"), network("m", "10.2.0.0/24"), internal]),
+        attachments: arcs(vec![attachment("a", "n", "s"), b, attachment("i", "int", "t")]),
         ..Default::default()
     };
     let p = run(objects);
@@ -309,13 +319,13 @@ fn an_explicit_default_route_wins_and_internal_networks_never_carry_it() {
 #[test]
 fn kubernetes_overlay_allocates_only_from_the_nodes_blocks_and_trusts_other_nodes_status() {
     let objects = ObjectSet {
-        networks: vec![overlay_network()],
-        attachments: vec![
+        networks: arcs(vec![overlay_network()]),
+        attachments: arcs(vec![
             on_node(attachment("r1", "ov", "r1"), "n2"),
             on_node(attachment("r2", "ov", "r2"), "n2"),
             on_node(attachment("c1", "ov", "c1"), "n1"),
             on_node(attachment("c2", "ov", "c2"), "n1"),
-        ],
+        ]),
         ..Default::default()
     };
     let mut held = Allocations::default();
@@ -335,7 +345,7 @@ fn kubernetes_overlay_allocates_only_from_the_nodes_blocks_and_trusts_other_node
 
     // A third local attachment spills into the second block.
     let mut more = objects.clone();
-    more.attachments.push(on_node(attachment("c3", "ov", "c3"), "n1"));
+    more.attachments.push(std::sync::Arc::new(on_node(attachment("c3", "ov", "c3"), "n1")));
     let p = plan(&more, &node, &held);
     assert_eq!(p.allocations.endpoints["default/c3"].ipv4, Some("10.77.0.128".parse().unwrap()), "a block boundary is no subnet boundary");
 
@@ -365,8 +375,8 @@ fn the_name_table_holds_every_name_its_reverse_and_who_asks() {
     let db = attachment("db", "n", "db-ns");
     let also = attachment("web-other", "m", "web-ns");
     let objects = ObjectSet {
-        networks: vec![network("n", "10.1.0.0/24"), network("m", "10.2.0.0/24")],
-        attachments: vec![web, db, also],
+        networks: arcs(vec![network("n", "10.1.0.0/24"), network("m", "10.2.0.0/24")]),
+        attachments: arcs(vec![web, db, also]),
         ..Default::default()
     };
     let p = plan(&objects, &NodeFacts { embedded_dns: true, ..facts() }, &Allocations::default());

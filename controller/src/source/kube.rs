@@ -193,7 +193,7 @@ impl Cluster {
                     continue; // torn down now; finalizer removed after
                 }
             }
-            set.networks.push((*n).clone());
+            set.networks.push(n);
         }
         let overlays: BTreeSet<String> = set.networks.iter().filter(|n| n.spec.driver == Driver::Overlay).map(|n| n.name_any()).collect();
         let mut deleting_attachments = Vec::new();
@@ -202,14 +202,14 @@ impl Cluster {
                 // Another node's attachment matters here only as an overlay
                 // remote (a static FDB and neighbour entry), until deleted.
                 if a.spec.node_name.is_some() && overlays.contains(&a.spec.network) && a.meta().deletion_timestamp.is_none() {
-                    set.attachments.push((**a).clone());
+                    set.attachments.push(a.clone());
                 }
                 continue;
             }
             if a.meta().deletion_timestamp.is_some() {
                 deleting_attachments.push(a.clone());
             } else {
-                set.attachments.push((**a).clone());
+                set.attachments.push(a.clone());
             }
         }
         let mut deleting_pms = Vec::new();
@@ -230,7 +230,7 @@ impl Cluster {
             if p.meta().deletion_timestamp.is_some() {
                 deleting_pms.push(p.clone());
             } else {
-                set.port_mappings.push((*p).clone());
+                set.port_mappings.push(p);
             }
         }
         set.sort_by_creation();
@@ -518,7 +518,8 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
         // theirs to decide, so their status wins.
         let (ours, others): (Vec<Attachment>, Vec<Attachment>) =
             cluster.attachments.state().iter().map(|a| (**a).clone()).partition(|a| scheduled_on(a, &opts.node_name));
-        reconciler.seed_allocations(allocations_from_status(&ours, &objects.port_mappings));
+        let port_mappings: Vec<PortMapping> = objects.port_mappings.iter().map(|p| (**p).clone()).collect();
+        reconciler.seed_allocations(allocations_from_status(&ours, &port_mappings));
         reconciler.override_allocations(allocations_from_status(&others, &[]));
         let blocks = cluster.overlay_blocks(&objects).await;
         reconciler.set_overlay_blocks(blocks);
@@ -529,10 +530,10 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
         let att_api = |ns: &str| Api::<Attachment>::namespaced(client.clone(), ns);
         let pm_api = |ns: &str| Api::<PortMapping>::namespaced(client.clone(), ns);
         let net_api: Api<Network> = Api::all(client.clone());
-        for a in objects.attachments.iter().filter(|a| scheduled_on(a, &opts.node_name)) {
+        for a in objects.attachments.iter().map(|a| &**a).filter(|a| scheduled_on(a, &opts.node_name)) {
             cluster.ensure_finalizer(&att_api(&namespace_of(a)), a, TEARDOWN_FINALIZER).await;
         }
-        for p in &objects.port_mappings {
+        for p in objects.port_mappings.iter().map(|p| &**p) {
             cluster.ensure_finalizer(&pm_api(&namespace_of(p)), p, TEARDOWN_FINALIZER).await;
         }
         for n in &objects.networks {

@@ -6,6 +6,7 @@
 //! [`LoadError`], tied to an object when its kind and name can be read.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -262,17 +263,17 @@ fn add_object(value: Value, loaded: &mut Loaded, seen: &mut BTreeSet<ObjectKey>)
     match kind {
         Kind::Network => {
             let net: Network = serde_yaml::from_value(value).map_err(invalid)?;
-            loaded.objects.networks.push(net);
+            loaded.objects.networks.push(Arc::new(net));
         }
         Kind::Attachment => {
             let mut att: Attachment = serde_yaml::from_value(value).map_err(invalid)?;
             att.metadata.namespace = namespace;
-            loaded.objects.attachments.push(att);
+            loaded.objects.attachments.push(Arc::new(att));
         }
         Kind::PortMapping => {
             let mut pm: PortMapping = serde_yaml::from_value(value).map_err(invalid)?;
             pm.metadata.namespace = namespace;
-            loaded.objects.port_mappings.push(pm);
+            loaded.objects.port_mappings.push(Arc::new(pm));
         }
     }
     Ok(())
