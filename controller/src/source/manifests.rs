@@ -6,9 +6,9 @@
 //! [`LoadError`], tied to an object when its kind and name can be read.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Deserialize;
@@ -107,6 +107,9 @@ pub struct ManifestCache {
 struct CachedFile {
     stamp: (Option<SystemTime>, u64),
     good: Option<ObjectSet>,
+    /// The keys of `good`'s objects (networks, attachments, port
+    /// mappings, in order), made once per version of the file.
+    keys: Vec<ObjectKey>,
     errors: Vec<LoadError>,
 }
 
@@ -138,7 +141,7 @@ impl ManifestCache {
                 .errors
                 .iter()
                 .any(|e| e.key.is_none() && (e.message.starts_with("malformed YAML") || e.message.starts_with("cannot read")));
-            let entry = self.files.entry(file.clone()).or_insert(CachedFile { stamp, good: None, errors: Vec::new() });
+            let entry = self.files.entry(file.clone()).or_insert(CachedFile { stamp, good: None, keys: Vec::new(), errors: Vec::new() });
             entry.stamp = stamp;
             entry.errors = fresh.errors;
             if broken && entry.good.is_some() {
@@ -146,6 +149,11 @@ impl ManifestCache {
                     e.message.push_str("; keeping the objects of the last version of this file that parsed");
                 }
             } else {
+                let o = &fresh.objects;
+                entry.keys = (o.networks.iter().map(|n| crate::objects::network_key(n)))
+                    .chain(o.attachments.iter().map(|a| crate::objects::attachment_key(a)))
+                    .chain(o.port_mappings.iter().map(|p| crate::objects::port_mapping_key(p)))
+                    .collect();
                 entry.good = Some(fresh.objects);
             }
         }
@@ -157,34 +165,36 @@ impl ManifestCache {
         objects.attachments.reserve(goods().map(|g| g.attachments.len()).sum());
         objects.port_mappings.reserve(goods().map(|g| g.port_mappings.len()).sum());
         let count = goods().map(ObjectSet::len).sum();
-        let mut seen: foldhash::HashSet<ObjectKey> = foldhash::HashSet::with_capacity_and_hasher(count, Default::default());
+        let mut seen: foldhash::HashSet<&ObjectKey> = foldhash::HashSet::with_capacity_and_hasher(count, Default::default());
         for (file, entry) in &self.files {
             loaded.errors.extend(entry.errors.iter().cloned());
             let Some(good) = &entry.good else { continue };
-            let mut dup = |key: ObjectKey, loaded: &mut Loaded| {
-                if seen.contains(&key) {
-                    loaded.errors.push(LoadError {
-                        file: file.clone(),
-                        document: 0,
-                        key: Some(key),
-                        message: "defined more than once; the first definition is used".into(),
-                    });
-                    return false;
+            let mut keys = entry.keys.iter();
+            let mut first = |loaded: &mut Loaded| {
+                let key = keys.next().expect("a key for every object of the file");
+                if seen.insert(key) {
+                    return true;
                 }
-                seen.insert(key)
+                loaded.errors.push(LoadError {
+                    file: file.clone(),
+                    document: 0,
+                    key: Some(key.clone()),
+                    message: "defined more than once; the first definition is used".into(),
+                });
+                false
             };
             for n in &good.networks {
-                if dup(crate::objects::network_key(n), &mut loaded) {
+                if first(&mut loaded) {
                     loaded.objects.networks.push(n.clone());
                 }
             }
             for a in &good.attachments {
-                if dup(crate::objects::attachment_key(a), &mut loaded) {
+                if first(&mut loaded) {
                     loaded.objects.attachments.push(a.clone());
                 }
             }
             for p in &good.port_mappings {
-                if dup(crate::objects::port_mapping_key(p), &mut loaded) {
+                if first(&mut loaded) {
                     loaded.objects.port_mappings.push(p.clone());
                 }
             }
@@ -338,6 +348,30 @@ mod tests {
         assert!(loaded.errors[0].message.contains("keeping the objects"), "{:?}", loaded.errors);
         fs::remove_file(dir.join("a.yaml")).unwrap();
         assert!(cache.load(&dir).objects.is_empty(), "a removed file removes its objects");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_in_two_files_keeps_the_first_file_until_it_goes() {
+        let dir = temp_dir("dup-files");
+        let net =
+            |driver: &str| format!("apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {{name: n}}\nspec: {{driver: {driver}}}\n");
+        let att = "apiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {name: x}\nspec: {network: n, sandbox: {netns: x}}\n";
+        write(&dir, "a.yaml", &net("host"));
+        write(&dir, "b.yaml", &format!("{}---\n{att}", net("null")));
+        let mut cache = ManifestCache::default();
+        for _ in 0..2 {
+            let loaded = cache.load(&dir);
+            assert_eq!(loaded.objects.networks.len(), 1);
+            assert_eq!(loaded.objects.networks[0].spec.driver, crate::api::Driver::Host, "a.yaml's comes first");
+            assert_eq!(loaded.objects.attachments.len(), 1, "b.yaml's other objects stay");
+            assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+            assert!(loaded.errors[0].file.ends_with("b.yaml") && loaded.errors[0].key == Some(ObjectKey::network("n")));
+        }
+        fs::remove_file(dir.join("a.yaml")).unwrap();
+        let loaded = cache.load(&dir);
+        assert_eq!(loaded.objects.networks[0].spec.driver, crate::api::Driver::Null, "b.yaml's, once a.yaml is gone");
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         fs::remove_dir_all(dir).unwrap();
     }
 
