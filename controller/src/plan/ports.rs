@@ -15,7 +15,8 @@ use crate::api::{Attachment, Driver, PortBinding, PortMapping, Protocol};
 use crate::objects::{namespace_of, ObjectSet};
 
 /// Bindings published so far: (protocol, IPv6?, port) -> [(host ip, owner)].
-type Published = BTreeMap<(Protocol, bool, u16), Vec<(Option<IpAddr>, String)>>;
+/// (protocol, IPv6?, port) -> [(host ip, position of the publishing mapping)].
+type Published = BTreeMap<(Protocol, bool, u16), Vec<(Option<IpAddr>, usize)>>;
 
 /// One binding before conflicts are checked.
 struct Wanted {
@@ -50,17 +51,24 @@ pub(super) fn plan_ports(
     // port are distinct, as with Docker's dual-stack publishing.
     let mut published: Published = BTreeMap::new();
     let (lo, hi) = node.ephemeral_ports;
-    // Attachments by `namespace/name`: one lookup per mapping, not a scan
+    // Attachments by (namespace, name): one lookup per mapping, not a scan
     // (the first of a duplicated name wins, as everywhere else).
-    let mut attachments: HashMap<String, &Attachment> = HashMap::with_capacity(objects.attachments.len());
+    let in_namespace = |ns: &Option<String>| ns.as_deref().unwrap_or("default").to_owned();
+    let mut attachments: HashMap<(String, &str), &Attachment> = HashMap::with_capacity(objects.attachments.len());
     for a in objects.attachments.iter().map(|a| &**a) {
-        attachments.entry(format!("{}/{}", namespace_of(a), a.name_any())).or_insert(a);
+        let Some(name) = a.metadata.name.as_deref() else { continue };
+        attachments.entry((in_namespace(&a.metadata.namespace), name)).or_insert(a);
     }
-    for pm in objects.port_mappings.iter().map(|p| &**p) {
+    // The key of the mapping at `position`, for a conflict's message.
+    let mapping_key = |position: usize| {
+        let pm: &PortMapping = &objects.port_mappings[position];
+        format!("{}/{}", namespace_of(pm), pm.name_any())
+    };
+    for (position, pm) in objects.port_mappings.iter().map(|p| &**p).enumerate() {
         let ns = namespace_of(pm);
         let key = format!("{ns}/{}", pm.name_any());
         let att_key = format!("{ns}/{}", pm.spec.attachment);
-        let Some(&att) = attachments.get(&att_key) else {
+        let Some(&att) = attachments.get(&(ns, pm.spec.attachment.as_str())) else {
             out.port_mappings.insert(key, Err(Failure::new(reason::ATTACHMENT_NOT_FOUND, format!("attachment {att_key} does not exist"))));
             continue;
         };
@@ -79,9 +87,10 @@ pub(super) fn plan_ports(
                     return Err(Failure::new(
                         reason::PORT_CONFLICT,
                         format!(
-                            "host port {}:{port}/{} is already published by port mapping {winner}",
+                            "host port {}:{port}/{} is already published by port mapping {}",
                             show_ip(w.host_ip),
-                            w.protocol.as_str()
+                            w.protocol.as_str(),
+                            mapping_key(*winner)
                         ),
                     ));
                 }
@@ -127,7 +136,7 @@ pub(super) fn plan_ports(
                 let bridge = net.map(|n| n.bridge.clone()).unwrap_or_default();
                 let mut bindings = Vec::new();
                 for (protocol, host_ip, host_port, container_port, container_ip) in mine {
-                    published.entry((protocol, container_ip.is_ipv6(), host_port)).or_default().push((host_ip, key.clone()));
+                    published.entry((protocol, container_ip.is_ipv6(), host_port)).or_default().push((host_ip, position));
                     bindings.push(PortBinding {
                         protocol,
                         host_ip: match (host_ip, container_ip) {
