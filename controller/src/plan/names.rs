@@ -47,8 +47,8 @@ pub fn name_table(local: &[Local<'_>], networks: &BTreeMap<String, Result<Resolv
     let mut table = NameTable::default();
     // Built for a thousand attachments on every pass that changes any:
     // names are borrowed until they are stored, stored once.
-    let mut sandbox_networks: HashMap<&str, (Vec<&str>, Vec<IpAddr>)> = HashMap::new();
-    let mut members: Vec<(&Attachment, &AttachmentInfo)> = Vec::new();
+    let mut sandbox_networks: HashMap<&str, (Vec<&str>, Vec<IpAddr>)> = HashMap::with_capacity(local.len());
+    let mut members: Vec<(&Attachment, &AttachmentInfo)> = Vec::with_capacity(local.len());
     for (key, att, _) in local {
         let Some(Ok(info)) = out.attachments.get(key) else { continue };
         let Some(sandbox) = info.sandbox_path.as_deref() else { continue };
@@ -72,7 +72,7 @@ pub fn name_table(local: &[Local<'_>], networks: &BTreeMap<String, Result<Resolv
             .chain(att.spec.aliases.iter().map(String::as_str));
         let records = entry_of(&mut table.records, &info.network);
         for name in names {
-            let list = records.entry(name.to_ascii_lowercase()).or_default();
+            let list = records.entry(name.to_ascii_lowercase()).or_insert_with(|| Vec::with_capacity(addrs.len()));
             for a in &addrs {
                 if !list.contains(a) {
                     list.push(*a);

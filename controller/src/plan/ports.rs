@@ -50,6 +50,7 @@ pub(super) fn plan_ports(
     // (protocol, IPv6?, port) -> [(host ip, owner)]: v4 and v6 bindings of one
     // port are distinct, as with Docker's dual-stack publishing.
     let mut published: Published = BTreeMap::new();
+    out.desired.firewall.ports.reserve(objects.port_mappings.len());
     let (lo, hi) = node.ephemeral_ports;
     // Attachments by (namespace, name): one lookup per mapping, not a scan
     // (the first of a duplicated name wins, as everywhere else).
@@ -77,7 +78,7 @@ pub(super) fn plan_ports(
         }
         let result = wanted_bindings(pm, att, &att_key, networks, out).and_then(|wanted| {
             // Check every fixed port first: a mapping is applied whole or not at all.
-            let mut mine: Vec<(Protocol, Option<IpAddr>, u16, u16, IpAddr)> = Vec::new();
+            let mut mine: Vec<(Protocol, Option<IpAddr>, u16, u16, IpAddr)> = Vec::with_capacity(wanted.len());
             for w in wanted.iter().filter(|w| w.host_port.is_some()) {
                 let port = w.host_port.expect("filtered");
                 if let Some((_, winner)) = published
@@ -134,7 +135,7 @@ pub(super) fn plan_ports(
             Ok(mine) => {
                 let net = networks.get(&att.spec.network).and_then(|n| n.as_ref().ok());
                 let bridge = net.map(|n| n.bridge.clone()).unwrap_or_default();
-                let mut bindings = Vec::new();
+                let mut bindings = Vec::with_capacity(mine.len());
                 for (protocol, host_ip, host_port, container_port, container_ip) in mine {
                     published.entry((protocol, container_ip.is_ipv6(), host_port)).or_default().push((host_ip, position));
                     bindings.push(PortBinding {
