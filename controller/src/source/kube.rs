@@ -131,9 +131,9 @@ fn has_finalizer<K: ResourceExt>(o: &K, f: &str) -> bool {
 
 /// Addresses and ports recorded in status: the source of truth when the
 /// state dir was lost (a new node disk, a wiped /var/lib/netlet).
-fn allocations_from_status(attachments: &[Attachment], port_mappings: &[PortMapping]) -> Allocations {
+fn allocations_from_status(attachments: &[Arc<Attachment>], port_mappings: &[Arc<PortMapping>]) -> Allocations {
     let mut held = Allocations::default();
-    for a in attachments {
+    for a in attachments.iter().map(|a| &**a) {
         let Some(status) = &a.status else { continue };
         let addr = |cidr: &Option<String>| cidr.as_deref().and_then(|c| c.split('/').next()).and_then(|ip| ip.parse().ok());
         let entry = HeldEndpoint {
@@ -146,7 +146,7 @@ fn allocations_from_status(attachments: &[Attachment], port_mappings: &[PortMapp
             held.endpoints.insert(format!("{}/{}", namespace_of(a), a.name_any()), entry);
         }
     }
-    for p in port_mappings {
+    for p in port_mappings.iter().map(|p| &**p) {
         let Some(status) = &p.status else { continue };
         for b in &status.bindings {
             let host_ip = if b.host_ip == "::" { "0.0.0.0" } else { b.host_ip.as_str() };
@@ -516,10 +516,9 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
         // Addresses and ports already handed out, from status: ours fill
         // what the state dir lacks; other nodes' (overlay remotes) are
         // theirs to decide, so their status wins.
-        let (ours, others): (Vec<Attachment>, Vec<Attachment>) =
-            cluster.attachments.state().iter().map(|a| (**a).clone()).partition(|a| scheduled_on(a, &opts.node_name));
-        let port_mappings: Vec<PortMapping> = objects.port_mappings.iter().map(|p| (**p).clone()).collect();
-        reconciler.seed_allocations(allocations_from_status(&ours, &port_mappings));
+        let (ours, others): (Vec<Arc<Attachment>>, Vec<Arc<Attachment>>) =
+            cluster.attachments.state().into_iter().partition(|a| scheduled_on(a, &opts.node_name));
+        reconciler.seed_allocations(allocations_from_status(&ours, &objects.port_mappings));
         reconciler.override_allocations(allocations_from_status(&others, &[]));
         let blocks = cluster.overlay_blocks(&objects).await;
         reconciler.set_overlay_blocks(blocks);
@@ -642,7 +641,7 @@ mod tests {
             bindings: vec![PortBinding { protocol: Protocol::Tcp, host_ip: "0.0.0.0".into(), host_port: 32800, container_port: 80 }],
             ..Default::default()
         });
-        let held = allocations_from_status(&[a], &[p]);
+        let held = allocations_from_status(&[Arc::new(a)], &[Arc::new(p)]);
         assert_eq!(held.endpoints["ns/c1"].ipv4, Some("10.0.0.7".parse().unwrap()));
         assert_eq!(held.endpoints["ns/c1"].interface.as_deref(), Some("eth0"));
         assert_eq!(held.ports["ns/web|tcp|80|0.0.0.0"], 32800);
