@@ -15,7 +15,7 @@ use crate::metrics::{AddressUsage, Metrics};
 use crate::objects::ObjectSet;
 use crate::plan::{self, Allocations, NodeFacts};
 use crate::source::manifests::LoadError;
-use crate::state::{Owned, StateDir, StatusStore};
+use crate::state::{Owned, OwnedRecord, StateDir, StatusStore};
 use crate::status::{self, Verdict};
 
 /// What one pass did, for logs, `--once` and metrics.
@@ -248,7 +248,17 @@ impl Reconciler {
             (plan.allocations != self.allocations).then(|| self.state.store_allocations_in_background(plan.allocations.clone()));
         let t_allocations = started.elapsed();
         let state = self.state.clone();
-        let mut record = |owned: &Owned| state.store_owned(owned).map_err(|e| e.to_string());
+        // Namespaces about to be made are logged (an append); the whole
+        // record is rewritten after the status write.
+        let mut namespaces_logged = false;
+        let mut record = |record: OwnedRecord<'_>| match record {
+            OwnedRecord::Namespaces(names) => {
+                state.log_owned_namespaces(names).map_err(|e| e.to_string())?;
+                namespaces_logged = true;
+                Ok(())
+            }
+            OwnedRecord::Whole(owned) => state.store_owned(owned).map_err(|e| e.to_string()),
+        };
         let report: SyncReport = self.dataplane.sync(&plan.desired, self.desired_generation, &mut self.owned, &mut record).await;
         if let Some(write) = allocations_write {
             match write.finish() {
@@ -302,9 +312,9 @@ impl Reconciler {
         let mut mutations_by_kind = report.mutations.clone();
         self.dataplane.finish_deletions().await.record(&mut mutations_by_kind, &mut node_errors);
         self.dataplane.refill_spare_namespace();
-        if report.owned_to_record {
+        if report.owned_to_record || namespaces_logged {
             if let Err(e) = self.state.store_owned(&self.owned) {
-                node_errors.push(format!("recording namespace removals: {e}"));
+                node_errors.push(format!("recording the namespaces netlet made and removed: {e}"));
             }
         }
         tracing::debug!(?t_facts, ?t_plan, ?t_allocations, ?t_sync, ?t_status_computed, ?t_status, deletions = ?started.elapsed(), reused, full = report.full, "reconcile phases (cumulative)");

@@ -27,7 +27,7 @@ use crate::naming::{OWNER_ALIAS_PREFIX, OWNER_LINK_GROUP};
 use crate::plan::attachment::SandboxRef;
 use crate::plan::desired::{DesiredState, Endpoint, EndpointKind};
 use crate::plan::outcome::{reason, Failure};
-use crate::state::Owned;
+use crate::state::{Owned, OwnedRecord};
 use netlink::{Link, LinkChange, Netlink, NetlinkError};
 
 /// What one sync did and what went wrong, per object.
@@ -418,7 +418,7 @@ impl Dataplane {
         desired: &DesiredState,
         generation: u64,
         owned: &mut Owned,
-        record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
+        record_owned: &mut dyn FnMut(OwnedRecord<'_>) -> Result<(), String>,
     ) -> SyncReport {
         let mut report = SyncReport::default();
         // Normally finished by the reconciler right after its status write.
@@ -485,7 +485,7 @@ impl Dataplane {
             owned.sandbox_links.entry(ep.owner.clone()).or_insert_with(|| (ep.sandbox.path(), ep.ifname.clone()));
         }
         if owned.sandbox_links.len() != before {
-            if let Err(e) = record_owned(owned) {
+            if let Err(e) = record_owned(OwnedRecord::Whole(owned)) {
                 report.node_errors.push(format!("recording sandbox links: {e}"));
             }
         }
@@ -829,7 +829,7 @@ impl Dataplane {
         desired: &DesiredState,
         full: bool,
         owned: &mut Owned,
-        record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
+        record_owned: &mut dyn FnMut(OwnedRecord<'_>) -> Result<(), String>,
         report: &mut SyncReport,
     ) -> BTreeMap<String, netns::Created> {
         let mut fresh = BTreeMap::new();
@@ -851,13 +851,13 @@ impl Dataplane {
         // Write-ahead, once for the whole batch: recorded before created, so
         // a crash cannot leak one (recording a name that then fails to be
         // created is harmless: deleting an absent namespace succeeds).
-        let before = owned.netns.len();
-        owned.netns.extend(missing.iter().map(|n| (*n).clone()));
-        if owned.netns.len() != before {
-            if let Err(e) = record_owned(owned) {
+        let unrecorded: Vec<&String> = missing.iter().copied().filter(|n| !owned.netns.contains(*n)).collect();
+        if !unrecorded.is_empty() {
+            if let Err(e) = record_owned(OwnedRecord::Namespaces(&unrecorded)) {
                 report.node_errors.push(format!("recording namespaces: {e}"));
                 return fresh;
             }
+            owned.netns.extend(unrecorded.into_iter().cloned());
         }
         for name in missing {
             match netns::create(name, &mut self.spare_netns) {
@@ -1192,7 +1192,7 @@ impl Dataplane {
         desired: &DesiredState,
         node_links: &[Link],
         owned: &mut Owned,
-        record_owned: &mut dyn FnMut(&Owned) -> Result<(), String>,
+        record_owned: &mut dyn FnMut(OwnedRecord<'_>) -> Result<(), String>,
         report: &mut SyncReport,
     ) {
         let wanted_links: BTreeSet<&str> = desired
@@ -1237,7 +1237,7 @@ impl Dataplane {
                         report.mutated("link");
                     }
                     owned.sandbox_links.remove(&owner);
-                    if let Err(e) = record_owned(owned) {
+                    if let Err(e) = record_owned(OwnedRecord::Whole(owned)) {
                         report.node_errors.push(format!("recording sandbox link removal: {e}"));
                     }
                 }
