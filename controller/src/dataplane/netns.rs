@@ -58,9 +58,10 @@ pub fn is_namespace(path: &Path) -> bool {
     }
 }
 
-/// Creates `/run/netns/<name>` holding a new network namespace with lo up
-/// left to the caller. Succeeds if it already exists as a namespace. Takes
-/// the namespace from `spare` when one is made.
+/// Creates `/run/netns/<name>` holding a new network namespace. Succeeds if
+/// it already exists as a namespace. Takes the namespace from `spare` when
+/// one is made; bringing lo up is left to the caller unless the returned
+/// [`Created`] says the spare's already is.
 pub fn create(name: &str, spare: &mut Spare) -> io::Result<Created> {
     ensure_netns_dir()?;
     let path = Path::new(NETNS_DIR).join(name);

@@ -14,8 +14,8 @@ use super::{is_local, Allocations, NodeFacts, Plan};
 use crate::api::{Attachment, Driver, PortBinding, PortMapping, Protocol};
 use crate::objects::{namespace_of, ObjectSet};
 
-/// Bindings published so far: (protocol, IPv6?, port) -> [(host ip, owner)].
-/// (protocol, IPv6?, port) -> [(host ip, position of the publishing mapping)].
+/// Bindings published so far: (protocol, IPv6?, port) -> [(host ip,
+/// position of the publishing mapping)].
 type Published = BTreeMap<(Protocol, bool, u16), Vec<(Option<IpAddr>, usize)>>;
 
 /// One binding before conflicts are checked.
@@ -46,19 +46,17 @@ pub(super) fn plan_ports(
     networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
     out: &mut Plan,
 ) {
-    // Published so far: (protocol, port) -> [(host ip, owner)].
-    // (protocol, IPv6?, port) -> [(host ip, owner)]: v4 and v6 bindings of one
-    // port are distinct, as with Docker's dual-stack publishing.
+    // v4 and v6 bindings of one port are distinct, as with Docker's
+    // dual-stack publishing.
     let mut published: Published = BTreeMap::new();
     out.desired.firewall.ports.reserve(objects.port_mappings.len());
     let (lo, hi) = node.ephemeral_ports;
     // Attachments by (namespace, name): one lookup per mapping, not a scan
     // (the first of a duplicated name wins, as everywhere else).
-    let in_namespace = |ns: &Option<String>| ns.as_deref().unwrap_or("default").to_owned();
     let mut attachments: HashMap<(String, &str), &Attachment> = HashMap::with_capacity(objects.attachments.len());
     for a in objects.attachments.iter().map(|a| &**a) {
         let Some(name) = a.metadata.name.as_deref() else { continue };
-        attachments.entry((in_namespace(&a.metadata.namespace), name)).or_insert(a);
+        attachments.entry((namespace_of(a), name)).or_insert(a);
     }
     // The key of the mapping at `position`, for a conflict's message.
     let mapping_key = |position: usize| {
