@@ -133,7 +133,7 @@ impl Metrics {
         // Counted here first: a label lookup per object is thousands a pass.
         let mut counts: BTreeMap<(&str, bool), i64> = BTreeMap::new();
         for v in outcome.verdicts.iter() {
-            *counts.entry((crate::api::Kind::from(v.key.kind).as_str(), v.ready)).or_default() += 1;
+            *counts.entry((v.key.kind.as_str(), v.ready)).or_default() += 1;
         }
         self.objects.reset();
         for ((kind, ready), n) in counts {

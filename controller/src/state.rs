@@ -61,7 +61,7 @@ pub struct Owned {
     /// Links created straight inside a sandbox (macvlan), which carry no
     /// marker the node namespace can see: attachment -> (sandbox path, name).
     #[serde(default)]
-    pub sandbox_links: std::collections::BTreeMap<String, (String, String)>,
+    pub sandbox_links: std::collections::BTreeMap<crate::objects::ObjectName, (String, String)>,
 }
 
 /// A record the dataplane makes before it creates something: the
@@ -307,9 +307,16 @@ mod tests {
         let dir = temp_dir("rt");
         let state = StateDir::open(&dir).unwrap();
         let mut a = Allocations::default();
-        a.ports.insert("default/web|tcp|80|0.0.0.0".into(), 32768);
+        a.ports.insert("default/web|tcp|80|0.0.0.0".parse().unwrap(), 32768);
+        a.ports.insert("default/a|b|udp|53|fd00::1".parse().unwrap(), 32769);
+        a.endpoints.insert("default/c1".into(), crate::plan::HeldEndpoint { network: "n".into(), ..Default::default() });
         state.store_allocations(&a).unwrap();
         assert_eq!(state.load_allocations(), a);
+        // The file keeps the form earlier versions wrote.
+        let text = fs::read_to_string(dir.join("allocations.json")).unwrap();
+        for key in ["\"default/web|tcp|80|0.0.0.0\"", "\"default/a|b|udp|53|fd00::1\"", "\"default/c1\""] {
+            assert!(text.contains(key), "{key} in {text}");
+        }
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -15,7 +15,7 @@ use crate::api::{
     merge_condition, Attachment, AttachmentStatus, Condition, Kind, Network, NetworkStatus, PortMapping, PortMappingStatus, API_VERSION,
 };
 use crate::dataplane::SyncReport;
-use crate::objects::{attachment_key, network_key, port_mapping_key, KindName, ObjectKey, ObjectSet};
+use crate::objects::{attachment_key, network_key, port_mapping_key, ObjectKey, ObjectName, ObjectSet};
 use crate::plan::outcome::{reason, Failure};
 use crate::plan::{is_local, Plan};
 use crate::source::manifests::LoadError;
@@ -57,10 +57,13 @@ pub struct Computed {
 pub fn key_of(value: &Value) -> Option<ObjectKey> {
     let kind = Kind::parse(value.get("kind")?.as_str()?)?;
     let meta = value.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
     Some(ObjectKey {
-        kind: KindName::from(kind),
-        namespace: meta.get("namespace").and_then(Value::as_str).map(String::from),
-        name: meta.get("name")?.as_str()?.to_string(),
+        kind,
+        name: match meta.get("namespace").and_then(Value::as_str) {
+            Some(ns) => ObjectName::namespaced(ns, name),
+            None => ObjectName::cluster(name),
+        },
     })
 }
 
@@ -303,13 +306,13 @@ impl<'a> Builder<'a> {
         if self.reuse(key, &status, 0) {
             return;
         }
-        let mut metadata = json!({"name": key.name});
-        if let Some(ns) = &key.namespace {
+        let mut metadata = json!({"name": key.name.name()});
+        if let Some(ns) = key.name.namespace() {
             metadata["namespace"] = json!(ns);
         }
         let value = json!({
             "apiVersion": API_VERSION,
-            "kind": Kind::from(key.kind).as_str(),
+            "kind": key.kind.as_str(),
             "metadata": metadata,
             "status": status.to_value(),
         });
@@ -398,14 +401,14 @@ pub fn compute(
     }
 
     // Whether each local attachment is ready, by `namespace/name`, for its port mappings.
-    let mut ready_attachments: HashMap<String, bool> = HashMap::with_capacity(objects.attachments.len());
+    let mut ready_attachments: HashMap<ObjectName, bool> = HashMap::with_capacity(objects.attachments.len());
     for (position, shared) in objects.attachments.iter().enumerate().filter(|(_, a)| is_local(a, node)) {
         let att: &Attachment = shared;
         let key = attachment_key(att);
-        let ns_name = key.ns_name();
+        let ns_name = key.name.clone();
         let planned = plan.attachments.get(&ns_name);
         let owner_failure = att.spec.sandbox.attachment.as_ref().and_then(|owner| {
-            let owner_key = format!("{}/{owner}", key.namespace.as_deref().unwrap_or("default"));
+            let owner_key = key.name.sibling(owner);
             report.endpoint_errors.get(&owner_key).map(|f| {
                 Failure::new(
                     reason::SANDBOX_OWNER_GONE,
@@ -454,10 +457,10 @@ pub fn compute(
     for (position, shared) in objects.port_mappings.iter().enumerate() {
         let pm: &PortMapping = shared;
         let key = port_mapping_key(pm);
-        let Some(planned) = plan.port_mappings.get(&key.ns_name()) else {
+        let Some(planned) = plan.port_mappings.get(&key.name) else {
             continue;
         };
-        let att_key = format!("{}/{}", key.namespace.as_deref().unwrap_or("default"), pm.spec.attachment);
+        let att_key = key.name.sibling(&pm.spec.attachment);
         let result = match planned {
             Err(f) => Err(f.clone()),
             Ok(_) if ready_attachments.get(&att_key) == Some(&false) => {
@@ -558,8 +561,13 @@ mod tests {
         // Where each entry came from: the old attachments and mappings moved
         // over as they were (their serialized form is reused); the network
         // (one attachment more) and the new objects built.
-        let built: Vec<String> =
-            grown.store.iter().zip(&grown.origins).filter(|(_, o)| o.is_none()).map(|(e, _)| key_of(e).unwrap().name).collect();
+        let built: Vec<String> = grown
+            .store
+            .iter()
+            .zip(&grown.origins)
+            .filter(|(_, o)| o.is_none())
+            .map(|(e, _)| key_of(e).unwrap().name.name().to_string())
+            .collect();
         assert_eq!(built, ["n", "a2", "p2"]);
         for (entry, origin) in grown.store.iter().zip(&grown.origins).filter(|(_, o)| o.is_some()) {
             assert_eq!(entry, &first.store[origin.unwrap()]);
@@ -586,15 +594,20 @@ mod tests {
         let first = pass(&two, Previous { store: Vec::new(), computed_from: None }, "t1");
         // Same objects, same plan; the dataplane failed for a1 only.
         let mut failed = SyncReport::default();
-        failed.endpoint_errors.insert("default/a1".into(), Failure::new(reason::KERNEL_ERROR, "veth: no"));
+        failed.endpoint_errors.insert(ObjectName::from("default/a1"), Failure::new(reason::KERNEL_ERROR, "veth: no"));
         let broken =
             pass_with(&two, &failed, Previous { store: first.store.clone(), computed_from: Some((&two, first.memo.clone())) }, "t2");
         assert!(broken.changed);
         assert_eq!(ready_of(&broken.store, ObjectKey::attachment("default", "a1")), ("False".into(), "t2".into()));
         // Its mapping follows it; everything else is the previous entry, moved.
         assert_eq!(ready_of(&broken.store, ObjectKey::port_mapping("default", "p1")), ("False".into(), "t2".into()));
-        let rebuilt: Vec<String> =
-            broken.store.iter().zip(&broken.origins).filter(|(_, o)| o.is_none()).map(|(e, _)| key_of(e).unwrap().name).collect();
+        let rebuilt: Vec<String> = broken
+            .store
+            .iter()
+            .zip(&broken.origins)
+            .filter(|(_, o)| o.is_none())
+            .map(|(e, _)| key_of(e).unwrap().name.name().to_string())
+            .collect();
         assert_eq!(rebuilt, ["a1", "p1"]);
         let verdict = broken.verdicts.iter().find(|v| v.key == ObjectKey::attachment("default", "a0")).unwrap();
         assert!(verdict.ready, "a verdict of a moved entry is read from it");

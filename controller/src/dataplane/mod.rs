@@ -24,6 +24,7 @@ use std::path::Path;
 use ipnet::IpNet;
 
 use crate::naming::{OWNER_ALIAS_PREFIX, OWNER_LINK_GROUP};
+use crate::objects::ObjectName;
 use crate::plan::attachment::SandboxRef;
 use crate::plan::desired::{DesiredState, Endpoint, EndpointKind};
 use crate::plan::outcome::{reason, Failure};
@@ -35,8 +36,8 @@ use netlink::{Link, LinkChange, Netlink, NetlinkError};
 pub struct SyncReport {
     /// Kernel changes by kind (link, address, route, netns, sysctl, nft).
     pub mutations: BTreeMap<&'static str, u32>,
-    /// By attachment `namespace/name`.
-    pub endpoint_errors: BTreeMap<String, Failure>,
+    /// By attachment.
+    pub endpoint_errors: BTreeMap<ObjectName, Failure>,
     /// By network name.
     pub network_errors: BTreeMap<String, Failure>,
     /// Node-wide problems (sysctls, pruning) that belong to no one object.
@@ -319,12 +320,11 @@ impl Dataplane {
         let mut held = crate::plan::Allocations::default();
         let Ok(node_links) = netlink::dump_links().await else { return held };
         for att in objects.attachments.iter().map(|a| &**a) {
-            let ns = crate::objects::namespace_of(att);
-            let name = kube::ResourceExt::name_any(att);
-            if known.endpoints.contains_key(&format!("{ns}/{name}")) {
+            let key = ObjectName::of(att);
+            if known.endpoints.contains_key(&key) {
                 continue;
             }
-            let host = crate::naming::host_veth_name(&ns, &name);
+            let host = crate::naming::host_veth_name_of(att);
             let Some(peer_index) = node_links.iter().find(|l| l.name == host && is_ours(l)).and_then(|l| l.link) else { continue };
             let sandbox = match (&att.spec.sandbox.netns, &att.spec.sandbox.path) {
                 (Some(n), _) => SandboxRef::Managed(n.clone()),
@@ -343,7 +343,7 @@ impl Dataplane {
                     IpAddr::V6(_) => entry.ipv6 = Some(a.net.addr()),
                 }
             }
-            held.endpoints.insert(format!("{ns}/{name}"), entry);
+            held.endpoints.insert(key, entry);
         }
         self.sandboxes.clear();
         held
@@ -1208,7 +1208,7 @@ impl Dataplane {
             .filter(|e| matches!(e.kind, EndpointKind::Macvlan { .. }))
             .map(|e| (e.sandbox.path(), e.ifname.clone()))
             .collect();
-        let stale: Vec<(String, (String, String))> = owned
+        let stale: Vec<(ObjectName, (String, String))> = owned
             .sandbox_links
             .iter()
             .filter(|(_, place)| !wanted_sandbox_links.contains(*place))

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{Attachment, Driver, Protocol};
 use crate::naming;
-use crate::objects::{namespace_of, ObjectSet};
+use crate::objects::{ObjectName, ObjectSet};
 use attachment::{CheckedAttachment, SandboxChoice, SandboxRef};
 use desired::{BridgeLink, DesiredState, Endpoint, EndpointKind, FirewallNetwork, SandboxSpec};
 use network::ResolvedNetwork;
@@ -58,10 +58,59 @@ pub struct NodeFacts {
 #[serde(rename_all = "camelCase")]
 pub struct Allocations {
     #[serde(default)]
-    pub endpoints: BTreeMap<String, HeldEndpoint>,
-    /// Ephemeral host ports by `ns/name|protocol|containerPort|hostIP`.
+    pub endpoints: BTreeMap<ObjectName, HeldEndpoint>,
+    /// Ephemeral host ports, by the port of the mapping they publish.
     #[serde(default)]
-    pub ports: BTreeMap<String, u16>,
+    pub ports: BTreeMap<PortKey, u16>,
+}
+
+/// One port of one PortMapping that holds an ephemeral host port:
+/// `namespace/name|protocol|containerPort|hostIP` in allocations.json.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub mapping: ObjectName,
+    pub protocol: Protocol,
+    pub container_port: u16,
+    /// The host address asked for; 0.0.0.0 for every address (of either family).
+    pub host_ip: IpAddr,
+}
+
+impl std::fmt::Display for PortKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}|{}|{}|{}", self.mapping, self.protocol.as_str(), self.container_port, self.host_ip)
+    }
+}
+
+impl std::str::FromStr for PortKey {
+    type Err = String;
+    /// Read from the right: what precedes the protocol is the mapping's name.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not namespace/name|protocol|containerPort|hostIP");
+        let mut fields = text.rsplitn(4, '|');
+        let (Some(host_ip), Some(port), Some(protocol), Some(mapping)) = (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(bad());
+        };
+        Ok(PortKey {
+            mapping: ObjectName::from(mapping),
+            protocol: Protocol::parse(protocol).ok_or_else(bad)?,
+            container_port: port.parse().map_err(|_| bad())?,
+            host_ip: host_ip.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl Serialize for PortKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -110,15 +159,15 @@ pub struct Plan {
     pub desired: DesiredState,
     pub allocations: Allocations,
     pub networks: BTreeMap<String, Result<NetworkInfo, Failure>>,
-    /// By `namespace/name`; only attachments of this node.
-    pub attachments: BTreeMap<String, Result<AttachmentInfo, Failure>>,
-    /// By `namespace/name`; only port mappings of this node's attachments.
-    pub port_mappings: BTreeMap<String, Result<Vec<crate::api::PortBinding>, Failure>>,
+    /// Only attachments of this node.
+    pub attachments: BTreeMap<ObjectName, Result<AttachmentInfo, Failure>>,
+    /// Only port mappings of this node's attachments.
+    pub port_mappings: BTreeMap<ObjectName, Result<Vec<crate::api::PortBinding>, Failure>>,
 }
 
-/// An attachment of this node that passed its own checks: its
-/// `namespace/name`, the object, and what the checks parsed.
-pub type Local<'a> = (String, &'a Attachment, CheckedAttachment);
+/// An attachment of this node that passed its own checks: its name, the
+/// object, and what the checks parsed.
+pub type Local<'a> = (ObjectName, &'a Attachment, CheckedAttachment);
 
 /// Is this attachment for the node `node`? (No nodeName: whoever reads it.)
 pub fn is_local(att: &Attachment, node: &str) -> bool {
@@ -134,7 +183,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
     // Attachments of this node, checked, in creation order.
     let mut local: Vec<Local<'_>> = Vec::new();
     for att in objects.attachments.iter().map(|a| &**a).filter(|a| is_local(a, &node.node_name)) {
-        let key = format!("{}/{}", namespace_of(att), att.name_any());
+        let key = ObjectName::of(att);
         match attachment::check(att).and_then(|checked| check_against_network(att, &checked, &networks).map(|()| checked)) {
             Ok(checked) => local.push((key, att, checked)),
             Err(failure) => {
@@ -176,7 +225,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
         let (v4, v6) = addresses[position];
         let mac = checked.mac.unwrap_or_else(|| match v4 {
             Some(IpAddr::V4(ip)) => naming::mac_from_ipv4(ip),
-            _ => naming::mac_from_key(key),
+            _ => naming::mac_from_key(key.as_str()),
         });
         if let Some(holder) = macs.get(&(net.name.as_str(), mac)) {
             out.attachments.insert(
@@ -188,7 +237,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
             );
             continue;
         }
-        macs.insert((net.name.as_str(), mac), key);
+        macs.insert((net.name.as_str(), mac), key.as_str());
 
         let Some(ifname) = interfaces[position].clone() else { continue };
         let with_prefix =
@@ -250,7 +299,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
                 ..Default::default()
             }),
             SandboxChoice::SharedWith(owner) => {
-                let owner_key = format!("{}/{owner}", namespace_of(*att));
+                let owner_key = key.sibling(owner);
                 match out.attachments.get(&owner_key) {
                     Some(Ok(info)) => Ok(AttachmentInfo { host_interface: None, ..info.clone() }),
                     _ => Err(Failure::new(
@@ -529,11 +578,11 @@ fn assign_interfaces(local: &[Local<'_>], held: &Allocations, out: &mut Plan) ->
         // container's interface is never renamed because of a newcomer.
         for &i in members {
             let (key, att, _) = &local[i];
-            let Some(ifname) = held.endpoints.get(key.as_str()).and_then(|h| h.interface.as_ref()) else {
+            let Some(ifname) = held.endpoints.get(key).and_then(|h| h.interface.as_ref()) else {
                 continue;
             };
             if att.spec.interface.as_ref().is_none_or(|wanted| wanted == ifname) && !taken.contains_key(ifname) {
-                taken.insert(ifname.clone(), key);
+                taken.insert(ifname.clone(), key.as_str());
                 names[i] = Some(ifname.clone());
             }
         }
@@ -554,7 +603,7 @@ fn assign_interfaces(local: &[Local<'_>], held: &Allocations, out: &mut Plan) ->
                     )));
                 }
                 None => {
-                    taken.insert(ifname.clone(), key);
+                    taken.insert(ifname.clone(), key.as_str());
                     names[i] = Some(ifname.clone());
                 }
             }
@@ -570,7 +619,7 @@ fn assign_interfaces(local: &[Local<'_>], held: &Allocations, out: &mut Plan) ->
                 next += 1;
             }
             let ifname = format!("eth{next}");
-            taken.insert(ifname.clone(), key);
+            taken.insert(ifname.clone(), key.as_str());
             names[i] = Some(ifname);
         }
     }

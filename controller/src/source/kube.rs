@@ -30,8 +30,8 @@ use crate::api::{
     ready_condition, AddressBlock, Attachment, Condition, Driver, Network, NetworkNodeStatus, NetworkStatus, OverlayPeer, PortMapping,
 };
 use crate::metrics::Metrics;
-use crate::objects::{namespace_of, ObjectSet};
-use crate::plan::{overlay, Allocations, HeldEndpoint};
+use crate::objects::{namespace_of, ObjectName, ObjectSet};
+use crate::plan::{overlay, Allocations, HeldEndpoint, PortKey};
 use crate::reconcile::Reconciler;
 use crate::state::StateDir;
 use crate::status::key_of;
@@ -143,17 +143,17 @@ fn allocations_from_status(attachments: &[Arc<Attachment>], port_mappings: &[Arc
             interface: status.interface.clone(),
         };
         if entry.ipv4.is_some() || entry.ipv6.is_some() {
-            held.endpoints.insert(format!("{}/{}", namespace_of(a), a.name_any()), entry);
+            held.endpoints.insert(ObjectName::of(a), entry);
         }
     }
     for p in port_mappings.iter().map(|p| &**p) {
         let Some(status) = &p.status else { continue };
         for b in &status.bindings {
-            let host_ip = if b.host_ip == "::" { "0.0.0.0" } else { b.host_ip.as_str() };
-            held.ports.insert(
-                format!("{}/{}|{}|{}|{host_ip}", namespace_of(p), p.name_any(), b.protocol.as_str(), b.container_port),
-                b.host_port,
-            );
+            // Both families of a mapping without a hostIP hold one port.
+            let Ok(host_ip) = b.host_ip.parse::<std::net::IpAddr>() else { continue };
+            let host_ip = if host_ip.is_unspecified() { std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) } else { host_ip };
+            let key = PortKey { mapping: ObjectName::of(p), protocol: b.protocol, container_port: b.container_port, host_ip };
+            held.ports.insert(key, b.host_port);
         }
     }
     held
@@ -539,20 +539,16 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
             cluster.ensure_finalizer(&net_api, n, IN_USE_FINALIZER).await;
         }
         // Status, only where it changed.
-        let live_atts: BTreeMap<String, Arc<Attachment>> =
-            cluster.attachments.state().into_iter().map(|a| (format!("{}/{}", namespace_of(&*a), a.name_any()), a)).collect();
-        let live_pms: BTreeMap<String, Arc<PortMapping>> =
-            cluster.port_mappings.state().into_iter().map(|p| (format!("{}/{}", namespace_of(&*p), p.name_any()), p)).collect();
+        let live_atts: BTreeMap<ObjectName, Arc<Attachment>> =
+            cluster.attachments.state().into_iter().map(|a| (ObjectName::of(&*a), a)).collect();
+        let live_pms: BTreeMap<ObjectName, Arc<PortMapping>> =
+            cluster.port_mappings.state().into_iter().map(|p| (ObjectName::of(&*p), p)).collect();
         for value in reconciler.status() {
             let Some(key) = key_of(value) else { continue };
             match key.kind {
-                crate::objects::KindName::Network => cluster.publish_network_status(&key.name, value).await,
-                crate::objects::KindName::Attachment => {
-                    cluster.publish_status(att_api, live_atts.get(&key.ns_name()).map(|a| &**a), value).await
-                }
-                crate::objects::KindName::PortMapping => {
-                    cluster.publish_status(pm_api, live_pms.get(&key.ns_name()).map(|p| &**p), value).await
-                }
+                crate::api::Kind::Network => cluster.publish_network_status(key.name.name(), value).await,
+                crate::api::Kind::Attachment => cluster.publish_status(att_api, live_atts.get(&key.name).map(|a| &**a), value).await,
+                crate::api::Kind::PortMapping => cluster.publish_status(pm_api, live_pms.get(&key.name).map(|p| &**p), value).await,
             }
         }
         // Teardown finished for excluded objects: let them go.
@@ -644,7 +640,7 @@ mod tests {
         let held = allocations_from_status(&[Arc::new(a)], &[Arc::new(p)]);
         assert_eq!(held.endpoints["ns/c1"].ipv4, Some("10.0.0.7".parse().unwrap()));
         assert_eq!(held.endpoints["ns/c1"].interface.as_deref(), Some("eth0"));
-        assert_eq!(held.ports["ns/web|tcp|80|0.0.0.0"], 32800);
+        assert_eq!(held.ports[&"ns/web|tcp|80|0.0.0.0".parse().unwrap()], 32800);
     }
 
     #[test]
