@@ -1,0 +1,313 @@
+//! Attachments' interfaces inside their sandboxes: links, addresses,
+//! default routes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::netlink::{Link, LinkChange, Netlink, NetlinkError};
+use super::report::SyncReport;
+use super::{is_link_local, is_ours, netns, sysctl, Dataplane, LOOPBACK_INDEX};
+use crate::naming::OWNER_ALIAS_PREFIX;
+use crate::plan::attachment::SandboxRef;
+use crate::plan::desired::{DesiredState, Endpoint, EndpointKind};
+use crate::plan::outcome::{reason, Failure};
+
+impl Dataplane {
+    pub(super) async fn sync_endpoints(
+        &mut self,
+        desired: &DesiredState,
+        node_links: &[Link],
+        bridges: &HashMap<String, u32>,
+        full: bool,
+        fresh: &BTreeMap<String, netns::Created>,
+        report: &mut SyncReport,
+    ) {
+        // Group by sandbox: one dump of links, addresses and routes each.
+        let mut by_sandbox: BTreeMap<&SandboxRef, Vec<&Endpoint>> = BTreeMap::new();
+        for spec in &desired.sandboxes {
+            by_sandbox.entry(&spec.sandbox).or_default();
+        }
+        for ep in &desired.endpoints {
+            by_sandbox.entry(&ep.sandbox).or_default().push(ep);
+        }
+        self.verified.retain(|sandbox, _| by_sandbox.contains_key(sandbox));
+        for (sandbox, endpoints) in by_sandbox {
+            if !full && self.verified.get(sandbox).is_some_and(|v| v.iter().eq(endpoints.iter().copied())) {
+                continue;
+            }
+            self.verified.remove(sandbox);
+            let path = sandbox.path();
+            let handle = match self.sandbox(sandbox) {
+                Ok(h) => (h.netlink.clone(), h.file.try_clone()),
+                Err(f) => {
+                    for ep in endpoints {
+                        report.endpoint_errors.insert(ep.owner.clone(), f.clone());
+                    }
+                    continue;
+                }
+            };
+            let (sb, file) = handle;
+            let Ok(file) = file else { continue };
+            if let Err(e) = self.sync_sandbox(&sb, &file, &endpoints, node_links, bridges, fresh.get(&path), report).await {
+                for ep in &endpoints {
+                    report.endpoint_errors.entry(ep.owner.clone()).or_insert_with(|| SyncReport::kernel(&e));
+                }
+            }
+            // One socket at a time: a thousand open ones cost a receive buffer each.
+            self.sandboxes.remove(&path);
+            if let Some(p) = &self.progress {
+                p.step();
+            }
+            if endpoints.iter().all(|ep| !report.endpoint_errors.contains_key(&ep.owner)) {
+                self.verified.insert(sandbox.clone(), endpoints.iter().map(|e| (*e).clone()).collect());
+            }
+        }
+    }
+
+    /// Converges one sandbox: lo, its endpoints' links, addresses, routes.
+    /// A namespace created in this very pass holds only lo, down: nothing
+    /// in it is read back but the links we add (each dump would wait for
+    /// the RTNL lock the kernel's own link-up work keeps taking).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn sync_sandbox(
+        &mut self,
+        sb: &Netlink,
+        file: &File,
+        endpoints: &[&Endpoint],
+        node_links: &[Link],
+        bridges: &HashMap<String, u32>,
+        fresh: Option<&netns::Created>,
+        report: &mut SyncReport,
+    ) -> Result<(), NetlinkError> {
+        let ipv6_conf = fresh.and_then(|c| c.ipv6_conf.as_ref());
+        let loopback_up = fresh.is_some_and(|c| c.loopback_up);
+        let fresh = fresh.is_some();
+        let mut links = Vec::new();
+        if fresh {
+            // A namespace made ahead had lo brought up then: the change is
+            // still this pass's.
+            if !loopback_up {
+                sb.set_link(LOOPBACK_INDEX, "lo", LinkChange { up: true, ..Default::default() }).await?;
+            }
+            report.mutated("link");
+        } else {
+            links = sb.links().await?;
+            if let Some(lo) = links.iter().find(|l| l.name == "lo") {
+                if !lo.up {
+                    sb.set_link(lo.index, "lo", LinkChange { up: true, ..Default::default() }).await?;
+                    report.mutated("link");
+                }
+            }
+        }
+        let mut created = false;
+        for ep in endpoints {
+            if let Err(f) = self.ensure_link(file, ipv6_conf, ep, &links, node_links, bridges, report, &mut created).await {
+                report.endpoint_errors.insert(ep.owner.clone(), f);
+            }
+        }
+        if created && fresh {
+            for ep in endpoints {
+                links.extend(sb.link_by_name(&ep.ifname).await?);
+            }
+        } else if created {
+            links = sb.links().await?;
+        }
+        let (addresses, routes) = if fresh { (Vec::new(), Vec::new()) } else { (sb.addresses().await?, sb.default_routes().await?) };
+        let mut default_v4 = None;
+        let mut default_v6 = None;
+        let mut our_indexes = BTreeSet::new();
+        for ep in endpoints {
+            if report.endpoint_errors.contains_key(&ep.owner) {
+                continue;
+            }
+            let Some(link) = links.iter().find(|l| l.name == ep.ifname) else {
+                report.endpoint_errors.insert(
+                    ep.owner.clone(),
+                    Failure::new(reason::KERNEL_ERROR, format!("interface {} missing after creation", ep.ifname)),
+                );
+                continue;
+            };
+            our_indexes.insert(link.index);
+            let result: Result<(), NetlinkError> = async {
+                let change = LinkChange {
+                    up: !link.up,
+                    mtu: (link.mtu != ep.mtu).then_some(ep.mtu),
+                    mac: (link.mac != ep.mac).then_some(ep.mac),
+                    controller: None,
+                };
+                if !change.is_empty() {
+                    sb.set_link(link.index, &ep.ifname, change).await?;
+                    report.mutated("link");
+                }
+                let have: BTreeSet<IpNet> =
+                    addresses.iter().filter(|a| a.index == link.index && !is_link_local(&a.net)).map(|a| a.net).collect();
+                let want: BTreeSet<IpNet> = ep.addresses.iter().copied().collect();
+                for net in want.difference(&have) {
+                    sb.add_address(link.index, *net, &ep.ifname).await?;
+                    report.mutated("address");
+                }
+                for net in have.difference(&want) {
+                    sb.delete_address(link.index, *net, &ep.ifname).await?;
+                    report.mutated("address");
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                report.endpoint_errors.insert(ep.owner.clone(), SyncReport::kernel(&e));
+                continue;
+            }
+            if let Some(gw) = ep.gateway_v4 {
+                default_v4 = Some((link.index, IpAddr::V4(gw), ep.owner.clone()));
+            }
+            if let Some(gw) = ep.gateway_v6 {
+                default_v6 = Some((link.index, IpAddr::V6(gw), ep.owner.clone()));
+            }
+        }
+        for (want, v4) in [(default_v4, true), (default_v6, false)] {
+            let current: Vec<_> = routes
+                .iter()
+                .filter(|r| {
+                    r.message.header.address_family
+                        == if v4 { netlink_packet_route::AddressFamily::Inet } else { netlink_packet_route::AddressFamily::Inet6 }
+                })
+                .collect();
+            match want {
+                Some((index, gw, owner)) => {
+                    let in_place = current.iter().any(|r| r.oif == Some(index) && r.gateway == Some(gw));
+                    if !in_place {
+                        if let Err(e) = sb.replace_default_route(index, gw).await {
+                            report.endpoint_errors.insert(owner, SyncReport::kernel(&e));
+                        } else {
+                            report.mutated("route");
+                        }
+                    }
+                    // Another default route through one of our interfaces is stale.
+                    for r in current.iter().filter(|r| r.oif != Some(index) && r.oif.is_some_and(|o| our_indexes.contains(&o))) {
+                        sb.delete_route(r).await?;
+                        report.mutated("route");
+                    }
+                }
+                None => {
+                    for r in current.iter().filter(|r| r.oif.is_some_and(|o| our_indexes.contains(&o))) {
+                        sb.delete_route(r).await?;
+                        report.mutated("route");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the endpoint's link exist: for a veth, the host end on its
+    /// bridge with the right peer in the sandbox; for macvlan, the link in
+    /// the sandbox.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn ensure_link(
+        &mut self,
+        file: &File,
+        ipv6_conf: Option<&sysctl::Ipv6Conf>,
+        ep: &Endpoint,
+        sb_links: &[Link],
+        node_links: &[Link],
+        bridges: &HashMap<String, u32>,
+        report: &mut SyncReport,
+        created: &mut bool,
+    ) -> Result<(), Failure> {
+        let inner = sb_links.iter().find(|l| l.name == ep.ifname);
+        match &ep.kind {
+            EndpointKind::Veth { host_name, bridge } => {
+                let Some(&bridge_index) = bridges.get(bridge) else {
+                    return Err(Failure::new(reason::NETWORK_NOT_READY, format!("bridge {bridge} is not ready")));
+                };
+                let host = node_links.iter().find(|l| &l.name == host_name);
+                let paired = match (host, inner) {
+                    (Some(h), Some(i)) => i.kind.as_deref() == Some("veth") && i.link == Some(h.index) && h.link == Some(i.index),
+                    _ => false,
+                };
+                if let (Some(h), true) = (host, paired) {
+                    let change = LinkChange {
+                        up: !h.up,
+                        mtu: (h.mtu != ep.mtu).then_some(ep.mtu),
+                        controller: (h.controller != Some(bridge_index)).then_some(bridge_index),
+                        mac: None,
+                    };
+                    if !change.is_empty() {
+                        self.view_changes.touch(host_name);
+                        self.node.set_link(h.index, host_name, change).await.map_err(|e| SyncReport::kernel(&e))?;
+                        report.mutated("link");
+                    }
+                    return Ok(());
+                }
+                if let Some(i) = inner {
+                    // The name is taken in the sandbox by a link that is not our peer.
+                    return Err(Failure::new(
+                        reason::INTERFACE_CONFLICT,
+                        format!(
+                            "interface {} already exists in sandbox {} (index {}) and is not netlet's",
+                            ep.ifname,
+                            ep.sandbox.path(),
+                            i.index
+                        ),
+                    ));
+                }
+                if let Some(h) = host {
+                    // Our host end lost its peer (sandbox replaced): start over.
+                    if !is_ours(h) {
+                        return Err(Failure::new(
+                            reason::INTERFACE_CONFLICT,
+                            format!("a link named {host_name} exists on the node and is not netlet's"),
+                        ));
+                    }
+                    self.view_changes.gone.insert(h.index);
+                    self.node.delete_link(h.index, host_name).await.map_err(|e| SyncReport::kernel(&e))?;
+                    report.mutated("link");
+                }
+                let alias = format!("{OWNER_ALIAS_PREFIX}attachment/{}", ep.owner);
+                self.view_changes.touch(host_name);
+                self.node
+                    .create_veth(host_name, &alias, bridge_index, &ep.ifname, file, ep.mac, ep.mtu)
+                    .await
+                    .map_err(|e| SyncReport::kernel(&e))?;
+                report.mutated("link");
+                // A bridge port needs no IPv6 of its own; nor does a
+                // container on an IPv4-only network (Docker does the same).
+                // Otherwise each new port's DAD and MLD multicast is flooded
+                // to every other port of the bridge: quadratic work at scale.
+                self.node_ipv6_conf.disable_on(host_name);
+                if !ep.addresses.iter().any(|a| a.addr().is_ipv6()) {
+                    let _ = netns::with_netns(file, || match ipv6_conf {
+                        Some(conf) => conf.disable_on(&ep.ifname),
+                        None => sysctl::disable_ipv6_on(&ep.ifname),
+                    });
+                }
+                *created = true;
+                Ok(())
+            }
+            EndpointKind::Macvlan { parent, mode } => {
+                if inner.is_some_and(|i| i.kind.as_deref() == Some("macvlan")) {
+                    return Ok(());
+                }
+                if inner.is_some() {
+                    return Err(Failure::new(
+                        reason::INTERFACE_CONFLICT,
+                        format!("interface {} already exists in sandbox {} and is not a macvlan", ep.ifname, ep.sandbox.path()),
+                    ));
+                }
+                let Some(parent_link) = node_links.iter().find(|l| &l.name == parent) else {
+                    return Err(Failure::new(reason::NETWORK_NOT_READY, format!("macvlan parent {parent} does not exist on the node")));
+                };
+                self.node
+                    .create_macvlan(&ep.ifname, parent_link.index, *mode, file, ep.mac, ep.mtu)
+                    .await
+                    .map_err(|e| SyncReport::kernel(&e))?;
+                report.mutated("link");
+                *created = true;
+                Ok(())
+            }
+        }
+    }
+}

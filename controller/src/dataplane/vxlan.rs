@@ -1,0 +1,136 @@
+//! Overlay networks on this node: VXLAN devices and their static remotes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use super::netlink::{self, Link, LinkChange, NetlinkError};
+use super::report::SyncReport;
+use super::{is_ours, Dataplane};
+use crate::naming::OWNER_ALIAS_PREFIX;
+use crate::plan::desired::DesiredState;
+use crate::plan::outcome::{reason, Failure};
+
+impl Dataplane {
+    /// Ensures each overlay's VXLAN device on its bridge, and its static
+    /// remotes: FDB entries (MAC -> VTEP) and proxy-ARP/ND entries (IP -> MAC).
+    pub(super) async fn sync_vxlans(
+        &mut self,
+        desired: &DesiredState,
+        node_links: &[Link],
+        bridges: &HashMap<String, u32>,
+        report: &mut SyncReport,
+    ) {
+        for vx in &desired.vxlans {
+            let result: Result<(), Failure> = async {
+                let Some(&bridge) = bridges.get(&vx.bridge) else {
+                    return Err(Failure::new(reason::NETWORK_NOT_READY, format!("bridge {} is not ready", vx.bridge)));
+                };
+                let kernel = |e: NetlinkError| SyncReport::kernel(&e);
+                let IpAddr::V4(local) = vx.local else {
+                    return Err(Failure::invalid("only IPv4 VTEP addresses are supported"));
+                };
+                let want_identity = (vx.vni, vx.port, Some(vx.local));
+                let mut link = node_links.iter().find(|l| l.name == vx.name).cloned();
+                if let Some(l) = &link {
+                    if !is_ours(l) {
+                        return Err(Failure::new(reason::INTERFACE_CONFLICT, format!("a link named {} exists on the node and is not netlet's", vx.name)));
+                    }
+                    if l.kind.as_deref() != Some("vxlan") || l.vxlan != Some(want_identity) {
+                        self.view_changes.gone.insert(l.index);
+                        self.node.delete_link(l.index, &vx.name).await.map_err(kernel)?;
+                        report.mutated("link");
+                        link = None;
+                    }
+                }
+                let link = match link {
+                    Some(l) => l,
+                    None => {
+                        let alias = format!("{OWNER_ALIAS_PREFIX}overlay/{}", vx.network);
+                        self.view_changes.touch(&vx.name);
+                        self.node.create_vxlan(&vx.name, vx.vni, vx.port, local, vx.mtu, bridge, &alias).await.map_err(kernel)?;
+                        report.mutated("link");
+                        self.node
+                            .link_by_name(&vx.name)
+                            .await
+                            .map_err(kernel)?
+                            .ok_or_else(|| Failure::new(reason::KERNEL_ERROR, format!("{} vanished after creation", vx.name)))?
+                    }
+                };
+                let change = LinkChange {
+                    up: !link.up,
+                    mtu: (link.mtu != vx.mtu).then_some(vx.mtu),
+                    controller: (link.controller != Some(bridge)).then_some(bridge),
+                    mac: None,
+                };
+                if !change.is_empty() {
+                    self.view_changes.touch(&vx.name);
+                    self.node.set_link(link.index, &vx.name, change).await.map_err(kernel)?;
+                    report.mutated("link");
+                }
+                let current = self.node.neighbours(link.index).await.map_err(kernel)?;
+                for n in &current {
+                    tracing::debug!(family = ?n.message.header.family, flags = ?n.message.header.flags, state = ?n.message.header.state, mac = ?n.mac, ip = ?n.ip, "vxlan neighbour");
+                }
+                let own = |n: &&netlink::Neighbour| n.message.header.flags.contains(netlink_packet_route::neighbour::NeighbourFlags::Own);
+                let is_fdb = |n: &&netlink::Neighbour| n.message.header.family == netlink_packet_route::AddressFamily::Bridge;
+                let have_fdb: Vec<&netlink::Neighbour> = current.iter().filter(is_fdb).filter(own).filter(|n| n.ip.is_some()).collect();
+                // Only permanent entries: the kernel keeps its own (multicast, NOARP) ones.
+                let have_neigh: Vec<&netlink::Neighbour> = current
+                    .iter()
+                    .filter(|n| !is_fdb(n) && n.message.header.state == netlink_packet_route::neighbour::NeighbourState::Permanent)
+                    .collect();
+                let want_fdb: BTreeSet<([u8; 6], IpAddr)> = vx.remotes.iter().map(|r| (r.mac, r.vtep)).collect();
+                let want_neigh: BTreeSet<(IpAddr, [u8; 6])> = vx.remotes.iter().flat_map(|r| r.addresses.iter().map(move |ip| (*ip, r.mac))).collect();
+                for (mac, vtep) in &want_fdb {
+                    if !have_fdb.iter().any(|n| n.mac == mac.as_slice() && n.ip == Some(*vtep)) {
+                        self.node.add_fdb(link.index, *mac, *vtep).await.map_err(kernel)?;
+                        report.mutated("neighbour");
+                    }
+                }
+                for n in have_fdb.iter().filter(|n| !want_fdb.iter().any(|(mac, vtep)| n.mac == mac.as_slice() && n.ip == Some(*vtep))) {
+                    self.node.delete_neighbour(n).await.map_err(kernel)?;
+                    report.mutated("neighbour");
+                }
+                for (ip, mac) in &want_neigh {
+                    if !have_neigh.iter().any(|n| n.ip == Some(*ip) && n.mac == mac.as_slice()) {
+                        self.node.add_neighbour(link.index, *ip, *mac).await.map_err(kernel)?;
+                        report.mutated("neighbour");
+                    }
+                }
+                for n in have_neigh.iter().filter(|n| !want_neigh.iter().any(|(ip, mac)| n.ip == Some(*ip) && n.mac == mac.as_slice())) {
+                    self.node.delete_neighbour(n).await.map_err(kernel)?;
+                    report.mutated("neighbour");
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(f) = result {
+                tracing::warn!(network = %vx.network, vxlan = %vx.name, error = %f, "overlay not ready");
+                report.network_errors.insert(vx.network.clone(), f);
+            }
+        }
+        if !desired.vxlans.is_empty() {
+            self.check_vteps(desired, report).await;
+        }
+    }
+
+    /// A peer whose VTEP the underlay cannot resolve gets no traffic: the
+    /// kernel marks its neighbour entry FAILED once encapsulated packets
+    /// were sent its way. Read only; nothing is probed or changed.
+    pub(super) async fn check_vteps(&mut self, desired: &DesiredState, report: &mut SyncReport) {
+        use netlink_packet_route::neighbour::NeighbourState;
+        let Ok(neighbours) = self.node.ipv4_neighbours().await else { return };
+        let failed: BTreeSet<IpAddr> = neighbours
+            .iter()
+            .filter(|n| matches!(n.message.header.state, NeighbourState::Failed | NeighbourState::Incomplete))
+            .filter_map(|n| n.ip)
+            .collect();
+        for vx in &desired.vxlans {
+            let vteps: BTreeSet<IpAddr> = vx.remotes.iter().map(|r| r.vtep).filter(|v| failed.contains(v)).collect();
+            if !vteps.is_empty() {
+                tracing::warn!(network = %vx.network, vteps = ?vteps, "overlay peers unreachable on the underlay");
+                report.unreachable_vteps.insert(vx.network.clone(), vteps.into_iter().collect());
+            }
+        }
+    }
+}
