@@ -8,6 +8,10 @@
 //! finalizer is removed only after a reconcile that excluded the object
 //! finished without node-level errors. The dataplane never depends on the
 //! API being reachable: while it is down, nothing is torn down.
+//!
+//! Here: the watches and the desired set for this node; `blocks`: overlay
+//! address blocks claimed in Network status; `publish`: finalizers, status
+//! and Events written back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -15,42 +19,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
-use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
-use crate::api::{
-    ready_condition, AddressBlock, Attachment, Condition, Driver, Network, NetworkNodeStatus, NetworkStatus, OverlayPeer, PortMapping,
-};
+use crate::api::{Attachment, Driver, Network, OverlayPeer, PortMapping};
 use crate::metrics::Metrics;
 use crate::objects::{namespace_of, ObjectName, ObjectSet};
-use crate::plan::{overlay, Allocations, HeldEndpoint, PortKey};
+use crate::plan::{Allocations, HeldEndpoint, PortKey};
 use crate::reconcile::Reconciler;
 use crate::state::StateDir;
 use crate::status::key_of;
 
-/// Finalizer on Attachments and PortMappings: the node's agent tears the
-/// object down before it disappears.
-pub const TEARDOWN_FINALIZER: &str = "netlet.io/teardown";
-/// Finalizer on Networks: held while any Attachment references the network.
-pub const IN_USE_FINALIZER: &str = "netlet.io/in-use";
-/// Our name in managedFields.
-const FIELD_MANAGER: &str = "netlet";
+mod blocks;
+mod publish;
 
-fn patch_params() -> PatchParams {
-    PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
-}
-
-fn post_params() -> PostParams {
-    PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
-}
+pub use publish::{IN_USE_FINALIZER, TEARDOWN_FINALIZER};
 
 /// Is this attachment for `node`? (Unscheduled ones are nobody's here.)
 fn scheduled_on(a: &Attachment, node: &str) -> bool {
@@ -123,10 +112,6 @@ fn vtep_address(node: &Node) -> Option<String> {
 
 fn selector_matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-fn has_finalizer<K: ResourceExt>(o: &K, f: &str) -> bool {
-    o.finalizers().iter().any(|x| x == f)
 }
 
 /// Addresses and ports recorded in status: the source of truth when the
@@ -236,240 +221,6 @@ impl Cluster {
         set.sort_by_creation();
         (set, deleting_attachments, deleting_pms, deleting_networks)
     }
-
-    async fn ensure_finalizer<K>(&self, api: &Api<K>, obj: &K, finalizer: &str)
-    where
-        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
-    {
-        if has_finalizer(obj, finalizer) || obj.meta().deletion_timestamp.is_some() {
-            return;
-        }
-        let mut finalizers = obj.finalizers().to_vec();
-        finalizers.push(finalizer.into());
-        // resourceVersion makes this a conditional update: a concurrent
-        // writer makes it fail with 409 and the next reconcile retries.
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-        match api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await {
-            Ok(_) => {}
-            // Another node added its copy of the same finalizer first.
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                tracing::debug!(object = %obj.name_any(), "finalizer patch raced (409); next pass")
-            }
-            Err(e) => tracing::warn!(object = %obj.name_any(), error = %e, "adding finalizer failed; will retry"),
-        }
-    }
-
-    async fn remove_finalizer<K>(&self, api: &Api<K>, obj: &K, finalizer: &str)
-    where
-        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
-    {
-        if !has_finalizer(obj, finalizer) {
-            return;
-        }
-        let finalizers: Vec<&String> = obj.finalizers().iter().filter(|f| *f != finalizer).collect();
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-        match api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await {
-            Ok(_) => tracing::info!(object = %obj.name_any(), "teardown done; finalizer removed"),
-            Err(e) => {
-                tracing::warn!(object = %obj.name_any(), error = %e, "removing finalizer failed; will retry")
-            }
-        }
-    }
-
-    /// Patches the status of namespaced objects this node alone writes.
-    async fn publish_status<K>(&self, api_for: impl Fn(&str) -> Api<K>, current: Option<&K>, wanted: &Value)
-    where
-        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
-    {
-        let Some(obj) = current else { return };
-        let have = serde_json::to_value(obj).ok().and_then(|v| v.get("status").cloned()).unwrap_or(Value::Null);
-        let want = wanted.get("status").cloned().unwrap_or(Value::Null);
-        if have == want {
-            return;
-        }
-        let was_ready = ready_of(&have);
-        let is_ready = ready_of(&want);
-        let api = api_for(&obj.namespace().unwrap_or_default());
-        let patch = json!({"status": want});
-        if let Err(e) =
-            tokio::time::timeout(Duration::from_secs(10), api.patch_status(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)))
-                .await
-                .unwrap_or_else(|_| Err(kube::Error::Service("timeout".into())))
-        {
-            tracing::warn!(object = %obj.name_any(), error = %e, "status update failed; will retry");
-            return;
-        }
-        if was_ready != Some(false) && is_ready == Some(false) {
-            self.event(obj, &want).await;
-        }
-    }
-
-    async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, status: &Value) {
-        let Some(cond) = conditions_of(status).into_iter().find(|c| c.type_ == crate::api::READY) else {
-            return;
-        };
-        let event = Event {
-            type_: EventType::Warning,
-            reason: cond.reason.clone(),
-            note: Some(cond.message.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::debug!(error = %e, "event not published");
-        }
-    }
-
-    /// This node's IPv4 address blocks on every overlay network it realizes,
-    /// claiming another one (the lowest free block, recorded in the
-    /// Network's status.addressBlocks) while its own attachments outnumber
-    /// them. The claim is a replace with the resourceVersion just read, so
-    /// two nodes claiming at once cannot both win the same block: the loser
-    /// gets a 409, reads again and takes the next one.
-    async fn overlay_blocks(&self, objects: &ObjectSet) -> BTreeMap<String, Vec<IpNet>> {
-        let mut out = BTreeMap::new();
-        for net in objects.networks.iter().filter(|n| n.spec.driver == Driver::Overlay) {
-            let name = net.name_any();
-            let Some(subnet) = crate::plan::network::resolve(net).ok().and_then(|r| r.subnet_v4().cloned()) else { continue };
-            let prefix = overlay::block_prefix(subnet.net, net.spec.overlay.as_ref().and_then(|o| o.block_prefix_length));
-            let need = objects
-                .attachments
-                .iter()
-                .filter(|a| a.spec.network == name && scheduled_on(a, &self.node) && a.spec.ipv4_address.is_none())
-                .count() as u64;
-            let mine = |status: &Option<NetworkStatus>| -> Vec<IpNet> {
-                let blocks = status.as_ref().map(|s| s.address_blocks.as_slice()).unwrap_or_default();
-                blocks.iter().filter(|b| b.node == self.node).filter_map(|b| b.cidr.parse().ok()).collect()
-            };
-            let capacity = |blocks: &[IpNet]| blocks.iter().map(|b| overlay::block_capacity(&subnet, *b)).sum::<u64>();
-            // The cached copy usually shows enough: no API call.
-            let cached = self.networks.get(&reflector::ObjectRef::new(&name)).map(|n| mine(&n.status)).unwrap_or_default();
-            if capacity(&cached) >= need {
-                out.insert(name, cached);
-                continue;
-            }
-            let api: Api<Network> = Api::all(self.client.clone());
-            let mut blocks = cached;
-            for _ in 0..10 {
-                let current = match api.get_status(&name).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(network = %name, error = %e, "cannot read the network to claim an address block; will retry");
-                        break;
-                    }
-                };
-                blocks = mine(&current.status);
-                if capacity(&blocks) >= need {
-                    break;
-                }
-                let mut status = current.status.clone().unwrap_or_default();
-                let claimed: Vec<IpNet> = status.address_blocks.iter().filter_map(|b| b.cidr.parse().ok()).collect();
-                let Some(block) = overlay::free_block(subnet.net, prefix, &claimed) else {
-                    tracing::warn!(network = %name, "every address block of the subnet is claimed; this node allocates from what it has");
-                    break;
-                };
-                status.address_blocks.push(AddressBlock { node: self.node.clone(), cidr: block.to_string() });
-                let mut updated = current.clone();
-                updated.status = Some(status);
-                match api.replace_status(&name, &post_params(), &updated).await {
-                    Ok(_) => tracing::info!(network = %name, %block, "claimed an address block"),
-                    Err(kube::Error::Api(e)) if e.code == 409 => {
-                        tracing::info!(network = %name, "address block claim raced another writer (409); reading again")
-                    }
-                    Err(e) => {
-                        tracing::warn!(network = %name, error = %e, "claiming an address block failed; will retry");
-                        break;
-                    }
-                }
-            }
-            out.insert(name, blocks);
-        }
-        out
-    }
-
-    /// Networks are written by every node realizing them: each agent owns
-    /// its entry in `status.nodes`; Ready summarizes all entries. Conflicts
-    /// (409) are retried with a fresh read.
-    async fn publish_network_status(&self, name: &str, wanted: &Value) {
-        let api: Api<Network> = Api::all(self.client.clone());
-        let ours: NetworkStatus = wanted.get("status").and_then(|s| serde_json::from_value(s.clone()).ok()).unwrap_or_default();
-        let our_ready = ours.conditions.iter().find(|c| c.type_ == crate::api::READY).cloned();
-        for _ in 0..5 {
-            let Ok(current) = api.get_status(name).await else {
-                return;
-            };
-            let mut status = current.status.clone().unwrap_or_default();
-            let entry = NetworkNodeStatus {
-                node: self.node.clone(),
-                ready: our_ready.as_ref().is_some_and(|c| c.is_true()),
-                attachments: ours.attachments,
-                mtu: ours.mtu,
-                unreachable_peers: ours.unreachable_peers.clone(),
-                message: our_ready.as_ref().filter(|c| !c.is_true()).map(|c| c.message.clone()).unwrap_or_default(),
-            };
-            let mut nodes: Vec<NetworkNodeStatus> = status.nodes.iter().filter(|n| n.node != self.node).cloned().collect();
-            nodes.push(entry);
-            nodes.sort_by(|a, b| a.node.cmp(&b.node));
-            let failing: Vec<String> = nodes.iter().filter(|n| !n.ready).map(|n| format!("{}: {}", n.node, n.message)).collect();
-            let mut cond = if failing.is_empty() {
-                Condition::ready(true, "Ready", format!("realized on {} node(s)", nodes.len()))
-            } else {
-                Condition::ready(
-                    false,
-                    our_ready.as_ref().filter(|c| !c.is_true()).map(|c| c.reason.clone()).unwrap_or_else(|| "NotReadyOnSomeNodes".into()),
-                    failing.join("; "),
-                )
-            };
-            if current.meta().deletion_timestamp.is_some() {
-                let refs = self.attachments.state().iter().filter(|a| a.spec.network == name).count();
-                cond = Condition::ready(
-                    false,
-                    "DeletionPending",
-                    format!("deletion waits for {refs} attachment(s) that still reference this network"),
-                );
-            }
-            cond.observed_generation = current.meta().generation;
-            let now = crate::api::now_rfc3339();
-            let new = NetworkStatus {
-                conditions: crate::api::merge_condition(&status.conditions, cond, &now),
-                bridge: ours.bridge.clone(),
-                gateways: ours.gateways.clone(),
-                attachments: nodes.iter().map(|n| n.attachments).sum(),
-                observed_generation: current.meta().generation,
-                nodes,
-                address_blocks: status.address_blocks.clone(),
-                // Per node (in `nodes`): one shared value would flip-flop
-                // between nodes that see it differently.
-                mtu: None,
-                unreachable_peers: Vec::new(),
-            };
-            if new == status {
-                return;
-            }
-            status = new;
-            let mut updated = current.clone();
-            updated.status = Some(status);
-            match api.replace_status(name, &post_params(), &updated).await {
-                Ok(_) => return,
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    tracing::info!(network = name, "network status changed under us (409); retrying with a fresh read");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(network = name, error = %e, "network status update failed; will retry");
-                    return;
-                }
-            }
-        }
-    }
-}
-
-fn conditions_of(status: &Value) -> Vec<Condition> {
-    status.get("conditions").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default()
-}
-
-fn ready_of(status: &Value) -> Option<bool> {
-    ready_condition(&conditions_of(status)).map(|c| c.is_true())
 }
 
 pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {

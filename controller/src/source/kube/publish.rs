@@ -1,0 +1,201 @@
+//! What this agent writes back: finalizers, status (its own objects', its
+//! entry of each Network's), and Events when an object stops being Ready.
+
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::{json, Value};
+
+use super::Cluster;
+use crate::api::{ready_condition, Condition, Network, NetworkNodeStatus, NetworkStatus};
+
+/// Finalizer on Attachments and PortMappings: the node's agent tears the
+/// object down before it disappears.
+pub const TEARDOWN_FINALIZER: &str = "netlet.io/teardown";
+/// Finalizer on Networks: held while any Attachment references the network.
+pub const IN_USE_FINALIZER: &str = "netlet.io/in-use";
+/// Our name in managedFields.
+const FIELD_MANAGER: &str = "netlet";
+
+pub(super) fn patch_params() -> PatchParams {
+    PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
+
+pub(super) fn post_params() -> PostParams {
+    PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
+
+pub(super) fn has_finalizer<K: ResourceExt>(o: &K, f: &str) -> bool {
+    o.finalizers().iter().any(|x| x == f)
+}
+
+impl Cluster {
+    pub(super) async fn ensure_finalizer<K>(&self, api: &Api<K>, obj: &K, finalizer: &str)
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+    {
+        if has_finalizer(obj, finalizer) || obj.meta().deletion_timestamp.is_some() {
+            return;
+        }
+        let mut finalizers = obj.finalizers().to_vec();
+        finalizers.push(finalizer.into());
+        // resourceVersion makes this a conditional update: a concurrent
+        // writer makes it fail with 409 and the next reconcile retries.
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
+        match api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            // Another node added its copy of the same finalizer first.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::debug!(object = %obj.name_any(), "finalizer patch raced (409); next pass")
+            }
+            Err(e) => tracing::warn!(object = %obj.name_any(), error = %e, "adding finalizer failed; will retry"),
+        }
+    }
+
+    pub(super) async fn remove_finalizer<K>(&self, api: &Api<K>, obj: &K, finalizer: &str)
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+    {
+        if !has_finalizer(obj, finalizer) {
+            return;
+        }
+        let finalizers: Vec<&String> = obj.finalizers().iter().filter(|f| *f != finalizer).collect();
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
+        match api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await {
+            Ok(_) => tracing::info!(object = %obj.name_any(), "teardown done; finalizer removed"),
+            Err(e) => {
+                tracing::warn!(object = %obj.name_any(), error = %e, "removing finalizer failed; will retry")
+            }
+        }
+    }
+
+    /// Patches the status of namespaced objects this node alone writes.
+    pub(super) async fn publish_status<K>(&self, api_for: impl Fn(&str) -> Api<K>, current: Option<&K>, wanted: &Value)
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+    {
+        let Some(obj) = current else { return };
+        let have = serde_json::to_value(obj).ok().and_then(|v| v.get("status").cloned()).unwrap_or(Value::Null);
+        let want = wanted.get("status").cloned().unwrap_or(Value::Null);
+        if have == want {
+            return;
+        }
+        let was_ready = ready_of(&have);
+        let is_ready = ready_of(&want);
+        let api = api_for(&obj.namespace().unwrap_or_default());
+        let patch = json!({"status": want});
+        if let Err(e) =
+            tokio::time::timeout(Duration::from_secs(10), api.patch_status(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)))
+                .await
+                .unwrap_or_else(|_| Err(kube::Error::Service("timeout".into())))
+        {
+            tracing::warn!(object = %obj.name_any(), error = %e, "status update failed; will retry");
+            return;
+        }
+        if was_ready != Some(false) && is_ready == Some(false) {
+            self.event(obj, &want).await;
+        }
+    }
+
+    pub(super) async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, status: &Value) {
+        let Some(cond) = conditions_of(status).into_iter().find(|c| c.type_ == crate::api::READY) else {
+            return;
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: cond.reason.clone(),
+            note: Some(cond.message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::debug!(error = %e, "event not published");
+        }
+    }
+
+    /// Networks are written by every node realizing them: each agent owns
+    /// its entry in `status.nodes`; Ready summarizes all entries. Conflicts
+    /// (409) are retried with a fresh read.
+    pub(super) async fn publish_network_status(&self, name: &str, wanted: &Value) {
+        let api: Api<Network> = Api::all(self.client.clone());
+        let ours: NetworkStatus = wanted.get("status").and_then(|s| serde_json::from_value(s.clone()).ok()).unwrap_or_default();
+        let our_ready = ours.conditions.iter().find(|c| c.type_ == crate::api::READY).cloned();
+        for _ in 0..5 {
+            let Ok(current) = api.get_status(name).await else {
+                return;
+            };
+            let mut status = current.status.clone().unwrap_or_default();
+            let entry = NetworkNodeStatus {
+                node: self.node.clone(),
+                ready: our_ready.as_ref().is_some_and(|c| c.is_true()),
+                attachments: ours.attachments,
+                mtu: ours.mtu,
+                unreachable_peers: ours.unreachable_peers.clone(),
+                message: our_ready.as_ref().filter(|c| !c.is_true()).map(|c| c.message.clone()).unwrap_or_default(),
+            };
+            let mut nodes: Vec<NetworkNodeStatus> = status.nodes.iter().filter(|n| n.node != self.node).cloned().collect();
+            nodes.push(entry);
+            nodes.sort_by(|a, b| a.node.cmp(&b.node));
+            let failing: Vec<String> = nodes.iter().filter(|n| !n.ready).map(|n| format!("{}: {}", n.node, n.message)).collect();
+            let mut cond = if failing.is_empty() {
+                Condition::ready(true, "Ready", format!("realized on {} node(s)", nodes.len()))
+            } else {
+                Condition::ready(
+                    false,
+                    our_ready.as_ref().filter(|c| !c.is_true()).map(|c| c.reason.clone()).unwrap_or_else(|| "NotReadyOnSomeNodes".into()),
+                    failing.join("; "),
+                )
+            };
+            if current.meta().deletion_timestamp.is_some() {
+                let refs = self.attachments.state().iter().filter(|a| a.spec.network == name).count();
+                cond = Condition::ready(
+                    false,
+                    "DeletionPending",
+                    format!("deletion waits for {refs} attachment(s) that still reference this network"),
+                );
+            }
+            cond.observed_generation = current.meta().generation;
+            let now = crate::api::now_rfc3339();
+            let new = NetworkStatus {
+                conditions: crate::api::merge_condition(&status.conditions, cond, &now),
+                bridge: ours.bridge.clone(),
+                gateways: ours.gateways.clone(),
+                attachments: nodes.iter().map(|n| n.attachments).sum(),
+                observed_generation: current.meta().generation,
+                nodes,
+                address_blocks: status.address_blocks.clone(),
+                // Per node (in `nodes`): one shared value would flip-flop
+                // between nodes that see it differently.
+                mtu: None,
+                unreachable_peers: Vec::new(),
+            };
+            if new == status {
+                return;
+            }
+            status = new;
+            let mut updated = current.clone();
+            updated.status = Some(status);
+            match api.replace_status(name, &post_params(), &updated).await {
+                Ok(_) => return,
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    tracing::info!(network = name, "network status changed under us (409); retrying with a fresh read");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(network = name, error = %e, "network status update failed; will retry");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn conditions_of(status: &Value) -> Vec<Condition> {
+    status.get("conditions").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default()
+}
+
+fn ready_of(status: &Value) -> Option<bool> {
+    ready_condition(&conditions_of(status)).map(|c| c.is_true())
+}
