@@ -323,7 +323,12 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        // Listening once `ss` lists the socket (python takes a while to
+        // start on a busy machine; a fixed pause raced it).
+        let (flag, family) = (if udp { "u" } else { "t" }, if v6 { "-6" } else { "-4" });
+        wait_until(&format!("a server on {ns} port {port}"), Duration::from_secs(10), || {
+            !sh(&format!("ip netns exec {ns} ss -Hln{flag} {family} sport = :{port}")).stdout.is_empty()
+        });
         Server { child, ns: ns.into() }
     }
 }
