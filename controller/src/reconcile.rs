@@ -16,7 +16,7 @@ use crate::objects::ObjectSet;
 use crate::plan::{self, Allocations, NodeFacts};
 use crate::source::manifests::LoadError;
 use crate::state::{Owned, OwnedRecord, StateDir, StatusStore};
-use crate::status::{self, Verdict};
+use crate::status::{self, StatusBook, Verdict};
 
 /// What one pass did, for logs, `--once` and metrics.
 #[derive(Debug, Default)]
@@ -52,14 +52,11 @@ pub struct Reconciler {
     dataplane: Dataplane,
     allocations: Allocations,
     owned: Owned,
-    status: StatusStore,
-    /// Each entry of `status` serialized, reused while the entry is
-    /// (re-serializing thousands was most of writing the file).
-    status_serialized: Vec<Vec<u8>>,
-    /// The objects `status` was computed from (entries of unchanged objects are reused).
-    status_objects: Option<Arc<ObjectSet>>,
-    /// The typed form of `status`, by object.
-    status_memo: status::StatusMemo,
+    /// Every object's status, as the last pass computed it (shared with
+    /// the Kubernetes writer).
+    status: Arc<StatusBook>,
+    /// What status.json held at start, until the first pass replaces it.
+    stored_status: Option<StatusStore>,
     /// The last status write failed: retry even if nothing changes.
     status_unwritten: bool,
     metrics: Option<Arc<Metrics>>,
@@ -92,10 +89,8 @@ impl Reconciler {
         Ok(Reconciler {
             allocations: state.load_allocations(),
             owned: state.load_owned(),
-            status: state.load_status(),
-            status_serialized: Vec::new(),
-            status_objects: None,
-            status_memo: Default::default(),
+            status: Arc::default(),
+            stored_status: Some(state.load_status()),
             status_unwritten: false,
             state,
             node_name,
@@ -151,7 +146,7 @@ impl Reconciler {
     }
 
     /// The last computed status of every object.
-    pub fn status(&self) -> &StatusStore {
+    pub fn status(&self) -> &Arc<StatusBook> {
         &self.status
     }
 
@@ -227,7 +222,7 @@ impl Reconciler {
         };
         // What this pass replaces is dropped once its status is written
         // (freeing thousands of objects takes a millisecond or two).
-        let (mut replaced_plan, mut replaced_objects) = (None, None);
+        let (mut replaced_plan, mut replaced_status) = (None, None);
         // Mutations made while the desired state is unchanged are drift repairs.
         let mut desired_changed = false;
         if !reused {
@@ -274,6 +269,7 @@ impl Reconciler {
         node_errors.extend(report.node_errors.iter().cloned());
 
         let quiet = reused
+            && !self.status_unwritten
             && load_errors.is_empty()
             && report.total_mutations() == 0
             && report.endpoint_errors.is_empty()
@@ -285,22 +281,16 @@ impl Reconciler {
             self.last_verdicts.clone()
         } else {
             let now = crate::api::now_rfc3339();
-            let computed_from = self.status_objects.as_deref().map(|o| (o, std::mem::take(&mut self.status_memo)));
-            let previous = status::Previous { store: std::mem::take(&mut self.status), computed_from };
+            let previous = match self.stored_status.take() {
+                Some(stored) => status::Previous::stored(&stored),
+                None => status::Previous::Book(&self.status),
+            };
             let computed = status::compute(&objects, plan, &report, load_errors, previous, &self.node_name, &now);
-            self.status = computed.store;
-            self.status_memo = computed.memo;
-            let mut before: Vec<Option<Vec<u8>>> = std::mem::take(&mut self.status_serialized).into_iter().map(Some).collect();
-            self.status_serialized = (self.status.iter().zip(&computed.origins))
-                .map(|(entry, origin)| {
-                    origin.and_then(|i| before.get_mut(i)?.take()).unwrap_or_else(|| crate::state::serialize_status_entry(entry))
-                })
-                .collect();
             t_status_computed = started.elapsed();
-            replaced_objects = self.status_objects.replace(objects.clone());
+            replaced_status = Some(std::mem::replace(&mut self.status, Arc::new(computed.book)));
             if computed.changed || self.status_unwritten {
                 self.status_unwritten = false;
-                if let Err(e) = self.state.store_status(&self.status_serialized) {
+                if let Err(e) = self.state.store_status(&self.status.entries) {
                     self.status_unwritten = true;
                     node_errors.push(format!("writing status: {e}"));
                 }
@@ -319,7 +309,7 @@ impl Reconciler {
         }
         tracing::debug!(?t_facts, ?t_plan, ?t_allocations, ?t_sync, ?t_status_computed, ?t_status, deletions = ?started.elapsed(), reused, full = report.full, "reconcile phases (cumulative)");
         self.dataplane.settle_events().await;
-        drop((replaced_plan, replaced_objects));
+        drop((replaced_plan, replaced_status));
         let outcome = Outcome {
             verdicts,
             mutations: mutations_by_kind.values().sum(),

@@ -1,25 +1,31 @@
-//! Status: computed from the plan and the dataplane's report, merged with
-//! the previous status (so `lastTransitionTime` only moves on a flip), and
-//! written only when it changed.
+//! Status: one typed form per object, computed from the plan and the
+//! dataplane's report, merged with the previous one (so
+//! `lastTransitionTime` only moves on a flip), and kept with its JSON form.
+//!
+//! **The rule.** An object's entry is rebuilt when the object changed (not
+//! the same shared object, nor the same metadata and spec) or when its
+//! [`Inputs`] (everything its status is computed from: [`status_of`] reads
+//! nothing else) differ by value from the previous pass's. The JSON form
+//! (status.json's entry: the object with its status) is serialized only
+//! when a rebuilt entry's object or status differs. The state dir writes
+//! those bytes; the Kubernetes writer reads the typed status.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use foldhash::{HashMap, HashMapExt};
-
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use kube::ResourceExt;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::api::{
-    merge_condition, Attachment, AttachmentStatus, Condition, Kind, Network, NetworkStatus, PortMapping, PortMappingStatus, API_VERSION,
+    merge_condition, ready_condition, Attachment, AttachmentStatus, Condition, Network, NetworkStatus, PortBinding, PortMapping,
+    PortMappingStatus, API_VERSION,
 };
 use crate::dataplane::SyncReport;
-use crate::objects::{attachment_key, network_key, port_mapping_key, ObjectKey, ObjectName, ObjectSet};
+use crate::objects::{attachment_key, network_key, port_mapping_key, Kind, ObjectKey, ObjectName, ObjectSet};
 use crate::plan::outcome::{reason, Failure};
-use crate::plan::{is_local, Plan};
+use crate::plan::{is_local, AttachmentInfo, NetworkInfo, Plan};
 use crate::source::manifests::LoadError;
-use crate::state::StatusStore;
 
 /// One object's verdict, for `--once` output and metrics.
 #[derive(Clone, Debug)]
@@ -32,324 +38,354 @@ pub struct Verdict {
 
 impl Verdict {
     /// The verdict an object's Ready condition states. Only a failure's
-    /// reason and message are kept (what is reported and counted; for a
-    /// thousand ready objects, two copies each of the same words).
-    fn of(key: &ObjectKey, ready: &Condition) -> Self {
-        let ok = ready.is_true();
-        let (reason, message) = if ok { (String::new(), String::new()) } else { (ready.reason.clone(), ready.message.clone()) };
+    /// reason and message are kept (what is reported and counted).
+    fn of(key: &ObjectKey, ready: Option<&Condition>) -> Self {
+        let ok = ready.is_some_and(Condition::is_true);
+        let (reason, message) = match ready {
+            Some(c) if !ok => (c.reason.clone(), c.message.clone()),
+            _ => (String::new(), String::new()),
+        };
         Verdict { key: key.clone(), ready: ok, reason, message }
     }
 }
 
-pub struct Computed {
-    pub store: StatusStore,
-    pub verdicts: Vec<Verdict>,
-    /// The store differs from the previous one (it needs writing).
-    pub changed: bool,
-    /// For each entry, its position in the previous store when it was
-    /// moved over unchanged: its serialized form can be reused too.
-    pub origins: Vec<Option<usize>>,
-    /// For the next pass's [`Previous`].
-    pub memo: StatusMemo,
-}
-
-/// Key of a stored object (apiVersion/kind/metadata).
-pub fn key_of(value: &Value) -> Option<ObjectKey> {
-    let kind = Kind::parse(value.get("kind")?.as_str()?)?;
-    let meta = value.get("metadata")?;
-    let name = meta.get("name")?.as_str()?;
-    Some(ObjectKey {
-        kind,
-        name: match meta.get("namespace").and_then(Value::as_str) {
-            Some(ns) => ObjectName::namespaced(ns, name),
-            None => ObjectName::cluster(name),
-        },
-    })
-}
-
-/// An object as the status store holds it: the object itself, then its
-/// status. An entry is reused as it stands while neither changed.
-trait Stored: serde::Serialize {
-    fn key(&self) -> ObjectKey;
-    /// Same metadata and spec (the status part is the store's own).
-    fn same_as(&self, before: &Self) -> bool;
-}
-
-macro_rules! stored {
-    ($kind:ty, $key:path) => {
-        impl Stored for $kind {
-            fn key(&self) -> ObjectKey {
-                $key(self)
-            }
-            fn same_as(&self, before: &Self) -> bool {
-                self.metadata == before.metadata && self.spec == before.spec
-            }
-        }
-    };
-}
-stored!(Network, network_key);
-stored!(Attachment, attachment_key);
-stored!(PortMapping, port_mapping_key);
-
-/// One entry's status in typed form. Kept beside the store, so the next
-/// pass compares typed values instead of parsing and serializing JSON.
+/// One object's status in typed form.
 #[derive(Clone, Debug, PartialEq)]
-pub enum TypedStatus {
+pub enum ObjectStatus {
     Network(NetworkStatus),
-    /// With the node's addresses of a host-mode attachment.
+    /// With the node's addresses of a host-mode attachment (shown by
+    /// `netlet get`; not a field of the CRD).
     Attachment(AttachmentStatus, Vec<String>),
     PortMapping(PortMappingStatus),
     /// An object that failed to load has only conditions.
     Unloaded(Vec<Condition>),
 }
 
-impl TypedStatus {
-    fn conditions(&self) -> &[Condition] {
+impl ObjectStatus {
+    pub fn conditions(&self) -> &[Condition] {
         match self {
-            TypedStatus::Network(s) => &s.conditions,
-            TypedStatus::Attachment(s, _) => &s.conditions,
-            TypedStatus::PortMapping(s) => &s.conditions,
-            TypedStatus::Unloaded(c) => c,
+            ObjectStatus::Network(s) => &s.conditions,
+            ObjectStatus::Attachment(s, _) => &s.conditions,
+            ObjectStatus::PortMapping(s) => &s.conditions,
+            ObjectStatus::Unloaded(c) => c,
         }
-    }
-
-    fn to_value(&self) -> Value {
-        let value = match self {
-            TypedStatus::Network(s) => serde_json::to_value(s),
-            TypedStatus::Attachment(s, node_addresses) => serde_json::to_value(s).map(|mut v| {
-                if !node_addresses.is_empty() {
-                    v["nodeAddresses"] = json!(node_addresses);
-                }
-                v
-            }),
-            TypedStatus::PortMapping(s) => serde_json::to_value(s),
-            TypedStatus::Unloaded(conditions) => Ok(json!({ "conditions": conditions })),
-        };
-        value.expect("status serializes")
     }
 }
 
-/// What the previous pass knew of one entry: its position in the store,
-/// its status in typed form, and a digest of everything that status was
-/// computed from besides the object itself (its plan outcome, the
-/// dataplane's errors for it, its generation).
+/// The object a status is about.
 #[derive(Clone, Debug)]
-pub struct Memo {
-    position: usize,
-    /// Boxed: memos move between maps every pass, and a status is large.
-    status: Box<TypedStatus>,
-    inputs: u64,
+pub enum Subject {
+    Network(Arc<Network>),
+    Attachment(Arc<Attachment>),
+    PortMapping(Arc<PortMapping>),
+    /// It could not be read; only its key is known.
+    Unloaded,
 }
 
-/// The memo of every entry, by key.
-pub type StatusMemo = HashMap<ObjectKey, Memo>;
-
-/// Digest of a status's inputs. 64 bits: two different inputs that collide
-/// would keep an entry stale until its next change; at 2^-64 per entry and
-/// pass, that is never.
-fn digest(inputs: impl std::hash::Hash) -> u64 {
-    use std::hash::Hasher;
-    // Fixed seed: digests are compared across passes. foldhash's quality
-    // variant, several times faster than SipHash over an attachment's strings.
-    let mut h = std::hash::BuildHasher::build_hasher(&foldhash::quality::FixedState::default());
-    inputs.hash(&mut h);
-    h.finish()
-}
-
-/// What the previous pass left: its store and, when this process computed
-/// it, the objects and typed statuses it came from. Serializing every
-/// object again each pass was most of the status cost of a one-object
-/// change among thousands.
-pub struct Previous<'a> {
-    pub store: StatusStore,
-    /// None (first pass after a start): every entry is rebuilt, keeping
-    /// only the stored conditions' transition times.
-    pub computed_from: Option<(&'a ObjectSet, StatusMemo)>,
-}
-
-/// The previous objects of one kind, found by key. Lists mostly keep their
-/// order from pass to pass (one object more or less shifts the rest by
-/// one), so the same position and its neighbours are tried before an index
-/// of every key is built.
-struct Before<'a, T> {
-    list: &'a [Arc<T>],
-    index: Option<HashMap<ObjectKey, &'a Arc<T>>>,
-}
-
-impl<'a, T: Stored + kube::Resource> Before<'a, T> {
-    fn new(list: &'a [Arc<T>]) -> Self {
-        Before { list, index: None }
-    }
-
-    /// Whether the previous object with `object`'s key had the same
-    /// metadata and spec (the very same object, most of the time);
-    /// `position` is `object`'s in its list.
-    fn unchanged(&mut self, position: usize, object: &Arc<T>, key: &ObjectKey) -> bool {
-        let same = |o: &&Arc<T>| o.meta().name == object.meta().name && o.meta().namespace == object.meta().namespace;
-        let near = [Some(position), position.checked_sub(1), position.checked_add(1)];
-        let list = self.list;
-        let before = match near.into_iter().flatten().filter_map(|i| list.get(i)).find(same) {
-            Some(found) => Some(found),
-            None => self.index.get_or_insert_with(|| list.iter().map(|o| (o.key(), o)).collect()).get(key).copied(),
-        };
-        before.is_some_and(|b| Arc::ptr_eq(b, object) || object.same_as(b))
+impl Subject {
+    /// The same object, or one with the same metadata and spec.
+    fn same_as(&self, before: &Subject) -> bool {
+        fn same<T: kube::Resource>(a: &Arc<T>, b: &Arc<T>, spec: impl Fn(&T, &T) -> bool) -> bool {
+            Arc::ptr_eq(a, b) || (a.meta() == b.meta() && spec(a, b))
+        }
+        match (self, before) {
+            (Subject::Network(a), Subject::Network(b)) => same(a, b, |a, b| a.spec == b.spec),
+            (Subject::Attachment(a), Subject::Attachment(b)) => same(a, b, |a, b| a.spec == b.spec),
+            (Subject::PortMapping(a), Subject::PortMapping(b)) => same(a, b, |a, b| a.spec == b.spec),
+            (Subject::Unloaded, Subject::Unloaded) => true,
+            _ => false,
+        }
     }
 }
 
-struct Builder<'a> {
-    /// The previous store; entries are taken out as they are reused.
-    previous: Vec<Option<Value>>,
-    memo: StatusMemo,
-    /// Positions in `previous` when there is no memo (read from the entries).
-    index: HashMap<ObjectKey, usize>,
-    networks: Before<'a, Network>,
-    attachments: Before<'a, Attachment>,
-    port_mappings: Before<'a, PortMapping>,
-    now: &'a str,
-    store: StatusStore,
-    origins: Vec<Option<usize>>,
-    new_memo: StatusMemo,
-    verdicts: Vec<Verdict>,
-    changed: bool,
+/// Everything one object's status is computed from, borrowed from the
+/// plan and the report where it can be.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inputs<'a> {
+    Network { generation: Option<i64>, result: Result<(), Cow<'a, Failure>>, info: Option<Cow<'a, NetworkInfo>>, unreachable: Vec<String> },
+    Attachment { generation: Option<i64>, node: Cow<'a, str>, result: Result<(), Cow<'a, Failure>>, info: Option<Cow<'a, AttachmentInfo>> },
+    PortMapping { generation: Option<i64>, result: Result<(), Cow<'a, Failure>>, bindings: Option<Cow<'a, [PortBinding]>> },
+    Unloaded { message: Cow<'a, str> },
 }
 
-impl<'a> Builder<'a> {
-    fn new(previous: Previous<'a>, now: &'a str) -> Self {
-        let (objects, memo) = match previous.computed_from {
-            Some((objects, memo)) => (Some(objects), memo),
-            None => (None, StatusMemo::new()),
-        };
-        let index = match objects {
-            Some(_) => HashMap::new(),
-            None => previous.store.iter().enumerate().rev().filter_map(|(i, v)| Some((key_of(v)?, i))).collect(),
-        };
-        Builder {
-            new_memo: HashMap::with_capacity(previous.store.len() + 1),
-            previous: previous.store.into_iter().map(Some).collect(),
-            memo,
-            index,
-            networks: Before::new(objects.map(|o| o.networks.as_slice()).unwrap_or_default()),
-            attachments: Before::new(objects.map(|o| o.attachments.as_slice()).unwrap_or_default()),
-            port_mappings: Before::new(objects.map(|o| o.port_mappings.as_slice()).unwrap_or_default()),
-            now,
-            store: Vec::new(),
-            origins: Vec::new(),
-            verdicts: Vec::new(),
-            changed: false,
+fn own<T: Clone>(c: Cow<'_, T>) -> Cow<'static, T> {
+    Cow::Owned(c.into_owned())
+}
+
+fn own_result(r: Result<(), Cow<'_, Failure>>) -> Result<(), Cow<'static, Failure>> {
+    r.map_err(own)
+}
+
+impl Inputs<'_> {
+    fn into_owned(self) -> Inputs<'static> {
+        match self {
+            Inputs::Network { generation, result, info, unreachable } => {
+                Inputs::Network { generation, result: own_result(result), info: info.map(own), unreachable }
+            }
+            Inputs::Attachment { generation, node, result, info } => {
+                Inputs::Attachment { generation, node: Cow::Owned(node.into_owned()), result: own_result(result), info: info.map(own) }
+            }
+            Inputs::PortMapping { generation, result, bindings } => {
+                Inputs::PortMapping { generation, result: own_result(result), bindings: bindings.map(|b| Cow::Owned(b.into_owned())) }
+            }
+            Inputs::Unloaded { message } => Inputs::Unloaded { message: Cow::Owned(message.into_owned()) },
         }
     }
 
-    fn condition(&mut self, key: &ObjectKey, generation: Option<i64>, result: &Result<(), Failure>) -> Vec<Condition> {
+    fn result(&self) -> Result<(), &Failure> {
+        match self {
+            Inputs::Network { result, .. } | Inputs::Attachment { result, .. } | Inputs::PortMapping { result, .. } => {
+                result.as_ref().map(|_| ()).map_err(|f| &**f)
+            }
+            Inputs::Unloaded { .. } => Ok(()),
+        }
+    }
+}
+
+/// An object's status from its inputs alone, its Ready condition merged
+/// into `previous` conditions (`now` is the transition time of a flip).
+pub fn status_of(inputs: &Inputs<'_>, previous: &[Condition], now: &str) -> ObjectStatus {
+    let ready = |generation: Option<i64>, result: Result<(), &Failure>| {
         let mut c = match result {
             Ok(()) => Condition::ready(true, reason::READY, "realized on the node"),
             Err(f) => Condition::ready(false, f.reason, f.message.clone()),
         };
         c.observed_generation = generation;
-        self.verdicts.push(Verdict::of(key, &c));
-        let parsed;
-        let previous: &[Condition] = match self.memo.get(key) {
-            Some(memo) => memo.status.conditions(),
-            None => {
-                // Without a memo no entry is reused: each goes as soon as
-                // its conditions are read (two whole stores at once were
-                // the peak of a restart).
-                let entry = self.index.get(key).and_then(|i| self.previous[*i].take());
-                parsed = entry
-                    .as_ref()
-                    .and_then(|v| v.get("status")?.get("conditions"))
-                    .and_then(|c| Vec::<Condition>::deserialize(c).ok())
-                    .unwrap_or_default();
-                &parsed
+        merge_condition(previous, c, now)
+    };
+    match inputs {
+        Inputs::Network { generation, info, unreachable, .. } => {
+            let info = info.as_deref();
+            ObjectStatus::Network(NetworkStatus {
+                conditions: ready(*generation, inputs.result()),
+                bridge: info.and_then(|i| i.bridge.clone()),
+                gateways: info.map(|i| i.gateways.clone()).unwrap_or_default(),
+                attachments: info.map(|i| i.attachments).unwrap_or(0),
+                observed_generation: *generation,
+                nodes: Vec::new(),
+                address_blocks: Vec::new(),
+                mtu: info.and_then(|i| i.mtu),
+                unreachable_peers: unreachable.clone(),
+            })
+        }
+        Inputs::Attachment { generation, node, result, info } => {
+            let info = info.as_deref().filter(|_| result.is_ok());
+            let status = AttachmentStatus {
+                phase: if result.is_ok() { "Ready" } else { "Failed" }.into(),
+                node: Some(node.to_string()),
+                interface: info.and_then(|i| i.interface.clone()),
+                host_interface: info.and_then(|i| i.host_interface.clone()),
+                ipv4_address: info.and_then(|i| i.ipv4.map(|n| n.to_string())),
+                ipv6_address: info.and_then(|i| i.ipv6.map(|n| n.to_string())),
+                gateway: info.and_then(|i| i.gateway.map(|g| g.to_string())),
+                ipv6_gateway: info.and_then(|i| i.ipv6_gateway.map(|g| g.to_string())),
+                mac_address: info.and_then(|i| i.mac.clone()),
+                sandbox_path: info.and_then(|i| i.sandbox_path.clone()),
+                observed_generation: *generation,
+                conditions: ready(*generation, inputs.result()),
+            };
+            ObjectStatus::Attachment(status, info.map(|i| i.node_addresses.clone()).unwrap_or_default())
+        }
+        Inputs::PortMapping { generation, result, bindings } => ObjectStatus::PortMapping(PortMappingStatus {
+            bindings: bindings.as_deref().filter(|_| result.is_ok()).map(<[PortBinding]>::to_vec).unwrap_or_default(),
+            observed_generation: *generation,
+            conditions: ready(*generation, inputs.result()),
+        }),
+        Inputs::Unloaded { message } => ObjectStatus::Unloaded(ready(Some(1), Err(&Failure::invalid(message.to_string())))),
+    }
+}
+
+/// One object's entry: its status, typed and as status.json holds it.
+#[derive(Debug)]
+pub struct StatusEntry {
+    pub key: ObjectKey,
+    pub subject: Subject,
+    pub status: ObjectStatus,
+    /// The object with this status, compact JSON (status.json's entry).
+    pub json: Arc<[u8]>,
+    inputs: Inputs<'static>,
+}
+
+impl StatusEntry {
+    pub fn ready(&self) -> Option<&Condition> {
+        ready_condition(self.status.conditions())
+    }
+}
+
+/// status.json's form of an entry: the object's own fields, then its status.
+#[derive(Serialize)]
+struct Stored<'a, M: Serialize, S: Serialize, T: Serialize> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'a str,
+    kind: &'a str,
+    metadata: &'a M,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spec: Option<&'a S>,
+    status: T,
+}
+
+/// An attachment's status as status.json shows it.
+#[derive(Serialize)]
+struct AttachmentView<'a> {
+    #[serde(flatten)]
+    status: &'a AttachmentStatus,
+    #[serde(rename = "nodeAddresses", skip_serializing_if = "<[String]>::is_empty")]
+    node_addresses: &'a [String],
+}
+
+fn serialize(key: &ObjectKey, subject: &Subject, status: &ObjectStatus) -> Arc<[u8]> {
+    fn entry<M: Serialize, S: Serialize, T: Serialize>(kind: Kind, metadata: &M, spec: Option<&S>, status: T) -> Vec<u8> {
+        let stored = Stored { api_version: API_VERSION, kind: kind.as_str(), metadata, spec, status };
+        serde_json::to_vec(&stored).expect("status entries serialize")
+    }
+    let bytes = match (subject, status) {
+        (Subject::Network(n), ObjectStatus::Network(s)) => entry(key.kind, &n.metadata, Some(&n.spec), s),
+        (Subject::Attachment(a), ObjectStatus::Attachment(s, node_addresses)) => {
+            entry(key.kind, &a.metadata, Some(&a.spec), AttachmentView { status: s, node_addresses })
+        }
+        (Subject::PortMapping(p), ObjectStatus::PortMapping(s)) => entry(key.kind, &p.metadata, Some(&p.spec), s),
+        (_, status) => {
+            #[derive(Serialize)]
+            struct Meta<'a> {
+                name: &'a str,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                namespace: Option<&'a str>,
+            }
+            #[derive(Serialize)]
+            struct Conditions<'a> {
+                conditions: &'a [Condition],
+            }
+            let meta = Meta { name: key.name.name(), namespace: key.name.namespace() };
+            entry(key.kind, &meta, None::<&()>, Conditions { conditions: status.conditions() })
+        }
+    };
+    bytes.into()
+}
+
+/// Every object's entry, in the order of the object set (networks,
+/// attachments, port mappings, then objects that failed to load).
+#[derive(Debug, Default)]
+pub struct StatusBook {
+    pub entries: Vec<Arc<StatusEntry>>,
+}
+
+/// What the previous pass left to build on.
+pub enum Previous<'a> {
+    /// This process's previous book: its entries are reused.
+    Book(&'a StatusBook),
+    /// The conditions status.json held at start: their transition times
+    /// are kept, every entry is built.
+    Stored(HashMap<ObjectKey, Vec<Condition>>),
+}
+
+impl Previous<'_> {
+    /// The conditions of each entry of a loaded status.json.
+    pub fn stored(store: &[serde_json::Value]) -> Previous<'static> {
+        let mut conditions = HashMap::with_capacity(store.len());
+        for value in store {
+            let Some(key) = key_of(value) else { continue };
+            let parsed = value.get("status").and_then(|s| s.get("conditions")).and_then(|c| serde::Deserialize::deserialize(c).ok());
+            conditions.entry(key).or_insert_with(|| parsed.unwrap_or_default());
+        }
+        Previous::Stored(conditions)
+    }
+}
+
+/// Key of a stored object (apiVersion/kind/metadata).
+pub fn key_of(value: &serde_json::Value) -> Option<ObjectKey> {
+    let kind = Kind::parse(value.get("kind")?.as_str()?)?;
+    let meta = value.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
+    let name = match meta.get("namespace").and_then(serde_json::Value::as_str) {
+        Some(ns) => ObjectName::namespaced(ns, name),
+        None => ObjectName::cluster(name),
+    };
+    Some(ObjectKey { kind, name })
+}
+
+pub struct Computed {
+    pub book: StatusBook,
+    pub verdicts: Vec<Verdict>,
+    /// The book differs from the previous one (status.json needs writing).
+    pub changed: bool,
+}
+
+/// Finds previous entries by key. Entries mostly keep their order from
+/// pass to pass (one object more or less shifts the rest by one), so the
+/// same position and its neighbours are tried before every key is indexed.
+struct Finder<'a> {
+    entries: &'a [Arc<StatusEntry>],
+    index: Option<HashMap<&'a ObjectKey, usize>>,
+}
+
+impl<'a> Finder<'a> {
+    fn find(&mut self, position: usize, key: &ObjectKey) -> Option<&'a Arc<StatusEntry>> {
+        let entries = self.entries;
+        let near = [Some(position), position.checked_sub(1), position.checked_add(1)];
+        if let Some(i) = near.into_iter().flatten().find(|i| entries.get(*i).is_some_and(|e| e.key == *key)) {
+            return Some(&entries[i]);
+        }
+        let index = self.index.get_or_insert_with(|| entries.iter().enumerate().map(|(i, e)| (&e.key, i)).collect());
+        index.get(key).map(|i| &entries[*i])
+    }
+}
+
+struct Builder<'a> {
+    previous: Previous<'a>,
+    finder: Finder<'a>,
+    now: &'a str,
+    entries: Vec<Arc<StatusEntry>>,
+    verdicts: Vec<Verdict>,
+    /// Entries whose JSON is the previous entry's at the same position.
+    same: usize,
+}
+
+impl<'a> Builder<'a> {
+    fn new(previous: Previous<'a>, now: &'a str) -> Self {
+        let entries: &[Arc<StatusEntry>] = match &previous {
+            Previous::Book(book) => &book.entries,
+            Previous::Stored(_) => &[],
+        };
+        Builder { finder: Finder { entries, index: None }, previous, now, entries: Vec::new(), verdicts: Vec::new(), same: 0 }
+    }
+
+    /// Adds the entry of `key`: the previous one when neither the object
+    /// nor the inputs changed, else one rebuilt (serialized again only if
+    /// its object or status differ).
+    fn push(&mut self, key: ObjectKey, subject: Subject, inputs: Inputs<'_>) {
+        let position = self.entries.len();
+        let before = self.finder.find(position, &key);
+        let entry = match before {
+            Some(b) if b.subject.same_as(&subject) && b.inputs == inputs => b.clone(),
+            _ => {
+                let stored;
+                let previous_conditions: &[Condition] = match (before, &self.previous) {
+                    (Some(b), _) => b.status.conditions(),
+                    (None, Previous::Stored(conditions)) => {
+                        stored = conditions.get(&key);
+                        stored.map(Vec::as_slice).unwrap_or_default()
+                    }
+                    (None, Previous::Book(_)) => &[],
+                };
+                let status = status_of(&inputs, previous_conditions, self.now);
+                let json = match before {
+                    Some(b) if b.status == status && b.subject.same_as(&subject) => b.json.clone(),
+                    _ => serialize(&key, &subject, &status),
+                };
+                Arc::new(StatusEntry { key, subject, status, json, inputs: inputs.into_owned() })
             }
         };
-        merge_condition(previous, c, self.now)
-    }
-
-    /// Whether the previous pass left an entry for `key` to reuse: a new
-    /// object has none, and looking for its previous version would index
-    /// every object of its kind.
-    fn remembers(&self, key: &ObjectKey) -> bool {
-        self.memo.contains_key(key)
-    }
-
-    /// Moves the previous entry over as it stands, building nothing, when
-    /// the object and everything its status is computed from (`inputs`)
-    /// are what they were: most of a pass among thousands of objects.
-    fn reuse_unchanged(&mut self, key: &ObjectKey, unchanged: bool, inputs: u64) -> bool {
-        if !unchanged {
-            return false;
-        }
-        let Some(memo) = self.memo.get(key).filter(|m| m.inputs == inputs && self.previous.get(m.position).is_some_and(Option::is_some))
-        else {
-            return false;
-        };
-        let Some(ready) = crate::api::ready_condition(memo.status.conditions()) else { return false };
-        self.verdicts.push(Verdict::of(key, ready));
-        let memo = self.memo.remove(key).expect("looked up above");
-        self.take_over(key, memo)
-    }
-
-    /// Appends `object` with `status`, reusing the previous entry when the
-    /// object (`unchanged`) and its status are what they were.
-    fn push<T: Stored>(&mut self, key: ObjectKey, object: &T, unchanged: bool, status: TypedStatus, inputs: u64) {
-        if unchanged && self.reuse(&key, &status, inputs) {
-            return;
-        }
-        let mut value = serde_json::to_value(object).expect("objects serialize");
-        value["status"] = status.to_value();
-        self.add(key, value, status, inputs);
-    }
-
-    /// Appends an entry of an object that failed to load.
-    fn push_unloaded(&mut self, key: &ObjectKey, conditions: Vec<Condition>) {
-        let status = TypedStatus::Unloaded(conditions);
-        if self.reuse(key, &status, 0) {
-            return;
-        }
-        let mut metadata = json!({"name": key.name.name()});
-        if let Some(ns) = key.name.namespace() {
-            metadata["namespace"] = json!(ns);
-        }
-        let value = json!({
-            "apiVersion": API_VERSION,
-            "kind": key.kind.as_str(),
-            "metadata": metadata,
-            "status": status.to_value(),
-        });
-        self.add(key.clone(), value, status, 0);
-    }
-
-    /// Moves the previous entry of `key` over if its status is `status`.
-    fn reuse(&mut self, key: &ObjectKey, status: &TypedStatus, inputs: u64) -> bool {
-        let Some(before) = self.memo.remove(key) else { return false };
-        if *before.status != *status {
-            return false;
-        }
-        self.take_over(key, Memo { inputs, ..before })
-    }
-
-    /// Moves the previous entry `memo` describes to the end of the store.
-    fn take_over(&mut self, key: &ObjectKey, memo: Memo) -> bool {
-        let i = memo.position;
-        let Some(value) = self.previous.get_mut(i).and_then(Option::take) else { return false };
-        // The same entry at another position is still a different file.
-        self.changed |= i != self.store.len();
-        self.new_memo.insert(key.clone(), Memo { position: self.store.len(), ..memo });
-        self.store.push(value);
-        self.origins.push(Some(i));
-        true
-    }
-
-    fn add(&mut self, key: ObjectKey, value: Value, status: TypedStatus, inputs: u64) {
-        self.changed = true;
-        self.new_memo.insert(key, Memo { position: self.store.len(), status: Box::new(status), inputs });
-        self.store.push(value);
-        self.origins.push(None);
+        // The file keeps this entry as it was when the same bytes stay at the same place.
+        self.same += usize::from(self.finder.entries.get(position).is_some_and(|e| Arc::ptr_eq(&e.json, &entry.json)));
+        self.verdicts.push(Verdict::of(&entry.key, entry.ready()));
+        self.entries.push(entry);
     }
 
     fn finish(self) -> Computed {
-        let changed = self.changed || self.store.len() != self.previous.len();
-        Computed { store: self.store, origins: self.origins, memo: self.new_memo, verdicts: self.verdicts, changed }
+        let before = self.finder.entries;
+        // Unchanged: as many entries, each the same bytes in the same place.
+        let changed = self.entries.len() != before.len() || self.same != before.len() || matches!(self.previous, Previous::Stored(_));
+        Computed { book: StatusBook { entries: self.entries }, verdicts: self.verdicts, changed }
     }
 }
 
@@ -369,133 +405,98 @@ pub fn compute(
 ) -> Computed {
     let mut b = Builder::new(previous, now);
 
-    for (position, shared) in objects.networks.iter().enumerate() {
+    for shared in &objects.networks {
         let net: &Network = shared;
         let key = network_key(net);
-        let planned = plan.networks.get(&net.name_any());
-        let result = match (planned, report.network_errors.get(&net.name_any())) {
-            (Some(Err(f)), _) | (_, Some(f)) => Err(f.clone()),
+        let name = key.name.name();
+        let planned = plan.networks.get(name);
+        let result = match (planned, report.network_errors.get(name)) {
+            (Some(Err(f)), _) | (_, Some(f)) => Err(Cow::Borrowed(f)),
             (Some(Ok(_)), None) => Ok(()),
-            (None, None) => Err(Failure::new(reason::KERNEL_ERROR, "not planned")),
+            (None, None) => Err(Cow::Owned(Failure::new(reason::KERNEL_ERROR, "not planned"))),
         };
-        let info = planned.and_then(|p| p.as_ref().ok());
-        let unreachable = unreachable_peers(net, report);
-        let inputs = digest((generation(net), &result, info, &unreachable));
-        let unchanged = b.remembers(&key) && b.networks.unchanged(position, shared, &key);
-        if b.reuse_unchanged(&key, unchanged, inputs) {
-            continue;
-        }
-        let conditions = b.condition(&key, generation(net), &result);
-        let status = NetworkStatus {
-            conditions,
-            bridge: info.and_then(|i| i.bridge.clone()),
-            gateways: info.map(|i| i.gateways.clone()).unwrap_or_default(),
-            attachments: info.map(|i| i.attachments).unwrap_or(0),
-            observed_generation: generation(net),
-            nodes: Vec::new(),
-            address_blocks: Vec::new(),
-            mtu: info.and_then(|i| i.mtu),
-            unreachable_peers: unreachable,
-        };
-        b.push(key, net, unchanged, TypedStatus::Network(status), inputs);
+        let info = planned.and_then(|p| p.as_ref().ok()).map(Cow::Borrowed);
+        let inputs = Inputs::Network { generation: generation(net), result, info, unreachable: unreachable_peers(net, report) };
+        b.push(key, Subject::Network(shared.clone()), inputs);
     }
 
-    // Whether each local attachment is ready, by `namespace/name`, for its port mappings.
-    let mut ready_attachments: HashMap<ObjectName, bool> = HashMap::with_capacity(objects.attachments.len());
-    for (position, shared) in objects.attachments.iter().enumerate().filter(|(_, a)| is_local(a, node)) {
+    // Whether each local attachment is ready, for its port mappings.
+    let mut ready_attachments: HashMap<&ObjectName, bool> = HashMap::with_capacity(objects.attachments.len());
+    for shared in objects.attachments.iter().filter(|a| is_local(a, node)) {
         let att: &Attachment = shared;
         let key = attachment_key(att);
-        let ns_name = key.name.clone();
-        let planned = plan.attachments.get(&ns_name);
-        let owner_failure = att.spec.sandbox.attachment.as_ref().and_then(|owner| {
-            let owner_key = key.name.sibling(owner);
-            report.endpoint_errors.get(&owner_key).map(|f| {
-                Failure::new(
-                    reason::SANDBOX_OWNER_GONE,
-                    format!("attachment {owner_key}, whose namespace this one shares, is not ready: {}", f.message),
-                )
-            })
-        });
-        let network_failure = report
-            .network_errors
-            .get(&att.spec.network)
-            .map(|f| Failure::new(reason::NETWORK_NOT_READY, format!("network {} is not ready: {}", att.spec.network, f.message)));
+        let Some((name, planned)) = plan.attachments.get_key_value(&key.name) else {
+            let inputs = Inputs::Attachment {
+                generation: generation(att),
+                node: Cow::Borrowed(node),
+                result: Err(Cow::Owned(Failure::new(reason::KERNEL_ERROR, "not planned"))),
+                info: None,
+            };
+            b.push(key, Subject::Attachment(shared.clone()), inputs);
+            continue;
+        };
         let result = match planned {
-            Some(Err(f)) => Err(f.clone()),
-            None => Err(Failure::new(reason::KERNEL_ERROR, "not planned")),
-            Some(Ok(_)) => match report.endpoint_errors.get(&ns_name).cloned().or(owner_failure).or(network_failure) {
-                Some(f) => Err(f),
-                None => Ok(()),
+            Err(f) => Err(Cow::Borrowed(f)),
+            Ok(_) => match report.endpoint_errors.get(name) {
+                Some(f) => Err(Cow::Borrowed(f)),
+                None => match sandbox_owner_failure(att, name, report).or_else(|| network_failure(att, report)) {
+                    Some(f) => Err(Cow::Owned(f)),
+                    None => Ok(()),
+                },
             },
         };
-        let info = planned.and_then(|p| p.as_ref().ok()).filter(|_| result.is_ok());
-        ready_attachments.insert(ns_name, result.is_ok());
-        let inputs = digest((generation(att), &result, info));
-        let unchanged = b.remembers(&key) && b.attachments.unchanged(position, shared, &key);
-        if b.reuse_unchanged(&key, unchanged, inputs) {
-            continue;
-        }
-        let conditions = b.condition(&key, generation(att), &result);
-        let status = AttachmentStatus {
-            phase: if result.is_ok() { "Ready" } else { "Failed" }.into(),
-            node: Some(node.to_string()),
-            interface: info.and_then(|i| i.interface.clone()),
-            host_interface: info.and_then(|i| i.host_interface.clone()),
-            ipv4_address: info.and_then(|i| i.ipv4.map(|n| n.to_string())),
-            ipv6_address: info.and_then(|i| i.ipv6.map(|n| n.to_string())),
-            gateway: info.and_then(|i| i.gateway.map(|g| g.to_string())),
-            ipv6_gateway: info.and_then(|i| i.ipv6_gateway.map(|g| g.to_string())),
-            mac_address: info.and_then(|i| i.mac.clone()),
-            sandbox_path: info.and_then(|i| i.sandbox_path.clone()),
-            observed_generation: generation(att),
-            conditions,
-        };
-        let node_addresses = info.map(|i| i.node_addresses.clone()).unwrap_or_default();
-        b.push(key, att, unchanged, TypedStatus::Attachment(status, node_addresses), inputs);
+        ready_attachments.insert(name, result.is_ok());
+        let info = planned.as_ref().ok().map(Cow::Borrowed);
+        let inputs = Inputs::Attachment { generation: generation(att), node: Cow::Borrowed(node), result, info };
+        b.push(key, Subject::Attachment(shared.clone()), inputs);
     }
 
-    for (position, shared) in objects.port_mappings.iter().enumerate() {
+    for shared in &objects.port_mappings {
         let pm: &PortMapping = shared;
         let key = port_mapping_key(pm);
-        let Some(planned) = plan.port_mappings.get(&key.name) else {
-            continue;
-        };
+        let Some(planned) = plan.port_mappings.get(&key.name) else { continue };
         let att_key = key.name.sibling(&pm.spec.attachment);
         let result = match planned {
-            Err(f) => Err(f.clone()),
+            Err(f) => Err(Cow::Borrowed(f)),
             Ok(_) if ready_attachments.get(&att_key) == Some(&false) => {
-                Err(Failure::new(reason::ATTACHMENT_NOT_READY, format!("attachment {att_key} is not ready")))
+                Err(Cow::Owned(Failure::new(reason::ATTACHMENT_NOT_READY, format!("attachment {att_key} is not ready"))))
             }
             Ok(_) => match &report.firewall_error {
-                Some(e) => Err(Failure::new(reason::KERNEL_ERROR, format!("firewall: {e}"))),
+                Some(e) => Err(Cow::Owned(Failure::new(reason::KERNEL_ERROR, format!("firewall: {e}")))),
                 None => Ok(()),
             },
         };
-        let bindings = planned.as_ref().ok().filter(|_| result.is_ok());
-        let inputs = digest((generation(pm), &result, bindings));
-        let unchanged = b.remembers(&key) && b.port_mappings.unchanged(position, shared, &key);
-        if b.reuse_unchanged(&key, unchanged, inputs) {
-            continue;
-        }
-        let conditions = b.condition(&key, generation(pm), &result);
-        let status = PortMappingStatus { bindings: bindings.cloned().unwrap_or_default(), observed_generation: generation(pm), conditions };
-        b.push(key, pm, unchanged, TypedStatus::PortMapping(status), inputs);
+        let bindings = planned.as_ref().ok().map(|b| Cow::Borrowed(b.as_slice()));
+        b.push(key, Subject::PortMapping(shared.clone()), Inputs::PortMapping { generation: generation(pm), result, bindings });
     }
 
     // Objects that could not even be parsed still get a status (once).
-    let mut listed: HashSet<ObjectKey> = HashSet::new();
     if !load_errors.is_empty() {
-        listed.extend(b.verdicts.iter().map(|v| v.key.clone()));
-    }
-    for err in load_errors {
-        let Some(key) = &err.key else { continue };
-        if !listed.insert(key.clone()) {
-            continue;
+        let mut listed: HashSet<ObjectKey> = HashSet::with_capacity(b.entries.len());
+        listed.extend(b.entries.iter().map(|e| e.key.clone()));
+        for err in load_errors {
+            let Some(key) = &err.key else { continue };
+            if listed.insert(key.clone()) {
+                b.push(key.clone(), Subject::Unloaded, Inputs::Unloaded { message: Cow::Borrowed(&err.message) });
+            }
         }
-        let conditions = b.condition(key, Some(1), &Err(Failure::invalid(err.message.clone())));
-        b.push_unloaded(key, conditions);
     }
     b.finish()
+}
+
+/// The failure of the attachment whose sandbox `att` shares, if any.
+fn sandbox_owner_failure(att: &Attachment, name: &ObjectName, report: &SyncReport) -> Option<Failure> {
+    let owner = name.sibling(att.spec.sandbox.attachment.as_deref()?);
+    let f = report.endpoint_errors.get(&owner)?;
+    Some(Failure::new(
+        reason::SANDBOX_OWNER_GONE,
+        format!("attachment {owner}, whose namespace this one shares, is not ready: {}", f.message),
+    ))
+}
+
+fn network_failure(att: &Attachment, report: &SyncReport) -> Option<Failure> {
+    let f = report.network_errors.get(&att.spec.network)?;
+    Some(Failure::new(reason::NETWORK_NOT_READY, format!("network {} is not ready: {}", att.spec.network, f.message)))
 }
 
 /// `node (VTEP)` of every overlay peer the dataplane found unreachable.
@@ -528,94 +529,84 @@ mod tests {
         loaded.objects
     }
 
-    fn pass(objects: &ObjectSet, previous: Previous<'_>, now: &str) -> Computed {
-        let facts = crate::plan::NodeFacts { node_name: "n1".into(), ephemeral_ports: (40000, 40100), ..Default::default() };
-        let plan = crate::plan::plan(objects, &facts, &Default::default());
-        compute(objects, &plan, &SyncReport::default(), &[], previous, "n1", now)
-    }
-
-    #[test]
-    fn unchanged_objects_keep_their_entries_and_a_new_one_is_added() {
-        let two = objects(2);
-        let first = pass(&two, Previous { store: Vec::new(), computed_from: None }, "t1");
-        assert!(first.changed);
-        assert_eq!(first.store.len(), 5);
-
-        let again = pass(&two, Previous { store: first.store.clone(), computed_from: Some((&two, first.memo.clone())) }, "t2");
-        assert!(!again.changed, "an unchanged set rewrites nothing");
-        assert_eq!(again.store, first.store, "lastTransitionTime stays t1");
-
-        // After a restart there is no memo: every entry is rebuilt, and the
-        // stored conditions still keep their transition times.
-        let restarted = pass(&two, Previous { store: first.store.clone(), computed_from: None }, "t2");
-        assert_eq!(restarted.store, first.store);
-
-        let three = objects(3);
-        let grown = pass(&three, Previous { store: first.store.clone(), computed_from: Some((&two, first.memo.clone())) }, "t3");
-        assert!(grown.changed);
-        assert_eq!(grown.store.len(), 7);
-        let fresh = pass(&three, Previous { store: Vec::new(), computed_from: None }, "t1");
-        // Same content as computing from nothing, bar the new objects' transition time.
-        let strip = |s: &StatusStore| serde_json::to_string(s).unwrap().replace("t3", "t1");
-        assert_eq!(strip(&grown.store), strip(&fresh.store));
-        // Where each entry came from: the old attachments and mappings moved
-        // over as they were (their serialized form is reused); the network
-        // (one attachment more) and the new objects built.
-        let built: Vec<String> = grown
-            .store
-            .iter()
-            .zip(&grown.origins)
-            .filter(|(_, o)| o.is_none())
-            .map(|(e, _)| key_of(e).unwrap().name.name().to_string())
-            .collect();
-        assert_eq!(built, ["n", "a2", "p2"]);
-        for (entry, origin) in grown.store.iter().zip(&grown.origins).filter(|(_, o)| o.is_some()) {
-            assert_eq!(entry, &first.store[origin.unwrap()]);
-        }
-        assert!(restarted.origins.iter().all(Option::is_none), "without a memo nothing is moved over");
-    }
-
-    /// A pass with `report` instead of a clean one.
     fn pass_with(objects: &ObjectSet, report: &SyncReport, previous: Previous<'_>, now: &str) -> Computed {
         let facts = crate::plan::NodeFacts { node_name: "n1".into(), ephemeral_ports: (40000, 40100), ..Default::default() };
         let plan = crate::plan::plan(objects, &facts, &Default::default());
         compute(objects, &plan, report, &[], previous, "n1", now)
     }
 
-    fn ready_of(store: &StatusStore, key: ObjectKey) -> (String, String) {
-        let entry = store.iter().find(|v| key_of(v) == Some(key.clone())).unwrap();
-        let c = &entry["status"]["conditions"][0];
-        (c["status"].as_str().unwrap().to_string(), c["lastTransitionTime"].as_str().unwrap().to_string())
+    fn pass(objects: &ObjectSet, previous: Previous<'_>, now: &str) -> Computed {
+        pass_with(objects, &SyncReport::default(), previous, now)
+    }
+
+    /// status.json as the state dir writes it.
+    fn file(book: &StatusBook) -> Vec<serde_json::Value> {
+        book.entries.iter().map(|e| serde_json::from_slice(&e.json).unwrap()).collect()
+    }
+
+    /// Names of the entries that are not the previous book's very entries.
+    fn rebuilt(book: &StatusBook, before: &StatusBook) -> Vec<String> {
+        let reused = |e: &Arc<StatusEntry>| before.entries.iter().any(|b| Arc::ptr_eq(b, e));
+        book.entries.iter().filter(|e| !reused(e)).map(|e| e.key.name.name().to_string()).collect()
+    }
+
+    fn ready_of(book: &StatusBook, key: ObjectKey) -> (String, String) {
+        let entry = book.entries.iter().find(|e| e.key == key).unwrap();
+        let c = entry.ready().unwrap();
+        (c.status.clone(), c.last_transition_time.clone().unwrap())
+    }
+
+    #[test]
+    fn unchanged_objects_keep_their_entries_and_a_new_one_is_added() {
+        let two = objects(2);
+        let first = pass(&two, Previous::Stored(Default::default()), "t1");
+        assert!(first.changed);
+        assert_eq!(first.book.entries.len(), 5);
+
+        let again = pass(&two, Previous::Book(&first.book), "t2");
+        assert!(!again.changed, "an unchanged set rewrites nothing");
+        assert!(rebuilt(&again.book, &first.book).is_empty(), "every entry is the previous one");
+        assert_eq!(file(&again.book), file(&first.book), "lastTransitionTime stays t1");
+
+        // After a restart only status.json is left: every entry is rebuilt,
+        // and the stored conditions keep their transition times.
+        let restarted = pass(&two, Previous::stored(&file(&first.book)), "t2");
+        assert_eq!(file(&restarted.book), file(&first.book));
+
+        let three = objects(3);
+        let grown = pass(&three, Previous::Book(&first.book), "t3");
+        assert!(grown.changed);
+        assert_eq!(grown.book.entries.len(), 7);
+        let fresh = pass(&three, Previous::Stored(Default::default()), "t1");
+        // Same content as computing from nothing, bar the new objects' transition time.
+        let strip = |b: &StatusBook| serde_json::to_string(&file(b)).unwrap().replace("t3", "t1");
+        assert_eq!(strip(&grown.book), strip(&fresh.book));
+        // The old attachments and mappings are the previous entries; the
+        // network (one attachment more) and the new objects are built.
+        assert_eq!(rebuilt(&grown.book, &first.book), ["n", "a2", "p2"]);
     }
 
     #[test]
     fn an_unchanged_object_whose_outcome_changed_is_rebuilt_and_the_rest_moved_over() {
         let two = objects(2);
-        let first = pass(&two, Previous { store: Vec::new(), computed_from: None }, "t1");
+        let first = pass(&two, Previous::Stored(Default::default()), "t1");
         // Same objects, same plan; the dataplane failed for a1 only.
         let mut failed = SyncReport::default();
         failed.endpoint_errors.insert(ObjectName::from("default/a1"), Failure::new(reason::KERNEL_ERROR, "veth: no"));
-        let broken =
-            pass_with(&two, &failed, Previous { store: first.store.clone(), computed_from: Some((&two, first.memo.clone())) }, "t2");
+        let broken = pass_with(&two, &failed, Previous::Book(&first.book), "t2");
         assert!(broken.changed);
-        assert_eq!(ready_of(&broken.store, ObjectKey::attachment("default", "a1")), ("False".into(), "t2".into()));
-        // Its mapping follows it; everything else is the previous entry, moved.
-        assert_eq!(ready_of(&broken.store, ObjectKey::port_mapping("default", "p1")), ("False".into(), "t2".into()));
-        let rebuilt: Vec<String> = broken
-            .store
-            .iter()
-            .zip(&broken.origins)
-            .filter(|(_, o)| o.is_none())
-            .map(|(e, _)| key_of(e).unwrap().name.name().to_string())
-            .collect();
-        assert_eq!(rebuilt, ["a1", "p1"]);
-        let verdict = broken.verdicts.iter().find(|v| v.key == ObjectKey::attachment("default", "a0")).unwrap();
-        assert!(verdict.ready, "a verdict of a moved entry is read from it");
+        assert_eq!(ready_of(&broken.book, ObjectKey::attachment("default", "a1")), ("False".into(), "t2".into()));
+        // Its mapping follows it; everything else is the previous entry.
+        assert_eq!(ready_of(&broken.book, ObjectKey::port_mapping("default", "p1")), ("False".into(), "t2".into()));
+        assert_eq!(rebuilt(&broken.book, &first.book), ["a1", "p1"]);
+        let verdict = broken.verdicts.iter().find(|v| v.key == ObjectKey::attachment("default", "a1")).unwrap();
+        assert_eq!((verdict.ready, verdict.reason.as_str(), verdict.message.as_str()), (false, reason::KERNEL_ERROR, "veth: no"));
+        assert!(broken.verdicts.iter().find(|v| v.key == ObjectKey::attachment("default", "a0")).unwrap().ready);
 
         // Repaired: Ready again, from the moment it was.
-        let repaired = pass(&two, Previous { store: broken.store.clone(), computed_from: Some((&two, broken.memo.clone())) }, "t3");
-        assert_eq!(ready_of(&repaired.store, ObjectKey::attachment("default", "a1")), ("True".into(), "t3".into()));
-        assert_eq!(ready_of(&repaired.store, ObjectKey::attachment("default", "a0")), ("True".into(), "t1".into()));
+        let repaired = pass(&two, Previous::Book(&broken.book), "t3");
+        assert_eq!(ready_of(&repaired.book, ObjectKey::attachment("default", "a1")), ("True".into(), "t3".into()));
+        assert_eq!(ready_of(&repaired.book, ObjectKey::attachment("default", "a0")), ("True".into(), "t1".into()));
         assert!(repaired.verdicts.iter().all(|v| v.ready));
     }
 
@@ -624,35 +615,63 @@ mod tests {
         let facts = crate::plan::NodeFacts { node_name: "n1".into(), ephemeral_ports: (40000, 40100), ..Default::default() };
         let three = objects(3);
         let plan = crate::plan::plan(&three, &facts, &Default::default());
-        let first = compute(&three, &plan, &SyncReport::default(), &[], Previous { store: Vec::new(), computed_from: None }, "n1", "t1");
+        let first = compute(&three, &plan, &SyncReport::default(), &[], Previous::Stored(Default::default()), "n1", "t1");
         // Another order, the same outcome (what was handed out is held).
         let mut reordered = three.clone();
         reordered.port_mappings.reverse();
         reordered.attachments.rotate_left(1);
         let replan = crate::plan::plan(&reordered, &facts, &plan.allocations);
-        let previous = Previous { store: first.store.clone(), computed_from: Some((&three, first.memo.clone())) };
-        let again = compute(&reordered, &replan, &SyncReport::default(), &[], previous, "n1", "t2");
-        assert!(again.origins.iter().all(Option::is_some), "every entry moved over: {:?}", again.origins);
+        let again = compute(&reordered, &replan, &SyncReport::default(), &[], Previous::Book(&first.book), "n1", "t2");
+        assert!(rebuilt(&again.book, &first.book).is_empty(), "every entry moved over");
         assert!(again.changed, "the file lists them in the new order");
-        assert_eq!(ready_of(&again.store, ObjectKey::port_mapping("default", "p0")), ("True".into(), "t1".into()));
+        assert_eq!(ready_of(&again.book, ObjectKey::port_mapping("default", "p0")), ("True".into(), "t1".into()));
     }
 
     #[test]
     fn a_changed_spec_or_status_rebuilds_the_entry() {
         let two = objects(2);
-        let first = pass(&two, Previous { store: Vec::new(), computed_from: None }, "t1");
+        let first = pass(&two, Previous::Stored(Default::default()), "t1");
         let mut edited = two.clone();
-        std::sync::Arc::make_mut(&mut edited.attachments[1]).spec.interface = Some("net9".into());
-        let after = pass(&edited, Previous { store: first.store.clone(), computed_from: Some((&two, first.memo.clone())) }, "t2");
+        Arc::make_mut(&mut edited.attachments[1]).spec.interface = Some("net9".into());
+        let after = pass(&edited, Previous::Book(&first.book), "t2");
         assert!(after.changed);
-        let a1 = after.store.iter().find(|v| key_of(v) == Some(ObjectKey::attachment("default", "a1"))).unwrap();
+        let a1 = file(&after.book).into_iter().find(|v| key_of(v) == Some(ObjectKey::attachment("default", "a1"))).unwrap();
         assert_eq!(a1["spec"]["interface"], "net9");
         assert_eq!(a1["status"]["interface"], "net9");
+        let ObjectStatus::Attachment(typed, _) = &after.book.entries.iter().find(|e| e.key.name.name() == "a1").unwrap().status else {
+            panic!("an attachment's status")
+        };
+        assert_eq!(typed.interface.as_deref(), Some("net9"), "the typed form says the same");
 
-        // Fewer objects: the store shrinks and is rewritten.
+        // Fewer objects: the book shrinks and is rewritten.
         let one = objects(1);
-        let shrunk = pass(&one, Previous { store: first.store, computed_from: Some((&two, first.memo)) }, "t2");
+        let shrunk = pass(&one, Previous::Book(&first.book), "t2");
         assert!(shrunk.changed);
-        assert_eq!(shrunk.store.len(), 3);
+        assert_eq!(shrunk.book.entries.len(), 3);
+    }
+
+    #[test]
+    fn a_status_is_its_inputs_and_nothing_else() {
+        // The same inputs give the same status, whatever else differs.
+        let info = AttachmentInfo { network: "n".into(), interface: Some("eth0".into()), ..Default::default() };
+        let inputs = |node: &'static str| Inputs::Attachment {
+            generation: Some(3),
+            node: Cow::Borrowed(node),
+            result: Ok(()),
+            info: Some(Cow::Owned(info.clone())),
+        };
+        assert_eq!(status_of(&inputs("n1"), &[], "t1"), status_of(&inputs("n1").into_owned(), &[], "t1"));
+        assert_ne!(inputs("n1"), inputs("n2"), "what the status says differs, so do its inputs");
+        // A flip moves the transition time; anything else keeps it.
+        let ready = status_of(&inputs("n1"), &[], "t1");
+        assert_eq!(status_of(&inputs("n1"), ready.conditions(), "t2"), ready);
+        let failed = Inputs::Attachment {
+            generation: Some(3),
+            node: Cow::Borrowed("n1"),
+            result: Err(Cow::Owned(Failure::invalid("bad"))),
+            info: None,
+        };
+        let flipped = status_of(&failed, ready.conditions(), "t2");
+        assert_eq!(ready_condition(flipped.conditions()).unwrap().last_transition_time.as_deref(), Some("t2"));
     }
 }

@@ -34,7 +34,7 @@ use crate::objects::{namespace_of, ObjectName, ObjectSet};
 use crate::plan::{Allocations, HeldEndpoint, PortKey};
 use crate::reconcile::Reconciler;
 use crate::state::StateDir;
-use crate::status::key_of;
+use crate::status::ObjectStatus;
 
 mod blocks;
 mod publish;
@@ -294,12 +294,21 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
             cluster.attachments.state().into_iter().map(|a| (ObjectName::of(&*a), a)).collect();
         let live_pms: BTreeMap<ObjectName, Arc<PortMapping>> =
             cluster.port_mappings.state().into_iter().map(|p| (ObjectName::of(&*p), p)).collect();
-        for value in reconciler.status() {
-            let Some(key) = key_of(value) else { continue };
-            match key.kind {
-                crate::api::Kind::Network => cluster.publish_network_status(key.name.name(), value).await,
-                crate::api::Kind::Attachment => cluster.publish_status(att_api, live_atts.get(&key.name).map(|a| &**a), value).await,
-                crate::api::Kind::PortMapping => cluster.publish_status(pm_api, live_pms.get(&key.name).map(|p| &**p), value).await,
+        let namespace = |name: &ObjectName| name.namespace().unwrap_or("default").to_string();
+        for entry in &reconciler.status().entries {
+            match &entry.status {
+                ObjectStatus::Network(ours) => cluster.publish_network_status(entry.key.name.name(), ours).await,
+                ObjectStatus::Attachment(want, _) => {
+                    let Some(live) = live_atts.get(&entry.key.name) else { continue };
+                    let api = att_api(&namespace(&entry.key.name));
+                    cluster.publish_status(api, &**live, live.status.as_ref(), want, |s| &s.conditions).await
+                }
+                ObjectStatus::PortMapping(want) => {
+                    let Some(live) = live_pms.get(&entry.key.name) else { continue };
+                    let api = pm_api(&namespace(&entry.key.name));
+                    cluster.publish_status(api, &**live, live.status.as_ref(), want, |s| &s.conditions).await
+                }
+                ObjectStatus::Unloaded(_) => {}
             }
         }
         // Teardown finished for excluded objects: let them go.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::Cluster;
 use crate::api::{ready_condition, Condition, Network, NetworkNodeStatus, NetworkStatus};
@@ -71,42 +71,37 @@ impl Cluster {
         }
     }
 
-    /// Patches the status of namespaced objects this node alone writes.
-    pub(super) async fn publish_status<K>(&self, api_for: impl Fn(&str) -> Api<K>, current: Option<&K>, wanted: &Value)
+    /// Patches the status of a namespaced object this node alone writes,
+    /// when the live one differs; an Event when it stops being Ready.
+    pub(super) async fn publish_status<K, S>(&self, api: Api<K>, live: &K, have: Option<&S>, want: &S, conditions: fn(&S) -> &[Condition])
     where
-        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        S: serde::Serialize + PartialEq,
     {
-        let Some(obj) = current else { return };
-        let have = serde_json::to_value(obj).ok().and_then(|v| v.get("status").cloned()).unwrap_or(Value::Null);
-        let want = wanted.get("status").cloned().unwrap_or(Value::Null);
-        if have == want {
+        if have == Some(want) {
             return;
         }
-        let was_ready = ready_of(&have);
-        let is_ready = ready_of(&want);
-        let api = api_for(&obj.namespace().unwrap_or_default());
-        let patch = json!({"status": want});
+        let ready = |s: &S| ready_condition(conditions(s)).map(Condition::is_true);
+        let was_ready = have.and_then(ready);
+        let patch = json!({ "status": want });
         if let Err(e) =
-            tokio::time::timeout(Duration::from_secs(10), api.patch_status(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)))
+            tokio::time::timeout(Duration::from_secs(10), api.patch_status(&live.name_any(), &patch_params(), &Patch::Merge(&patch)))
                 .await
                 .unwrap_or_else(|_| Err(kube::Error::Service("timeout".into())))
         {
-            tracing::warn!(object = %obj.name_any(), error = %e, "status update failed; will retry");
+            tracing::warn!(object = %live.name_any(), error = %e, "status update failed; will retry");
             return;
         }
-        if was_ready != Some(false) && is_ready == Some(false) {
-            self.event(obj, &want).await;
+        if let (true, Some(condition)) = (was_ready != Some(false), ready_condition(conditions(want)).filter(|c| !c.is_true())) {
+            self.event(live, condition).await;
         }
     }
 
-    pub(super) async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, status: &Value) {
-        let Some(cond) = conditions_of(status).into_iter().find(|c| c.type_ == crate::api::READY) else {
-            return;
-        };
+    pub(super) async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, ready: &Condition) {
         let event = Event {
             type_: EventType::Warning,
-            reason: cond.reason.clone(),
-            note: Some(cond.message.chars().take(1000).collect()),
+            reason: ready.reason.clone(),
+            note: Some(ready.message.chars().take(1000).collect()),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -118,10 +113,9 @@ impl Cluster {
     /// Networks are written by every node realizing them: each agent owns
     /// its entry in `status.nodes`; Ready summarizes all entries. Conflicts
     /// (409) are retried with a fresh read.
-    pub(super) async fn publish_network_status(&self, name: &str, wanted: &Value) {
+    pub(super) async fn publish_network_status(&self, name: &str, ours: &NetworkStatus) {
         let api: Api<Network> = Api::all(self.client.clone());
-        let ours: NetworkStatus = wanted.get("status").and_then(|s| serde_json::from_value(s.clone()).ok()).unwrap_or_default();
-        let our_ready = ours.conditions.iter().find(|c| c.type_ == crate::api::READY).cloned();
+        let our_ready = ready_condition(&ours.conditions).cloned();
         for _ in 0..5 {
             let Ok(current) = api.get_status(name).await else {
                 return;
@@ -190,12 +184,4 @@ impl Cluster {
             }
         }
     }
-}
-
-fn conditions_of(status: &Value) -> Vec<Condition> {
-    status.get("conditions").and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default()
-}
-
-fn ready_of(status: &Value) -> Option<bool> {
-    ready_condition(&conditions_of(status)).map(|c| c.is_true())
 }
