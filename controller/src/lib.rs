@@ -1,7 +1,6 @@
 //! netlet: Docker-style container networking as a declarative node agent.
 #![forbid(unsafe_code)]
 
-pub mod agent;
 pub mod api;
 pub mod dataplane;
 pub mod get;
@@ -11,6 +10,8 @@ pub mod objects;
 pub mod plan;
 pub mod progress;
 pub mod reconcile;
+pub mod reconcile_thread;
+pub mod runner;
 pub mod source;
 pub mod state;
 pub mod status;

@@ -137,14 +137,11 @@ impl Dataplane {
         })
     }
 
-    /// Watches kernel events from now on (long-running agents): drift that
-    /// the kernel reports wakes `wake`, and passes with no events since the
-    /// previous one skip re-observing what they verified.
-    pub fn watch_events(&mut self, wake: std::sync::Arc<tokio::sync::Notify>) {
-        match events::watch(wake) {
-            Ok(counter) => self.events = Some(counter),
-            Err(e) => tracing::warn!(error = %e, "no kernel events; every pass observes everything"),
-        }
+    /// Goes by kernel events from now on (long-running agents): passes
+    /// with no events since the previous one skip re-observing what they
+    /// verified. They are watched from the agent's runtime (`events::watch`).
+    pub fn use_events(&mut self, events: events::EventCounter) {
+        self.events = Some(events);
     }
 
     /// Keeps a namespace made ahead for the next attachment that needs one

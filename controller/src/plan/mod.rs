@@ -54,7 +54,7 @@ pub struct NodeFacts {
 
 /// Resources held by attachments and port mappings, persisted in the state
 /// directory so they survive restarts.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Allocations {
     #[serde(default)]
@@ -113,7 +113,7 @@ impl<'de> Deserialize<'de> for PortKey {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeldEndpoint {
     pub network: String,

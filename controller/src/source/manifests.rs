@@ -63,9 +63,12 @@ pub fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
 }
 
+/// Each manifest file with its modification time and size.
+pub type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
 /// A cheap fingerprint of the manifest set: changes when a file is added,
 /// removed or modified. Used to decide when to reload.
-pub fn fingerprint(path: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+pub fn fingerprint(path: &Path) -> Fingerprint {
     manifest_files(path)
         .unwrap_or_default()
         .into_iter()

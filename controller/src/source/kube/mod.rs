@@ -25,15 +25,13 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::api::{Attachment, Driver, Network, OverlayPeer, PortMapping};
-use crate::metrics::Metrics;
 use crate::objects::{namespace_of, ObjectName, ObjectSet};
 use crate::plan::{Allocations, HeldEndpoint, PortKey};
-use crate::reconcile::Reconciler;
-use crate::state::StateDir;
+use crate::reconcile::Outcome;
+use crate::runner::{Snapshot, Source};
 use crate::status::ObjectStatus;
 
 mod blocks;
@@ -48,10 +46,7 @@ fn scheduled_on(a: &Attachment, node: &str) -> bool {
 
 pub struct KubeOptions {
     pub node_name: String,
-    pub state_dir: PathBuf,
     pub kubeconfig: Option<PathBuf>,
-    pub resync_period: Duration,
-    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
@@ -156,7 +151,7 @@ struct Cluster {
 
 /// This node's desired objects, and the attachments, port mappings and
 /// networks being deleted (torn down, then their finalizers released).
-type Desired = (ObjectSet, Vec<Arc<Attachment>>, Vec<Arc<PortMapping>>, Vec<Arc<Network>>);
+type Desired = (Arc<ObjectSet>, Vec<Arc<Attachment>>, Vec<Arc<PortMapping>>, Vec<Arc<Network>>);
 
 impl Cluster {
     /// The desired objects for this node, and those being deleted.
@@ -219,68 +214,101 @@ impl Cluster {
             }
         }
         set.sort_by_creation();
-        (set, deleting_attachments, deleting_pms, deleting_networks)
+        (Arc::new(set), deleting_attachments, deleting_pms, deleting_networks)
     }
 }
 
-pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
-    let client = client(opts.kubeconfig.as_ref()).await?;
-    let changed = Arc::new(Notify::new());
-    let cluster = Cluster {
-        networks: reflect(Api::<Network>::all(client.clone()), watcher::Config::default(), changed.clone()),
-        attachments: reflect(Api::<Attachment>::all(client.clone()), watcher::Config::default(), changed.clone()),
-        port_mappings: reflect(Api::<PortMapping>::all(client.clone()), watcher::Config::default(), changed.clone()),
-        // Every Node: this one's labels select networks, the others' addresses are overlay VTEPs.
-        nodes: reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), changed.clone()),
-        recorder: Recorder::new(client.clone(), Reporter { controller: "netlet".into(), instance: Some(opts.node_name.clone()) }),
-        node: opts.node_name.clone(),
-        client: client.clone(),
-    };
-    let metrics = Metrics::new();
-    if let Some(addr) = opts.metrics_addr {
-        match crate::metrics::serve(addr, metrics.clone()).await {
-            Ok(bound) => tracing::info!(%bound, "serving /metrics, /healthz, /readyz"),
-            Err(e) => tracing::warn!(%addr, error = %e, "cannot serve metrics; continuing without"),
+/// Kubernetes mode's source: the watches, the node's desired set from
+/// them, and status and finalizers written back.
+pub struct KubeSource {
+    cluster: Cluster,
+    /// Poked by every watch event.
+    changed: Arc<Notify>,
+    /// What the last snapshot was made of: finalizers and status follow it.
+    last: Option<Desired>,
+}
+
+impl KubeSource {
+    /// Connects and starts the watches (Networks, Attachments,
+    /// PortMappings, Nodes); nothing is read yet.
+    pub async fn connect(opts: &KubeOptions) -> anyhow::Result<Self> {
+        let client = client(opts.kubeconfig.as_ref()).await?;
+        let changed = Arc::new(Notify::new());
+        let cluster = Cluster {
+            networks: reflect(Api::<Network>::all(client.clone()), watcher::Config::default(), changed.clone()),
+            attachments: reflect(Api::<Attachment>::all(client.clone()), watcher::Config::default(), changed.clone()),
+            port_mappings: reflect(Api::<PortMapping>::all(client.clone()), watcher::Config::default(), changed.clone()),
+            // Every Node: this one's labels select networks, the others' addresses are overlay VTEPs.
+            nodes: reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), changed.clone()),
+            recorder: Recorder::new(client.clone(), Reporter { controller: "netlet".into(), instance: Some(opts.node_name.clone()) }),
+            node: opts.node_name.clone(),
+            client,
+        };
+        Ok(KubeSource { cluster, changed, last: None })
+    }
+}
+
+/// A version of everything a snapshot holds: what each object is (its
+/// resourceVersion, which moves with any change of it, status included),
+/// what was derived from elsewhere (overlay peers from Nodes), held
+/// allocations and address blocks.
+fn version_of(objects: &ObjectSet, known: &Allocations, decided: &Allocations, blocks: &BTreeMap<String, Vec<ipnet::IpNet>>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut object = |meta: &kube::core::ObjectMeta| (&meta.namespace, &meta.name, &meta.resource_version).hash(&mut h);
+    objects.networks.iter().for_each(|n| object(&n.metadata));
+    objects.attachments.iter().for_each(|a| object(&a.metadata));
+    objects.port_mappings.iter().for_each(|p| object(&p.metadata));
+    for n in &objects.networks {
+        if let Some(overlay) = &n.spec.overlay {
+            overlay.peers.iter().for_each(|p| (&p.node, &p.address).hash(&mut h));
         }
     }
-    let state = StateDir::open(&opts.state_dir)?;
-    let mut reconciler = Reconciler::new(state, opts.node_name.clone())?.with_metrics(metrics);
-    reconciler.watch_events(changed.clone());
-    reconciler.serve_dns();
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tracing::info!(node = %opts.node_name, "netlet Kubernetes agent starting; waiting for the initial lists");
-    let lists = async {
-        cluster.networks.wait_until_ready().await?;
-        cluster.attachments.wait_until_ready().await?;
-        cluster.port_mappings.wait_until_ready().await
-    };
-    tokio::select! {
-        r = lists => r?,
-        _ = term.recv() => return Ok(0),
-        _ = int.recv() => return Ok(0),
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(5), cluster.nodes.wait_until_ready()).await;
+    (known, decided, blocks).hash(&mut h);
+    h.finish()
+}
 
-    loop {
-        let (objects, deleting_atts, deleting_pms, deleting_nets) = cluster.desired();
+impl Source for KubeSource {
+    async fn ready(&mut self) -> anyhow::Result<()> {
+        tracing::info!(node = %self.cluster.node, "netlet Kubernetes agent starting; waiting for the initial lists");
+        self.cluster.networks.wait_until_ready().await?;
+        self.cluster.attachments.wait_until_ready().await?;
+        self.cluster.port_mappings.wait_until_ready().await?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.cluster.nodes.wait_until_ready()).await;
+        Ok(())
+    }
+
+    async fn snapshot(&mut self) -> Snapshot {
+        let desired = self.cluster.desired();
         // Addresses and ports already handed out, from status: ours fill
         // what the state dir lacks; other nodes' (overlay remotes) are
         // theirs to decide, so their status wins.
+        let node = &self.cluster.node;
         let (ours, others): (Vec<Arc<Attachment>>, Vec<Arc<Attachment>>) =
-            cluster.attachments.state().into_iter().partition(|a| scheduled_on(a, &opts.node_name));
-        reconciler.seed_allocations(allocations_from_status(&ours, &objects.port_mappings));
-        reconciler.override_allocations(allocations_from_status(&others, &[]));
-        let blocks = cluster.overlay_blocks(&objects).await;
-        reconciler.set_overlay_blocks(blocks);
-        let objects = std::sync::Arc::new(objects);
-        let outcome = reconciler.reconcile(objects.clone(), &[]).await;
+            self.cluster.attachments.state().into_iter().partition(|a| scheduled_on(a, node));
+        let known = allocations_from_status(&ours, &desired.0.port_mappings);
+        let decided = allocations_from_status(&others, &[]);
+        let overlay_blocks = self.cluster.overlay_blocks(&desired.0).await;
+        let version = version_of(&desired.0, &known, &decided, &overlay_blocks);
+        let snapshot = Snapshot { objects: desired.0.clone(), load_errors: Arc::from([]), version, known, decided, overlay_blocks };
+        self.last = Some(desired);
+        snapshot
+    }
 
+    async fn changed(&mut self) {
+        self.changed.notified().await;
+        crate::runner::settle(&self.changed).await;
+    }
+
+    async fn publish(&mut self, outcome: &Outcome) {
+        let Some((objects, deleting_atts, deleting_pms, deleting_nets)) = &self.last else { return };
+        let cluster = &self.cluster;
         // Finalizers first on live objects, so a later delete waits for us.
+        let client = &cluster.client;
         let att_api = |ns: &str| Api::<Attachment>::namespaced(client.clone(), ns);
         let pm_api = |ns: &str| Api::<PortMapping>::namespaced(client.clone(), ns);
         let net_api: Api<Network> = Api::all(client.clone());
-        for a in objects.attachments.iter().map(|a| &**a).filter(|a| scheduled_on(a, &opts.node_name)) {
+        for a in objects.attachments.iter().map(|a| &**a).filter(|a| scheduled_on(a, &cluster.node)) {
             cluster.ensure_finalizer(&att_api(&namespace_of(a)), a, TEARDOWN_FINALIZER).await;
         }
         for p in objects.port_mappings.iter().map(|p| &**p) {
@@ -295,7 +323,7 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
         let live_pms: BTreeMap<ObjectName, Arc<PortMapping>> =
             cluster.port_mappings.state().into_iter().map(|p| (ObjectName::of(&*p), p)).collect();
         let namespace = |name: &ObjectName| name.namespace().unwrap_or("default").to_string();
-        for entry in &reconciler.status().entries {
+        for entry in &outcome.status.entries {
             match &entry.status {
                 ObjectStatus::Network(ours) => cluster.publish_network_status(entry.key.name.name(), ours).await,
                 ObjectStatus::Attachment(want, _) => {
@@ -313,42 +341,16 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
         }
         // Teardown finished for excluded objects: let them go.
         if outcome.node_errors.is_empty() {
-            for a in &deleting_atts {
+            for a in deleting_atts {
                 cluster.remove_finalizer(&att_api(&namespace_of(&**a)), &**a, TEARDOWN_FINALIZER).await;
             }
-            for p in &deleting_pms {
+            for p in deleting_pms {
                 cluster.remove_finalizer(&pm_api(&namespace_of(&**p)), &**p, TEARDOWN_FINALIZER).await;
             }
             let referenced: BTreeSet<String> = cluster.attachments.state().iter().map(|a| a.spec.network.clone()).collect();
             for n in deleting_nets.iter().filter(|n| !referenced.contains(&n.name_any())) {
                 cluster.remove_finalizer(&net_api, &**n, IN_USE_FINALIZER).await;
             }
-        }
-
-        // Wait for a change (and the rest of its burst), the resync period, or a signal.
-        tokio::select! {
-            _ = changed.notified() => settle(&changed).await,
-            _ = tokio::time::sleep(opts.resync_period) => {}
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping, dataplane left in place"); return Ok(0); }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping, dataplane left in place"); return Ok(0); }
-        }
-    }
-}
-
-/// A change is read once the watches have been quiet for CHANGE_QUIET (the
-/// rest of a `kubectl apply`, a burst of kernel events), or after
-/// CHANGE_SETTLE_MAX while changes keep coming: a single change is not held
-/// for a fixed delay, and a large apply is still taken in few passes.
-const CHANGE_QUIET: Duration = Duration::from_millis(10);
-const CHANGE_SETTLE_MAX: Duration = Duration::from_millis(100);
-
-async fn settle(changed: &Notify) {
-    let deadline = tokio::time::Instant::now() + CHANGE_SETTLE_MAX;
-    loop {
-        tokio::select! {
-            _ = changed.notified() => {}
-            _ = tokio::time::sleep(CHANGE_QUIET) => return,
-            _ = tokio::time::sleep_until(deadline) => return,
         }
     }
 }
@@ -357,26 +359,6 @@ async fn settle(changed: &Notify) {
 mod tests {
     use super::*;
     use crate::api::{AttachmentSpec, AttachmentStatus, PortBinding, PortMappingSpec, PortMappingStatus, Protocol, Sandbox};
-
-    #[tokio::test]
-    async fn a_burst_of_changes_is_waited_out_but_never_forever() {
-        let changed = Arc::new(Notify::new());
-        let started = std::time::Instant::now();
-        settle(&changed).await;
-        assert!(started.elapsed() >= CHANGE_QUIET, "a quiet moment is waited for");
-        // Changes that never stop: read anyway.
-        let poker = {
-            let changed = changed.clone();
-            tokio::spawn(async move {
-                loop {
-                    changed.notify_one();
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            })
-        };
-        tokio::time::timeout(Duration::from_secs(5), settle(&changed)).await.expect("settles while changes keep coming");
-        poker.abort();
-    }
 
     #[test]
     fn allocations_are_rebuilt_from_status() {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -114,63 +115,22 @@ impl Cluster {
     /// its entry in `status.nodes`; Ready summarizes all entries. Conflicts
     /// (409) are retried with a fresh read.
     pub(super) async fn publish_network_status(&self, name: &str, ours: &NetworkStatus) {
+        // The watched copy usually shows our entry as it is: no request.
+        let cached = self.networks.get(&reflector::ObjectRef::new(name));
+        if cached.is_some_and(|c| self.network_status(&c, ours) == c.status.clone().unwrap_or_default()) {
+            return;
+        }
         let api: Api<Network> = Api::all(self.client.clone());
-        let our_ready = ready_condition(&ours.conditions).cloned();
         for _ in 0..5 {
             let Ok(current) = api.get_status(name).await else {
                 return;
             };
-            let mut status = current.status.clone().unwrap_or_default();
-            let entry = NetworkNodeStatus {
-                node: self.node.clone(),
-                ready: our_ready.as_ref().is_some_and(|c| c.is_true()),
-                attachments: ours.attachments,
-                mtu: ours.mtu,
-                unreachable_peers: ours.unreachable_peers.clone(),
-                message: our_ready.as_ref().filter(|c| !c.is_true()).map(|c| c.message.clone()).unwrap_or_default(),
-            };
-            let mut nodes: Vec<NetworkNodeStatus> = status.nodes.iter().filter(|n| n.node != self.node).cloned().collect();
-            nodes.push(entry);
-            nodes.sort_by(|a, b| a.node.cmp(&b.node));
-            let failing: Vec<String> = nodes.iter().filter(|n| !n.ready).map(|n| format!("{}: {}", n.node, n.message)).collect();
-            let mut cond = if failing.is_empty() {
-                Condition::ready(true, "Ready", format!("realized on {} node(s)", nodes.len()))
-            } else {
-                Condition::ready(
-                    false,
-                    our_ready.as_ref().filter(|c| !c.is_true()).map(|c| c.reason.clone()).unwrap_or_else(|| "NotReadyOnSomeNodes".into()),
-                    failing.join("; "),
-                )
-            };
-            if current.meta().deletion_timestamp.is_some() {
-                let refs = self.attachments.state().iter().filter(|a| a.spec.network == name).count();
-                cond = Condition::ready(
-                    false,
-                    "DeletionPending",
-                    format!("deletion waits for {refs} attachment(s) that still reference this network"),
-                );
-            }
-            cond.observed_generation = current.meta().generation;
-            let now = crate::api::now_rfc3339();
-            let new = NetworkStatus {
-                conditions: crate::api::merge_condition(&status.conditions, cond, &now),
-                bridge: ours.bridge.clone(),
-                gateways: ours.gateways.clone(),
-                attachments: nodes.iter().map(|n| n.attachments).sum(),
-                observed_generation: current.meta().generation,
-                nodes,
-                address_blocks: status.address_blocks.clone(),
-                // Per node (in `nodes`): one shared value would flip-flop
-                // between nodes that see it differently.
-                mtu: None,
-                unreachable_peers: Vec::new(),
-            };
-            if new == status {
+            let new = self.network_status(&current, ours);
+            if current.status.as_ref() == Some(&new) {
                 return;
             }
-            status = new;
             let mut updated = current.clone();
-            updated.status = Some(status);
+            updated.status = Some(new);
             match api.replace_status(name, &post_params(), &updated).await {
                 Ok(_) => return,
                 Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -182,6 +142,58 @@ impl Cluster {
                     return;
                 }
             }
+        }
+    }
+
+    /// `current`'s status with this node's entry as `ours` says, and Ready
+    /// summarizing every node's.
+    fn network_status(&self, current: &Network, ours: &NetworkStatus) -> NetworkStatus {
+        let status = current.status.clone().unwrap_or_default();
+        let our_ready = ready_condition(&ours.conditions);
+        let entry = NetworkNodeStatus {
+            node: self.node.clone(),
+            ready: our_ready.is_some_and(|c| c.is_true()),
+            attachments: ours.attachments,
+            mtu: ours.mtu,
+            unreachable_peers: ours.unreachable_peers.clone(),
+            message: our_ready.filter(|c| !c.is_true()).map(|c| c.message.clone()).unwrap_or_default(),
+        };
+        let mut nodes: Vec<NetworkNodeStatus> = status.nodes.iter().filter(|n| n.node != self.node).cloned().collect();
+        nodes.push(entry);
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        let failing: Vec<String> = nodes.iter().filter(|n| !n.ready).map(|n| format!("{}: {}", n.node, n.message)).collect();
+        let mut cond = if failing.is_empty() {
+            Condition::ready(true, "Ready", format!("realized on {} node(s)", nodes.len()))
+        } else {
+            Condition::ready(
+                false,
+                our_ready.filter(|c| !c.is_true()).map(|c| c.reason.clone()).unwrap_or_else(|| "NotReadyOnSomeNodes".into()),
+                failing.join("; "),
+            )
+        };
+        if current.meta().deletion_timestamp.is_some() {
+            let name = current.name_any();
+            let refs = self.attachments.state().iter().filter(|a| a.spec.network == name).count();
+            cond = Condition::ready(
+                false,
+                "DeletionPending",
+                format!("deletion waits for {refs} attachment(s) that still reference this network"),
+            );
+        }
+        cond.observed_generation = current.meta().generation;
+        let now = crate::api::now_rfc3339();
+        NetworkStatus {
+            conditions: crate::api::merge_condition(&status.conditions, cond, &now),
+            bridge: ours.bridge.clone(),
+            gateways: ours.gateways.clone(),
+            attachments: nodes.iter().map(|n| n.attachments).sum(),
+            observed_generation: current.meta().generation,
+            nodes,
+            address_blocks: status.address_blocks,
+            // Per node (in `nodes`): one shared value would flip-flop
+            // between nodes that see it differently.
+            mtu: None,
+            unreachable_peers: Vec::new(),
         }
     }
 }
