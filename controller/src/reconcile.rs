@@ -17,6 +17,7 @@ use std::time::Instant;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::dataplane::linux::Linux;
 use crate::dataplane::{facts, sysctl, Dataplane, SyncReport};
 use crate::metrics::{AddressUsage, Metrics};
 use crate::plan::{self, Allocations, NodeFacts};
@@ -101,7 +102,7 @@ impl Reconciler {
     /// will run its passes.
     pub fn new(setup: Setup) -> anyhow::Result<Self> {
         let state = StateDir::open(&setup.state_dir)?;
-        let mut dataplane = Dataplane::new()?;
+        let mut dataplane = Dataplane::new(Box::new(Linux::new()?));
         if let Some(events) = setup.events {
             dataplane.use_events(events);
         }

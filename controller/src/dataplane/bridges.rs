@@ -4,9 +4,10 @@ use std::collections::{BTreeSet, HashMap};
 
 use ipnet::IpNet;
 
+use super::kernel::{Change, LinkId};
 use super::netlink::{self, Link, LinkChange};
 use super::report::SyncReport;
-use super::{is_link_local, is_ours, sysctl, Dataplane};
+use super::{is_link_local, is_ours, Dataplane};
 use crate::naming::OWNER_ALIAS_PREFIX;
 use crate::plan::desired::DesiredState;
 use crate::plan::outcome::{reason, Failure};
@@ -21,9 +22,8 @@ impl Dataplane {
             wanted.push(("net/ipv6/conf/all/forwarding".into(), "1"));
         }
         for (key, value) in wanted {
-            match sysctl::ensure(&key, value) {
-                Ok(true) => report.mutated("sysctl"),
-                Ok(false) => {}
+            match self.system.sysctl(&key, value) {
+                Ok(wrote) => self.journal.count("sysctl", u32::from(wrote)),
                 Err(e) => report.node_errors.push(format!("sysctl {key}: {e}")),
             }
         }
@@ -43,25 +43,24 @@ impl Dataplane {
             let alias = format!("{OWNER_ALIAS_PREFIX}network/{}", bridge.network);
             let existing = node_links.iter().find(|l| l.name == bridge.name);
             let result: Result<u32, Failure> = async {
-                let link = match existing {
-                    Some(l) if l.kind.as_deref() == Some("bridge") && is_ours(l) => l.clone(),
-                    Some(_) => {
-                        return Err(Failure::new(
-                            reason::BRIDGE_NAME_CONFLICT,
-                            format!("a link named {} already exists on the node and was not created by netlet", bridge.name),
-                        ))
-                    }
-                    None => {
-                        self.view_changes.touch(&bridge.name);
-                        self.node.create_bridge(&bridge.name, bridge.mtu, bridge.mac, &alias).await.map_err(|e| SyncReport::kernel(&e))?;
-                        report.mutated("link");
-                        self.node
-                            .link_by_name(&bridge.name)
-                            .await
-                            .map_err(|e| SyncReport::kernel(&e))?
-                            .ok_or_else(|| Failure::new(reason::KERNEL_ERROR, format!("bridge {} vanished after creation", bridge.name)))?
-                    }
-                };
+                let link =
+                    match existing {
+                        Some(l) if l.kind.as_deref() == Some("bridge") && is_ours(l) => l.clone(),
+                        Some(_) => {
+                            return Err(Failure::new(
+                                reason::BRIDGE_NAME_CONFLICT,
+                                format!("a link named {} already exists on the node and was not created by netlet", bridge.name),
+                            ))
+                        }
+                        None => {
+                            self.view_changes.touch(&bridge.name);
+                            let create = Change::CreateBridge { name: &bridge.name, mtu: bridge.mtu, mac: bridge.mac, alias: &alias };
+                            self.node.apply(create).await.map_err(|e| SyncReport::kernel(&e))?;
+                            self.node.link(LinkId::Name(&bridge.name)).await.map_err(|e| SyncReport::kernel(&e))?.ok_or_else(|| {
+                                Failure::new(reason::KERNEL_ERROR, format!("bridge {} vanished after creation", bridge.name))
+                            })?
+                        }
+                    };
                 let change = LinkChange {
                     up: !link.up,
                     mtu: (link.mtu != bridge.mtu).then_some(bridge.mtu),
@@ -70,26 +69,25 @@ impl Dataplane {
                 };
                 if !change.is_empty() {
                     self.view_changes.touch(&bridge.name);
-                    self.node.set_link(link.index, &bridge.name, change).await.map_err(|e| SyncReport::kernel(&e))?;
-                    report.mutated("link");
+                    let change = Change::SetLink { index: link.index, name: &bridge.name, change };
+                    self.node.apply(change).await.map_err(|e| SyncReport::kernel(&e))?;
                 }
                 let have: BTreeSet<IpNet> =
                     addresses.iter().filter(|a| a.index == link.index && !is_link_local(&a.net)).map(|a| a.net).collect();
                 let want: BTreeSet<IpNet> = bridge.addresses.iter().copied().collect();
                 for net in want.difference(&have) {
                     self.view_changes.touch(&bridge.name);
-                    self.node.add_address(link.index, *net, &bridge.name).await.map_err(|e| SyncReport::kernel(&e))?;
-                    report.mutated("address");
+                    let add = Change::AddAddress { index: link.index, net: *net, ifname: &bridge.name };
+                    self.node.apply(add).await.map_err(|e| SyncReport::kernel(&e))?;
                 }
                 for net in have.difference(&want) {
                     self.view_changes.touch(&bridge.name);
-                    self.node.delete_address(link.index, *net, &bridge.name).await.map_err(|e| SyncReport::kernel(&e))?;
-                    report.mutated("address");
+                    let delete = Change::DeleteAddress { index: link.index, net: *net, ifname: &bridge.name };
+                    self.node.apply(delete).await.map_err(|e| SyncReport::kernel(&e))?;
                 }
                 // Published ports on 127.0.0.1 are DNATed out through the bridge.
-                match sysctl::ensure(&format!("net/ipv4/conf/{}/route_localnet", bridge.name), "1") {
-                    Ok(true) => report.mutated("sysctl"),
-                    Ok(false) => {}
+                match self.system.sysctl(&format!("net/ipv4/conf/{}/route_localnet", bridge.name), "1") {
+                    Ok(wrote) => self.journal.count("sysctl", u32::from(wrote)),
                     Err(e) => return Err(Failure::new(reason::KERNEL_ERROR, format!("route_localnet on {}: {e}", bridge.name))),
                 }
                 Ok(link.index)

@@ -2,14 +2,15 @@
 //! default routes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::netlink::{Link, LinkChange, Netlink, NetlinkError};
+use super::kernel::{Change, LinkId};
+use super::netlink::{Link, LinkChange, NetlinkError};
 use super::report::SyncReport;
-use super::{is_link_local, is_ours, netns, sysctl, Dataplane, LOOPBACK_INDEX};
+use super::sandboxes::SandboxHandle;
+use super::{is_link_local, is_ours, netns, Dataplane, LOOPBACK_INDEX};
 use crate::naming::OWNER_ALIAS_PREFIX;
 use crate::plan::attachment::SandboxRef;
 use crate::plan::desired::{DesiredState, Endpoint, EndpointKind};
@@ -40,8 +41,9 @@ impl Dataplane {
             }
             self.verified.remove(sandbox);
             let path = sandbox.path();
-            let handle = match self.sandbox(sandbox) {
-                Ok(h) => (h.netlink.clone(), h.file.try_clone()),
+            // One socket at a time: a thousand open ones cost a receive buffer each.
+            let handle = match self.take_sandbox(sandbox) {
+                Ok(h) => h,
                 Err(f) => {
                     for ep in endpoints {
                         report.endpoint_errors.insert(ep.owner.clone(), f.clone());
@@ -49,15 +51,11 @@ impl Dataplane {
                     continue;
                 }
             };
-            let (sb, file) = handle;
-            let Ok(file) = file else { continue };
-            if let Err(e) = self.sync_sandbox(&sb, &file, &endpoints, node_links, bridges, fresh.get(&path), report).await {
+            if let Err(e) = self.sync_sandbox(&handle, &endpoints, node_links, bridges, fresh.get(&path), report).await {
                 for ep in &endpoints {
                     report.endpoint_errors.entry(ep.owner.clone()).or_insert_with(|| SyncReport::kernel(&e));
                 }
             }
-            // One socket at a time: a thousand open ones cost a receive buffer each.
-            self.sandboxes.remove(&path);
             if let Some(p) = &self.progress {
                 p.step();
             }
@@ -71,46 +69,46 @@ impl Dataplane {
     /// A namespace created in this very pass holds only lo, down: nothing
     /// in it is read back but the links we add (each dump would wait for
     /// the RTNL lock the kernel's own link-up work keeps taking).
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn sync_sandbox(
         &mut self,
-        sb: &Netlink,
-        file: &File,
+        handle: &SandboxHandle,
         endpoints: &[&Endpoint],
         node_links: &[Link],
         bridges: &HashMap<String, u32>,
-        fresh: Option<&netns::Created>,
+        created_now: Option<&netns::Created>,
         report: &mut SyncReport,
     ) -> Result<(), NetlinkError> {
-        let ipv6_conf = fresh.and_then(|c| c.ipv6_conf.as_ref());
-        let loopback_up = fresh.is_some_and(|c| c.loopback_up);
-        let fresh = fresh.is_some();
+        let sb = &handle.netlink;
+        let fresh = created_now.is_some();
         let mut links = Vec::new();
-        if fresh {
+        if let Some(created) = created_now {
             // A namespace made ahead had lo brought up then: the change is
             // still this pass's.
-            if !loopback_up {
-                sb.set_link(LOOPBACK_INDEX, "lo", LinkChange { up: true, ..Default::default() }).await?;
+            match created.loopback_up {
+                true => self.journal.count("link", 1),
+                false => {
+                    sb.apply(Change::SetLink { index: LOOPBACK_INDEX, name: "lo", change: LinkChange { up: true, ..Default::default() } })
+                        .await?
+                }
             }
-            report.mutated("link");
         } else {
             links = sb.links().await?;
             if let Some(lo) = links.iter().find(|l| l.name == "lo") {
                 if !lo.up {
-                    sb.set_link(lo.index, "lo", LinkChange { up: true, ..Default::default() }).await?;
-                    report.mutated("link");
+                    sb.apply(Change::SetLink { index: lo.index, name: "lo", change: LinkChange { up: true, ..Default::default() } })
+                        .await?;
                 }
             }
         }
         let mut created = false;
         for ep in endpoints {
-            if let Err(f) = self.ensure_link(file, ipv6_conf, ep, &links, node_links, bridges, report, &mut created).await {
+            if let Err(f) = self.ensure_link(handle, created_now, ep, &links, node_links, bridges, &mut created).await {
                 report.endpoint_errors.insert(ep.owner.clone(), f);
             }
         }
         if created && fresh {
             for ep in endpoints {
-                links.extend(sb.link_by_name(&ep.ifname).await?);
+                links.extend(sb.link(LinkId::Name(&ep.ifname)).await?);
             }
         } else if created {
             links = sb.links().await?;
@@ -139,19 +137,16 @@ impl Dataplane {
                     controller: None,
                 };
                 if !change.is_empty() {
-                    sb.set_link(link.index, &ep.ifname, change).await?;
-                    report.mutated("link");
+                    sb.apply(Change::SetLink { index: link.index, name: &ep.ifname, change }).await?;
                 }
                 let have: BTreeSet<IpNet> =
                     addresses.iter().filter(|a| a.index == link.index && !is_link_local(&a.net)).map(|a| a.net).collect();
                 let want: BTreeSet<IpNet> = ep.addresses.iter().copied().collect();
                 for net in want.difference(&have) {
-                    sb.add_address(link.index, *net, &ep.ifname).await?;
-                    report.mutated("address");
+                    sb.apply(Change::AddAddress { index: link.index, net: *net, ifname: &ep.ifname }).await?;
                 }
                 for net in have.difference(&want) {
-                    sb.delete_address(link.index, *net, &ep.ifname).await?;
-                    report.mutated("address");
+                    sb.apply(Change::DeleteAddress { index: link.index, net: *net, ifname: &ep.ifname }).await?;
                 }
                 Ok(())
             }
@@ -179,22 +174,18 @@ impl Dataplane {
                 Some((index, gw, owner)) => {
                     let in_place = current.iter().any(|r| r.oif == Some(index) && r.gateway == Some(gw));
                     if !in_place {
-                        if let Err(e) = sb.replace_default_route(index, gw).await {
+                        if let Err(e) = sb.apply(Change::ReplaceDefaultRoute { index, gateway: gw }).await {
                             report.endpoint_errors.insert(owner, SyncReport::kernel(&e));
-                        } else {
-                            report.mutated("route");
                         }
                     }
                     // Another default route through one of our interfaces is stale.
                     for r in current.iter().filter(|r| r.oif != Some(index) && r.oif.is_some_and(|o| our_indexes.contains(&o))) {
-                        sb.delete_route(r).await?;
-                        report.mutated("route");
+                        sb.apply(Change::DeleteRoute { route: r }).await?;
                     }
                 }
                 None => {
                     for r in current.iter().filter(|r| r.oif.is_some_and(|o| our_indexes.contains(&o))) {
-                        sb.delete_route(r).await?;
-                        report.mutated("route");
+                        sb.apply(Change::DeleteRoute { route: r }).await?;
                     }
                 }
             }
@@ -208,13 +199,12 @@ impl Dataplane {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn ensure_link(
         &mut self,
-        file: &File,
-        ipv6_conf: Option<&sysctl::Ipv6Conf>,
+        handle: &SandboxHandle,
+        created_now: Option<&netns::Created>,
         ep: &Endpoint,
         sb_links: &[Link],
         node_links: &[Link],
         bridges: &HashMap<String, u32>,
-        report: &mut SyncReport,
         created: &mut bool,
     ) -> Result<(), Failure> {
         let inner = sb_links.iter().find(|l| l.name == ep.ifname);
@@ -237,8 +227,10 @@ impl Dataplane {
                     };
                     if !change.is_empty() {
                         self.view_changes.touch(host_name);
-                        self.node.set_link(h.index, host_name, change).await.map_err(|e| SyncReport::kernel(&e))?;
-                        report.mutated("link");
+                        self.node
+                            .apply(Change::SetLink { index: h.index, name: host_name, change })
+                            .await
+                            .map_err(|e| SyncReport::kernel(&e))?;
                     }
                     return Ok(());
                 }
@@ -263,26 +255,27 @@ impl Dataplane {
                         ));
                     }
                     self.view_changes.gone.insert(h.index);
-                    self.node.delete_link(h.index, host_name).await.map_err(|e| SyncReport::kernel(&e))?;
-                    report.mutated("link");
+                    self.node.apply(Change::DeleteLink { index: h.index, name: host_name }).await.map_err(|e| SyncReport::kernel(&e))?;
                 }
                 let alias = format!("{OWNER_ALIAS_PREFIX}attachment/{}", ep.owner);
                 self.view_changes.touch(host_name);
-                self.node
-                    .create_veth(host_name, &alias, bridge_index, &ep.ifname, file, ep.mac, ep.mtu)
-                    .await
-                    .map_err(|e| SyncReport::kernel(&e))?;
-                report.mutated("link");
+                let veth = Change::CreateVeth {
+                    host: host_name,
+                    alias: &alias,
+                    controller: bridge_index,
+                    peer: &ep.ifname,
+                    peer_ns: &handle.ns,
+                    mac: ep.mac,
+                    mtu: ep.mtu,
+                };
+                self.node.apply(veth).await.map_err(|e| SyncReport::kernel(&e))?;
                 // A bridge port needs no IPv6 of its own; nor does a
                 // container on an IPv4-only network (Docker does the same).
                 // Otherwise each new port's DAD and MLD multicast is flooded
                 // to every other port of the bridge: quadratic work at scale.
-                self.node_ipv6_conf.disable_on(host_name);
+                self.system.disable_ipv6_on_node(host_name);
                 if !ep.addresses.iter().any(|a| a.addr().is_ipv6()) {
-                    let _ = netns::with_netns(file, || match ipv6_conf {
-                        Some(conf) => conf.disable_on(&ep.ifname),
-                        None => sysctl::disable_ipv6_on(&ep.ifname),
-                    });
+                    self.system.disable_ipv6_in(&handle.ns, created_now, &ep.ifname);
                 }
                 *created = true;
                 Ok(())
@@ -300,11 +293,15 @@ impl Dataplane {
                 let Some(parent_link) = node_links.iter().find(|l| &l.name == parent) else {
                     return Err(Failure::new(reason::NETWORK_NOT_READY, format!("macvlan parent {parent} does not exist on the node")));
                 };
-                self.node
-                    .create_macvlan(&ep.ifname, parent_link.index, *mode, file, ep.mac, ep.mtu)
-                    .await
-                    .map_err(|e| SyncReport::kernel(&e))?;
-                report.mutated("link");
+                let macvlan = Change::CreateMacvlan {
+                    name: &ep.ifname,
+                    parent: parent_link.index,
+                    mode: *mode,
+                    ns: &handle.ns,
+                    mac: ep.mac,
+                    mtu: ep.mtu,
+                };
+                self.node.apply(macvlan).await.map_err(|e| SyncReport::kernel(&e))?;
                 *created = true;
                 Ok(())
             }

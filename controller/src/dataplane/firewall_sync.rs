@@ -1,17 +1,14 @@
 //! The nftables ruleset's sync, run on a blocking thread beside the link
 //! work, and skipped while it is known to be in place.
 
+use super::kernel::Ruleset;
 use super::report::SyncReport;
-use super::{firewall, Dataplane};
-use crate::plan::desired::DesiredState;
+use super::Dataplane;
+use crate::plan::desired::{DesiredState, FirewallPlan};
 
-/// The firewall's sync running on a blocking thread; it hands the
-/// firewall back with the plan it applied.
-pub(super) type FirewallJob = tokio::task::JoinHandle<(
-    firewall::NftFirewall,
-    crate::plan::desired::FirewallPlan,
-    Result<firewall::SyncOutcome, firewall::FirewallError>,
-)>;
+/// The ruleset's sync running on a blocking thread; it hands the ruleset
+/// back with the plan it applied.
+pub(super) type FirewallJob = tokio::task::JoinHandle<(Box<dyn Ruleset>, FirewallPlan, Result<bool, String>)>;
 
 impl Dataplane {
     /// Starts the whole ruleset's sync (one transaction, nothing when in
@@ -21,33 +18,31 @@ impl Dataplane {
             return None;
         }
         self.last_firewall = None;
-        let mut firewall = std::mem::take(&mut self.firewall);
+        let mut ruleset = self.system.take_ruleset();
         let plan = desired.firewall.clone();
         Some(tokio::task::spawn_blocking(move || {
-            let result = firewall.sync(&plan);
-            (firewall, plan, result)
+            let result = ruleset.sync(&plan);
+            (ruleset, plan, result)
         }))
     }
 
     pub(super) async fn finish_firewall(&mut self, job: FirewallJob, report: &mut SyncReport) {
-        let (firewall, plan, result) = match job.await {
+        let (ruleset, plan, result) = match job.await {
             Ok(done) => done,
             Err(e) => {
                 report.firewall_error = Some(format!("firewall task failed: {e}"));
                 return;
             }
         };
-        self.firewall = firewall;
+        self.system.put_ruleset(ruleset);
         match result {
-            Ok(outcome) => {
-                if outcome.mutated() {
-                    report.mutated("nft");
-                }
+            Ok(mutated) => {
+                self.journal.count("nft", u32::from(mutated));
                 self.last_firewall = Some(plan);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "firewall not applied");
-                report.firewall_error = Some(e.to_string());
+                report.firewall_error = Some(e);
             }
         }
     }

@@ -20,6 +20,8 @@ pub mod files;
 pub mod firewall;
 mod firewall_sync;
 mod freshness;
+pub mod kernel;
+pub mod linux;
 pub mod netlink;
 pub mod netns;
 mod node_view;
@@ -35,8 +37,6 @@ pub use report::{FinishedDeletions, SyncReport};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 use ipnet::IpNet;
 
@@ -45,14 +45,19 @@ use crate::plan::attachment::SandboxRef;
 use crate::plan::desired::{DesiredState, Endpoint, EndpointKind};
 use crate::state::{Owned, OwnedRecord};
 use freshness::{audit_due, OWN_EVENTS_SETTLE};
-use netlink::{Link, Netlink, NetlinkError};
+use kernel::{Journal, Recorded, System};
+use netlink::Link;
 use node_view::ViewChanges;
 use report::LinkDeletions;
 use sandboxes::SandboxHandle;
 
 pub struct Dataplane {
-    node: Netlink,
-    firewall: firewall::NftFirewall,
+    /// Every side effect goes through it (see `kernel`).
+    system: Box<dyn System>,
+    /// What this pass changed, by kind: every change is counted where it
+    /// is applied (`Recorded`), never at call sites.
+    journal: Journal,
+    node: Recorded,
     /// Kernel events, when watched: lets a pass skip what it verified.
     events: Option<events::EventCounter>,
     /// Event count at the end of the previous pass.
@@ -78,21 +83,13 @@ pub struct Dataplane {
     node_view: Option<NodeView>,
     sandboxes: HashMap<String, SandboxHandle>,
     /// Sends the node link deletions that wait for the kernel, from a
-    /// thread of its own (None: it could not start; they go inline).
-    unhurried: Option<Netlink>,
-    /// The node namespace's IPv6 interface settings, held open.
-    node_ipv6_conf: sysctl::Ipv6Conf,
+    /// thread of its own (None: there is none; they go inline).
+    unhurried: Option<Recorded>,
     /// Link deletions a pass started and has not yet seen finish.
     pending_deletions: Option<tokio::task::JoinHandle<LinkDeletions>>,
-    /// The next managed namespace, made between passes (long-running agents).
-    spare_netns: netns::Spare,
     /// Node links this pass changed: the view is brought up to date from
     /// them instead of dumped again.
     view_changes: ViewChanges,
-}
-
-pub(super) fn identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Every network namespace's loopback device has this index.
@@ -109,12 +106,15 @@ pub(super) fn is_link_local(net: &IpNet) -> bool {
 }
 
 impl Dataplane {
-    /// Opens the node-namespace handle. Needs a tokio runtime context on the
-    /// reconciler's dedicated thread.
-    pub fn new() -> Result<Self, NetlinkError> {
-        Ok(Dataplane {
-            node: Netlink::connect()?,
-            firewall: firewall::NftFirewall::new(),
+    /// A dataplane whose side effects go to `system` (`linux::Linux`, on
+    /// the reconciler's thread).
+    pub fn new(system: Box<dyn System>) -> Self {
+        let journal = Journal::default();
+        Dataplane {
+            node: Recorded::new(system.node(), journal.clone()),
+            unhurried: system.unhurried().map(|u| Recorded::new(u, journal.clone())),
+            system,
+            journal,
             events: None,
             events_baseline: 0,
             own_events_until: None,
@@ -127,14 +127,9 @@ impl Dataplane {
             last_clean: None,
             node_view: None,
             sandboxes: HashMap::new(),
-            unhurried: Netlink::connect_on_own_thread()
-                .inspect_err(|e| tracing::warn!(error = %e, "link deletions will hold up status writes"))
-                .ok(),
             pending_deletions: None,
-            spare_netns: netns::Spare::default(),
             view_changes: ViewChanges::default(),
-            node_ipv6_conf: sysctl::Ipv6Conf::open(),
-        })
+        }
     }
 
     /// Goes by kernel events from now on (long-running agents): passes
@@ -147,18 +142,13 @@ impl Dataplane {
     /// Keeps a namespace made ahead for the next attachment that needs one
     /// (long-running agents; see [`netns::Spare`]).
     pub fn keep_spare_namespace(&mut self) {
-        self.spare_netns = netns::Spare::wanted();
-        self.spare_netns.refill();
+        self.system.keep_spare_namespace();
     }
 
     /// Makes the next spare namespace if the last one was used: called
     /// after the status write, off the path to Ready.
     pub fn refill_spare_namespace(&mut self) {
-        self.spare_netns.refill();
-    }
-
-    pub fn node(&self) -> &Netlink {
-        &self.node
+        self.system.refill_spare_namespace();
     }
 
     /// Tells the progress display (if any) which phase a pass is in.
@@ -180,7 +170,24 @@ impl Dataplane {
     ) -> SyncReport {
         let mut report = SyncReport::default();
         // Normally finished by the reconciler right after its status write.
-        self.finish_deletions().await.record(&mut report.mutations, &mut report.node_errors);
+        let finished = self.finish_deletions().await;
+        report.node_errors.extend(finished.errors);
+        self.converge(desired, generation, owned, record_owned, &mut report).await;
+        report.mutations = self.journal.take();
+        for (kind, n) in finished.mutations {
+            *report.mutations.entry(kind).or_default() += n;
+        }
+        report
+    }
+
+    async fn converge(
+        &mut self,
+        desired: &DesiredState,
+        generation: u64,
+        owned: &mut Owned,
+        record_owned: &mut dyn FnMut(OwnedRecord<'_>) -> Result<(), String>,
+        report: &mut SyncReport,
+    ) {
         self.settle_events().await;
         // A full pass observes everything; a quick one skips what was
         // verified before, when no kernel event arrived since.
@@ -198,7 +205,7 @@ impl Dataplane {
         // Nothing changed in the kernel (no event) nor in what we want since
         // a pass that converged cleanly: there is nothing to look at.
         if !full && self.last_clean == Some(generation) {
-            return report;
+            return;
         }
         self.last_clean = None;
         let started = std::time::Instant::now();
@@ -210,7 +217,7 @@ impl Dataplane {
         // check and apply through nft processes) runs beside the link work.
         let firewall_job = self.start_firewall(desired, full);
         self.set_phase("node", 0);
-        self.sync_sysctls(desired, &mut report);
+        self.sync_sysctls(desired, report);
         // A full pass reads the node's links afresh, not the view that
         // earlier passes kept up to date with their own changes; so does a
         // pass after one that did not finish bringing the view up to date.
@@ -223,17 +230,17 @@ impl Dataplane {
             Err(e) => {
                 report.node_errors.push(e.to_string());
                 if let Some(job) = firewall_job {
-                    self.finish_firewall(job, &mut report).await;
+                    self.finish_firewall(job, report).await;
                 }
-                return report;
+                return;
             }
         };
         let (node_links, node_addresses) = (&view.0, &view.1);
-        let bridges = self.sync_bridges(desired, node_links, node_addresses, &mut report).await;
-        self.sync_vxlans(desired, node_links, &bridges, &mut report).await;
+        let bridges = self.sync_bridges(desired, node_links, node_addresses, report).await;
+        self.sync_vxlans(desired, node_links, &bridges, report).await;
         lap("node", &mut phases);
         self.set_phase("namespaces", 0);
-        let fresh = self.sync_sandboxes(desired, full, owned, record_owned, &mut report).await;
+        let fresh = self.sync_sandboxes(desired, full, owned, record_owned, report).await;
         lap("netns", &mut phases);
         self.set_phase("attachments", desired.sandboxes.len());
         // Write-ahead for links made inside sandboxes, which the node
@@ -247,7 +254,7 @@ impl Dataplane {
                 report.node_errors.push(format!("recording sandbox links: {e}"));
             }
         }
-        self.sync_endpoints(desired, node_links, &bridges, full, &fresh, &mut report).await;
+        self.sync_endpoints(desired, node_links, &bridges, full, &fresh, report).await;
         lap("endpoints", &mut phases);
         self.set_phase("name files", 0);
         if full || self.last_files.as_ref() != Some(&desired.sandbox_files) {
@@ -263,8 +270,8 @@ impl Dataplane {
             let unchanged =
                 |f: &crate::plan::names::SandboxFiles| last.binary_search_by(|l| l.netns.cmp(&f.netns)).is_ok_and(|i| last[i] == *f);
             for f in desired.sandbox_files.iter().filter(|f| !unchanged(f)) {
-                match files::ensure(f) {
-                    Ok(n) => (0..n).for_each(|_| report.mutated("file")),
+                match self.system.write_files(f) {
+                    Ok(n) => self.journal.count("file", n),
                     Err(e) => {
                         ok = false;
                         report.node_errors.push(format!("writing /etc/netns/{}: {e}", f.netns));
@@ -275,11 +282,11 @@ impl Dataplane {
         }
         lap("files", &mut phases);
         self.set_phase("cleanup", 0);
-        self.prune(desired, node_links, owned, record_owned, &mut report).await;
+        self.prune(desired, node_links, owned, record_owned, report).await;
         lap("prune", &mut phases);
         self.set_phase("firewall", 0);
         if let Some(job) = firewall_job {
-            self.finish_firewall(job, &mut report).await;
+            self.finish_firewall(job, report).await;
         }
         lap("nft wait", &mut phases);
         tracing::debug!(?phases, full, "sync phases");
@@ -295,6 +302,5 @@ impl Dataplane {
             self.last_clean = Some(generation);
         }
         self.own_events_until = Some(tokio::time::Instant::now() + OWN_EVENTS_SETTLE);
-        report
     }
 }

@@ -163,6 +163,9 @@ pub struct DefaultRoute {
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    /// Opened in the agent's own namespace: its links (thousands) are
+    /// dumped on a blocking thread, one message at a time.
+    own_namespace: bool,
 }
 
 impl Netlink {
@@ -170,7 +173,7 @@ impl Netlink {
     pub fn connect() -> Result<Self> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError::io("open netlink socket", e))?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink { handle, own_namespace: true })
     }
 
     /// A handle in the calling thread's namespace whose requests are sent
@@ -192,7 +195,7 @@ impl Netlink {
             .name("netlink-slow".into())
             .spawn(move || runtime.block_on(conn))
             .map_err(|e| NetlinkError::io("start the netlink thread", e))?;
-        Ok(Netlink { handle })
+        Ok(Netlink { handle, own_namespace: true })
     }
 
     /// A handle in the namespace `ns` (see the module comment).
@@ -200,7 +203,7 @@ impl Netlink {
         let opened = netns::with_netns(ns, rtnetlink::new_connection).map_err(|e| NetlinkError::io("enter namespace", e))?;
         let (conn, handle, _) = opened.map_err(|e| NetlinkError::io("open netlink socket", e))?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink { handle, own_namespace: false })
     }
 
     /// One link by name (a get, not a dump); None if there is none.
@@ -218,11 +221,91 @@ impl Netlink {
         }
     }
 
-    /// Every link, without statistics (the kernel skips computing them,
-    /// and each message is reduced as it arrives: a node with a thousand
-    /// veths would otherwise hold megabytes of parsed attributes at once).
-    /// Every link (the node's own, possibly thousands: [`dump_links`]).
+    /// The id this namespace knows the namespace `other` by, given one
+    /// (the kernel picks it) if it has none.
+    pub async fn nsid_of(&self, other: &File) -> Result<i32> {
+        use std::os::fd::AsRawFd;
+        let fd = other.as_raw_fd() as u32;
+        if let Some(id) = self.nsid_request(fd, false).await?.filter(|id| *id >= 0) {
+            return Ok(id);
+        }
+        match self.nsid_request(fd, true).await {
+            // EEXIST: it got one meanwhile.
+            Ok(_) => {}
+            Err(e) if e.errno == Some(17) => {}
+            Err(e) => return Err(e),
+        }
+        self.nsid_request(fd, false).await?.filter(|id| *id >= 0).ok_or_else(|| NetlinkError {
+            op: "get namespace id".into(),
+            message: "none was assigned".into(),
+            errno: None,
+        })
+    }
+
+    /// RTM_GETNSID (the id, -1 if none) or RTM_NEWNSID (assign any) for
+    /// the namespace of `fd`.
+    async fn nsid_request(&self, fd: u32, assign: bool) -> Result<Option<i32>> {
+        use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+        use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+        let op = if assign { "assign a namespace id" } else { "get a namespace id" };
+        let mut message = NsidMessage::default();
+        message.attributes.push(NsidAttribute::Fd(fd));
+        let payload = if assign {
+            message.attributes.push(NsidAttribute::Id(-1));
+            RouteNetlinkMessage::NewNsId(message)
+        } else {
+            RouteNetlinkMessage::GetNsId(message)
+        };
+        let mut request = NetlinkMessage::from(payload);
+        request.header.flags = NLM_F_REQUEST | if assign { NLM_F_ACK } else { 0 };
+        let mut answers = self.handle.clone().request(request).map_err(|e| NetlinkError::from_rtnetlink(op, e))?;
+        while let Some(answer) = futures::StreamExt::next(&mut answers).await {
+            match answer.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                    return Ok(m.attributes.iter().find_map(|a| match a {
+                        NsidAttribute::Id(id) => Some(*id),
+                        _ => None,
+                    }))
+                }
+                NetlinkPayload::Error(e) => match e.code {
+                    Some(code) => {
+                        let errno = -code.get();
+                        return Err(NetlinkError {
+                            op: op.into(),
+                            message: std::io::Error::from_raw_os_error(errno).to_string(),
+                            errno: Some(errno),
+                        });
+                    }
+                    None => return Ok(None),
+                },
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// One link by index; None if there is none.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        match self.handle.link().get().match_index(index).execute().try_next().await {
+            Ok(msg) => Ok(msg.as_ref().map(parse_link)),
+            Err(e) => {
+                let err = NetlinkError::from_rtnetlink(format!("get link {index}"), e);
+                if err.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Every link, without statistics. In the agent's own namespace (the
+    /// node's, possibly thousands of links) a blocking dump reduces each
+    /// message as it arrives ([`dump_links`]).
     pub async fn links(&self) -> Result<Vec<Link>> {
+        if self.own_namespace {
+            return dump_links().await;
+        }
         self.handle
             .link()
             .get()

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use super::kernel::LinkId;
 use super::netlink::{self, Link, NetlinkError};
 use super::Dataplane;
 
@@ -40,7 +41,7 @@ impl Dataplane {
         if let (true, Some(view)) = (quiet, &self.node_view) {
             return Ok(view.clone());
         }
-        let view: NodeView = std::sync::Arc::new((netlink::dump_links().await?, self.node.addresses().await?));
+        let view: NodeView = std::sync::Arc::new((self.node.links().await?, self.node.addresses().await?));
         self.node_view = Some(view.clone());
         Ok(view)
     }
@@ -61,7 +62,7 @@ impl Dataplane {
         let mut links: Vec<Link> =
             view.0.iter().filter(|l| !changes.gone.contains(&l.index) && !changes.touched.contains(&l.name)).cloned().collect();
         for name in &changes.touched {
-            match self.node.link_by_name(name).await {
+            match self.node.link(LinkId::Name(name)).await {
                 Ok(Some(link)) => {
                     links.retain(|l| l.index != link.index);
                     links.push(link);
@@ -81,7 +82,7 @@ impl Dataplane {
         // (links being deleted may still be listed: a deletion of several
         // finishes after the status write).
         #[cfg(debug_assertions)]
-        if let (Some(view), Ok(mut dumped)) = (&self.node_view, netlink::dump_links().await) {
+        if let (Some(view), Ok(mut dumped)) = (&self.node_view, self.node.links().await) {
             let mut patched = view.0.clone();
             patched.sort_by_key(|l| l.index);
             dumped.retain(|l| !changes.gone.contains(&l.index));

@@ -2,12 +2,12 @@
 //! deletion finished after the status write), sandbox links, namespaces.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use super::freshness::OWN_EVENTS_SETTLE;
+use super::kernel::Change;
 use super::netlink::{Link, NetlinkError};
 use super::report::{FinishedDeletions, SyncReport};
-use super::{files, is_ours, netns, Dataplane};
+use super::{is_ours, Dataplane};
 use crate::objects::ObjectName;
 use crate::plan::attachment::SandboxRef;
 use crate::plan::desired::{DesiredState, EndpointKind};
@@ -17,28 +17,6 @@ use crate::state::{Owned, OwnedRecord};
 /// request; checked to be empty of foreign links before use.
 pub(super) const DOOMED_GROUP: u32 = 0x6e6c_7400;
 
-/// What deleting one namespace we made came to.
-struct DeletedNamespace {
-    name: String,
-    existed: bool,
-    /// Removing its /etc/netns files failed (the namespace still goes).
-    files_error: Option<String>,
-    result: std::io::Result<()>,
-}
-
-/// Deletes namespaces and their /etc/netns files.
-fn delete_namespaces(names: Vec<String>) -> Vec<DeletedNamespace> {
-    names
-        .into_iter()
-        .map(|name| DeletedNamespace {
-            existed: Path::new(&SandboxRef::Managed(name.clone()).path()).exists(),
-            files_error: files::remove(&name).err().map(|e| e.to_string()),
-            result: netns::delete(&name),
-            name,
-        })
-        .collect()
-}
-
 impl Dataplane {
     /// Waits for the link deletions the last sync started (see `prune`):
     /// called after the status write, so a removal is reported while the
@@ -47,7 +25,8 @@ impl Dataplane {
         let Some(job) = self.pending_deletions.take() else { return FinishedDeletions::default() };
         let results =
             job.await.unwrap_or_else(|e| vec![Err(NetlinkError { op: "delete links".into(), message: e.to_string(), errno: None })]);
-        let finished = FinishedDeletions::of(results);
+        let errors: Vec<String> = results.into_iter().filter_map(Result::err).map(|e| e.to_string()).collect();
+        let finished = FinishedDeletions { mutations: self.journal.take(), errors };
         if !finished.errors.is_empty() {
             // The next pass must look again, not trust this one (nor the
             // view, which already left the links out).
@@ -91,13 +70,13 @@ impl Dataplane {
             let sandbox = SandboxRef::Path(path.clone());
             let removed = match self.sandbox(&sandbox) {
                 // The namespace is gone, and the link with it.
-                Err(_) => Ok(false),
+                Err(_) => Ok(()),
                 Ok(h) => {
                     let sb = h.netlink.clone();
                     match sb.links().await {
                         Ok(links) => match links.iter().find(|l| l.name == ifname && l.kind.as_deref() == Some("macvlan")) {
-                            Some(l) => sb.delete_link(l.index, &ifname).await.map(|()| true),
-                            None => Ok(false),
+                            Some(l) => sb.apply(Change::DeleteLink { index: l.index, name: &ifname }).await,
+                            None => Ok(()),
                         },
                         Err(e) => Err(e),
                     }
@@ -105,10 +84,7 @@ impl Dataplane {
             };
             self.sandboxes.remove(&path);
             match removed {
-                Ok(done) => {
-                    if done {
-                        report.mutated("link");
-                    }
+                Ok(()) => {
                     owned.sandbox_links.remove(&owner);
                     if let Err(e) = record_owned(OwnedRecord::Whole(owned)) {
                         report.node_errors.push(format!("recording sandbox link removal: {e}"));
@@ -124,7 +100,8 @@ impl Dataplane {
         for name in &stale_netns {
             self.sandboxes.remove(&SandboxRef::Managed(name.clone()).path());
         }
-        let netns_job = (!stale_netns.is_empty()).then(|| tokio::task::spawn_blocking(move || delete_namespaces(stale_netns)));
+        let delete = self.system.namespace_deleter();
+        let netns_job = (!stale_netns.is_empty()).then(|| tokio::task::spawn_blocking(move || delete(stale_netns)));
         // Veths first (batched), so a bridge is empty when it goes. Their
         // deletion waits ~20-30 ms in the kernel (an RCU grace period) after
         // the link is already down and unlisted: it is sent from another
@@ -138,28 +115,28 @@ impl Dataplane {
             let netlink = self.unhurried.clone().unwrap_or_else(|| self.node.clone());
             let deletion = async move {
                 if doomed.len() > 1 && group_is_free {
-                    let result = netlink.delete_links_batched(&doomed, DOOMED_GROUP).await;
+                    let result = netlink.apply(Change::DeleteLinks { links: &doomed, group: DOOMED_GROUP }).await;
                     doomed.iter().map(|_| result.clone()).collect()
                 } else {
                     let mut results = Vec::new();
                     for (index, name) in &doomed {
-                        results.push(netlink.delete_link(*index, name).await);
+                        results.push(netlink.apply(Change::DeleteLink { index: *index, name }).await);
                     }
                     results
                 }
             };
             if !bridges.is_empty() || self.unhurried.is_none() {
                 // A bridge goes only once its ports have.
-                FinishedDeletions::of(deletion.await).record(&mut report.mutations, &mut report.node_errors);
+                let results: super::report::LinkDeletions = deletion.await;
+                report.node_errors.extend(results.into_iter().filter_map(Result::err).map(|e| e.to_string()));
             } else {
                 self.pending_deletions = Some(tokio::spawn(deletion));
             }
         }
         for link in bridges {
             self.view_changes.gone.insert(link.index);
-            match self.node.delete_link(link.index, &link.name).await {
-                Ok(()) => report.mutated("link"),
-                Err(e) => report.node_errors.push(e.to_string()),
+            if let Err(e) = self.node.apply(Change::DeleteLink { index: link.index, name: &link.name }).await {
+                report.node_errors.push(e.to_string());
             }
         }
         let owned_before = owned.netns.len();
@@ -180,9 +157,7 @@ impl Dataplane {
             }
             match d.result {
                 Ok(()) => {
-                    if d.existed {
-                        report.mutated("netns");
-                    }
+                    self.journal.count("netns", u32::from(d.existed));
                     owned.netns.remove(&name);
                 }
                 Err(e) => report.node_errors.push(format!("deleting namespace {name}: {e}")),

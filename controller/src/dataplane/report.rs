@@ -35,9 +35,6 @@ pub struct SyncReport {
 }
 
 impl SyncReport {
-    pub fn mutated(&mut self, kind: &'static str) {
-        *self.mutations.entry(kind).or_default() += 1;
-    }
     pub fn total_mutations(&self) -> u32 {
         self.mutations.values().sum()
     }
@@ -49,29 +46,19 @@ impl SyncReport {
 /// What deleting stale node links came to: one outcome per link.
 pub(super) type LinkDeletions = Vec<Result<(), NetlinkError>>;
 
-/// What finishing a pass's link deletions did.
+/// What finishing a pass's link deletions did: the changes counted since
+/// the pass reported, and what failed.
 #[derive(Debug, Default)]
 pub struct FinishedDeletions {
-    pub links: u32,
+    pub mutations: BTreeMap<&'static str, u32>,
     pub errors: Vec<String>,
 }
 
 impl FinishedDeletions {
-    pub(super) fn of(results: LinkDeletions) -> Self {
-        let mut finished = FinishedDeletions::default();
-        for result in results {
-            match result {
-                Ok(()) => finished.links += 1,
-                Err(e) => finished.errors.push(e.to_string()),
-            }
-        }
-        finished
-    }
-
     /// Adds these to a pass's mutations by kind and its errors.
     pub fn record(self, mutations: &mut BTreeMap<&'static str, u32>, errors: &mut Vec<String>) {
-        if self.links > 0 {
-            *mutations.entry("link").or_default() += self.links;
+        for (kind, n) in self.mutations {
+            *mutations.entry(kind).or_default() += n;
         }
         errors.extend(self.errors);
     }

@@ -2,25 +2,22 @@
 //! handles into any sandbox, and what the kernel says attachments hold.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::IpAddr;
-use std::path::Path;
 
-use super::netlink::{self, Netlink};
+use super::kernel::{Namespace, Recorded};
 use super::report::SyncReport;
-use super::{identity, is_link_local, is_ours, netns, Dataplane};
+use super::{is_link_local, is_ours, netns, Dataplane};
 use crate::objects::ObjectName;
 use crate::plan::attachment::SandboxRef;
 use crate::plan::desired::DesiredState;
 use crate::plan::outcome::{reason, Failure};
 use crate::state::{Owned, OwnedRecord};
 
-/// A sandbox we hold a netlink socket in, and the file identity it was
-/// opened for (a namespace recreated at the same path gets a new socket).
+/// A sandbox held open, with its netlink (changes counted); a namespace
+/// recreated at the same path is another one (`ns.identity`).
 pub(super) struct SandboxHandle {
-    pub(super) file: File,
-    pub(super) netlink: Netlink,
-    pub(super) identity: (u64, u64),
+    pub(super) ns: Namespace,
+    pub(super) netlink: Recorded,
 }
 
 impl Dataplane {
@@ -35,7 +32,7 @@ impl Dataplane {
         known: &crate::plan::Allocations,
     ) -> crate::plan::Allocations {
         let mut held = crate::plan::Allocations::default();
-        let Ok(node_links) = netlink::dump_links().await else { return held };
+        let Ok(node_links) = self.node.links().await else { return held };
         for att in objects.attachments.iter().map(|a| &**a) {
             let key = ObjectName::of(att);
             if known.endpoints.contains_key(&key) {
@@ -84,7 +81,7 @@ impl Dataplane {
             .filter_map(|s| match s {
                 SandboxRef::Managed(name) => {
                     let known = !full && self.verified.contains_key(s);
-                    (!known && !netns::is_namespace(Path::new(&s.path()))).then_some(name)
+                    (!known && self.system.namespace_at(&s.path()).is_none()).then_some(name)
                 }
                 _ => None,
             })
@@ -104,9 +101,9 @@ impl Dataplane {
             owned.netns.extend(unrecorded.into_iter().cloned());
         }
         for name in missing {
-            match netns::create(name, &mut self.spare_netns) {
+            match self.system.create_namespace(name) {
                 Ok(created) => {
-                    report.mutated("netns");
+                    self.journal.count("netns", 1);
                     fresh.insert(SandboxRef::Managed(name.clone()).path(), created);
                 }
                 Err(e) => report.node_errors.push(format!("creating namespace {name}: {e}")),
@@ -119,18 +116,24 @@ impl Dataplane {
     /// that path was replaced.
     pub(super) fn sandbox(&mut self, sandbox: &SandboxRef) -> Result<&SandboxHandle, Failure> {
         let path = sandbox.path();
-        let id = identity(Path::new(&path)).filter(|_| netns::is_namespace(Path::new(&path)) || matches!(sandbox, SandboxRef::Path(_)));
-        let Some(id) = id else {
+        let Some(id) = self.system.namespace_at(&path) else {
             self.sandboxes.remove(&path);
             return Err(Failure::new(reason::SANDBOX_NOT_FOUND, format!("network namespace {path} does not exist")));
         };
-        let stale = self.sandboxes.get(&path).is_none_or(|h| h.identity != id);
+        let stale = self.sandboxes.get(&path).is_none_or(|h| h.ns.identity != id);
         if stale {
-            let file = File::open(&path).map_err(|e| Failure::new(reason::SANDBOX_NOT_FOUND, format!("opening namespace {path}: {e}")))?;
-            let netlink =
-                Netlink::connect_in(&file).map_err(|e| Failure::new(reason::SANDBOX_NOT_FOUND, format!("namespace {path}: {e}")))?;
-            self.sandboxes.insert(path.clone(), SandboxHandle { file, netlink, identity: id });
+            let ns =
+                self.system.open(&path).map_err(|e| Failure::new(reason::SANDBOX_NOT_FOUND, format!("opening namespace {path}: {e}")))?;
+            let netlink = Recorded::new(ns.rtnl.clone(), self.journal.clone());
+            self.sandboxes.insert(path.clone(), SandboxHandle { ns, netlink });
         }
         Ok(&self.sandboxes[&path])
+    }
+
+    /// As [`Dataplane::sandbox`], taken out of the cache: its socket is
+    /// closed once the caller is done with it.
+    pub(super) fn take_sandbox(&mut self, sandbox: &SandboxRef) -> Result<SandboxHandle, Failure> {
+        self.sandbox(sandbox)?;
+        Ok(self.sandboxes.remove(&sandbox.path()).expect("opened just above"))
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use super::kernel::{Change, LinkId, Neighbours};
 use super::netlink::{self, Link, LinkChange, NetlinkError};
 use super::report::SyncReport;
 use super::{is_ours, Dataplane};
@@ -37,8 +38,7 @@ impl Dataplane {
                     }
                     if l.kind.as_deref() != Some("vxlan") || l.vxlan != Some(want_identity) {
                         self.view_changes.gone.insert(l.index);
-                        self.node.delete_link(l.index, &vx.name).await.map_err(kernel)?;
-                        report.mutated("link");
+                        self.node.apply(Change::DeleteLink { index: l.index, name: &vx.name }).await.map_err(kernel)?;
                         link = None;
                     }
                 }
@@ -47,10 +47,18 @@ impl Dataplane {
                     None => {
                         let alias = format!("{OWNER_ALIAS_PREFIX}overlay/{}", vx.network);
                         self.view_changes.touch(&vx.name);
-                        self.node.create_vxlan(&vx.name, vx.vni, vx.port, local, vx.mtu, bridge, &alias).await.map_err(kernel)?;
-                        report.mutated("link");
+                        let create = Change::CreateVxlan {
+                            name: &vx.name,
+                            vni: vx.vni,
+                            port: vx.port,
+                            local,
+                            mtu: vx.mtu,
+                            controller: bridge,
+                            alias: &alias,
+                        };
+                        self.node.apply(create).await.map_err(kernel)?;
                         self.node
-                            .link_by_name(&vx.name)
+                            .link(LinkId::Name(&vx.name))
                             .await
                             .map_err(kernel)?
                             .ok_or_else(|| Failure::new(reason::KERNEL_ERROR, format!("{} vanished after creation", vx.name)))?
@@ -64,10 +72,9 @@ impl Dataplane {
                 };
                 if !change.is_empty() {
                     self.view_changes.touch(&vx.name);
-                    self.node.set_link(link.index, &vx.name, change).await.map_err(kernel)?;
-                    report.mutated("link");
+                    self.node.apply(Change::SetLink { index: link.index, name: &vx.name, change }).await.map_err(kernel)?;
                 }
-                let current = self.node.neighbours(link.index).await.map_err(kernel)?;
+                let current = self.node.neighbours(Neighbours::OnDevice(link.index)).await.map_err(kernel)?;
                 for n in &current {
                     tracing::debug!(family = ?n.message.header.family, flags = ?n.message.header.flags, state = ?n.message.header.state, mac = ?n.mac, ip = ?n.ip, "vxlan neighbour");
                 }
@@ -83,23 +90,19 @@ impl Dataplane {
                 let want_neigh: BTreeSet<(IpAddr, [u8; 6])> = vx.remotes.iter().flat_map(|r| r.addresses.iter().map(move |ip| (*ip, r.mac))).collect();
                 for (mac, vtep) in &want_fdb {
                     if !have_fdb.iter().any(|n| n.mac == mac.as_slice() && n.ip == Some(*vtep)) {
-                        self.node.add_fdb(link.index, *mac, *vtep).await.map_err(kernel)?;
-                        report.mutated("neighbour");
+                        self.node.apply(Change::AddFdb { index: link.index, mac: *mac, vtep: *vtep }).await.map_err(kernel)?;
                     }
                 }
                 for n in have_fdb.iter().filter(|n| !want_fdb.iter().any(|(mac, vtep)| n.mac == mac.as_slice() && n.ip == Some(*vtep))) {
-                    self.node.delete_neighbour(n).await.map_err(kernel)?;
-                    report.mutated("neighbour");
+                    self.node.apply(Change::DeleteNeighbour { neighbour: n }).await.map_err(kernel)?;
                 }
                 for (ip, mac) in &want_neigh {
                     if !have_neigh.iter().any(|n| n.ip == Some(*ip) && n.mac == mac.as_slice()) {
-                        self.node.add_neighbour(link.index, *ip, *mac).await.map_err(kernel)?;
-                        report.mutated("neighbour");
+                        self.node.apply(Change::AddNeighbour { index: link.index, ip: *ip, mac: *mac }).await.map_err(kernel)?;
                     }
                 }
                 for n in have_neigh.iter().filter(|n| !want_neigh.iter().any(|(ip, mac)| n.ip == Some(*ip) && n.mac == mac.as_slice())) {
-                    self.node.delete_neighbour(n).await.map_err(kernel)?;
-                    report.mutated("neighbour");
+                    self.node.apply(Change::DeleteNeighbour { neighbour: n }).await.map_err(kernel)?;
                 }
                 Ok(())
             }
@@ -119,7 +122,7 @@ impl Dataplane {
     /// were sent its way. Read only; nothing is probed or changed.
     pub(super) async fn check_vteps(&mut self, desired: &DesiredState, report: &mut SyncReport) {
         use netlink_packet_route::neighbour::NeighbourState;
-        let Ok(neighbours) = self.node.ipv4_neighbours().await else { return };
+        let Ok(neighbours) = self.node.neighbours(Neighbours::Ipv4).await else { return };
         let failed: BTreeSet<IpAddr> = neighbours
             .iter()
             .filter(|n| matches!(n.message.header.state, NeighbourState::Failed | NeighbourState::Incomplete))
