@@ -296,7 +296,6 @@ impl Reconciler {
             }
         }
         tracing::debug!(?t_facts, ?t_plan, ?t_allocations, ?t_sync, ?t_status_computed, ?t_status, deletions = ?started.elapsed(), reused, full = report.full, "reconcile phases (cumulative)");
-        self.dataplane.settle_events().await;
         drop((replaced_plan, replaced_status));
         let outcome = Outcome {
             verdicts,

@@ -25,7 +25,7 @@ pub struct Setup {
     pub node_name: String,
     pub metrics: Arc<Metrics>,
     /// Kernel events, watched from the agent's runtime (long-running agents).
-    pub events: Option<crate::dataplane::events::EventCounter>,
+    pub events: Option<Arc<crate::dataplane::events::EventLog>>,
     /// The embedded DNS server (long-running agents).
     pub dns: Option<DnsLink>,
     /// Keep a namespace made ahead for the next attachment (long-running agents).

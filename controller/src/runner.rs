@@ -20,7 +20,7 @@ use ipnet::IpNet;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
-use crate::dataplane::events;
+use crate::dataplane::events::{self, EventLog};
 use crate::metrics::Metrics;
 use crate::objects::ObjectSet;
 use crate::plan::Allocations;
@@ -109,13 +109,16 @@ pub async fn run<S: Source>(mut source: S, opts: Options) -> anyhow::Result<i32>
     let drift = Arc::new(Notify::new());
     let events = match opts.once {
         true => None,
-        false => match events::watch(drift.clone()) {
-            Ok(counter) => Some(counter),
-            Err(e) => {
-                tracing::warn!(error = %e, "no kernel events; every pass looks at everything");
-                None
+        false => {
+            let log = Arc::new(EventLog::default());
+            match events::watch(log.clone(), drift.clone()) {
+                Ok(()) => Some(log),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no kernel events; every pass looks at everything");
+                    None
+                }
             }
-        },
+        }
     };
     // One pass of a large manifest set takes seconds: `--once` on a terminal shows how far it got.
     let progress =

@@ -53,7 +53,6 @@ impl Dataplane {
                             ))
                         }
                         None => {
-                            self.view_changes.touch(&bridge.name);
                             let create = Change::CreateBridge { name: &bridge.name, mtu: bridge.mtu, mac: bridge.mac, alias: &alias };
                             self.node.apply(create).await.map_err(|e| SyncReport::kernel(&e))?;
                             self.node.link(LinkId::Name(&bridge.name)).await.map_err(|e| SyncReport::kernel(&e))?.ok_or_else(|| {
@@ -68,7 +67,6 @@ impl Dataplane {
                     controller: None,
                 };
                 if !change.is_empty() {
-                    self.view_changes.touch(&bridge.name);
                     let change = Change::SetLink { index: link.index, name: &bridge.name, change };
                     self.node.apply(change).await.map_err(|e| SyncReport::kernel(&e))?;
                 }
@@ -76,12 +74,10 @@ impl Dataplane {
                     addresses.iter().filter(|a| a.index == link.index && !is_link_local(&a.net)).map(|a| a.net).collect();
                 let want: BTreeSet<IpNet> = bridge.addresses.iter().copied().collect();
                 for net in want.difference(&have) {
-                    self.view_changes.touch(&bridge.name);
                     let add = Change::AddAddress { index: link.index, net: *net, ifname: &bridge.name };
                     self.node.apply(add).await.map_err(|e| SyncReport::kernel(&e))?;
                 }
                 for net in have.difference(&want) {
-                    self.view_changes.touch(&bridge.name);
                     let delete = Change::DeleteAddress { index: link.index, net: *net, ifname: &bridge.name };
                     self.node.apply(delete).await.map_err(|e| SyncReport::kernel(&e))?;
                 }

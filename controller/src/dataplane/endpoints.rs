@@ -6,40 +6,34 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::events::Scope;
 use super::kernel::{Change, LinkId};
 use super::netlink::{Link, LinkChange, NetlinkError};
+use super::realized::{Judge, Record};
 use super::report::SyncReport;
 use super::sandboxes::SandboxHandle;
 use super::{is_link_local, is_ours, netns, Dataplane, LOOPBACK_INDEX};
 use crate::naming::OWNER_ALIAS_PREFIX;
 use crate::plan::attachment::SandboxRef;
-use crate::plan::desired::{DesiredState, Endpoint, EndpointKind};
+use crate::plan::desired::{Endpoint, EndpointKind};
 use crate::plan::outcome::{reason, Failure};
 
 impl Dataplane {
+    /// Converges each of the `stale` sandboxes and records it once it
+    /// converged without error, with what its record depends on: its
+    /// namespace (by the id its events are tagged with) and the host ends
+    /// of its veths.
     pub(super) async fn sync_endpoints(
         &mut self,
-        desired: &DesiredState,
+        stale: &[(&SandboxRef, Vec<&Endpoint>)],
         node_links: &[Link],
         bridges: &HashMap<String, u32>,
-        full: bool,
         fresh: &BTreeMap<String, netns::Created>,
+        judge: &Judge<'_>,
         report: &mut SyncReport,
     ) {
-        // Group by sandbox: one dump of links, addresses and routes each.
-        let mut by_sandbox: BTreeMap<&SandboxRef, Vec<&Endpoint>> = BTreeMap::new();
-        for spec in &desired.sandboxes {
-            by_sandbox.entry(&spec.sandbox).or_default();
-        }
-        for ep in &desired.endpoints {
-            by_sandbox.entry(&ep.sandbox).or_default().push(ep);
-        }
-        self.verified.retain(|sandbox, _| by_sandbox.contains_key(sandbox));
-        for (sandbox, endpoints) in by_sandbox {
-            if !full && self.verified.get(sandbox).is_some_and(|v| v.iter().eq(endpoints.iter().copied())) {
-                continue;
-            }
-            self.verified.remove(sandbox);
+        for (sandbox, endpoints) in stale {
+            self.realized.sandboxes.remove(*sandbox);
             let path = sandbox.path();
             // One socket at a time: a thousand open ones cost a receive buffer each.
             let handle = match self.take_sandbox(sandbox) {
@@ -51,16 +45,33 @@ impl Dataplane {
                     continue;
                 }
             };
-            if let Err(e) = self.sync_sandbox(&handle, &endpoints, node_links, bridges, fresh.get(&path), report).await {
-                for ep in &endpoints {
-                    report.endpoint_errors.entry(ep.owner.clone()).or_insert_with(|| SyncReport::kernel(&e));
+            // Its events are heard tagged with its id here: known before
+            // it is observed, so none after the observation is missed.
+            let nsid = match self.node.nsid(&handle.ns).await {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    tracing::debug!(sandbox = %path, error = %e, "no namespace id: its events are not heard");
+                    None
                 }
-            }
+            };
+            let observed = judge.epoch();
+            let host_links = match self.sync_sandbox(&handle, endpoints, node_links, bridges, fresh.get(&path), report).await {
+                Ok(host_links) => host_links,
+                Err(e) => {
+                    for ep in endpoints {
+                        report.endpoint_errors.entry(ep.owner.clone()).or_insert_with(|| SyncReport::kernel(&e));
+                    }
+                    Vec::new()
+                }
+            };
             if let Some(p) = &self.progress {
                 p.step();
             }
-            if endpoints.iter().all(|ep| !report.endpoint_errors.contains_key(&ep.owner)) {
-                self.verified.insert(sandbox.clone(), endpoints.iter().map(|e| (*e).clone()).collect());
+            let converged = endpoints.iter().all(|ep| !report.endpoint_errors.contains_key(&ep.owner));
+            if let (true, Some(nsid)) = (converged, nsid) {
+                let scopes = std::iter::once(Scope::Namespace(nsid)).chain(host_links.into_iter().map(Scope::NodeLink)).collect();
+                let desired = endpoints.iter().map(|e| (*e).clone()).collect();
+                self.realized.sandboxes.insert((*sandbox).clone(), Record { desired, observed, scopes });
             }
         }
     }
@@ -77,7 +88,7 @@ impl Dataplane {
         bridges: &HashMap<String, u32>,
         created_now: Option<&netns::Created>,
         report: &mut SyncReport,
-    ) -> Result<(), NetlinkError> {
+    ) -> Result<Vec<u32>, NetlinkError> {
         let sb = &handle.netlink;
         let fresh = created_now.is_some();
         let mut links = Vec::new();
@@ -117,6 +128,8 @@ impl Dataplane {
         let mut default_v4 = None;
         let mut default_v6 = None;
         let mut our_indexes = BTreeSet::new();
+        // The host ends of the sandbox's veths (their peers' indexes).
+        let mut host_links = Vec::new();
         for ep in endpoints {
             if report.endpoint_errors.contains_key(&ep.owner) {
                 continue;
@@ -129,6 +142,9 @@ impl Dataplane {
                 continue;
             };
             our_indexes.insert(link.index);
+            if let (EndpointKind::Veth { .. }, Some(peer)) = (&ep.kind, link.link) {
+                host_links.push(peer);
+            }
             let result: Result<(), NetlinkError> = async {
                 let change = LinkChange {
                     up: !link.up,
@@ -190,7 +206,7 @@ impl Dataplane {
                 }
             }
         }
-        Ok(())
+        Ok(host_links)
     }
 
     /// Makes the endpoint's link exist: for a veth, the host end on its
@@ -226,7 +242,6 @@ impl Dataplane {
                         mac: None,
                     };
                     if !change.is_empty() {
-                        self.view_changes.touch(host_name);
                         self.node
                             .apply(Change::SetLink { index: h.index, name: host_name, change })
                             .await
@@ -254,11 +269,9 @@ impl Dataplane {
                             format!("a link named {host_name} exists on the node and is not netlet's"),
                         ));
                     }
-                    self.view_changes.gone.insert(h.index);
                     self.node.apply(Change::DeleteLink { index: h.index, name: host_name }).await.map_err(|e| SyncReport::kernel(&e))?;
                 }
                 let alias = format!("{OWNER_ALIAS_PREFIX}attachment/{}", ep.owner);
-                self.view_changes.touch(host_name);
                 let veth = Change::CreateVeth {
                     host: host_name,
                     alias: &alias,

@@ -1,7 +1,9 @@
 //! The nftables ruleset's sync, run on a blocking thread beside the link
 //! work, and skipped while it is known to be in place.
 
+use super::events::Scope;
 use super::kernel::Ruleset;
+use super::realized::{Judge, Record};
 use super::report::SyncReport;
 use super::Dataplane;
 use crate::plan::desired::{DesiredState, FirewallPlan};
@@ -10,24 +12,33 @@ use crate::plan::desired::{DesiredState, FirewallPlan};
 /// back with the plan it applied.
 pub(super) type FirewallJob = tokio::task::JoinHandle<(Box<dyn Ruleset>, FirewallPlan, Result<bool, String>)>;
 
+/// A sync of the ruleset under way, and the epoch it started at.
+pub(super) struct Started {
+    job: FirewallJob,
+    observed: u64,
+}
+
 impl Dataplane {
     /// Starts the whole ruleset's sync (one transaction, nothing when in
-    /// sync) on a blocking thread, unless it is known to be in place.
-    pub(super) fn start_firewall(&mut self, desired: &DesiredState, full: bool) -> Option<FirewallJob> {
-        if !full && self.last_firewall.as_ref() == Some(&desired.firewall) {
+    /// sync) on a blocking thread, unless its record holds (see `realized`:
+    /// it depends on the ruleset's events).
+    pub(super) fn start_firewall(&mut self, desired: &DesiredState, judge: &Judge<'_>) -> Option<Started> {
+        if judge.holds(self.realized.ruleset.as_ref(), &desired.firewall) {
             return None;
         }
-        self.last_firewall = None;
+        self.realized.ruleset = None;
+        let observed = judge.epoch();
         let mut ruleset = self.system.take_ruleset();
         let plan = desired.firewall.clone();
-        Some(tokio::task::spawn_blocking(move || {
+        let job = tokio::task::spawn_blocking(move || {
             let result = ruleset.sync(&plan);
             (ruleset, plan, result)
-        }))
+        });
+        Some(Started { job, observed })
     }
 
-    pub(super) async fn finish_firewall(&mut self, job: FirewallJob, report: &mut SyncReport) {
-        let (ruleset, plan, result) = match job.await {
+    pub(super) async fn finish_firewall(&mut self, started: Started, report: &mut SyncReport) {
+        let (ruleset, plan, result) = match started.job.await {
             Ok(done) => done,
             Err(e) => {
                 report.firewall_error = Some(format!("firewall task failed: {e}"));
@@ -38,7 +49,7 @@ impl Dataplane {
         match result {
             Ok(mutated) => {
                 self.journal.count("nft", u32::from(mutated));
-                self.last_firewall = Some(plan);
+                self.realized.ruleset = Some(Record { desired: plan, observed: started.observed, scopes: vec![Scope::Ruleset] });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "firewall not applied");

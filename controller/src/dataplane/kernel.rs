@@ -11,7 +11,7 @@
 //! goes through [`Kernel`], which counts it by kind: a pass reports what it
 //! applied, not what its call sites remembered to count.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
@@ -256,21 +256,68 @@ impl Journal {
     }
 }
 
+/// The node's links and addresses a pass changed (or tried to): read again
+/// before the node's view is trusted, however late their events come.
+#[derive(Debug, Default)]
+pub struct Touched {
+    pub names: BTreeSet<String>,
+    pub indexes: BTreeSet<u32>,
+    pub addresses: bool,
+}
+
+impl Touched {
+    fn note(&mut self, change: &Change<'_>) {
+        match *change {
+            Change::CreateBridge { name, .. } | Change::CreateVxlan { name, .. } => {
+                self.names.insert(name.to_string());
+            }
+            Change::CreateVeth { host, .. } => {
+                self.names.insert(host.to_string());
+            }
+            Change::SetLink { index, .. } | Change::DeleteLink { index, .. } => {
+                self.indexes.insert(index);
+            }
+            Change::DeleteLinks { links, .. } => self.indexes.extend(links.iter().map(|(index, _)| *index)),
+            Change::AddAddress { index, .. } | Change::DeleteAddress { index, .. } => {
+                self.indexes.insert(index);
+                self.addresses = true;
+            }
+            // Made in a sandbox, or not in the view (routes, neighbours).
+            _ => {}
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.indexes.is_empty() && !self.addresses
+    }
+}
+
 /// A namespace's netlink that counts every change it applies in a
-/// [`Journal`]; reads go straight through.
+/// [`Journal`] (and, for the node's, notes the links it touches); reads go
+/// straight through.
 #[derive(Clone)]
 pub struct Recorded {
     rtnl: Arc<dyn Rtnl>,
     journal: Journal,
+    touched: Option<Arc<Mutex<Touched>>>,
 }
 
 impl Recorded {
     pub fn new(rtnl: Arc<dyn Rtnl>, journal: Journal) -> Self {
-        Recorded { rtnl, journal }
+        Recorded { rtnl, journal, touched: None }
+    }
+
+    /// The node's, noting in `touched` what each change is about before it
+    /// is sent (a failed change is looked at again too).
+    pub fn node(rtnl: Arc<dyn Rtnl>, journal: Journal, touched: Arc<Mutex<Touched>>) -> Self {
+        Recorded { rtnl, journal, touched: Some(touched) }
     }
 
     /// Applies `change`, counting it once applied.
     pub async fn apply(&self, change: Change<'_>) -> Result<()> {
+        if let Some(touched) = &self.touched {
+            touched.lock().unwrap_or_else(|e| e.into_inner()).note(&change);
+        }
         let (kind, n) = (change.kind(), change.count());
         self.rtnl.apply(change).await?;
         self.journal.count(kind, n);

@@ -1,15 +1,17 @@
 //! All side effects on the node: namespaces, links, addresses, routes,
-//! sysctls and the nftables table. The only module that touches the kernel.
+//! sysctls and the nftables table. The only module that touches the kernel
+//! (through the narrow traits of `kernel`; `linux` is the real one).
 //!
 //! [`Dataplane::sync`] observes the kernel, compares with the desired state
 //! and changes only what differs (ensure / delete / prune). Every change is
-//! counted: an in-sync node costs zero mutations. A pass goes, in order:
-//! the ruleset's sync starts on a thread of its own (`firewall_sync`);
-//! sysctls and bridges (`bridges`), overlays (`vxlan`) against the node's
-//! links (`node_view`); missing namespaces made (`sandboxes`); each
-//! sandbox's interfaces, addresses and routes (`endpoints`); /etc/netns
-//! files; what is no longer wanted removed (`prune`). `freshness` says when
-//! a pass may trust what an earlier one verified; `report` is what it did.
+//! counted where it is applied: an in-sync node costs zero mutations. What
+//! a pass may skip follows one rule, stated in `realized`. A pass goes, in
+//! order: the ruleset's sync starts on a thread of its own
+//! (`firewall_sync`); sysctls and bridges (`bridges`), overlays (`vxlan`)
+//! against the node's links (`node_view`); missing namespaces made
+//! (`sandboxes`); each sandbox's interfaces, addresses and routes
+//! (`endpoints`); /etc/netns files; what is no longer wanted removed
+//! (`prune`). `report` is what it did.
 
 mod bridges;
 pub mod dump;
@@ -19,13 +21,13 @@ pub mod facts;
 pub mod files;
 pub mod firewall;
 mod firewall_sync;
-mod freshness;
 pub mod kernel;
 pub mod linux;
 pub mod netlink;
 pub mod netns;
 mod node_view;
 mod prune;
+pub mod realized;
 mod report;
 mod sandboxes;
 pub mod set_elements;
@@ -35,19 +37,21 @@ mod vxlan;
 pub use node_view::NodeView;
 pub use report::{FinishedDeletions, SyncReport};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
 
 use crate::naming::{OWNER_ALIAS_PREFIX, OWNER_LINK_GROUP};
 use crate::plan::attachment::SandboxRef;
 use crate::plan::desired::{DesiredState, Endpoint, EndpointKind};
+use crate::plan::names::SandboxFiles;
 use crate::state::{Owned, OwnedRecord};
-use freshness::{audit_due, OWN_EVENTS_SETTLE};
-use kernel::{Journal, Recorded, System};
+use events::EventLog;
+use kernel::{Journal, Recorded, System, Touched};
 use netlink::Link;
-use node_view::ViewChanges;
+use realized::{audit_due, Judge, Realized, Record};
 use report::LinkDeletions;
 use sandboxes::SandboxHandle;
 
@@ -58,38 +62,26 @@ pub struct Dataplane {
     /// is applied (`Recorded`), never at call sites.
     journal: Journal,
     node: Recorded,
-    /// Kernel events, when watched: lets a pass skip what it verified.
-    events: Option<events::EventCounter>,
-    /// Event count at the end of the previous pass.
-    events_baseline: u64,
-    /// Until when the kernel events of our last sync are still arriving
-    /// (see [`Dataplane::settle_events`]).
-    own_events_until: Option<tokio::time::Instant>,
-    /// Passes since the last full one (every FULL_PASS_EVERY-th is full).
-    passes_since_full: u32,
-    /// The desired-state generation of the previous pass.
-    last_generation: Option<u64>,
-    /// Sandboxes verified in sync, with the endpoints they were verified
-    /// for (by sandbox, not path: a pass looks up every one of them).
-    verified: HashMap<SandboxRef, Vec<Endpoint>>,
-    last_firewall: Option<crate::plan::desired::FirewallPlan>,
-    /// Advanced as a pass goes (`--once` on a terminal draws it).
-    pub progress: Option<std::sync::Arc<crate::progress::Progress>>,
-    last_files: Option<std::sync::Arc<Vec<crate::plan::names::SandboxFiles>>>,
-    /// Generation of the desired state the previous pass converged to
-    /// without errors.
-    last_clean: Option<u64>,
-    /// Node links and addresses, valid while no kernel event arrives.
-    node_view: Option<NodeView>,
-    sandboxes: HashMap<String, SandboxHandle>,
+    /// Node links the dataplane changed since the node view was last read.
+    touched: Arc<Mutex<Touched>>,
     /// Sends the node link deletions that wait for the kernel, from a
     /// thread of its own (None: there is none; they go inline).
     unhurried: Option<Recorded>,
+    /// Kernel events, when watched (long-running agents).
+    events: Option<Arc<EventLog>>,
+    /// What was converged, per item: see `realized` for when it is trusted.
+    realized: Realized,
+    /// Passes since the last audit (every AUDIT_EVERY-th trusts nothing).
+    passes_since_audit: u32,
+    /// The desired-state generation of the previous pass.
+    last_generation: Option<u64>,
+    /// The node's links and addresses, and the epoch they were observed at.
+    node_view: Option<(NodeView, u64)>,
+    sandboxes: HashMap<String, SandboxHandle>,
     /// Link deletions a pass started and has not yet seen finish.
     pending_deletions: Option<tokio::task::JoinHandle<LinkDeletions>>,
-    /// Node links this pass changed: the view is brought up to date from
-    /// them instead of dumped again.
-    view_changes: ViewChanges,
+    /// Advanced as a pass goes (`--once` on a terminal draws it).
+    pub progress: Option<Arc<crate::progress::Progress>>,
 }
 
 /// Every network namespace's loopback device has this index.
@@ -110,32 +102,28 @@ impl Dataplane {
     /// the reconciler's thread).
     pub fn new(system: Box<dyn System>) -> Self {
         let journal = Journal::default();
+        let touched = Arc::new(Mutex::new(Touched::default()));
         Dataplane {
-            node: Recorded::new(system.node(), journal.clone()),
-            unhurried: system.unhurried().map(|u| Recorded::new(u, journal.clone())),
+            node: Recorded::node(system.node(), journal.clone(), touched.clone()),
+            unhurried: system.unhurried().map(|u| Recorded::node(u, journal.clone(), touched.clone())),
             system,
             journal,
+            touched,
             events: None,
-            events_baseline: 0,
-            own_events_until: None,
-            passes_since_full: 0,
+            realized: Realized::default(),
+            passes_since_audit: 0,
             last_generation: None,
-            verified: HashMap::new(),
-            last_firewall: None,
-            progress: None,
-            last_files: None,
-            last_clean: None,
             node_view: None,
             sandboxes: HashMap::new(),
             pending_deletions: None,
-            view_changes: ViewChanges::default(),
+            progress: None,
         }
     }
 
-    /// Goes by kernel events from now on (long-running agents): passes
-    /// with no events since the previous one skip re-observing what they
-    /// verified. They are watched from the agent's runtime (`events::watch`).
-    pub fn use_events(&mut self, events: events::EventCounter) {
+    /// Goes by kernel events from now on (long-running agents): a pass
+    /// skips what an earlier one converged while no event says it changed
+    /// (see `realized`). They are watched from the agent's runtime.
+    pub fn use_events(&mut self, events: Arc<EventLog>) {
         self.events = Some(events);
     }
 
@@ -188,26 +176,22 @@ impl Dataplane {
         record_owned: &mut dyn FnMut(OwnedRecord<'_>) -> Result<(), String>,
         report: &mut SyncReport,
     ) {
-        self.settle_events().await;
-        // A full pass observes everything; a quick one skips what was
-        // verified before, when no kernel event arrived since.
-        let full = match &self.events {
-            None => true,
-            Some(events) => {
-                events.is_dead()
-                    || events.get() != self.events_baseline
-                    || audit_due(self.passes_since_full, self.last_generation, generation)
-            }
-        };
-        self.passes_since_full = if full { 0 } else { self.passes_since_full + 1 };
+        let audit = audit_due(self.passes_since_audit, self.last_generation, generation);
+        self.passes_since_audit = if audit { 0 } else { self.passes_since_audit + 1 };
         self.last_generation = Some(generation);
-        report.full = full;
-        // Nothing changed in the kernel (no event) nor in what we want since
-        // a pass that converged cleanly: there is nothing to look at.
-        if !full && self.last_clean == Some(generation) {
+        let events = self.events.clone();
+        let judge = Judge::new(events.as_deref(), audit);
+        report.full = judge.trusts_nothing();
+        // Nothing happened in the kernel nor to what we want since a pass
+        // that converged everything: there is nothing to look at.
+        if judge.node_holds(self.realized.node.as_ref(), generation) {
             return;
         }
-        self.last_clean = None;
+        let observed = judge.epoch();
+        self.realized.node = None;
+        if judge.trusts_nothing() {
+            self.forget_node_view();
+        }
         let started = std::time::Instant::now();
         let mut phases: Vec<(&str, std::time::Duration)> = Vec::new();
         let lap = |name: &'static str, phases: &mut Vec<(&str, std::time::Duration)>| {
@@ -215,16 +199,9 @@ impl Dataplane {
         };
         // The ruleset's sync (an element update over netlink, or a full
         // check and apply through nft processes) runs beside the link work.
-        let firewall_job = self.start_firewall(desired, full);
+        let firewall_job = self.start_firewall(desired, &judge);
         self.set_phase("node", 0);
         self.sync_sysctls(desired, report);
-        // A full pass reads the node's links afresh, not the view that
-        // earlier passes kept up to date with their own changes; so does a
-        // pass after one that did not finish bringing the view up to date.
-        if full || !self.view_changes.is_empty() {
-            self.node_view = None;
-            self.view_changes = ViewChanges::default();
-        }
         let view = match self.node_view().await {
             Ok(view) => view,
             Err(e) => {
@@ -239,10 +216,26 @@ impl Dataplane {
         let bridges = self.sync_bridges(desired, node_links, node_addresses, report).await;
         self.sync_vxlans(desired, node_links, &bridges, report).await;
         lap("node", &mut phases);
+        // Sandboxes whose record does not hold are looked at; the rest are
+        // as they were converged.
+        let mut by_sandbox: BTreeMap<&SandboxRef, Vec<&Endpoint>> = BTreeMap::new();
+        for spec in &desired.sandboxes {
+            by_sandbox.entry(&spec.sandbox).or_default();
+        }
+        for ep in &desired.endpoints {
+            by_sandbox.entry(&ep.sandbox).or_default().push(ep);
+        }
+        self.realized.sandboxes.retain(|sandbox, _| by_sandbox.contains_key(sandbox));
+        let stale: Vec<(&SandboxRef, Vec<&Endpoint>)> = by_sandbox
+            .into_iter()
+            .filter(|(sandbox, endpoints)| {
+                !judge.holds_by(self.realized.sandboxes.get(*sandbox), |d| d.iter().eq(endpoints.iter().copied()))
+            })
+            .collect();
         self.set_phase("namespaces", 0);
-        let fresh = self.sync_sandboxes(desired, full, owned, record_owned, report).await;
+        let fresh = self.sync_sandboxes(&stale, owned, record_owned, report).await;
         lap("netns", &mut phases);
-        self.set_phase("attachments", desired.sandboxes.len());
+        self.set_phase("attachments", stale.len());
         // Write-ahead for links made inside sandboxes, which the node
         // namespace cannot mark.
         let before = owned.sandbox_links.len();
@@ -254,32 +247,10 @@ impl Dataplane {
                 report.node_errors.push(format!("recording sandbox links: {e}"));
             }
         }
-        self.sync_endpoints(desired, node_links, &bridges, full, &fresh, report).await;
+        self.sync_endpoints(&stale, node_links, &bridges, &fresh, &judge, report).await;
         lap("endpoints", &mut phases);
         self.set_phase("name files", 0);
-        if full || self.last_files.as_ref() != Some(&desired.sandbox_files) {
-            let mut ok = true;
-            // A quick pass rewrites only what changed since the last clean
-            // write; a full pass checks every file against its content. The
-            // lists are sorted by namespace name (a miss only costs a look
-            // at the files on disk).
-            let last: &[crate::plan::names::SandboxFiles] = match (&self.last_files, full) {
-                (Some(last), false) => last,
-                _ => &[],
-            };
-            let unchanged =
-                |f: &crate::plan::names::SandboxFiles| last.binary_search_by(|l| l.netns.cmp(&f.netns)).is_ok_and(|i| last[i] == *f);
-            for f in desired.sandbox_files.iter().filter(|f| !unchanged(f)) {
-                match self.system.write_files(f) {
-                    Ok(n) => self.journal.count("file", n),
-                    Err(e) => {
-                        ok = false;
-                        report.node_errors.push(format!("writing /etc/netns/{}: {e}", f.netns));
-                    }
-                }
-            }
-            self.last_files = ok.then(|| desired.sandbox_files.clone());
-        }
+        self.sync_files(&desired.sandbox_files, &judge, report);
         lap("files", &mut phases);
         self.set_phase("cleanup", 0);
         self.prune(desired, node_links, owned, record_owned, report).await;
@@ -289,18 +260,52 @@ impl Dataplane {
             self.finish_firewall(job, report).await;
         }
         lap("nft wait", &mut phases);
-        tracing::debug!(?phases, full, "sync phases");
+        tracing::debug!(?phases, full = report.full, sandboxes = stale.len(), "sync phases");
         // Sockets into sandboxes are cheap to reopen and cost a receive
         // buffer each: keep none between passes.
         self.sandboxes.clear();
-        self.update_node_view().await;
         let clean = report.endpoint_errors.is_empty()
             && report.network_errors.is_empty()
             && report.node_errors.is_empty()
             && report.firewall_error.is_none();
         if clean {
-            self.last_clean = Some(generation);
+            self.realized.node = Some(Record { desired: generation, observed, scopes: Vec::new() });
         }
-        self.own_events_until = Some(tokio::time::Instant::now() + OWN_EVENTS_SETTLE);
+        if let (true, Some(events)) = (audit, &self.events) {
+            // Everything was observed at `observed` or later: older events
+            // concern no record.
+            events.forget_before(observed);
+        }
+    }
+
+    /// The /etc/netns files: each written where it differs from what the
+    /// record says was written (every one read back on an audit: no event
+    /// reports an edit of a file).
+    fn sync_files(&mut self, files: &Arc<Vec<SandboxFiles>>, judge: &Judge<'_>, report: &mut SyncReport) {
+        let record = self.realized.files.take();
+        if judge.trusts_nothing() || record.as_ref().is_none_or(|r| r.desired != *files) {
+            // The lists are sorted by namespace name (a miss only costs a
+            // look at the files on disk).
+            let last: &[SandboxFiles] = match (&record, judge.trusts_nothing()) {
+                (Some(r), false) => &r.desired,
+                _ => &[],
+            };
+            let unchanged = |f: &SandboxFiles| last.binary_search_by(|l| l.netns.cmp(&f.netns)).is_ok_and(|i| last[i] == *f);
+            let mut ok = true;
+            for f in files.iter().filter(|f| !unchanged(f)) {
+                match self.system.write_files(f) {
+                    Ok(n) => self.journal.count("file", n),
+                    Err(e) => {
+                        ok = false;
+                        report.node_errors.push(format!("writing /etc/netns/{}: {e}", f.netns));
+                    }
+                }
+            }
+            if ok {
+                self.realized.files = Some(Record { desired: files.clone(), observed: judge.epoch(), scopes: Vec::new() });
+            }
+        } else {
+            self.realized.files = record;
+        }
     }
 }

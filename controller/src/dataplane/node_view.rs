@@ -1,96 +1,113 @@
-//! The node namespace's links and addresses, as last read: dumped when
-//! kernel events say they changed, else brought up to date from the
-//! links a pass itself touched.
+//! The node namespace's links and addresses, as last read. A pass reads
+//! again only what may have changed since (the `realized` rule, link by
+//! link): the links kernel events were about, and those the dataplane
+//! itself changed (noted as each change was sent, so none is missed
+//! however late its event comes). With a thousand veths a full dump costs
+//! ~17 ms (the kernel looks up each peer's namespace id); reading a few
+//! links by index costs microseconds.
 
-use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use super::kernel::LinkId;
-use super::netlink::{self, Link, NetlinkError};
+use super::events::Scope;
+use super::kernel::{LinkId, Touched};
+use super::netlink::{Address, Link, NetlinkError};
 use super::Dataplane;
 
-/// The node namespace's links and addresses as last dumped.
-pub type NodeView = std::sync::Arc<(Vec<Link>, Vec<netlink::Address>)>;
+/// The node namespace's links and addresses.
+pub type NodeView = Arc<(Vec<Link>, Vec<Address>)>;
 
-/// The node links a pass touched (created, changed, or whose addresses
-/// changed) by name, and deleted by index. Recorded before each change is
-/// sent, so a failed one is only looked at again.
-#[derive(Default)]
-pub(super) struct ViewChanges {
-    pub(super) touched: BTreeSet<String>,
-    pub(super) gone: BTreeSet<u32>,
-}
-
-impl ViewChanges {
-    pub(super) fn is_empty(&self) -> bool {
-        self.touched.is_empty() && self.gone.is_empty()
-    }
-
-    pub(super) fn touch(&mut self, name: &str) {
-        if !self.touched.contains(name) {
-            self.touched.insert(name.to_string());
-        }
-    }
-}
+/// Read link by link up to this many changed; beyond, a dump is cheaper.
+const READ_ONE_BY_ONE: usize = 64;
 
 impl Dataplane {
-    /// The node's links and addresses: dumped, or the previous dump while
-    /// no kernel event has arrived since the last pass.
+    /// The node's links and addresses: the previous view brought up to date
+    /// (see the module comment), or a fresh dump.
     pub async fn node_view(&mut self) -> Result<NodeView, NetlinkError> {
-        self.settle_events().await;
-        let quiet = self.events.as_ref().is_some_and(|e| e.get() == self.events_baseline);
-        if let (true, Some(view)) = (quiet, &self.node_view) {
-            return Ok(view.clone());
-        }
-        let view: NodeView = std::sync::Arc::new((self.node.links().await?, self.node.addresses().await?));
-        self.node_view = Some(view.clone());
+        let epoch = self.events.as_ref().map(|e| e.epoch()).unwrap_or(0);
+        let touched = std::mem::take(&mut *self.touched.lock().unwrap_or_else(|e| e.into_inner()));
+        let previous = self.node_view.take();
+        let view = match (previous, &self.events) {
+            (Some((view, observed)), Some(events)) => match events.node_links_since(observed) {
+                Some(changed) if changed.len() + touched.names.len() + touched.indexes.len() <= READ_ONE_BY_ONE => {
+                    let addresses_changed = touched.addresses || events.stale(&[Scope::NodeAddresses], observed);
+                    match self.read_again(&view, &changed, &touched, addresses_changed).await {
+                        #[cfg(debug_assertions)]
+                        Ok(view) => self.checked(view, epoch).await,
+                        #[cfg(not(debug_assertions))]
+                        Ok(view) => view,
+                        Err(e) => {
+                            // What was touched is read again next time.
+                            *self.touched.lock().unwrap_or_else(|e| e.into_inner()) = touched;
+                            return Err(e);
+                        }
+                    }
+                }
+                _ => self.dump().await?,
+            },
+            _ => self.dump().await?,
+        };
+        self.node_view = Some((view.clone(), epoch));
         Ok(view)
     }
 
-    /// Brings the node view up to date with this pass's own changes: the
-    /// links it touched are read back one by one (a get each) and the
-    /// addresses dumped (a handful), instead of dumping every link again,
-    /// which with a thousand veths costs ~17 ms (the kernel looks up each
-    /// peer's namespace id) and made every change cost a second pass that
-    /// did it. Anything that cannot be read leaves no view: the next pass
-    /// dumps.
-    pub(super) async fn update_node_view(&mut self) {
-        let changes = std::mem::take(&mut self.view_changes);
-        if changes.is_empty() {
-            return;
+    /// Forgets the view: the next one is dumped.
+    pub(super) fn forget_node_view(&mut self) {
+        self.node_view = None;
+    }
+
+    async fn dump(&self) -> Result<NodeView, NetlinkError> {
+        Ok(Arc::new((self.node.links().await?, self.node.addresses().await?)))
+    }
+
+    /// `view` with the links `changed` (by index) and `touched` read again,
+    /// and the addresses if they changed.
+    async fn read_again(
+        &self,
+        view: &NodeView,
+        changed: &[u32],
+        touched: &Touched,
+        addresses_changed: bool,
+    ) -> Result<NodeView, NetlinkError> {
+        let mut links = view.0.clone();
+        let mut fresh: Vec<Link> = Vec::new();
+        for index in changed.iter().chain(&touched.indexes) {
+            links.retain(|l| l.index != *index);
+            fresh.extend(self.node.link(LinkId::Index(*index)).await?);
         }
-        let Some(view) = self.node_view.take() else { return };
-        let mut links: Vec<Link> =
-            view.0.iter().filter(|l| !changes.gone.contains(&l.index) && !changes.touched.contains(&l.name)).cloned().collect();
-        for name in &changes.touched {
-            match self.node.link(LinkId::Name(name)).await {
-                Ok(Some(link)) => {
-                    links.retain(|l| l.index != link.index);
-                    links.push(link);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "the node's links will be dumped again");
-                    return;
-                }
-            }
+        for name in &touched.names {
+            links.retain(|l| &l.name != name);
+            fresh.extend(self.node.link(LinkId::Name(name)).await?);
         }
-        match self.node.addresses().await {
-            Ok(addresses) => self.node_view = Some(std::sync::Arc::new((links, addresses))),
-            Err(e) => tracing::debug!(error = %e, "the node's links will be dumped again"),
+        for link in fresh {
+            // A link read twice (by index and by name) is kept once.
+            links.retain(|l| l.index != link.index && l.name != link.name);
+            links.push(link);
         }
-        // Debug builds (the tests' agents) check the result against a dump
-        // (links being deleted may still be listed: a deletion of several
-        // finishes after the status write).
-        #[cfg(debug_assertions)]
-        if let (Some(view), Ok(mut dumped)) = (&self.node_view, self.node.links().await) {
-            let mut patched = view.0.clone();
-            patched.sort_by_key(|l| l.index);
-            dumped.retain(|l| !changes.gone.contains(&l.index));
-            dumped.sort_by_key(|l| l.index);
-            if patched != dumped {
-                tracing::warn!(?patched, ?dumped, "node view brought up to date differs from the kernel's links");
-                self.node_view = None;
-            }
+        let addresses = match addresses_changed {
+            true => self.node.addresses().await?,
+            false => view.1.clone(),
+        };
+        Ok(Arc::new((links, addresses)))
+    }
+
+    /// Debug builds (the tests' agents) check a view read link by link
+    /// against a dump, when no event came between the two.
+    #[cfg(debug_assertions)]
+    async fn checked(&self, view: NodeView, epoch: u64) -> NodeView {
+        let Some(events) = &self.events else { return view };
+        let Ok(dumped) = self.node.links().await else { return view };
+        if events.any_since(epoch) {
+            return view;
         }
+        let sorted = |links: &[Link]| {
+            let mut links = links.to_vec();
+            links.sort_by_key(|l| l.index);
+            links
+        };
+        if sorted(&view.0) != sorted(&dumped) {
+            tracing::warn!(kept = ?sorted(&view.0), dumped = ?sorted(&dumped), "node view brought up to date differs from the kernel's links");
+            return Arc::new((dumped, view.1.clone()));
+        }
+        view
     }
 }

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 
-use super::freshness::OWN_EVENTS_SETTLE;
 use super::kernel::Change;
 use super::netlink::{Link, NetlinkError};
 use super::report::{FinishedDeletions, SyncReport};
@@ -28,12 +27,9 @@ impl Dataplane {
         let errors: Vec<String> = results.into_iter().filter_map(Result::err).map(|e| e.to_string()).collect();
         let finished = FinishedDeletions { mutations: self.journal.take(), errors };
         if !finished.errors.is_empty() {
-            // The next pass must look again, not trust this one (nor the
-            // view, which already left the links out).
-            self.last_clean = None;
-            self.node_view = None;
+            // The next pass must look again, not trust this one.
+            self.realized.node = None;
         }
-        self.own_events_until = Some(tokio::time::Instant::now() + OWN_EVENTS_SETTLE);
         finished
     }
 
@@ -110,7 +106,6 @@ impl Dataplane {
         let (bridges, others): (Vec<&Link>, Vec<&Link>) = stale.into_iter().partition(|l| l.kind.as_deref() == Some("bridge"));
         let group_is_free = !node_links.iter().any(|l| l.group == DOOMED_GROUP && !others.iter().any(|o| o.index == l.index));
         let doomed: Vec<(u32, String)> = others.iter().map(|l| (l.index, l.name.clone())).collect();
-        self.view_changes.gone.extend(doomed.iter().map(|(index, _)| *index));
         if !doomed.is_empty() {
             let netlink = self.unhurried.clone().unwrap_or_else(|| self.node.clone());
             let deletion = async move {
@@ -134,7 +129,6 @@ impl Dataplane {
             }
         }
         for link in bridges {
-            self.view_changes.gone.insert(link.index);
             if let Err(e) = self.node.apply(Change::DeleteLink { index: link.index, name: &link.name }).await {
                 report.node_errors.push(e.to_string());
             }

@@ -9,7 +9,7 @@ use super::report::SyncReport;
 use super::{is_link_local, is_ours, netns, Dataplane};
 use crate::objects::ObjectName;
 use crate::plan::attachment::SandboxRef;
-use crate::plan::desired::DesiredState;
+use crate::plan::desired::Endpoint;
 use crate::plan::outcome::{reason, Failure};
 use crate::state::{Owned, OwnedRecord};
 
@@ -63,26 +63,20 @@ impl Dataplane {
         held
     }
 
-    /// Creates the managed namespaces that are missing. A quick pass takes
-    /// those verified by an earlier pass as present (no kernel event since).
+    /// Creates the managed namespaces that are missing among `stale` (the
+    /// sandboxes whose record does not hold; the others are there).
     pub(super) async fn sync_sandboxes(
         &mut self,
-        desired: &DesiredState,
-        full: bool,
+        stale: &[(&SandboxRef, Vec<&Endpoint>)],
         owned: &mut Owned,
         record_owned: &mut dyn FnMut(OwnedRecord<'_>) -> Result<(), String>,
         report: &mut SyncReport,
     ) -> BTreeMap<String, netns::Created> {
         let mut fresh = BTreeMap::new();
-        let missing: Vec<&String> = desired
-            .sandboxes
+        let missing: Vec<&String> = stale
             .iter()
-            .filter_map(|s| s.sandbox.netns_name().map(|_| &s.sandbox))
-            .filter_map(|s| match s {
-                SandboxRef::Managed(name) => {
-                    let known = !full && self.verified.contains_key(s);
-                    (!known && self.system.namespace_at(&s.path()).is_none()).then_some(name)
-                }
+            .filter_map(|(sandbox, _)| match sandbox {
+                SandboxRef::Managed(name) => self.system.namespace_at(&sandbox.path()).is_none().then_some(name),
                 _ => None,
             })
             .collect();

@@ -37,7 +37,6 @@ impl Dataplane {
                         return Err(Failure::new(reason::INTERFACE_CONFLICT, format!("a link named {} exists on the node and is not netlet's", vx.name)));
                     }
                     if l.kind.as_deref() != Some("vxlan") || l.vxlan != Some(want_identity) {
-                        self.view_changes.gone.insert(l.index);
                         self.node.apply(Change::DeleteLink { index: l.index, name: &vx.name }).await.map_err(kernel)?;
                         link = None;
                     }
@@ -46,7 +45,6 @@ impl Dataplane {
                     Some(l) => l,
                     None => {
                         let alias = format!("{OWNER_ALIAS_PREFIX}overlay/{}", vx.network);
-                        self.view_changes.touch(&vx.name);
                         let create = Change::CreateVxlan {
                             name: &vx.name,
                             vni: vx.vni,
@@ -71,7 +69,6 @@ impl Dataplane {
                     mac: None,
                 };
                 if !change.is_empty() {
-                    self.view_changes.touch(&vx.name);
                     self.node.apply(Change::SetLink { index: link.index, name: &vx.name, change }).await.map_err(kernel)?;
                 }
                 let current = self.node.neighbours(Neighbours::OnDevice(link.index)).await.map_err(kernel)?;
