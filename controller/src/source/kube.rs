@@ -233,7 +233,7 @@ impl Cluster {
                 set.port_mappings.push(p);
             }
         }
-        set.sort_by_creation();
+        set.sort_by_creation_then_name();
         (set, deleting_attachments, deleting_pms, deleting_networks)
     }
 
