@@ -8,7 +8,8 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::kube::{ready_of, KubeCluster};
+use harness::kube::KubeCluster;
+use harness::kubectl::ready_of;
 use harness::*;
 use serde_json::Value;
 

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod kube;
+pub mod kubectl;
 
 use std::fs;
 use std::path::PathBuf;
