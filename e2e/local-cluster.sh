@@ -8,6 +8,7 @@
 # host's own network. A hostNetwork pod gets the node namespace, as on a
 # real node.
 #
+#   e2e/local-cluster.sh build                  install, build and fetch what `up` needs (cached); no cluster
 #   e2e/local-cluster.sh up DIR                 bring the cluster up (state, logs, PIDs under DIR)
 #   e2e/local-cluster.sh down DIR               stop everything, undo every change, keep DIR's logs
 #   e2e/local-cluster.sh kubectl DIR ARGS...    kubectl as cluster admin
@@ -73,8 +74,7 @@ ensure_deps() {
     command -v npm >/dev/null || missing+=(npm)
     command -v unzip >/dev/null || missing+=(unzip)
     if ((${#missing[@]})); then
-        [[ -n $(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit 2>/dev/null) ]] ||
-            as_root apt-get update -q >&2
+        as_root apt-get update -q >&2
         apt_install "${missing[@]}"
     fi
     BIN_DIR=$("$here/kube-apiserver.sh" build)
@@ -495,6 +495,7 @@ load_env() {
 }
 
 case ${1:-} in
+    build) ensure_deps ;;
     up) cmd_up "${2:-}" ;;
     down) cmd_down "${2:-}" ;;
     kubectl)

@@ -161,6 +161,7 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
     c.load_image(&archive, "ghcr.io/netlet/netlet");
 
     // helm install: the pod turns Ready through its probes.
+    c.helm(&format!("lint --strict {}", repo("charts/netlet")));
     c.kubectl_ok(&format!("create namespace {SYSTEM}"));
     helm_install(&c, "");
     let pod = c.wait_one_ready_pod(SYSTEM, AGENT, ROLLOUT, |_| true);
