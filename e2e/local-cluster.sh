@@ -38,6 +38,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=e2e/lib.sh
 source "$here/lib.sh"
 
+# The prefix of a cluster's names; `down` and the commands that use a
+# cluster take it from DIR/prefix (see use_prefix).
 PREFIX=${NETLET_CLUSTER_PREFIX:-nlc}
 NODE=${NETLET_CLUSTER_NODE:-node-1}
 CACHE_ROOT=${NETLET_KUBE_CACHE:-/var/cache/netlet-kube}
@@ -54,6 +56,13 @@ HELM_SHA256=19e2e1ab5fe32cd0510882f9bb97c9dd69fc73026b631ecbd12a981008639aff
 HOST_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 HOST_DIRS=(/var/log/pods /var/log/containers /var/lib/kubelet /var/lib/cni /run/containerd /usr/libexec/kubernetes)
 CGROUP_ROOT=/$PREFIX-kubepods
+
+# The prefix the cluster under DIR was made with, and what derives from it.
+use_prefix() {
+    [[ -f $DIR/prefix ]] || return 0
+    PREFIX=$(cat "$DIR/prefix")
+    CGROUP_ROOT=/$PREFIX-kubepods
+}
 
 usage() {
     grep '^#   e2e/local-cluster.sh' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -442,7 +451,7 @@ unmount_all() {
 
 cmd_down() {
     DIR=$(abs_dir "${1:-}")
-    [[ -f $DIR/prefix ]] && PREFIX=$(cat "$DIR/prefix")
+    use_prefix
     # Best effort: a step that fails must not keep the later ones from
     # undoing what they can.
     set +e
@@ -491,7 +500,7 @@ load_env() {
     [[ -f $DIR/env ]] || die "$DIR: no cluster (run up first)"
     # shellcheck disable=SC1091
     source "$DIR/env"
-    [[ -f $DIR/prefix ]] && PREFIX=$(cat "$DIR/prefix")
+    use_prefix
 }
 
 case ${1:-} in

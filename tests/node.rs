@@ -300,4 +300,5 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
     let ours: Vec<&String> = links.iter().filter(|l| !["lo", "eth0", "cni0"].contains(&l.as_str()) && !l.starts_with(&tag)).collect();
     assert!(ours.is_empty(), "links left on the node: {ours:?}");
     assert_eq!(c.on_node("nft list tables").lines().filter(|l| l.contains("netlet")).count(), 0, "netlet's nft tables outlived it");
+    c.down();
 }

@@ -25,6 +25,8 @@ pub struct LocalCluster {
     /// The API server as the node reaches it.
     pub api_host: String,
     pub api_port: u16,
+    /// `down` already ran.
+    down: bool,
 }
 
 impl LocalCluster {
@@ -55,6 +57,7 @@ impl LocalCluster {
             api_port: var("API_PORT").and_then(|p| p.parse().ok()).unwrap_or(0),
             node,
             dir,
+            down: false,
         };
         // Dropped on failure too: the script's own rollback already ran.
         assert!(out.status.success(), "local-cluster.sh up failed:\n{}", String::from_utf8_lossy(&out.stderr));
@@ -126,6 +129,22 @@ impl LocalCluster {
             .unwrap_or_else(|| panic!("no task {id} in containerd:\n{tasks}"))
     }
 
+    /// Takes the cluster down and checks it undid everything it did on the
+    /// machine: no process of its own, cgroup or namespace left.
+    pub fn down(mut self) {
+        self.down = true;
+        let out = Command::new(SCRIPT).arg("down").arg(&self.dir).output().expect("local-cluster.sh runs");
+        assert!(out.status.success(), "local-cluster.sh down: {}", String::from_utf8_lossy(&out.stderr));
+        let cgroups = ok(&format!("ls -d /sys/fs/cgroup/*/{}-kubepods 2>/dev/null || true", self.node.tag));
+        assert!(cgroups.trim().is_empty(), "cgroups left: {cgroups}");
+        for ns in ["cp", "node"] {
+            assert!(!super::netns_exists(&self.node.ns(ns)), "namespace {ns} left");
+        }
+        // "[/]..." matches the directory but not this shell's own command line.
+        let ours = ok(&format!("pgrep -f '[{}/' || true", self.dir.display().to_string().replacen('/', "/]", 1)));
+        assert!(ours.trim().is_empty(), "processes of the cluster left: {ours}");
+    }
+
     /// The last lines of every component's log (for a failed test).
     fn dump_logs(&self) {
         for name in ["kubelet", "containerd", "controller-manager", "scheduler"] {
@@ -145,6 +164,9 @@ impl std::ops::Deref for LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
+        if self.down {
+            return;
+        }
         if std::thread::panicking() {
             self.dump_logs();
         }
