@@ -199,12 +199,13 @@ fn main() -> ExitCode {
                 once: args.once,
                 resync_period: args.resync_period,
                 metrics_addr,
+                metrics: netlet::metrics::Metrics::new(),
             };
             let result = runtime.block_on(async move {
                 match args.manifests {
                     None => {
                         let kube = KubeOptions { node_name, kubeconfig: args.kubeconfig };
-                        runner::run(KubeSource::connect(&kube).await?, opts).await
+                        runner::run(KubeSource::connect(&kube, opts.metrics.clone()).await?, opts).await
                     }
                     Some(manifests) => runner::run(ManifestSource::new(&manifests, !opts.once), opts).await,
                 }

@@ -68,6 +68,9 @@ pub struct Options {
     pub resync_period: Duration,
     /// Where to serve /metrics, /healthz, /readyz (None: not at all).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The agent's metrics (the source reports what keeps it from working
+    /// there too: `/readyz`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// A change is taken once its burst has been quiet for CHANGE_QUIET (the
@@ -97,7 +100,7 @@ pub async fn run<S: Source>(mut source: S, opts: Options) -> anyhow::Result<i32>
     tracing::info!(state_dir = %opts.state_dir.display(), node = %opts.node_name, "netlet agent starting");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let metrics = Metrics::new();
+    let metrics = opts.metrics.clone();
     if let (Some(addr), false) = (opts.metrics_addr, opts.once) {
         match crate::metrics::serve(addr, metrics.clone()).await {
             Ok(bound) => tracing::info!(%bound, "serving /metrics, /healthz, /readyz"),

@@ -10,7 +10,7 @@ use kube::runtime::reflector;
 use kube::ResourceExt;
 
 use super::publish::post_params;
-use super::{scheduled_on, Cluster};
+use super::{note_api, scheduled_on, Cluster};
 use crate::api::{AddressBlock, Driver, Network, NetworkStatus};
 use crate::objects::ObjectSet;
 use crate::plan::overlay;
@@ -47,7 +47,9 @@ impl Cluster {
             let api: Api<Network> = Api::all(self.client.clone());
             let mut blocks = cached;
             for _ in 0..10 {
-                let current = match api.get_status(&name).await {
+                let current = api.get_status(&name).await;
+                note_api(&self.metrics, "get networks/status", current.as_ref().err());
+                let current = match current {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(network = %name, error = %e, "cannot read the network to claim an address block; will retry");
@@ -67,7 +69,9 @@ impl Cluster {
                 status.address_blocks.push(AddressBlock { node: self.node.clone(), cidr: block.to_string() });
                 let mut updated = current.clone();
                 updated.status = Some(status);
-                match api.replace_status(&name, &post_params(), &updated).await {
+                let result = api.replace_status(&name, &post_params(), &updated).await;
+                note_api(&self.metrics, "update networks/status", result.as_ref().err());
+                match result {
                     Ok(_) => tracing::info!(network = %name, %block, "claimed an address block"),
                     Err(kube::Error::Api(e)) if e.code == 409 => {
                         tracing::info!(network = %name, "address block claim raced another writer (409); reading again")

@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -28,6 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 
 use crate::api::{Attachment, Driver, Network, OverlayPeer, PortMapping};
+use crate::metrics::Metrics;
 use crate::objects::{namespace_of, ObjectName, ObjectSet};
 use crate::plan::{Allocations, HeldEndpoint, PortKey};
 use crate::reconcile::Outcome;
@@ -60,24 +60,69 @@ async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-/// Starts a reflector for `api` that pokes `changed` on every event.
-fn reflect<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
+/// Starts a reflector for `api` that pokes `changed` on every event. A
+/// list or watch the agent's role refuses is a problem `/readyz` reports
+/// (see [`note_api`]) until the next event arrives.
+fn reflect<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>, metrics: Arc<Metrics>) -> Store<K>
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
+    let what = format!("list/watch {}", K::plural(&()));
     let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => changed.notify_one(),
-                Err(e) => tracing::warn!(error = %e, "watch interrupted; retrying with backoff"),
+                Ok(_) => {
+                    note_api(&metrics, &what, None);
+                    changed.notify_one()
+                }
+                Err(e) => {
+                    let refusal = match &e {
+                        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
+                            refused(e)
+                        }
+                        watcher::Error::WatchError(r) => (r.code == 401 || r.code == 403).then_some(&**r),
+                        _ => None,
+                    };
+                    if refusal.is_none() {
+                        tracing::warn!(error = %e, "watch interrupted; retrying with backoff");
+                    }
+                    note_api_refusal(&metrics, &what, refusal);
+                }
             }
         }
     });
     store
+}
+
+/// The API server's answer when it refused a call as unauthenticated (401)
+/// or forbidden (403): retrying cannot help until the operator changes the
+/// agent's credentials or role.
+fn refused(e: &kube::Error) -> Option<&kube::core::Status> {
+    match e {
+        kube::Error::Api(r) if r.code == 401 || r.code == 403 => Some(&**r),
+        _ => None,
+    }
+}
+
+/// Records how an API call went: a refusal becomes a problem `/readyz`
+/// reports, logged as an error once (not at every retry); success clears
+/// it. Other errors are transient and their callers log them.
+fn note_api(metrics: &Metrics, what: &str, error: Option<&kube::Error>) {
+    note_api_refusal(metrics, what, error.and_then(refused));
+}
+
+fn note_api_refusal(metrics: &Metrics, what: &str, refusal: Option<&kube::core::Status>) {
+    let problem = refusal.map(|r| format!("{} ({}); the agent's ClusterRole must allow it (manifests/rbac.yaml)", r.message, r.reason));
+    let logged = problem.clone();
+    if metrics.set_problem(what, problem) {
+        match logged {
+            Some(p) => tracing::error!(call = what, "API refused a call the agent needs: {p}"),
+            None => tracing::info!(call = what, "API allows the call again"),
+        }
+    }
 }
 
 /// An overlay without `peers` spans the Nodes it selects: each at its
@@ -147,6 +192,7 @@ struct Cluster {
     port_mappings: Store<PortMapping>,
     nodes: Store<Node>,
     recorder: Recorder,
+    metrics: Arc<Metrics>,
 }
 
 /// This node's desired objects, and the attachments, port mappings and
@@ -213,7 +259,7 @@ impl Cluster {
                 set.port_mappings.push(p);
             }
         }
-        set.sort_by_creation();
+        set.sort_by_creation_then_name();
         (Arc::new(set), deleting_attachments, deleting_pms, deleting_networks)
     }
 }
@@ -230,19 +276,25 @@ pub struct KubeSource {
 
 impl KubeSource {
     /// Connects and starts the watches (Networks, Attachments,
-    /// PortMappings, Nodes); nothing is read yet.
-    pub async fn connect(opts: &KubeOptions) -> anyhow::Result<Self> {
+    /// PortMappings, Nodes); nothing is read yet. API calls the agent's
+    /// role refuses are reported in `metrics` (`/readyz`).
+    pub async fn connect(opts: &KubeOptions, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let client = client(opts.kubeconfig.as_ref()).await?;
         let changed = Arc::new(Notify::new());
+        let networks = reflect(Api::<Network>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
+        let attachments = reflect(Api::<Attachment>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
+        let port_mappings = reflect(Api::<PortMapping>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
+        // Every Node: this one's labels select networks, the others' addresses are overlay VTEPs.
+        let nodes = reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
         let cluster = Cluster {
-            networks: reflect(Api::<Network>::all(client.clone()), watcher::Config::default(), changed.clone()),
-            attachments: reflect(Api::<Attachment>::all(client.clone()), watcher::Config::default(), changed.clone()),
-            port_mappings: reflect(Api::<PortMapping>::all(client.clone()), watcher::Config::default(), changed.clone()),
-            // Every Node: this one's labels select networks, the others' addresses are overlay VTEPs.
-            nodes: reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), changed.clone()),
+            networks,
+            attachments,
+            port_mappings,
+            nodes,
             recorder: Recorder::new(client.clone(), Reporter { controller: "netlet".into(), instance: Some(opts.node_name.clone()) }),
             node: opts.node_name.clone(),
             client,
+            metrics,
         };
         Ok(KubeSource { cluster, changed, last: None })
     }
@@ -269,12 +321,16 @@ fn version_of(objects: &ObjectSet, known: &Allocations, decided: &Allocations, b
 }
 
 impl Source for KubeSource {
+    /// Nothing is reconciled before every list is in: a partial view (no
+    /// Node labels, say) would tear down what a full one keeps. A list the
+    /// API refuses is retried with backoff and reported by /readyz meanwhile.
     async fn ready(&mut self) -> anyhow::Result<()> {
         tracing::info!(node = %self.cluster.node, "netlet Kubernetes agent starting; waiting for the initial lists");
         self.cluster.networks.wait_until_ready().await?;
         self.cluster.attachments.wait_until_ready().await?;
         self.cluster.port_mappings.wait_until_ready().await?;
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.cluster.nodes.wait_until_ready()).await;
+        self.cluster.nodes.wait_until_ready().await?;
+        tracing::info!("initial lists complete");
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use kube::runtime::reflector;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::Cluster;
+use super::{note_api, Cluster};
 use crate::api::{ready_condition, Condition, Network, NetworkNodeStatus, NetworkStatus};
 
 /// Finalizer on Attachments and PortMappings: the node's agent tears the
@@ -35,7 +35,7 @@ pub(super) fn has_finalizer<K: ResourceExt>(o: &K, f: &str) -> bool {
 impl Cluster {
     pub(super) async fn ensure_finalizer<K>(&self, api: &Api<K>, obj: &K, finalizer: &str)
     where
-        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
     {
         if has_finalizer(obj, finalizer) || obj.meta().deletion_timestamp.is_some() {
             return;
@@ -45,7 +45,9 @@ impl Cluster {
         // resourceVersion makes this a conditional update: a concurrent
         // writer makes it fail with 409 and the next reconcile retries.
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-        match api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await {
+        let result = api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await;
+        note_api(&self.metrics, &format!("patch {}", K::plural(&())), result.as_ref().err());
+        match result {
             Ok(_) => {}
             // Another node added its copy of the same finalizer first.
             Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -57,14 +59,16 @@ impl Cluster {
 
     pub(super) async fn remove_finalizer<K>(&self, api: &Api<K>, obj: &K, finalizer: &str)
     where
-        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
     {
         if !has_finalizer(obj, finalizer) {
             return;
         }
         let finalizers: Vec<&String> = obj.finalizers().iter().filter(|f| *f != finalizer).collect();
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-        match api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await {
+        let result = api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await;
+        note_api(&self.metrics, &format!("patch {}", K::plural(&())), result.as_ref().err());
+        match result {
             Ok(_) => tracing::info!(object = %obj.name_any(), "teardown done; finalizer removed"),
             Err(e) => {
                 tracing::warn!(object = %obj.name_any(), error = %e, "removing finalizer failed; will retry")
@@ -85,11 +89,12 @@ impl Cluster {
         let ready = |s: &S| ready_condition(conditions(s)).map(Condition::is_true);
         let was_ready = have.and_then(ready);
         let patch = json!({ "status": want });
-        if let Err(e) =
+        let result =
             tokio::time::timeout(Duration::from_secs(10), api.patch_status(&live.name_any(), &patch_params(), &Patch::Merge(&patch)))
                 .await
-                .unwrap_or_else(|_| Err(kube::Error::Service("timeout".into())))
-        {
+                .unwrap_or_else(|_| Err(kube::Error::Service("timeout".into())));
+        note_api(&self.metrics, &format!("patch {}/status", K::plural(&())), result.as_ref().err());
+        if let Err(e) = result {
             tracing::warn!(object = %live.name_any(), error = %e, "status update failed; will retry");
             return;
         }
@@ -106,7 +111,9 @@ impl Cluster {
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+        let result = self.recorder.publish(&event, &obj.object_ref(&())).await;
+        note_api(&self.metrics, "create events.events.k8s.io", result.as_ref().err());
+        if let Err(e) = result {
             tracing::debug!(error = %e, "event not published");
         }
     }
@@ -122,7 +129,9 @@ impl Cluster {
         }
         let api: Api<Network> = Api::all(self.client.clone());
         for _ in 0..5 {
-            let Ok(current) = api.get_status(name).await else {
+            let current = api.get_status(name).await;
+            note_api(&self.metrics, "get networks/status", current.as_ref().err());
+            let Ok(current) = current else {
                 return;
             };
             let new = self.network_status(&current, ours);
@@ -131,7 +140,9 @@ impl Cluster {
             }
             let mut updated = current.clone();
             updated.status = Some(new);
-            match api.replace_status(name, &post_params(), &updated).await {
+            let result = api.replace_status(name, &post_params(), &updated).await;
+            note_api(&self.metrics, "update networks/status", result.as_ref().err());
+            match result {
                 Ok(_) => return,
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     tracing::info!(network = name, "network status changed under us (409); retrying with a fresh read");
