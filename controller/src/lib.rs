@@ -18,4 +18,6 @@ pub mod status;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod reconcile_tests;
 pub mod resolver;

@@ -101,8 +101,14 @@ impl Reconciler {
     /// Needs a tokio runtime context (netlink sockets), on the thread that
     /// will run its passes.
     pub fn new(setup: Setup) -> anyhow::Result<Self> {
+        Self::with_system(setup, Box::new(Linux::new()?))
+    }
+
+    /// As [`Reconciler::new`], with the dataplane's side effects going to
+    /// `system` (the fake kernel, in tests).
+    pub fn with_system(setup: Setup, system: Box<dyn crate::dataplane::kernel::System>) -> anyhow::Result<Self> {
         let state = StateDir::open(&setup.state_dir)?;
-        let mut dataplane = Dataplane::new(Box::new(Linux::new()?));
+        let mut dataplane = Dataplane::new(system);
         if let Some(events) = setup.events {
             dataplane.use_events(events);
         }

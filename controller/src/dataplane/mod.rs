@@ -18,6 +18,8 @@ pub mod dump;
 mod endpoints;
 pub mod events;
 pub mod facts;
+#[cfg(test)]
+pub mod fake;
 pub mod files;
 pub mod firewall;
 mod firewall_sync;
