@@ -183,3 +183,50 @@ async fn a_removed_attachment_takes_its_namespace_and_veth() {
     assert!(a.kernel.link("node", &host_veth("a1")).is_none());
     assert!(a.kernel.link("node", &host_veth("a0")).is_some(), "the other stays");
 }
+
+/// `names`' attachments with these static addresses.
+fn with_addresses(attachments: &[(&str, &str)], version: u64) -> Snapshot {
+    let mut yaml =
+        "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: n}\nspec: {ipam: {config: [{subnet: 10.9.0.0/24}]}}\n".to_string();
+    for (name, ip) in attachments {
+        yaml += &format!(
+            "---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: {name}}}\nspec: {{network: n, sandbox: {{netns: {name}}}, ipv4Address: {ip}}}\n"
+        );
+    }
+    let loaded = manifests::parse(std::path::Path::new("t.yaml"), &yaml);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    Snapshot { objects: Arc::new(loaded.objects), version, ..Default::default() }
+}
+
+#[tokio::test]
+async fn a_changed_address_is_never_missing_and_what_is_ready_is_what_the_kernel_holds() {
+    let mut a = agent("readdress");
+    a.reconciler.pass(&with_addresses(&[("a0", "10.9.0.10")], 1)).await;
+    a.kernel.changes();
+    // The new address in the same subnet goes on as a secondary, then the
+    // old primary goes: with promote_secondaries on, the new one stays.
+    let moved = a.reconciler.pass(&with_addresses(&[("a0", "10.9.0.20")], 2)).await;
+    assert!(ready(&moved), "{:?}", moved.failures());
+    assert_eq!(a.kernel.addresses("/run/netns/a0", "eth0"), ["10.9.0.20/24".parse::<ipnet::IpNet>().unwrap()]);
+    let changes = a.kernel.changes();
+    let add = changes.iter().position(|c| c.contains("add address 10.9.0.20/24")).expect("added");
+    let delete = changes.iter().position(|c| c.contains("delete address 10.9.0.10/24")).expect("deleted");
+    assert!(add < delete, "never without an address: {changes:?}");
+    assert_eq!(a.kernel.default_gateways("/run/netns/a0"), ["10.9.0.1".parse::<std::net::IpAddr>().unwrap()]);
+}
+
+#[tokio::test]
+async fn an_address_change_the_kernel_cannot_make_safely_keeps_the_old_one_and_says_why() {
+    let mut a = agent("readdress-fails");
+    a.reconciler.pass(&with_addresses(&[("a0", "10.9.0.10")], 1)).await;
+    a.kernel.fail("sysctl net/ipv4/conf/eth0/promote_secondaries", 1);
+    let s = with_addresses(&[("a0", "10.9.0.20")], 2);
+    let failed = a.reconciler.pass(&s).await;
+    let verdict = failed.verdicts.iter().find(|v| v.key.name.name() == "a0").unwrap();
+    assert!(!verdict.ready && verdict.message.contains("promote"), "{verdict:?}");
+    let held: Vec<String> = a.kernel.addresses("/run/netns/a0", "eth0").iter().map(|n| n.to_string()).collect();
+    assert_eq!(held, ["10.9.0.10/24", "10.9.0.20/24"], "the container kept an address");
+    // Retried, and made.
+    assert!(ready(&a.reconciler.pass(&s).await));
+    assert_eq!(a.kernel.addresses("/run/netns/a0", "eth0"), ["10.9.0.20/24".parse::<ipnet::IpNet>().unwrap()]);
+}

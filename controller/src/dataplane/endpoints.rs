@@ -145,28 +145,7 @@ impl Dataplane {
             if let (EndpointKind::Veth { .. }, Some(peer)) = (&ep.kind, link.link) {
                 host_links.push(peer);
             }
-            let result: Result<(), NetlinkError> = async {
-                let change = LinkChange {
-                    up: !link.up,
-                    mtu: (link.mtu != ep.mtu).then_some(ep.mtu),
-                    mac: (link.mac != ep.mac).then_some(ep.mac),
-                    controller: None,
-                };
-                if !change.is_empty() {
-                    sb.apply(Change::SetLink { index: link.index, name: &ep.ifname, change }).await?;
-                }
-                let have: BTreeSet<IpNet> =
-                    addresses.iter().filter(|a| a.index == link.index && !is_link_local(&a.net)).map(|a| a.net).collect();
-                let want: BTreeSet<IpNet> = ep.addresses.iter().copied().collect();
-                for net in want.difference(&have) {
-                    sb.apply(Change::AddAddress { index: link.index, net: *net, ifname: &ep.ifname }).await?;
-                }
-                for net in have.difference(&want) {
-                    sb.apply(Change::DeleteAddress { index: link.index, net: *net, ifname: &ep.ifname }).await?;
-                }
-                Ok(())
-            }
-            .await;
+            let result = self.converge_interface(handle, ep, link, &addresses, fresh).await;
             if let Err(e) = result {
                 report.endpoint_errors.insert(ep.owner.clone(), SyncReport::kernel(&e));
                 continue;
@@ -207,6 +186,73 @@ impl Dataplane {
             }
         }
         Ok(host_links)
+    }
+
+    /// One interface of a sandbox: its MTU and MAC, then its addresses,
+    /// then up. New addresses go on before old ones go (the container is
+    /// never without one), and what the kernel then holds is read back.
+    /// In a sandbox that was there before, the kernel is asked to announce
+    /// a new MAC, or an interface coming up with its addresses (a
+    /// gratuitous ARP), so neighbours do not keep sending to a MAC gone.
+    async fn converge_interface(
+        &self,
+        handle: &SandboxHandle,
+        ep: &Endpoint,
+        link: &Link,
+        addresses: &[super::netlink::Address],
+        fresh: bool,
+    ) -> Result<(), NetlinkError> {
+        let sb = &handle.netlink;
+        let set = |change: LinkChange| Change::SetLink { index: link.index, name: &ep.ifname, change };
+        let change =
+            LinkChange { mtu: (link.mtu != ep.mtu).then_some(ep.mtu), mac: (link.mac != ep.mac).then_some(ep.mac), ..Default::default() };
+        if !fresh && (change.mac.is_some() || !link.up) {
+            self.sandbox_sysctl(handle, &format!("net/ipv4/conf/{}/arp_notify", ep.ifname))?;
+        }
+        if !change.is_empty() {
+            sb.apply(set(change)).await?;
+        }
+        let have: BTreeSet<IpNet> = addresses.iter().filter(|a| a.index == link.index && !is_link_local(&a.net)).map(|a| a.net).collect();
+        let want: BTreeSet<IpNet> = ep.addresses.iter().copied().collect();
+        for net in want.difference(&have) {
+            sb.apply(Change::AddAddress { index: link.index, net: *net, ifname: &ep.ifname }).await?;
+        }
+        let stale: Vec<&IpNet> = have.difference(&want).collect();
+        if !stale.is_empty() {
+            // Linux deletes the secondary IPv4 addresses of a primary with
+            // it: the one just added (a secondary, in the same subnet) is
+            // promoted instead.
+            if stale.iter().any(|n| n.addr().is_ipv4()) && want.iter().any(|n| n.addr().is_ipv4()) {
+                self.sandbox_sysctl(handle, &format!("net/ipv4/conf/{}/promote_secondaries", ep.ifname))?;
+            }
+            for net in stale {
+                sb.apply(Change::DeleteAddress { index: link.index, net: *net, ifname: &ep.ifname }).await?;
+            }
+            // Status says what the kernel holds: read it back.
+            let held = sb.addresses().await?;
+            if let Some(missing) = want.iter().find(|n| !held.iter().any(|a| a.index == link.index && a.net == **n)) {
+                return Err(NetlinkError {
+                    op: format!("change the addresses of {}", ep.ifname),
+                    message: format!("{missing} is not on it afterwards"),
+                    errno: None,
+                });
+            }
+        }
+        if !link.up {
+            sb.apply(set(LinkChange { up: true, ..Default::default() })).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the sandbox's sysctl `key` to 1 (counted when it wrote).
+    fn sandbox_sysctl(&self, handle: &SandboxHandle, key: &str) -> Result<(), NetlinkError> {
+        let wrote = self.system.sysctl_in(&handle.ns, key, "1").map_err(|e| NetlinkError {
+            op: format!("set {key} in {}", handle.path()),
+            message: e.to_string(),
+            errno: e.raw_os_error(),
+        })?;
+        self.journal.count("sysctl", u32::from(wrote));
+        Ok(())
     }
 
     /// Makes the endpoint's link exist: for a veth, the host end on its

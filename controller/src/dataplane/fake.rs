@@ -570,10 +570,16 @@ impl System for FakeSystem {
 
     fn disable_ipv6_in(&self, _ns: &Namespace, _created: Option<&Created>, _ifname: &str) {}
 
-    fn promote_secondaries(&self, ns: &Namespace, ifname: &str) -> std::io::Result<bool> {
+    fn sysctl_in(&self, ns: &Namespace, key: &str, value: &str) -> std::io::Result<bool> {
         let mut state = self.0.lock();
+        state.fail(&format!("sysctl {key}")).map_err(std::io::Error::other)?;
         let n = state.namespaces.get_mut(&ns.identity.1).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
-        Ok(n.promote.insert(ifname.into()))
+        // Only promote_secondaries changes what the fake does.
+        match key.strip_prefix("net/ipv4/conf/").and_then(|k| k.strip_suffix("/promote_secondaries")) {
+            Some(ifname) if value == "1" => Ok(n.promote.insert(ifname.into())),
+            Some(ifname) => Ok(n.promote.remove(ifname)),
+            None => Ok(false),
+        }
     }
 
     fn write_files(&self, files: &SandboxFiles) -> std::io::Result<u32> {

@@ -229,9 +229,9 @@ pub trait System: Send {
     /// Turns IPv6 off on `ifname` in `ns` (`created`: what is known of it
     /// if this pass made it).
     fn disable_ipv6_in(&self, ns: &Namespace, created: Option<&Created>, ifname: &str);
-    /// Lets the kernel promote a secondary IPv4 address of `ifname` in
-    /// `ns` when the primary is deleted, instead of deleting it too.
-    fn promote_secondaries(&self, ns: &Namespace, ifname: &str) -> std::io::Result<bool>;
+    /// Sets a sysctl of `ns` (`net/ipv4/conf/eth0/promote_secondaries`)
+    /// if it differs; whether it wrote.
+    fn sysctl_in(&self, ns: &Namespace, key: &str, value: &str) -> std::io::Result<bool>;
     /// Writes a sandbox's /etc/netns files where they differ; how many.
     fn write_files(&self, files: &SandboxFiles) -> std::io::Result<u32>;
     /// The ruleset, to sync on a thread of its own (and give back).

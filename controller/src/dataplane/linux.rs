@@ -189,9 +189,9 @@ impl System for Linux {
         });
     }
 
-    fn promote_secondaries(&self, ns: &Namespace, ifname: &str) -> std::io::Result<bool> {
+    fn sysctl_in(&self, ns: &Namespace, key: &str, value: &str) -> std::io::Result<bool> {
         let Some(file) = &ns.file else { return Ok(false) };
-        netns::with_netns(file, || sysctl::ensure(&format!("net/ipv4/conf/{ifname}/promote_secondaries"), "1"))?
+        netns::with_netns(file, || sysctl::ensure(key, value))?
     }
 
     fn write_files(&self, files: &SandboxFiles) -> std::io::Result<u32> {

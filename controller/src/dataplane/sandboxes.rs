@@ -18,6 +18,13 @@ use crate::state::{Owned, OwnedRecord};
 pub(super) struct SandboxHandle {
     pub(super) ns: Namespace,
     pub(super) netlink: Recorded,
+    path: String,
+}
+
+impl SandboxHandle {
+    pub(super) fn path(&self) -> &str {
+        &self.path
+    }
 }
 
 impl Dataplane {
@@ -119,7 +126,7 @@ impl Dataplane {
             let ns =
                 self.system.open(&path).map_err(|e| Failure::new(reason::SANDBOX_NOT_FOUND, format!("opening namespace {path}: {e}")))?;
             let netlink = Recorded::new(ns.rtnl.clone(), self.journal.clone());
-            self.sandboxes.insert(path.clone(), SandboxHandle { ns, netlink });
+            self.sandboxes.insert(path.clone(), SandboxHandle { ns, netlink, path: path.clone() });
         }
         Ok(&self.sandboxes[&path])
     }
