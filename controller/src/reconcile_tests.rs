@@ -230,3 +230,20 @@ async fn an_address_change_the_kernel_cannot_make_safely_keeps_the_old_one_and_s
     assert!(ready(&a.reconciler.pass(&s).await));
     assert_eq!(a.kernel.addresses("/run/netns/a0", "eth0"), ["10.9.0.20/24".parse::<ipnet::IpNet>().unwrap()]);
 }
+
+#[tokio::test]
+async fn the_ruleset_is_applied_again_only_when_someone_else_changed_it() {
+    let mut a = agent("ruleset");
+    let s = snapshot(&["a0"], 1);
+    a.reconciler.pass(&s).await;
+    assert!(a.kernel.changes().contains(&"ruleset".to_string()));
+    assert!(a.kernel.ruleset().is_some());
+    // Our own transaction is not someone else's: nothing to redo.
+    a.reconciler.pass(&s).await;
+    a.reconciler.pass(&s).await;
+    assert!(!a.kernel.changes().contains(&"ruleset".to_string()));
+    a.kernel.flush_ruleset();
+    a.reconciler.pass(&s).await;
+    assert!(a.kernel.changes().contains(&"ruleset".to_string()), "rebuilt");
+    assert!(a.kernel.ruleset().is_some());
+}

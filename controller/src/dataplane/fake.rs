@@ -68,6 +68,8 @@ struct State {
     sysctls: BTreeMap<String, String>,
     files: BTreeMap<String, (String, String)>,
     ruleset: Option<FirewallPlan>,
+    /// Bumped by every ruleset change, as nf_tables' generation is.
+    ruleset_generation: u64,
     /// Someone else's deletion of a link (namespace path, link name) right
     /// after the first change whose description contains the word.
     deletions_when: Vec<(String, String, String)>,
@@ -418,6 +420,16 @@ impl FakeKernel {
         self.lock().paths.keys().cloned().collect()
     }
 
+    /// Someone else changes the ruleset (flushes it, say).
+    pub fn flush_ruleset(&self) {
+        let mut state = self.lock();
+        state.ruleset = None;
+        state.ruleset_generation += 1;
+        if let Some(events) = &state.events {
+            events.record(Scope::Ruleset);
+        }
+    }
+
     /// The ruleset as last applied.
     pub fn ruleset(&self) -> Option<FirewallPlan> {
         self.lock().ruleset.clone()
@@ -502,6 +514,7 @@ impl Ruleset for FakeRuleset {
         let changed = state.ruleset.as_ref() != Some(plan);
         if changed {
             state.ruleset = Some(plan.clone());
+            state.ruleset_generation += 1;
             state.changes.push("ruleset".into());
         }
         Ok(changed)
@@ -590,6 +603,10 @@ impl System for FakeSystem {
             None => 2,
             Some((hosts, resolv)) => u32::from(hosts != content.0) + u32::from(resolv != content.1),
         })
+    }
+
+    fn ruleset_generation(&self) -> Option<u64> {
+        Some(self.0.lock().ruleset_generation)
     }
 
     fn take_ruleset(&mut self) -> Box<dyn Ruleset> {

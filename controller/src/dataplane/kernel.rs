@@ -234,6 +234,9 @@ pub trait System: Send {
     fn sysctl_in(&self, ns: &Namespace, key: &str, value: &str) -> std::io::Result<bool>;
     /// Writes a sandbox's /etc/netns files where they differ; how many.
     fn write_files(&self, files: &SandboxFiles) -> std::io::Result<u32>;
+    /// nf_tables' generation: bumped by every ruleset transaction
+    /// committed, anyone's (None: it cannot be read).
+    fn ruleset_generation(&self) -> Option<u64>;
     /// The ruleset, to sync on a thread of its own (and give back).
     fn take_ruleset(&mut self) -> Box<dyn Ruleset>;
     fn put_ruleset(&mut self, ruleset: Box<dyn Ruleset>);

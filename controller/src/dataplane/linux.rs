@@ -198,6 +198,10 @@ impl System for Linux {
         files::ensure(files)
     }
 
+    fn ruleset_generation(&self) -> Option<u64> {
+        super::nft_generation::generation().inspect_err(|e| tracing::debug!(error = %e, "no ruleset generation")).ok().map(u64::from)
+    }
+
     fn take_ruleset(&mut self) -> Box<dyn Ruleset> {
         self.ruleset.take().unwrap_or_else(|| Box::new(NftFirewall::new()))
     }

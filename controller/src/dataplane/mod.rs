@@ -27,6 +27,7 @@ pub mod kernel;
 pub mod linux;
 pub mod netlink;
 pub mod netns;
+mod nft_generation;
 mod node_view;
 mod prune;
 pub mod realized;

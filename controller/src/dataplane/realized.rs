@@ -15,7 +15,11 @@
 //!    /etc/netns files, sockets).
 //!
 //! An item is recorded only when it converged without error: a failure is
-//! retried by the next pass from scratch. The node's links and addresses
+//! retried by the next pass from scratch. The ruleset's epoch is the
+//! kernel's own: nf_tables counts committed transactions (its generation),
+//! so it is recorded at the generation its own transaction made, read
+//! after it, and holds while that is still the generation: exact, whoever
+//! changed it, and the agent's own changes cost no second look. The node's links and addresses
 //! (`node_view`) follow the same rule link by link. What the reconciler
 //! reuses besides (a plan, a status entry) is a pure function of inputs
 //! compared by value: see `reconcile` and `status`.
@@ -73,6 +77,13 @@ impl<'a> Judge<'a> {
         let Some(record) = record else { return false };
         let Some(events) = self.events.filter(|_| !self.audit) else { return false };
         same(&record.desired) && !events.stale(&record.scopes, record.observed)
+    }
+
+    /// The rule for an item whose epoch is its own counter (the ruleset's
+    /// generation, `current`) rather than the event log's.
+    pub fn holds_at<T: PartialEq>(&self, record: Option<&Record<T>>, desired: &T, current: Option<u64>) -> bool {
+        let Some(record) = record else { return false };
+        !self.trusts_nothing() && record.desired == *desired && current == Some(record.observed)
     }
 
     /// The rule for the whole node: nothing happened at all since it was
