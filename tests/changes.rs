@@ -65,17 +65,6 @@ fn apply(node: &Node, yaml: &str, says: impl Fn(&[Value]) -> bool) {
     }
 }
 
-fn resolve(ns: &str, name: &str) -> Vec<String> {
-    let out = sh(&format!("ip netns exec {ns} getent ahostsv4 {name}"));
-    let mut addrs: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("STREAM"))
-        .filter_map(|l| l.split_whitespace().next().map(String::from))
-        .collect();
-    addrs.dedup();
-    addrs
-}
-
 #[test]
 fn every_mutable_field_of_a_running_attachment_is_in_the_kernel_when_status_says_ready() {
     let mut node = Node::new();

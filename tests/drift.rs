@@ -14,15 +14,6 @@ fn attachment(name: &str) -> String {
     format!("---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: {name}}}\nspec: {{network: n, sandbox: {{netns: \"{{T}}{name}\"}}}}\n")
 }
 
-/// Deterministic pseudo-random numbers (repeatable runs).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) % below
-    }
-}
-
 /// The race of issue 24: a manifest edit starts a pass, and 0-30 ms later
 /// another attachment's host veth is deleted, so the deletion lands before,
 /// during or right after that pass. Each time the veth and the container's

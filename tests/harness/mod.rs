@@ -363,3 +363,25 @@ pub fn connect(ns: &str, addr: &str, port: u16, udp: bool) -> Option<String> {
     let out = Command::new("ip").args(["netns", "exec", ns, "python3", "-c", &script]).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// IPv4 addresses `name` resolves to inside `ns` (through its resolv.conf).
+pub fn resolve(ns: &str, name: &str) -> Vec<String> {
+    let out = sh(&format!("ip netns exec {ns} getent ahostsv4 {name}"));
+    let mut addrs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("STREAM"))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect();
+    addrs.dedup();
+    addrs
+}
+
+/// Deterministic pseudo-random numbers (no extra crate, repeatable runs).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self, below: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}

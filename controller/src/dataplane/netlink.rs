@@ -145,6 +145,21 @@ fn read_links() -> Result<Vec<Link>> {
     Ok(links)
 }
 
+/// The answer to a get of one link: None when there is no such link.
+fn one_link(answer: std::result::Result<Option<LinkMessage>, rtnetlink::Error>, op: impl FnOnce() -> String) -> Result<Option<Link>> {
+    match answer {
+        Ok(msg) => Ok(msg.as_ref().map(parse_link)),
+        Err(e) => {
+            let err = NetlinkError::from_rtnetlink(op(), e);
+            if err.is_not_found() {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
 /// An address on a link.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Address {
@@ -208,17 +223,8 @@ impl Netlink {
 
     /// One link by name (a get, not a dump); None if there is none.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        match self.handle.link().get().match_name(name.to_string()).execute().try_next().await {
-            Ok(msg) => Ok(msg.as_ref().map(parse_link)),
-            Err(e) => {
-                let err = NetlinkError::from_rtnetlink(format!("get link {name}"), e);
-                if err.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let request = self.handle.link().get().match_name(name.to_string());
+        one_link(request.execute().try_next().await, || format!("get link {name}"))
     }
 
     /// The id this namespace knows the namespace `other` by, given one
@@ -286,17 +292,8 @@ impl Netlink {
 
     /// One link by index; None if there is none.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        match self.handle.link().get().match_index(index).execute().try_next().await {
-            Ok(msg) => Ok(msg.as_ref().map(parse_link)),
-            Err(e) => {
-                let err = NetlinkError::from_rtnetlink(format!("get link {index}"), e);
-                if err.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let request = self.handle.link().get().match_index(index);
+        one_link(request.execute().try_next().await, || format!("get link {index}"))
     }
 
     /// Every link, without statistics. In the agent's own namespace (the
