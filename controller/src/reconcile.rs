@@ -257,8 +257,8 @@ impl Reconciler {
         }
         let t_sync = started.elapsed();
         // The names are served before the status says they are there.
-        if let Some(dns) = &self.dns {
-            dns.update(plan.desired.names.clone(), last.facts.resolvers.clone()).await;
+        if let Some(dns) = &mut self.dns {
+            dns.update(&plan.desired.names, &last.facts.resolvers).await;
         }
         node_errors.extend(report.node_errors.iter().cloned());
 

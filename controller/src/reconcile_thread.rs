@@ -83,9 +83,10 @@ impl Passes {
 /// The embedded DNS server, run on the agent's runtime. A pass hands it the
 /// new name table and waits until it serves it (a status that says an
 /// attachment is Ready never precedes its name).
-#[derive(Clone)]
 pub struct DnsLink {
     tables: mpsc::UnboundedSender<(Arc<NameTable>, Vec<IpAddr>, oneshot::Sender<()>)>,
+    /// What the server was last given (a pass that changes neither sends nothing).
+    served: Option<(Arc<NameTable>, Vec<IpAddr>)>,
 }
 
 impl DnsLink {
@@ -100,14 +101,17 @@ impl DnsLink {
                 let _ = served.send(());
             }
         });
-        DnsLink { tables }
+        DnsLink { tables, served: None }
     }
 
     /// Serves `table` from now on, forwarding to `resolvers`; returns once it does.
-    pub async fn update(&self, table: Arc<NameTable>, resolvers: Vec<IpAddr>) {
+    pub async fn update(&mut self, table: &Arc<NameTable>, resolvers: &[IpAddr]) {
+        if self.served.as_ref().is_some_and(|(t, r)| Arc::ptr_eq(t, table) && r == resolvers) {
+            return;
+        }
         let (served, done) = oneshot::channel();
-        if self.tables.send((table, resolvers, served)).is_ok() {
-            let _ = done.await;
+        if self.tables.send((table.clone(), resolvers.to_vec(), served)).is_ok() && done.await.is_ok() {
+            self.served = Some((table.clone(), resolvers.to_vec()));
         }
     }
 }

@@ -47,12 +47,15 @@ impl Dataplane {
             };
             // Its events are heard tagged with its id here: known before
             // it is observed, so none after the observation is missed.
-            let nsid = match self.node.nsid(&handle.ns).await {
-                Ok(id) => Some(id),
-                Err(e) => {
-                    tracing::debug!(sandbox = %path, error = %e, "no namespace id: its events are not heard");
-                    None
-                }
+            let nsid = match judge.hears_events().then(|| self.node.nsid(&handle.ns)) {
+                None => None,
+                Some(asked) => match asked.await {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        tracing::debug!(sandbox = %path, error = %e, "no namespace id: its events are not heard");
+                        None
+                    }
+                },
             };
             let observed = judge.epoch();
             let host_links = match self.sync_sandbox(&handle, endpoints, node_links, bridges, fresh.get(&path), report).await {

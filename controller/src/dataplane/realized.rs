@@ -62,6 +62,12 @@ impl<'a> Judge<'a> {
         self.audit || self.events.is_none_or(EventLog::is_dead)
     }
 
+    /// Whether events are heard at all: without them no record is ever
+    /// trusted, so none is worth making.
+    pub fn hears_events(&self) -> bool {
+        self.events.is_some()
+    }
+
     /// The epoch to stamp an observation that starts now with.
     pub fn epoch(&self) -> u64 {
         self.events.map(EventLog::epoch).unwrap_or(0)
