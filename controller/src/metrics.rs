@@ -61,7 +61,7 @@ impl Metrics {
         let full_reconcile_duration = must(HistogramVec::new(
             HistogramOpts::new(
                 "full_reconcile_duration_seconds",
-                "Time of the reconciles that re-read everything from the kernel (after kernel events, and every 10th as an audit); also counted in reconcile_duration_seconds",
+                "Time of the reconciles that trust nothing an earlier one verified (every 10th, an audit; every one when no kernel events are heard); also counted in reconcile_duration_seconds",
             )
             .buckets(buckets),
             &[],
