@@ -29,6 +29,7 @@ pub mod netlink;
 pub mod netns;
 mod nft_generation;
 mod node_view;
+mod nsid;
 mod prune;
 pub mod realized;
 mod report;

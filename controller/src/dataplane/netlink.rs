@@ -32,7 +32,7 @@ pub struct NetlinkError {
 }
 
 impl NetlinkError {
-    fn from_rtnetlink(op: impl Into<String>, e: rtnetlink::Error) -> Self {
+    pub(super) fn from_rtnetlink(op: impl Into<String>, e: rtnetlink::Error) -> Self {
         let op = op.into();
         match e {
             rtnetlink::Error::NetlinkError(msg) => {
@@ -177,7 +177,7 @@ pub struct DefaultRoute {
 
 #[derive(Clone)]
 pub struct Netlink {
-    handle: Handle,
+    pub(super) handle: Handle,
     /// Opened in the agent's own namespace: its links (thousands) are
     /// dumped on a blocking thread, one message at a time.
     own_namespace: bool,
@@ -225,69 +225,6 @@ impl Netlink {
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
         let request = self.handle.link().get().match_name(name.to_string());
         one_link(request.execute().try_next().await, || format!("get link {name}"))
-    }
-
-    /// The id this namespace knows the namespace `other` by, given one
-    /// (the kernel picks it) if it has none.
-    pub async fn nsid_of(&self, other: &File) -> Result<i32> {
-        use std::os::fd::AsRawFd;
-        let fd = other.as_raw_fd() as u32;
-        if let Some(id) = self.nsid_request(fd, false).await?.filter(|id| *id >= 0) {
-            return Ok(id);
-        }
-        match self.nsid_request(fd, true).await {
-            // EEXIST: it got one meanwhile.
-            Ok(_) => {}
-            Err(e) if e.errno == Some(17) => {}
-            Err(e) => return Err(e),
-        }
-        self.nsid_request(fd, false).await?.filter(|id| *id >= 0).ok_or_else(|| NetlinkError {
-            op: "get namespace id".into(),
-            message: "none was assigned".into(),
-            errno: None,
-        })
-    }
-
-    /// RTM_GETNSID (the id, -1 if none) or RTM_NEWNSID (assign any) for
-    /// the namespace of `fd`.
-    async fn nsid_request(&self, fd: u32, assign: bool) -> Result<Option<i32>> {
-        use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
-        use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
-        let op = if assign { "assign a namespace id" } else { "get a namespace id" };
-        let mut message = NsidMessage::default();
-        message.attributes.push(NsidAttribute::Fd(fd));
-        let payload = if assign {
-            message.attributes.push(NsidAttribute::Id(-1));
-            RouteNetlinkMessage::NewNsId(message)
-        } else {
-            RouteNetlinkMessage::GetNsId(message)
-        };
-        let mut request = NetlinkMessage::from(payload);
-        request.header.flags = NLM_F_REQUEST | if assign { NLM_F_ACK } else { 0 };
-        let mut answers = self.handle.clone().request(request).map_err(|e| NetlinkError::from_rtnetlink(op, e))?;
-        while let Some(answer) = futures::StreamExt::next(&mut answers).await {
-            match answer.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
-                    return Ok(m.attributes.iter().find_map(|a| match a {
-                        NsidAttribute::Id(id) => Some(*id),
-                        _ => None,
-                    }))
-                }
-                NetlinkPayload::Error(e) => match e.code {
-                    Some(code) => {
-                        let errno = -code.get();
-                        return Err(NetlinkError {
-                            op: op.into(),
-                            message: std::io::Error::from_raw_os_error(errno).to_string(),
-                            errno: Some(errno),
-                        });
-                    }
-                    None => return Ok(None),
-                },
-                _ => {}
-            }
-        }
-        Ok(None)
     }
 
     /// One link by index; None if there is none.
