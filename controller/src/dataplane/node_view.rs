@@ -30,6 +30,11 @@ impl Dataplane {
             (Some((view, observed)), Some(events)) => match events.node_links_since(observed) {
                 Some(changed) if changed.len() + touched.names.len() + touched.indexes.len() <= READ_ONE_BY_ONE => {
                     let addresses_changed = touched.addresses || events.stale(&[Scope::NodeAddresses], observed);
+                    if changed.is_empty() && touched.is_empty() && !addresses_changed {
+                        // Nothing to read again: the view as it was.
+                        self.node_view = Some((view.clone(), epoch));
+                        return Ok(view);
+                    }
                     match self.read_again(&view, &changed, &touched, addresses_changed).await {
                         #[cfg(debug_assertions)]
                         Ok(view) => self.checked(view, epoch).await,
