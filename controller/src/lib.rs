@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod dataplane;
+pub mod docker;
 pub mod get;
 pub mod metrics;
 pub mod naming;

@@ -1,4 +1,5 @@
-//! The `netlet` binary: agent (standalone or Kubernetes), `get`, `crds`.
+//! The `netlet` binary: agent (standalone or Kubernetes), `get`, `crds`,
+//! and the Docker user's commands (`import`, `inspect`, `network`, `port`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,19 @@ enum Command {
     Get(GetArgs),
     /// Print the CustomResourceDefinitions.
     Crds,
+    /// Turn another tool's description into netlet YAML (stdout).
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// Where the input comes from: `docker` (what `docker network inspect`
+    /// and `docker inspect` print).
+    #[arg(value_parser = ["docker"])]
+    from: String,
+    /// A file of their JSON, or - for stdin.
+    #[arg(default_value = "-")]
+    file: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -130,6 +144,37 @@ fn node_name(given: Option<String>) -> String {
         .unwrap_or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into()))
 }
 
+/// `netlet import docker`: YAML on stdout, every dropped field on stderr.
+fn import(args: &ImportArgs) -> ExitCode {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = if args.file.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(&args.file).map(|t| text = t)
+    };
+    if let Err(e) = read {
+        eprintln!("error: reading {}: {e}", args.file.display());
+        return ExitCode::from(1);
+    }
+    match netlet::docker::import::import(&text) {
+        Ok(imported) => {
+            print!("{}", imported.to_yaml());
+            if !imported.dropped.is_empty() {
+                eprintln!("netlet import: not carried over ({}):", imported.dropped.len());
+                for d in &imported.dropped {
+                    eprintln!("  {d}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -138,6 +183,7 @@ fn main() -> ExitCode {
             print!("{}", netlet::api::crds_yaml());
             ExitCode::SUCCESS
         }
+        Command::Import(args) => import(&args),
         Command::Get(args) => {
             let Some(kind) = Kind::parse(&args.kind) else {
                 eprintln!(
