@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use netlet::api::Kind;
+use netlet::docker::commands::{self, ImportArgs, InspectArgs};
 use netlet::get::{self, OutputFormat, Query};
 use netlet::state::{StateDir, DEFAULT_STATE_DIR};
 
@@ -56,17 +57,8 @@ enum Command {
     Crds,
     /// Turn another tool's description into netlet YAML (stdout).
     Import(ImportArgs),
-}
-
-#[derive(clap::Args)]
-struct ImportArgs {
-    /// Where the input comes from: `docker` (what `docker network inspect`
-    /// and `docker inspect` print).
-    #[arg(value_parser = ["docker"])]
-    from: String,
-    /// A file of their JSON, or - for stdin.
-    #[arg(default_value = "-")]
-    file: PathBuf,
+    /// Show networks or attachments the way `docker network inspect` does.
+    Inspect(InspectArgs),
 }
 
 #[derive(clap::Args)]
@@ -144,37 +136,6 @@ fn node_name(given: Option<String>) -> String {
         .unwrap_or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into()))
 }
 
-/// `netlet import docker`: YAML on stdout, every dropped field on stderr.
-fn import(args: &ImportArgs) -> ExitCode {
-    use std::io::Read;
-    let mut text = String::new();
-    let read = if args.file.as_os_str() == "-" {
-        std::io::stdin().read_to_string(&mut text).map(|_| ())
-    } else {
-        std::fs::read_to_string(&args.file).map(|t| text = t)
-    };
-    if let Err(e) = read {
-        eprintln!("error: reading {}: {e}", args.file.display());
-        return ExitCode::from(1);
-    }
-    match netlet::docker::import::import(&text) {
-        Ok(imported) => {
-            print!("{}", imported.to_yaml());
-            if !imported.dropped.is_empty() {
-                eprintln!("netlet import: not carried over ({}):", imported.dropped.len());
-                for d in &imported.dropped {
-                    eprintln!("  {d}");
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -183,7 +144,8 @@ fn main() -> ExitCode {
             print!("{}", netlet::api::crds_yaml());
             ExitCode::SUCCESS
         }
-        Command::Import(args) => import(&args),
+        Command::Import(args) => ExitCode::from(commands::import(&args)),
+        Command::Inspect(args) => ExitCode::from(commands::inspect_command(&args)),
         Command::Get(args) => {
             let Some(kind) = Kind::parse(&args.kind) else {
                 eprintln!(

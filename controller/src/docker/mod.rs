@@ -12,5 +12,8 @@
 //!
 //! Nothing here touches the kernel: the YAML stays the source of truth.
 
+pub mod commands;
 pub mod import;
 mod import_containers;
+pub mod inspect;
+pub mod jsonpath;
