@@ -12,6 +12,7 @@ pub mod objects;
 pub mod plan;
 pub mod progress;
 pub mod reconcile;
+pub mod running;
 pub mod source;
 pub mod state;
 pub mod status;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use netlet::api::Kind;
-use netlet::docker::commands::{self, ImportArgs, InspectArgs};
+use netlet::docker::commands::{self, ImportArgs, InspectArgs, NetworkArgs, PortCommand};
 use netlet::get::{self, OutputFormat, Query};
 use netlet::state::{StateDir, DEFAULT_STATE_DIR};
 
@@ -59,6 +59,10 @@ enum Command {
     Import(ImportArgs),
     /// Show networks or attachments the way `docker network inspect` does.
     Inspect(InspectArgs),
+    /// Docker's network verbs over the manifest directory.
+    Network(NetworkArgs),
+    /// List (or with -p publish) an attachment's ports, like `docker port`.
+    Port(PortCommand),
 }
 
 #[derive(clap::Args)]
@@ -146,6 +150,8 @@ fn main() -> ExitCode {
         }
         Command::Import(args) => ExitCode::from(commands::import(&args)),
         Command::Inspect(args) => ExitCode::from(commands::inspect_command(&args)),
+        Command::Network(args) => ExitCode::from(commands::network(&args)),
+        Command::Port(args) => ExitCode::from(commands::port_command(&args)),
         Command::Get(args) => {
             let Some(kind) = Kind::parse(&args.kind) else {
                 eprintln!(

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use super::inspect::{inspect, Objects, Subject};
 use super::jsonpath::{Syntax, Template};
+use super::port::{port, PortArgs};
+use super::verbs::{self, Place, Refused};
 use crate::state::{StateDir, DEFAULT_STATE_DIR};
 
 #[derive(clap::Args)]
@@ -134,4 +136,66 @@ pub fn inspect_command(args: &InspectArgs) -> u8 {
 fn usage(message: &str) -> u8 {
     eprintln!("error: {message}");
     2
+}
+
+#[derive(clap::Args)]
+pub struct NetworkArgs {
+    #[command(subcommand)]
+    command: NetworkCommand,
+    #[command(flatten)]
+    place: Place,
+}
+
+#[derive(clap::Subcommand)]
+enum NetworkCommand {
+    /// Write a Network (docker network create).
+    Create(verbs::CreateArgs),
+    /// Write an Attachment of a sandbox to a network (docker network connect).
+    Connect(verbs::ConnectArgs),
+    /// Remove that Attachment (docker network disconnect).
+    Disconnect(verbs::DisconnectArgs),
+    /// Remove Networks no Attachment uses (docker network rm).
+    #[command(alias = "remove")]
+    Rm(verbs::RmArgs),
+    /// List the Networks of the manifest directory (docker network ls).
+    #[command(alias = "list")]
+    Ls(verbs::LsArgs),
+}
+
+pub fn network(args: &NetworkArgs) -> u8 {
+    let result = match &args.command {
+        NetworkCommand::Create(a) => verbs::create(a, &args.place),
+        NetworkCommand::Connect(a) => verbs::connect(a, &args.place),
+        NetworkCommand::Disconnect(a) => verbs::disconnect(a, &args.place),
+        NetworkCommand::Rm(a) => verbs::rm(a, &args.place),
+        NetworkCommand::Ls(a) => verbs::ls(a, &args.place),
+    };
+    refused(result)
+}
+
+#[derive(clap::Args)]
+pub struct PortCommand {
+    #[command(flatten)]
+    args: PortArgs,
+    #[command(flatten)]
+    place: Place,
+}
+
+pub fn port_command(cmd: &PortCommand) -> u8 {
+    refused(port(&cmd.args, &cmd.place))
+}
+
+fn refused(result: Result<(), Refused>) -> u8 {
+    match result {
+        Ok(()) => 0,
+        Err(Refused(message)) => {
+            for line in message.lines() {
+                match line.strip_prefix("No ") {
+                    Some(_) => eprintln!("Error: {line}"),
+                    None => eprintln!("Error response from daemon: {line}"),
+                }
+            }
+            1
+        }
+    }
 }

@@ -76,7 +76,7 @@ fn namespace_of(meta: &kube::api::ObjectMeta) -> &str {
 }
 
 /// A 64-hex-digit ID, like Docker's, stable for one object.
-fn id_of(kind: &str, namespace: &str, name: &str) -> String {
+pub(super) fn id_of(kind: &str, namespace: &str, name: &str) -> String {
     let mut id = String::with_capacity(64);
     let mut chunk = stable_hash(&format!("{kind}/{namespace}/{name}"));
     for _ in 0..4 {

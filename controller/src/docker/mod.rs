@@ -17,3 +17,6 @@ pub mod import;
 mod import_containers;
 pub mod inspect;
 pub mod jsonpath;
+pub mod port;
+pub mod store;
+pub mod verbs;
