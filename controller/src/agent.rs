@@ -59,6 +59,7 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
         }
         reconciler.watch_events(kernel_changed.clone());
         reconciler.serve_dns();
+        reconciler.serve_loopback_ports();
     }
     let mut fingerprint = manifests::fingerprint(&opts.manifests);
     let mut file_watch = if opts.once { None } else { crate::source::file_watch::FileWatch::new(&opts.manifests) };

@@ -11,6 +11,7 @@ pub mod naming;
 pub mod objects;
 pub mod plan;
 pub mod progress;
+pub mod proxy;
 pub mod reconcile;
 pub mod running;
 pub mod source;

@@ -69,6 +69,8 @@ pub struct Reconciler {
     desired_generation: u64,
     /// The embedded DNS server (long-running agents only).
     dns: Option<crate::resolver::DnsServer>,
+    /// Published ports at [::1] (long-running agents).
+    loopback_proxy: Option<crate::proxy::LoopbackProxy>,
     /// At the first pass, read back from the kernel what attachments hold
     /// (a lost or corrupt state file must not move an address).
     recover_from_kernel: bool,
@@ -102,6 +104,7 @@ impl Reconciler {
             dataplane,
             recover_from_kernel: true,
             dns: None,
+            loopback_proxy: None,
             metrics: None,
             desired_generation: 0,
             last_plan: None,
@@ -141,6 +144,11 @@ impl Reconciler {
             metrics.attach_dns(dns.stats.clone());
         }
         self.dns = Some(dns);
+    }
+
+    /// Relay published ports at [::1] from now on (long-running agents).
+    pub fn serve_loopback_ports(&mut self) {
+        self.loopback_proxy = Some(crate::proxy::LoopbackProxy::default());
     }
 
     /// Watch kernel events, and keep a namespace made ahead (long-running
@@ -270,6 +278,9 @@ impl Reconciler {
         if let Some(dns) = &mut self.dns {
             let resolvers = self.last_plan.as_ref().map(|(_, f, _)| f.resolvers.clone()).unwrap_or_default();
             dns.update(&plan.desired.names, resolvers).await;
+        }
+        if let Some(proxy) = &mut self.loopback_proxy {
+            proxy.update(&plan.desired.firewall.ports).await;
         }
         node_errors.extend(report.node_errors.iter().cloned());
 

@@ -226,6 +226,7 @@ const INET_CHAINS: &str = "\
 	}
 	chain output {
 		type nat hook output priority -100; policy accept;
+		ip6 daddr ::1 return
 		dnat ip to ip daddr . meta l4proto . th dport map @ports_v4_ip
 		dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports_v6_ip
 		fib daddr type local dnat ip to meta l4proto . th dport map @ports_v4
@@ -252,7 +253,9 @@ const INET_CHAINS: &str = "\
 // prerouting: a 127/8 destination from outside is never DNATed (it would
 //   turn a martian into a valid packet); host-IP mappings first, then
 //   wildcard mappings for packets addressed to this node.
-// output: the same for connections from the node itself (incl. 127.0.0.1).
+// output: the same for connections from the node itself (incl. 127.0.0.1);
+//   ::1 is left to the agent's userland relay (crate::proxy): a packet
+//   from ::1 cannot be DNATed out of the node.
 // postrouting: 127/8 sources going to a container (route_localnet) and
 //   hairpin (DNATed from a bridge's subnet back out that bridge) are
 //   masqueraded; a subnet leaving through another interface is masqueraded
@@ -785,6 +788,7 @@ mod tests {
         assert!(t.contains("fib daddr type local dnat ip to meta l4proto . th dport map @ports_v4"));
         assert!(t.contains("dnat ip to ip daddr . meta l4proto . th dport map @ports_v4_ip"));
         assert!(t.contains("type nat hook output priority -100;"));
+        assert!(t.contains("priority -100; policy accept;\n\t\tip6 daddr ::1 return\n"), "::1 is relayed, never DNATed");
         assert!(t.contains("type nat hook prerouting priority dstnat;"));
         // Localhost publishing and hairpin; remote clients keep their source.
         assert!(t.contains("oifname @bridges ip saddr 127.0.0.0/8 masquerade"));

@@ -1114,6 +1114,10 @@ impl Dataplane {
                         self.node.set_link(h.index, host_name, change).await.map_err(|e| SyncReport::kernel(&e))?;
                         report.mutated("link");
                     }
+                    if h.hairpin != Some(true) {
+                        self.node.set_hairpin(h.index, host_name).await.map_err(|e| SyncReport::kernel(&e))?;
+                        report.mutated("link");
+                    }
                     return Ok(());
                 }
                 if let Some(i) = inner {

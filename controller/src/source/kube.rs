@@ -496,6 +496,7 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
     let mut reconciler = Reconciler::new(state, opts.node_name.clone())?.with_metrics(metrics);
     reconciler.watch_events(changed.clone());
     reconciler.serve_dns();
+    reconciler.serve_loopback_ports();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tracing::info!(node = %opts.node_name, "netlet Kubernetes agent starting; waiting for the initial lists");
