@@ -80,6 +80,14 @@ impl LoopbackProxy {
     }
 }
 
+impl LoopbackProxy {
+    /// Whether a socket the node lists is one of these relays (the agent's
+    /// own: no process stands in a published port's way there).
+    pub fn holds(&self, (protocol, ip, port): &(Protocol, IpAddr, u16)) -> bool {
+        *ip == IpAddr::V6(Ipv6Addr::LOCALHOST) && self.listeners.keys().any(|(p, hp, _)| p == protocol && hp == port)
+    }
+}
+
 impl Drop for LoopbackProxy {
     fn drop(&mut self) {
         self.listeners.values().for_each(JoinHandle::abort);

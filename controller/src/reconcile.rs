@@ -190,7 +190,10 @@ impl Reconciler {
     }
 
     async fn facts(&mut self, version: Option<u64>) -> NodeFacts {
-        let bound_ports = self.bound_ports(version);
+        let mut bound_ports = self.bound_ports(version);
+        if let Some(proxy) = &self.loopback_proxy {
+            bound_ports.retain(|b| !proxy.holds(b));
+        }
         let view = self.dataplane.node_view().await.unwrap_or_default();
         let (links, addrs) = (&view.0, &view.1);
         let mtus: BTreeMap<u32, u32> = links.iter().map(|l| (l.index, l.mtu)).collect();

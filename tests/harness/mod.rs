@@ -59,6 +59,8 @@ pub struct Node {
     agents: Vec<Child>,
     /// Agents started so far: agent-N.log is the log of the N-th.
     spawned: usize,
+    /// Extra environment of the agents it starts (a private D-Bus, ...).
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -78,7 +80,7 @@ impl Node {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("manifests")).unwrap();
         fs::create_dir_all(dir.join("empty")).unwrap();
-        Node { tag, name, node_name: node_name.into(), dir, agents: Vec::new(), spawned: 0 }
+        Node { tag, name, node_name: node_name.into(), dir, agents: Vec::new(), spawned: 0, agent_env: Vec::new() }
     }
 
     /// A name unique to this test (sandboxes, remote hosts).
@@ -119,7 +121,8 @@ impl Node {
             .arg("--state-dir")
             .arg(self.state_dir())
             .args(["--node-name", &self.node_name])
-            .env("RUST_LOG", std::env::var("NETLET_TEST_LOG").unwrap_or_else(|_| "info".into()));
+            .env("RUST_LOG", std::env::var("NETLET_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

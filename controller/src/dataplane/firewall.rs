@@ -42,6 +42,9 @@ pub enum FirewallError {
         #[source]
         source: io::Error,
     },
+    /// Another firewall's tool (iptables, firewall-cmd) refused netlet's rules.
+    #[error("{program} failed: {stderr}")]
+    Foreign { program: String, stderr: String },
     #[error("nft {action} failed: {}{}", first_error(.stderr), at_line(*.line_number, .line.as_deref()))]
     Nft {
         action: &'static str,
@@ -473,6 +476,10 @@ struct Applied {
 
 /// netlet's firewall in the current network namespace.
 pub struct NftFirewall {
+    /// netlet's rules in the other firewalls there (see `coexist`), and
+    /// the bridges they were last made for.
+    foreign: super::coexist::ForeignFirewalls,
+    foreign_bridges: Option<Vec<String>>,
     nft: PathBuf,
     last: Option<Applied>,
     /// Opened on the first element update, in the calling thread's namespace.
@@ -492,7 +499,7 @@ impl NftFirewall {
     }
 
     pub fn with_binary(nft: impl Into<PathBuf>) -> Self {
-        NftFirewall { nft: nft.into(), last: None, elements: None }
+        NftFirewall { foreign: Default::default(), foreign_bridges: None, nft: nft.into(), last: None, elements: None }
     }
 
     /// Converges our tables to `plan`. In sync (zero writes) when the live
@@ -500,6 +507,21 @@ impl NftFirewall {
     /// last apply of this same rendering; otherwise replaces them in one
     /// transaction. A table deleted or flushed behind our back is rebuilt.
     pub fn sync(&mut self, plan: &FirewallPlan) -> Result<SyncOutcome, FirewallError> {
+        let own = self.sync_own(plan)?;
+        // Then what other firewalls need from netlet to let its traffic by:
+        // checked when the bridges change and on the passes that found our
+        // own table in sync (drift checks), not on every published port.
+        let bridges: Vec<String> = plan.networks.iter().map(|n| n.bridge.clone()).collect();
+        if own.mutated() && self.foreign_bridges.as_ref() == Some(&bridges) {
+            return Ok(own);
+        }
+        self.foreign_bridges = None;
+        let foreign = self.foreign.sync(&bridges)?;
+        self.foreign_bridges = Some(bridges);
+        Ok(if foreign.mutated() { foreign } else { own })
+    }
+
+    fn sync_own(&mut self, plan: &FirewallPlan) -> Result<SyncOutcome, FirewallError> {
         let rendered = render(plan, BrNetfilter::detect())?;
         // What we want changed since our last apply: the kernel cannot hold
         // it yet, so skip the listing and apply straight away.
@@ -558,8 +580,10 @@ impl NftFirewall {
     /// Deletes our tables; in sync (nothing done) if they are absent.
     pub fn remove(&mut self) -> Result<SyncOutcome, FirewallError> {
         self.last = None;
+        self.foreign_bridges = None;
+        let foreign = self.foreign.sync(&[])?;
         if self.list()?.is_empty() {
-            return Ok(SyncOutcome::InSync);
+            return Ok(foreign);
         }
         self.run(&Ruleset::default().script(), "remove")?;
         Ok(SyncOutcome::Applied)

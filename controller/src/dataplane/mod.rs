@@ -5,6 +5,7 @@
 //! and changes only what differs (ensure / delete / prune). Every change is
 //! counted: an in-sync node costs zero mutations.
 
+pub mod coexist;
 pub mod dump;
 pub mod events;
 pub mod facts;
