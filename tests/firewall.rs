@@ -402,6 +402,14 @@ fn published_ports_answer_at_the_ipv6_loopback_like_at_127_0_0_1() {
     assert!(seen(8053, true).is_some(), "udp at [::1]");
     assert!(connect(&node.name, "127.0.0.1", 8080, false).is_some(), "127.0.0.1 as before");
     assert!(seen(8081, false).is_none(), "a port bound to 127.0.0.1 only is not at [::1]");
+    // The relay's own sockets are no process standing in the port's way:
+    // after a change (which re-reads the node's sockets), still Ready.
+    node.write(
+        "more.yaml",
+        "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: later}\nspec: {ipam: {config: [{subnet: 10.49.0.0/24}]}}\n",
+    );
+    wait_until("the new network", std::time::Duration::from_secs(10), || node.ready("networks", "later").0 == "True");
+    assert_eq!(node.ready("portmappings", "web"), ("True".to_string(), "Ready".to_string()));
     // Unpublished: gone from [::1] too.
     node.write("all.yaml", &format!("{NETWORKS}{}", att("web", "front", "web")));
     wait_until("[::1]:8080 to close", std::time::Duration::from_secs(5), || seen(8080, false).is_none());
