@@ -6,6 +6,7 @@ pub mod api;
 pub mod dataplane;
 pub mod docker;
 pub mod get;
+pub mod host_tools;
 pub mod metrics;
 pub mod naming;
 pub mod objects;

@@ -180,6 +180,11 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => {
             init_logging(cli.verbose);
+            let missing = netlet::host_tools::missing_required();
+            if !missing.is_empty() {
+                missing.iter().for_each(|m| eprintln!("error: {m}"));
+                return ExitCode::from(1);
+            }
             // One thread: the reconciler may setns briefly, so it must own
             // its thread rather than share a multi-threaded pool.
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

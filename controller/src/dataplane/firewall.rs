@@ -36,7 +36,7 @@ pub const TABLE: &str = "netlet";
 pub enum FirewallError {
     #[error("invalid firewall plan: {0}")]
     Invalid(String),
-    #[error("cannot run {program}: {source}")]
+    #[error("cannot run {program}: {source}{}", install_hint(program, source))]
     Spawn {
         program: String,
         #[source]
@@ -54,6 +54,14 @@ pub enum FirewallError {
         line_number: Option<usize>,
         line: Option<String>,
     },
+}
+
+/// ` (install the nftables package)` when the program is missing.
+fn install_hint(program: &str, error: &io::Error) -> String {
+    match crate::host_tools::package_of(program) {
+        Some(package) if error.kind() == io::ErrorKind::NotFound => format!(" (install the {package} package)"),
+        _ => String::new(),
+    }
 }
 
 fn first_error(stderr: &str) -> &str {
