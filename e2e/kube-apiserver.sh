@@ -4,9 +4,11 @@
 #
 # Built from Debian's `kubernetes` source package (1.20.5+really1.20.2, the
 # whole upstream tree with vendor/) with Debian's Go; etcd is Debian's
-# etcd-server. See e2e/README.md.
+# etcd-server. The same build also makes the node's binaries that
+# e2e/local-cluster.sh runs (kubelet, scheduler, controller-manager, the
+# pause container). See e2e/README.md.
 #
-#   e2e/kube-apiserver.sh build              build kube-apiserver + kubectl unless cached; prints the cache dir
+#   e2e/kube-apiserver.sh build              build every binary unless cached; prints the cache dir
 #   e2e/kube-apiserver.sh start DIR          etcd + apiserver with state under DIR; prints DIR/kubeconfig
 #   e2e/kube-apiserver.sh stop DIR           kill the PIDs in DIR/pids and wait for them
 #   e2e/kube-apiserver.sh restart-apiserver DIR   restart only the apiserver (same flags, same port)
@@ -18,6 +20,10 @@
 #   NETLET_KUBE_BIND_ADDRESS  address the apiserver listens on (default 127.0.0.1); tests run
 #                            the whole script inside a throwaway netns with 0.0.0.0 so
 #                            agents in other namespaces reach it over a veth
+#   NETLET_KUBE_SANS          more IP addresses (comma-separated) the serving certificate is valid for
+#   NETLET_KUBE_USERS         static token users: "USER" or "USER=GROUP,GROUP" entries, space-separated;
+#                            each token is written to DIR/tokens/USER (":" as "_")
+#   NETLET_KUBE_CONTROLLERS=1 a controller-manager will run: ServiceAccount admission stays on
 set -euo pipefail
 
 KUBE_VERSION=v1.20.2
@@ -28,30 +34,25 @@ DEB_SRC_VERSION_PREFIX=1.20.5+really1.20.2
 CACHE_ROOT=${NETLET_KUBE_CACHE:-/var/cache/netlet-kube}
 BIN_DIR=$CACHE_ROOT/$KUBE_VERSION
 READY_TIMEOUT=${NETLET_KUBE_READY_TIMEOUT:-60}
-# Bump when the build recipe changes (patches, flags): cached binaries with
-# another recipe are rebuilt.
-BUILD_RECIPE=2
+# Bump when the build recipe changes (patches, flags, binaries): cached
+# binaries with another recipe are rebuilt. SOURCE_RECIPE versions the
+# prepared source tree (patches), which a new binary list does not touch.
+BUILD_RECIPE=3
+SOURCE_RECIPE=2
+# What `build` makes: Go commands of the tree, plus `pause` (C, static).
+GO_BINARIES=(kube-apiserver kubectl kubelet kube-scheduler kube-controller-manager)
+BINARIES=("${GO_BINARIES[@]}" pause)
 
-log() { printf '[kube-apiserver.sh] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_TAG=kube-apiserver.sh
+# shellcheck source=e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-    sed -n '9,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+    grep '^#   e2e/kube-apiserver.sh' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
-as_root() {
-    if [[ $(id -u) -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-        die "need root for: $*"
-    fi
-}
-
 # ---------------------------------------------------------------- build ----
-
-apt_install() {
-    log "apt-get install $*"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2
-}
 
 ensure_runtime_deps() {
     local missing=()
@@ -77,6 +78,7 @@ ensure_build_deps() {
     command -v rsync >/dev/null || missing+=(rsync)
     command -v dpkg-source >/dev/null || missing+=(dpkg-dev)
     command -v make >/dev/null || missing+=(make)
+    command -v gcc >/dev/null || missing+=(gcc libc6-dev)
     [[ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ]] ||
         missing+=(golang-github-modern-go-reflect2-dev)
     # Source packages need a deb-src entry; derive one from the deb822 sources.
@@ -101,8 +103,9 @@ ensure_build_deps() {
 }
 
 binaries_cached() {
-    [[ -x $BIN_DIR/kube-apiserver && -x $BIN_DIR/kubectl ]] &&
-        [[ $(cat "$BIN_DIR/.recipe" 2>/dev/null) == "$BUILD_RECIPE" ]] &&
+    local b
+    for b in "${BINARIES[@]}"; do [[ -x $BIN_DIR/$b ]] || return 1; done
+    [[ $(cat "$BIN_DIR/.recipe" 2>/dev/null) == "$BUILD_RECIPE" ]] &&
         [[ $("$BIN_DIR/kubectl" version --client --short 2>/dev/null) == *"$KUBE_VERSION"* ]]
 }
 
@@ -131,7 +134,7 @@ build_locked() {
     local gopath=$work/gopath
     local t0=$SECONDS
     mkdir -p "$work"
-    if [[ $(cat "$tree/.netlet-prepared" 2>/dev/null) != "$BUILD_RECIPE" ]]; then
+    if [[ $(cat "$tree/.netlet-prepared" 2>/dev/null) != "$SOURCE_RECIPE" ]]; then
         rm -rf "$tree" "$work"/dl
         mkdir -p "$work/dl"
         log "downloading source package $DEB_SRC_PKG"
@@ -161,7 +164,7 @@ build_locked() {
                 die "$f: zero-value check not found (patch no longer applies)"
             sed -i 's/if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {/if data == nil {/' "$tree/$f"
         done
-        echo "$BUILD_RECIPE" >"$tree/.netlet-prepared"
+        echo "$SOURCE_RECIPE" >"$tree/.netlet-prepared"
     fi
 
     # GOPATH mode, as upstream 1.20 built (module mode fails on this tree).
@@ -186,12 +189,15 @@ build_locked() {
     done
     mkdir -p "$work/out"
     local b
-    for b in kube-apiserver kubectl; do
+    for b in "${GO_BINARIES[@]}"; do
         log "go build ./cmd/$b ($(go version | awk '{print $3}'))"
         (cd "$src" && go build -trimpath -ldflags "-s -w$ldflags" -o "$work/out/$b" "./cmd/$b")
     done
+    # The pod sandbox's process, as upstream builds it (static, no libc at run time).
+    log "gcc build/pause/linux/pause.c"
+    gcc -Os -Wall -Werror -static -DVERSION=v3.2-netlet -o "$work/out/pause" "$tree/build/pause/linux/pause.c"
     mkdir -p "$BIN_DIR"
-    for b in kube-apiserver kubectl; do
+    for b in "${BINARIES[@]}"; do
         install -m 0755 "$work/out/$b" "$BIN_DIR/.$b.tmp"
         mv -f "$BIN_DIR/.$b.tmp" "$BIN_DIR/$b"
     done
@@ -219,54 +225,6 @@ EOF
         [[ -z $(ss -ltnH "sport = :$p" 2>/dev/null) ]] && { echo "$p"; return 0; }
     done
     die "no free port"
-}
-
-# Seconds since $1 (or until $2), one decimal.
-elapsed() {
-    awk -v a="$1" -v b="${2:-$(date +%s.%N)}" 'BEGIN { printf "%.1f", b - a }'
-}
-
-abs_dir() {
-    [[ -n ${1:-} ]] || usage
-    mkdir -p "$1"
-    (cd "$1" && pwd -P)
-}
-
-# Alive and not a zombie.
-pid_alive() {
-    local pid=$1 state
-    state=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || return 1
-    state=${state%% *}
-    [[ -n $state && $state != Z && $state != X ]]
-}
-
-# The PID is one of ours: its command line names DIR (guards against PID reuse).
-pid_ours() {
-    local pid=$1 dir=$2
-    local cmdline
-    pid_alive "$pid" || return 1
-    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-    [[ $cmdline == *"$dir/"* ]]
-}
-
-# Waits up to TENTHS tenths of a second for PID to exit; fails if it did not.
-wait_exit() {
-    local pid=$1 tenths=$2 _
-    for _ in $(seq "$tenths"); do
-        pid_alive "$pid" || return 0
-        sleep 0.1
-    done
-    ! pid_alive "$pid"
-}
-
-kill_wait() {
-    local pid=$1 dir=$2
-    pid_ours "$pid" "$dir" || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    wait_exit "$pid" 150 && return 0
-    log "pid $pid ignored SIGTERM for 15 s; SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    wait_exit "$pid" 100 || die "pid $pid would not die"
 }
 
 write_pids() {
@@ -308,26 +266,74 @@ launch_apiserver() {
         --bind-address="${BIND_ADDRESS:-127.0.0.1}"
         --advertise-address=127.0.0.1
         --secure-port="$APISERVER_PORT"
-        --cert-dir="$dir/certs"
+        --tls-cert-file="$dir/certs/apiserver.crt"
+        --tls-private-key-file="$dir/certs/apiserver.key"
+        --client-ca-file="$dir/certs/ca.crt"
+        --kubelet-client-certificate="$dir/certs/apiserver-kubelet-client.crt"
+        --kubelet-client-key="$dir/certs/apiserver-kubelet-client.key"
+        --kubelet-preferred-address-types=InternalIP,Hostname
         --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT"
         --token-auth-file="$dir/tokens.csv"
-        --authorization-mode=RBAC
+        --authorization-mode=Node,RBAC
+        --enable-admission-plugins=NodeRestriction
         --service-account-issuer=https://kubernetes.default.svc.cluster.local
         --service-account-key-file="$dir/certs/sa.key"
         --service-account-signing-key-file="$dir/certs/sa.key"
         --service-cluster-ip-range=10.96.0.0/24
-        # No controller-manager runs: nothing would create the `default`
-        # ServiceAccount that this admission plugin demands of every Pod, and
-        # nothing needs the `kubernetes` Service endpoints (loopback anyway).
-        --disable-admission-plugins=ServiceAccount
         --endpoint-reconciler-type=none
         --allow-privileged=true
         --profiling=false
         --logtostderr=true
     )
+    # Without a controller-manager nothing creates the `default`
+    # ServiceAccount (or the token secrets) that this admission plugin
+    # demands of every Pod.
+    [[ ${CONTROLLERS:-0} == 1 ]] || args+=(--disable-admission-plugins=ServiceAccount)
     "$KUBE_APISERVER" "${args[@]}" </dev/null >>"$dir/logs/kube-apiserver.log" 2>&1 &
     echo $! >"$dir/apiserver.pid"
     write_pids "$dir"
+}
+
+# A CA of this API server's own, its serving certificate (valid for
+# 127.0.0.1, the in-cluster names and Service address, and
+# NETLET_KUBE_SANS), and the client certificate it shows kubelets.
+make_certs() {
+    local dir=$1 certs=$1/certs sans ip
+    [[ -f $certs/sa.key ]] || openssl genrsa -out "$certs/sa.key" 2048 2>/dev/null
+    [[ -f $certs/ca.crt ]] && return 0
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=netlet-e2e-ca" \
+        -keyout "$certs/ca.key" -out "$certs/ca.crt" 2>/dev/null
+    sans="IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default"
+    sans+=",DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    for ip in ${NETLET_KUBE_SANS//,/ }; do sans+=",IP:$ip"; done
+    sign "$certs" apiserver "/CN=kube-apiserver" "subjectAltName=$sans
+extendedKeyUsage=serverAuth"
+    sign "$certs" apiserver-kubelet-client "/CN=kube-apiserver-kubelet-client/O=system:masters" "extendedKeyUsage=clientAuth"
+}
+
+# sign CERTS NAME SUBJECT EXTENSIONS: NAME.key and NAME.crt signed by the CA.
+sign() {
+    local certs=$1 name=$2 subject=$3 ext=$4
+    openssl req -newkey rsa:2048 -nodes -subj "$subject" -keyout "$certs/$name.key" -out "$certs/$name.csr" 2>/dev/null
+    openssl x509 -req -in "$certs/$name.csr" -CA "$certs/ca.crt" -CAkey "$certs/ca.key" -CAcreateserial \
+        -days 30 -out "$certs/$name.crt" -extfile <(printf '%s\n' "$ext") 2>/dev/null
+    rm -f "$certs/$name.csr"
+}
+
+# Static tokens for NETLET_KUBE_USERS, space-separated USER or
+# USER=GROUP,GROUP entries: each user's token in tokens/USER (":" as "_").
+write_user_tokens() {
+    local dir=$1 entry user groups token
+    mkdir -p "$dir/tokens"
+    for entry in ${NETLET_KUBE_USERS:-}; do
+        user=${entry%%=*}
+        groups=""
+        [[ $entry == *=* ]] && groups=${entry#*=}
+        token=$(openssl rand -hex 24)
+        printf '%s,%s,%s,"%s"\n' "$token" "$user" "$user" "$groups" >>"$dir/tokens.csv"
+        printf '%s\n' "$token" >"$dir/tokens/${user//:/_}"
+        chmod 600 "$dir/tokens/${user//:/_}"
+    done
 }
 
 cmd_start() {
@@ -360,7 +366,8 @@ cmd_start() {
     printf '%s,admin,admin,system:masters\n' "$token" >"$dir/tokens.csv"
     printf '%s\n' "$token" >"$dir/token"
     chmod 600 "$dir/tokens.csv" "$dir/token"
-    [[ -f $dir/certs/sa.key ]] || openssl genrsa -out "$dir/certs/sa.key" 2048 2>/dev/null
+    write_user_tokens "$dir"
+    make_certs "$dir"
     cat >"$dir/env" <<EOF
 KUBE_APISERVER=$BIN_DIR/kube-apiserver
 KUBECTL=$BIN_DIR/kubectl
@@ -370,6 +377,7 @@ APISERVER_PORT=$api_port
 APISERVER_URL=https://127.0.0.1:$api_port
 TOKEN=$token
 BIND_ADDRESS=${NETLET_KUBE_BIND_ADDRESS:-127.0.0.1}
+CONTROLLERS=${NETLET_KUBE_CONTROLLERS:-0}
 EOF
 
     etcd --name netlet \
@@ -399,7 +407,7 @@ clusters:
 - name: netlet-e2e
   cluster:
     server: https://127.0.0.1:$api_port
-    insecure-skip-tls-verify: true
+    certificate-authority-data: $(base64 -w0 "$dir/certs/ca.crt")
 users:
 - name: admin
   user:

@@ -104,6 +104,24 @@ fn chart_default_networks_are_a_byte_identical_copy_of_the_manifest() {
 }
 
 #[test]
+fn chart_tenant_roles_are_a_byte_identical_copy_aggregated_into_view_and_edit() {
+    let top = read("manifests/tenant-roles.yaml");
+    assert_eq!(top, read("charts/netlet/files/tenant-roles.yaml"), "refresh with `cp manifests/tenant-roles.yaml charts/netlet/files/`");
+    let template = read("charts/netlet/templates/tenant-roles.yaml");
+    assert!(template.contains(".Files.Get \"files/tenant-roles.yaml\"") && template.contains(".Values.tenantRoles.enabled"));
+    let docs = documents(&top, "tenant-roles.yaml");
+    let role = |name: &str| docs.iter().find(|d| str_at(d, &["metadata", "name"]) == Some(name)).unwrap_or_else(|| panic!("{name}"));
+    let label = |r: &Yaml, l: &str| str_at(r, &["metadata", "labels", l]).map(String::from);
+    assert_eq!(label(role("netlet-view"), "rbac.authorization.k8s.io/aggregate-to-view").as_deref(), Some("true"));
+    assert_eq!(label(role("netlet-edit"), "rbac.authorization.k8s.io/aggregate-to-edit").as_deref(), Some("true"));
+    // Tenants never write Networks (the admin's) nor status (the agent's).
+    let edit = grants(seq(role("netlet-edit"), "rules"));
+    assert!(edit.iter().all(|(_, resource, _)| resource == "attachments" || resource == "portmappings"), "{edit:?}");
+    let view = grants(seq(role("netlet-view"), "rules"));
+    assert!(view.iter().all(|(_, _, verb)| ["get", "list", "watch"].contains(&verb.as_str())), "{view:?}");
+}
+
+#[test]
 fn versions_agree_between_the_crate_the_chart_and_the_manifests() {
     let version = env!("CARGO_PKG_VERSION");
     let chart: Yaml = serde_yaml::from_str(&read("charts/netlet/Chart.yaml")).unwrap();
@@ -555,6 +573,10 @@ fn the_daemonset_runs_the_agent_as_the_design_needs() {
     assert_eq!(host_path_of(str_at(state, &["name"]).unwrap()), "/var/lib/netlet", "the state dir is the node's");
     let etc = mount("/etc/netns");
     assert_eq!(host_path_of(str_at(etc, &["name"]).unwrap()), "/etc/netns");
+    // The record of the namespaces made lives as long as they do; the
+    // container's own /run is read-only.
+    let run = mount("/run/netlet");
+    assert_eq!(host_path_of(str_at(run, &["name"]).unwrap()), "/run/netlet");
 }
 
 #[test]
@@ -580,6 +602,9 @@ fn the_chart_daemonset_template_keeps_the_essentials() {
         ".Values.nodeSelector",
         ".Values.resources",
         "path: {{ .Values.stateDir }}",
+        "mountPath: /run/netlet",
+        "path: /run/netlet",
+        "name: KUBERNETES_SERVICE_HOST",
         "include \"netlet.image\"",
     ] {
         assert!(t.contains(needle), "charts/netlet/templates/daemonset.yaml lacks {needle:?}");
@@ -642,4 +667,75 @@ fn the_grafana_dashboard_uses_only_metrics_the_agent_exports() {
     let template = read("charts/netlet/templates/grafana-dashboard.yaml");
     assert!(template.starts_with("{{- if .Values.grafanaDashboard.enabled }}"), "the dashboard ConfigMap is optional");
     assert!(template.contains("kind: ConfigMap") && template.contains(".Files.Get \"dashboards/netlet.json\""));
+}
+
+// ---------------------------------------------------------------- image and versions
+
+/// The packages image/contents lists, in order.
+fn image_packages() -> Vec<String> {
+    read("image/contents")
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_dockerfile_and_the_offline_build_install_the_same_list() {
+    let packages = image_packages();
+    for needed in ["nftables", "netbase"] {
+        assert!(packages.iter().any(|p| p == needed), "image/contents lacks {needed}");
+    }
+    for line in read("image/contents").lines().filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty()) {
+        assert!(line.split_whitespace().skip(1).all(|f| f.starts_with('/')), "image/contents: {line:?} lists a package and absolute paths");
+        assert!(line.split_whitespace().count() > 1, "image/contents: {line:?} lists no file");
+    }
+    let dockerfile = read("Dockerfile");
+    assert!(dockerfile.contains("COPY image/contents /tmp/image-contents"), "the Dockerfile reads image/contents");
+    let installs: Vec<&str> = dockerfile.lines().filter(|l| l.contains("apt-get install")).collect();
+    assert_eq!(installs.len(), 1, "one install, from the list: {installs:?}");
+    assert!(installs[0].contains("/tmp/image-contents"), "{}", installs[0]);
+    for p in &packages {
+        assert!(!dockerfile.contains(p.as_str()), "the Dockerfile names {p} itself instead of reading image/contents");
+    }
+    assert!(read("image/build.sh").contains("$here/contents"), "image/build.sh reads image/contents");
+}
+
+#[test]
+fn every_example_object_has_a_name_kubernetes_accepts() {
+    // RFC 1123 subdomain, as the API server validates metadata.name.
+    let valid = |n: &str| {
+        n.len() <= 253
+            && n.split('.').all(|label| {
+                !label.is_empty()
+                    && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            })
+    };
+    let mut files = Vec::new();
+    yaml_files(&root().join("manifests"), &mut files);
+    for file in files {
+        for doc in documents(&fs::read_to_string(&file).unwrap(), &file.display().to_string()) {
+            if let Some(name) = str_at(&doc, &["metadata", "name"]) {
+                assert!(valid(name), "{}: {name:?} is not a name Kubernetes accepts", file.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn the_chart_admits_the_kubernetes_version_it_is_tested_on() {
+    let chart: Yaml = serde_yaml::from_str(&read("charts/netlet/Chart.yaml")).unwrap();
+    let constraint = str_at(&chart, &["kubeVersion"]).expect("Chart.yaml states kubeVersion");
+    let minimum = constraint.strip_prefix(">=").and_then(|v| v.strip_suffix("-0")).expect("kubeVersion is a lower bound \">=X.Y.Z-0\"");
+    let tested = read("e2e/kube-apiserver.sh")
+        .lines()
+        .find_map(|l| l.strip_prefix("KUBE_VERSION=v"))
+        .expect("KUBE_VERSION in kube-apiserver.sh")
+        .to_string();
+    let parse = |v: &str| v.split('.').map(|p| p.parse::<u32>().unwrap()).collect::<Vec<_>>();
+    assert!(parse(minimum) <= parse(&tested), "kubeVersion {constraint} refuses {tested}, the version tests/node.rs installs on");
+    assert!(read("charts/netlet/README.md").contains(&format!("Kubernetes {tested}")), "the chart's README names the tested version");
 }

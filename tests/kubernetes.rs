@@ -8,7 +8,8 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::kube::{ready_of, KubeCluster};
+use harness::kube::KubeCluster;
+use harness::kubectl::ready_of;
 use harness::*;
 use serde_json::Value;
 
@@ -360,4 +361,72 @@ fn overlay_across_three_nodes_racing_agents_never_duplicate_an_address() {
     });
     // Nobody else moved.
     assert_eq!(ip_of("c1x0"), addresses(&k.nodes[0].ns("c1x0"), "eth0")[0].split('/').next().unwrap());
+}
+
+/// The kernel state a test can compare across moments: the node's links
+/// (with their indexes) and addresses, a sandbox's, and netlet's nft table.
+fn kernel_snapshot(node: &Node, sandbox: &str) -> String {
+    let links = ip_json(&node.name, "link show").iter().map(|l| format!("{}:{}", l["ifindex"], l["ifname"])).collect::<Vec<_>>().join(" ");
+    // Global addresses: link-local ones settle (DAD) on their own.
+    let node_addrs = ip_json(&node.name, "link show")
+        .iter()
+        .map(|l| format!("{:?}", addresses(&node.name, l["ifname"].as_str().unwrap())))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let nft = String::from_utf8_lossy(&node.in_node("nft list table inet netlet").stdout).into_owned();
+    format!("{links}\n{node_addrs}\n{:?}\n{nft}", addresses(sandbox, "eth0"))
+}
+
+#[test]
+fn an_agent_whose_role_lacks_a_rule_says_which_and_changes_nothing() {
+    let mut k = KubeCluster::start(&["n1"]);
+    let agent = k.start_agent(0);
+    k.apply(&(network("web", "172.30.0.0/24", "") + &attachment("c1", "web", "n1")));
+    k.wait_ready("attachment", "default/c1", CONVERGE);
+    let sandbox = k.nodes[0].ns("c1");
+    let before = kernel_snapshot(&k.nodes[0], &sandbox);
+    let readyz = |k: &KubeCluster| String::from_utf8_lossy(&k.nodes[0].in_node("curl -s http://127.0.0.1:9464/readyz").stdout).into_owned();
+
+    // The operator's copy of the ClusterRole lost `attachments` from the
+    // rule the agent lists and watches with, and the agent restarts.
+    k.nodes[0].kill_agent(agent, nix::sys::signal::Signal::SIGTERM);
+    let rbac = std::fs::read_to_string(format!("{}/../manifests/rbac.yaml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let full_rule = "resources: [\"networks\", \"attachments\", \"portmappings\"]";
+    assert!(rbac.contains(full_rule), "manifests/rbac.yaml's first rule moved; update this test");
+    k.apply(&rbac.replace(full_rule, "resources: [\"networks\", \"portmappings\"]"));
+    let agent = k.start_agent(0);
+    wait_until("/readyz naming the refused call", CONVERGE, || readyz(&k).contains("list/watch attachments: "));
+    let why = readyz(&k);
+    assert!(why.contains("forbidden") && why.contains("system:serviceaccount:netlet-system:netlet"), "{why}");
+    let log = k.nodes[0].agent_log(1);
+    assert!(log.contains("ERROR") && log.contains("API refused a call the agent needs") && log.contains("attachments"), "{log}");
+    assert_eq!(log.matches("API refused a call").count(), 1, "logged once, not at every retry:\n{log}");
+    // It stays up and answers liveness (a restart would not fix RBAC), and
+    // it reconciles nothing from a partial view: the kernel is as it was.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        String::from_utf8_lossy(&k.nodes[0].in_node("curl -s -o /dev/null -w %{http_code} http://127.0.0.1:9464/healthz").stdout) == "200"
+    );
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent as i32), None).is_ok(), "the agent exited");
+    assert!(!log.contains("reconciled"), "a pass ran without the attachments:\n{log}");
+    assert_eq!(kernel_snapshot(&k.nodes[0], &sandbox), before);
+
+    // The rule comes back: the agent carries on by itself, still without
+    // changing what was right.
+    k.apply(&rbac);
+    wait_until("/readyz ok", Duration::from_secs(90), || readyz(&k).trim() == "ok");
+    assert!(k.nodes[0].agent_log(1).contains("API allows the call again"));
+    assert_eq!(kernel_snapshot(&k.nodes[0], &sandbox), before);
+    k.wait_ready("attachment", "default/c1", CONVERGE);
+
+    // Status writes refused: the dataplane follows the objects, the
+    // readiness says what the agent cannot report.
+    k.apply(&rbac.replace("resources: [\"attachments/status\", \"portmappings/status\"]", "resources: [\"portmappings/status\"]"));
+    k.apply(&attachment("c2", "web", "n1"));
+    wait_until("/readyz naming the status patch", CONVERGE, || readyz(&k).contains("patch attachments/status: "));
+    assert!(netns_exists(&k.nodes[0].ns("c2")), "c2 is realized all the same");
+    assert!(k.get("attachment", "default/c2")["status"].is_null());
+    k.apply(&rbac);
+    k.wait_ready("attachment", "default/c2", CONVERGE);
+    wait_until("/readyz ok again", CONVERGE, || readyz(&k).trim() == "ok");
 }

@@ -32,6 +32,11 @@ pub struct Metrics {
     dns: std::sync::Mutex<Option<Arc<crate::resolver::DnsStats>>>,
     /// Set after the first complete reconcile: `/readyz` answers 200.
     ready: AtomicBool,
+    /// What keeps the agent from doing its job, by what it was doing (an
+    /// API call the agent's role does not allow, say): while any is set,
+    /// `/readyz` answers 503 with them. Liveness is not affected: a
+    /// restart would not fix any of them.
+    problems: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 /// Per-network address usage, computed by the reconciler.
@@ -116,6 +121,7 @@ impl Metrics {
             dns_queries,
             dns: std::sync::Mutex::new(None),
             ready: AtomicBool::new(false),
+            problems: Default::default(),
         })
     }
 
@@ -159,7 +165,23 @@ impl Metrics {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && self.problems().is_empty()
+    }
+
+    /// Sets (Some) or clears (None) the problem of `what`; true when that
+    /// changed it (for logging a problem once, not at every retry).
+    pub fn set_problem(&self, what: &str, problem: Option<String>) -> bool {
+        let mut problems = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        match problem {
+            Some(p) => problems.insert(what.to_string(), p.clone()).as_ref() != Some(&p),
+            None => problems.remove(what).is_some(),
+        }
+    }
+
+    /// The problems set now, one "what: problem" line each.
+    pub fn problems(&self) -> Vec<String> {
+        let problems = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        problems.iter().map(|(what, p)| format!("{what}: {p}")).collect()
     }
 
     /// Reports the DNS server's counters from now on.
@@ -192,7 +214,13 @@ fn respond(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
         "/metrics" => (StatusCode::OK, metrics.render()),
         "/healthz" => (StatusCode::OK, "ok\n".to_string()),
         "/readyz" if metrics.is_ready() => (StatusCode::OK, "ok\n".to_string()),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "first reconcile not finished\n".to_string()),
+        "/readyz" => {
+            let mut why = metrics.problems();
+            if !metrics.ready.load(Ordering::Relaxed) {
+                why.push("first reconcile not finished".into());
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, why.join("\n") + "\n")
+        }
         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -249,6 +277,27 @@ mod tests {
         m.record(&outcome(true), false, &BTreeMap::new(), &BTreeMap::new());
         assert_eq!(respond(&m, "/readyz").status(), StatusCode::OK);
         assert_eq!(respond(&m, "/nope").status(), StatusCode::NOT_FOUND);
+    }
+
+    fn body(response: Response<Full<Bytes>>) -> String {
+        use http_body_util::BodyExt;
+        let bytes = futures::executor::block_on(response.into_body().collect()).unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_problem_makes_the_agent_unready_and_says_why_until_it_is_cleared() {
+        let m = Metrics::new();
+        m.record(&outcome(true), false, &BTreeMap::new(), &BTreeMap::new());
+        assert!(m.set_problem("list attachments", Some("forbidden".into())), "a new problem is news");
+        assert!(!m.set_problem("list attachments", Some("forbidden".into())), "the same one again is not");
+        let readyz = respond(&m, "/readyz");
+        assert_eq!(readyz.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body(readyz), "list attachments: forbidden\n");
+        assert_eq!(respond(&m, "/healthz").status(), StatusCode::OK, "liveness does not follow problems");
+        assert!(m.set_problem("list attachments", None));
+        assert!(!m.set_problem("list attachments", None));
+        assert_eq!(respond(&m, "/readyz").status(), StatusCode::OK);
     }
 
     #[test]

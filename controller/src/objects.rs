@@ -109,6 +109,17 @@ impl ObjectSet {
         self.port_mappings.sort_by_key(stamp);
     }
 
+    /// Creation order, ties broken by namespace/name: for a source whose
+    /// own order means nothing (the API server's lists, a reflector's
+    /// store), so that every agent, and every restart of one, sees the same
+    /// order (which decides interface names and default routes).
+    pub fn sort_by_creation_then_name(&mut self) {
+        self.networks.sort_by_key(|n| n.name_any());
+        self.attachments.sort_by_key(|a| attachment_key(a));
+        self.port_mappings.sort_by_key(|p| port_mapping_key(p));
+        self.sort_by_creation();
+    }
+
     pub fn is_sorted_by_creation(&self) -> bool {
         self.networks.is_sorted_by_key(stamp) && self.attachments.is_sorted_by_key(stamp) && self.port_mappings.is_sorted_by_key(stamp)
     }
@@ -135,5 +146,39 @@ impl ObjectSet {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AttachmentSpec, NetworkSpec};
+
+    fn stamped<K: kube::Resource>(mut o: K, second: i64) -> Arc<K> {
+        let t = k8s_openapi::jiff::Timestamp::from_second(second).unwrap();
+        o.meta_mut().creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t));
+        Arc::new(o)
+    }
+
+    #[test]
+    fn objects_created_in_the_same_second_are_ordered_by_name_whatever_order_they_came_in() {
+        let attachment = |name: &str, ns: &str, second| {
+            let mut a = Attachment::new(name, AttachmentSpec::default());
+            a.metadata.namespace = Some(ns.into());
+            stamped(a, second)
+        };
+        let mut set = ObjectSet {
+            networks: vec![stamped(Network::new("b", NetworkSpec::default()), 5), stamped(Network::new("a", NetworkSpec::default()), 5)],
+            attachments: vec![attachment("x", "default", 9), attachment("c", "other", 7), attachment("d", "default", 7)],
+            port_mappings: vec![],
+        };
+        set.sort_by_creation_then_name();
+        assert_eq!(set.networks.iter().map(|n| n.name_any()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            set.attachments.iter().map(|a| a.name_any()).collect::<Vec<_>>(),
+            ["d", "c", "x"],
+            "default/d < other/c, both before the later x"
+        );
+        assert!(set.is_sorted_by_creation());
     }
 }

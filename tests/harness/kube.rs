@@ -7,19 +7,27 @@
 //! every node namespace joins with a veth (10.97.0.N/24; the API server is
 //! 10.97.0.254): the agents reach the API server as on a real cluster, and
 //! the same bridge is the underlay between nodes for overlay networks.
-//! kubectl runs inside the control-plane namespace against 127.0.0.1.
+//! kubectl runs inside the control-plane namespace against 127.0.0.1, as
+//! cluster admin; the agents run as netlet's ServiceAccount, with exactly
+//! the rights manifests/rbac.yaml gives it, and verify the server's
+//! certificate.
 
-use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use serde_json::Value;
-
-use super::{ok, sh, wait_until, Node};
+use super::kubectl::Kubectl;
+use super::{ok, Node};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../e2e/kube-apiserver.sh");
 pub const API_ADDRESS: &str = "10.97.0.254";
+/// The user the agents run as: the shipped ServiceAccount's (a static
+/// token for its user name and groups), so the shipped ClusterRoleBinding
+/// in manifests/rbac.yaml, and nothing else, says what they may do.
+const AGENT_USER: &str = "system:serviceaccount:netlet-system:netlet=system:serviceaccounts,system:serviceaccounts:netlet-system";
+
+fn repo_root() -> String {
+    format!("{}/..", env!("CARGO_MANIFEST_DIR"))
+}
 
 pub struct KubeCluster {
     /// The control-plane namespace (named with node 0's tag, so dropping the
@@ -27,7 +35,7 @@ pub struct KubeCluster {
     pub cp: String,
     /// The API server's state dir: kubeconfig, env, logs.
     pub dir: PathBuf,
-    kubectl: String,
+    kubectl: Kubectl,
     /// The kubeconfig agents use: the API server's underlay address.
     pub node_kubeconfig: PathBuf,
     pub nodes: Vec<Node>,
@@ -63,20 +71,32 @@ impl KubeCluster {
             .args(["netns", "exec", &cp, SCRIPT, "start"])
             .arg(&dir)
             .env("NETLET_KUBE_BIND_ADDRESS", "0.0.0.0")
+            .env("NETLET_KUBE_SANS", API_ADDRESS)
+            .env("NETLET_KUBE_USERS", AGENT_USER)
             .output()
             .expect("kube-apiserver.sh runs");
         assert!(out.status.success(), "API server did not start: {}", String::from_utf8_lossy(&out.stderr));
         let env = std::fs::read_to_string(dir.join("env")).unwrap();
         let var = |k: &str| env.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap_or_else(|| panic!("{k} in env")).to_string();
+        // Agents reach the API server over the underlay, as the agent's
+        // ServiceAccount: only the shipped ClusterRole lets them do anything.
         let kubeconfig = std::fs::read_to_string(dir.join("kubeconfig")).unwrap();
+        let agent_token =
+            std::fs::read_to_string(dir.join("tokens").join(AGENT_USER.split('=').next().unwrap().replace(':', "_"))).unwrap();
         let node_kubeconfig = dir.join("kubeconfig-nodes");
-        std::fs::write(&node_kubeconfig, kubeconfig.replace("https://127.0.0.1:", &format!("https://{API_ADDRESS}:"))).unwrap();
-        let kubectl = format!("ip netns exec {cp} {} --kubeconfig {}/kubeconfig", var("KUBECTL"), dir.display());
+        let node_config = kubeconfig
+            .replace("https://127.0.0.1:", &format!("https://{API_ADDRESS}:"))
+            .replace(&format!("token: {}", var("TOKEN")), &format!("token: {}", agent_token.trim()));
+        assert!(node_config.contains(agent_token.trim()), "the agent's kubeconfig has the agent's token");
+        std::fs::write(&node_kubeconfig, node_config).unwrap();
+        let kubectl =
+            Kubectl::new(format!("ip netns exec {cp} {} --kubeconfig {}/kubeconfig", var("KUBECTL"), dir.display()), &nodes[0].tag);
         let cluster = KubeCluster { cp, dir, kubectl, node_kubeconfig, nodes };
         cluster.kubectl_ok(&format!("apply -f {}/../crds/netlet.io.yaml", env!("CARGO_MANIFEST_DIR")));
         cluster.kubectl_ok(
             "wait --for condition=established --timeout=30s crd/networks.netlet.io crd/attachments.netlet.io crd/portmappings.netlet.io",
         );
+        cluster.kubectl_ok(&format!("apply -f {root}/manifests/namespace.yaml -f {root}/manifests/rbac.yaml", root = repo_root()));
         for (i, name) in node_names.iter().enumerate() {
             cluster.apply(&format!(
                 "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}, zone: z{i}}}\n  annotations: {{netlet.io/vtep-address: \"{}\"}}\n",
@@ -84,54 +104,6 @@ impl KubeCluster {
             ));
         }
         cluster
-    }
-
-    /// The kubectl command line (for threads of a test).
-    pub fn kubectl_prefix(&self) -> String {
-        self.kubectl.clone()
-    }
-
-    pub fn kubectl(&self, args: &str) -> Output {
-        sh(&format!("{} {args}", self.kubectl))
-    }
-
-    pub fn kubectl_ok(&self, args: &str) -> String {
-        ok(&format!("{} {args}", self.kubectl))
-    }
-
-    /// `kubectl apply -f -` of `yaml`; `{T}` becomes node 0's tag.
-    pub fn apply(&self, yaml: &str) {
-        let yaml = yaml.replace("{T}", &self.nodes[0].tag);
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{} apply -f -", self.kubectl))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "kubectl apply failed: {}\n{yaml}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// One object as JSON, or Null if it does not exist.
-    pub fn get(&self, kind: &str, namespaced_name: &str) -> Value {
-        let (ns, name) = namespaced_name.split_once('/').map(|(n, m)| (format!("-n {n}"), m)).unwrap_or((String::new(), namespaced_name));
-        let out = self.kubectl(&format!("get {kind} {name} {ns} -o json"));
-        if !out.status.success() {
-            return Value::Null;
-        }
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-    }
-
-    /// (status, reason) of an object's Ready condition.
-    pub fn ready(&self, kind: &str, namespaced_name: &str) -> (String, String) {
-        ready_of(&self.get(kind, namespaced_name))
-    }
-
-    pub fn wait_ready(&self, kind: &str, namespaced_name: &str, timeout: Duration) {
-        wait_until(&format!("{kind} {namespaced_name} Ready"), timeout, || self.ready(kind, namespaced_name).0 == "True");
     }
 
     /// Starts node `i`'s agent against the API server.
@@ -161,9 +133,11 @@ impl KubeCluster {
     }
 }
 
-/// (status, reason) of an API object's Ready condition.
-pub fn ready_of(obj: &Value) -> (String, String) {
-    super::ready_in(&obj["status"])
+impl std::ops::Deref for KubeCluster {
+    type Target = Kubectl;
+    fn deref(&self) -> &Kubectl {
+        &self.kubectl
+    }
 }
 
 impl Drop for KubeCluster {

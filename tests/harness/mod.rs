@@ -8,7 +8,9 @@
 //! touches the host's own namespace, interfaces or firewall.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod kube;
+pub mod kubectl;
 
 use std::fs;
 use std::path::PathBuf;
@@ -70,12 +72,20 @@ impl Node {
 
     /// A node namespace for the agent that calls itself `node_name`.
     pub fn named(node_name: &str) -> Node {
+        let node = Self::unmade(node_name);
+        ok(&format!("ip netns add {name} && ip -n {name} link set lo up", name = node.name));
+        node
+    }
+
+    /// A node whose namespace (`name`) someone else makes, such as
+    /// e2e/local-cluster.sh with the tag as its prefix; dropping it still
+    /// removes every namespace with the tag.
+    pub fn unmade(node_name: &str) -> Node {
         require_root();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         // Ends in a letter: `t1x1y` is no prefix of `t1x10y` (cleanup matches prefixes).
         let tag = format!("t{}x{n}y", std::process::id() % 100_000);
         let name = format!("{tag}node");
-        ok(&format!("ip netns add {name} && ip -n {name} link set lo up"));
         let dir = std::env::temp_dir().join(format!("netlet-it-{tag}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("manifests")).unwrap();

@@ -76,24 +76,69 @@ pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-/// Starts a reflector for `api` that pokes `changed` on every event.
-fn reflect<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
+/// Starts a reflector for `api` that pokes `changed` on every event. A
+/// list or watch the agent's role refuses is a problem `/readyz` reports
+/// (see [`note_api`]) until the next event arrives.
+fn reflect<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>, metrics: Arc<Metrics>) -> Store<K>
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
+    let what = format!("list/watch {}", K::plural(&()));
     let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => changed.notify_one(),
-                Err(e) => tracing::warn!(error = %e, "watch interrupted; retrying with backoff"),
+                Ok(_) => {
+                    note_api(&metrics, &what, None);
+                    changed.notify_one()
+                }
+                Err(e) => {
+                    let refusal = match &e {
+                        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
+                            refused(e)
+                        }
+                        watcher::Error::WatchError(r) => (r.code == 401 || r.code == 403).then_some(&**r),
+                        _ => None,
+                    };
+                    if refusal.is_none() {
+                        tracing::warn!(error = %e, "watch interrupted; retrying with backoff");
+                    }
+                    note_api_refusal(&metrics, &what, refusal);
+                }
             }
         }
     });
     store
+}
+
+/// The API server's answer when it refused a call as unauthenticated (401)
+/// or forbidden (403): retrying cannot help until the operator changes the
+/// agent's credentials or role.
+fn refused(e: &kube::Error) -> Option<&kube::core::Status> {
+    match e {
+        kube::Error::Api(r) if r.code == 401 || r.code == 403 => Some(&**r),
+        _ => None,
+    }
+}
+
+/// Records how an API call went: a refusal becomes a problem `/readyz`
+/// reports, logged as an error once (not at every retry); success clears
+/// it. Other errors are transient and their callers log them.
+fn note_api(metrics: &Metrics, what: &str, error: Option<&kube::Error>) {
+    note_api_refusal(metrics, what, error.and_then(refused));
+}
+
+fn note_api_refusal(metrics: &Metrics, what: &str, refusal: Option<&kube::core::Status>) {
+    let problem = refusal.map(|r| format!("{} ({}); the agent's ClusterRole must allow it (manifests/rbac.yaml)", r.message, r.reason));
+    let logged = problem.clone();
+    if metrics.set_problem(what, problem) {
+        match logged {
+            Some(p) => tracing::error!(call = what, "API refused a call the agent needs: {p}"),
+            None => tracing::info!(call = what, "API allows the call again"),
+        }
+    }
 }
 
 /// An overlay without `peers` spans the Nodes it selects: each at its
@@ -167,6 +212,7 @@ struct Cluster {
     port_mappings: Store<PortMapping>,
     nodes: Store<Node>,
     recorder: Recorder,
+    metrics: Arc<Metrics>,
 }
 
 /// This node's desired objects, and the attachments, port mappings and
@@ -233,13 +279,13 @@ impl Cluster {
                 set.port_mappings.push(p);
             }
         }
-        set.sort_by_creation();
+        set.sort_by_creation_then_name();
         (set, deleting_attachments, deleting_pms, deleting_networks)
     }
 
     async fn ensure_finalizer<K>(&self, api: &Api<K>, obj: &K, finalizer: &str)
     where
-        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
     {
         if has_finalizer(obj, finalizer) || obj.meta().deletion_timestamp.is_some() {
             return;
@@ -249,7 +295,9 @@ impl Cluster {
         // resourceVersion makes this a conditional update: a concurrent
         // writer makes it fail with 409 and the next reconcile retries.
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-        match api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await {
+        let result = api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await;
+        note_api(&self.metrics, &format!("patch {}", K::plural(&())), result.as_ref().err());
+        match result {
             Ok(_) => {}
             // Another node added its copy of the same finalizer first.
             Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -261,14 +309,16 @@ impl Cluster {
 
     async fn remove_finalizer<K>(&self, api: &Api<K>, obj: &K, finalizer: &str)
     where
-        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
     {
         if !has_finalizer(obj, finalizer) {
             return;
         }
         let finalizers: Vec<&String> = obj.finalizers().iter().filter(|f| *f != finalizer).collect();
         let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-        match api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await {
+        let result = api.patch(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)).await;
+        note_api(&self.metrics, &format!("patch {}", K::plural(&())), result.as_ref().err());
+        match result {
             Ok(_) => tracing::info!(object = %obj.name_any(), "teardown done; finalizer removed"),
             Err(e) => {
                 tracing::warn!(object = %obj.name_any(), error = %e, "removing finalizer failed; will retry")
@@ -291,11 +341,12 @@ impl Cluster {
         let is_ready = ready_of(&want);
         let api = api_for(&obj.namespace().unwrap_or_default());
         let patch = json!({"status": want});
-        if let Err(e) =
+        let result =
             tokio::time::timeout(Duration::from_secs(10), api.patch_status(&obj.name_any(), &patch_params(), &Patch::Merge(&patch)))
                 .await
-                .unwrap_or_else(|_| Err(kube::Error::Service("timeout".into())))
-        {
+                .unwrap_or_else(|_| Err(kube::Error::Service("timeout".into())));
+        note_api(&self.metrics, &format!("patch {}/status", K::plural(&())), result.as_ref().err());
+        if let Err(e) = result {
             tracing::warn!(object = %obj.name_any(), error = %e, "status update failed; will retry");
             return;
         }
@@ -315,7 +366,9 @@ impl Cluster {
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+        let result = self.recorder.publish(&event, &obj.object_ref(&())).await;
+        note_api(&self.metrics, "create events.events.k8s.io", result.as_ref().err());
+        if let Err(e) = result {
             tracing::debug!(error = %e, "event not published");
         }
     }
@@ -351,7 +404,9 @@ impl Cluster {
             let api: Api<Network> = Api::all(self.client.clone());
             let mut blocks = cached;
             for _ in 0..10 {
-                let current = match api.get_status(&name).await {
+                let current = api.get_status(&name).await;
+                note_api(&self.metrics, "get networks/status", current.as_ref().err());
+                let current = match current {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(network = %name, error = %e, "cannot read the network to claim an address block; will retry");
@@ -371,7 +426,9 @@ impl Cluster {
                 status.address_blocks.push(AddressBlock { node: self.node.clone(), cidr: block.to_string() });
                 let mut updated = current.clone();
                 updated.status = Some(status);
-                match api.replace_status(&name, &post_params(), &updated).await {
+                let result = api.replace_status(&name, &post_params(), &updated).await;
+                note_api(&self.metrics, "update networks/status", result.as_ref().err());
+                match result {
                     Ok(_) => tracing::info!(network = %name, %block, "claimed an address block"),
                     Err(kube::Error::Api(e)) if e.code == 409 => {
                         tracing::info!(network = %name, "address block claim raced another writer (409); reading again")
@@ -395,7 +452,9 @@ impl Cluster {
         let ours: NetworkStatus = wanted.get("status").and_then(|s| serde_json::from_value(s.clone()).ok()).unwrap_or_default();
         let our_ready = ours.conditions.iter().find(|c| c.type_ == crate::api::READY).cloned();
         for _ in 0..5 {
-            let Ok(current) = api.get_status(name).await else {
+            let current = api.get_status(name).await;
+            note_api(&self.metrics, "get networks/status", current.as_ref().err());
+            let Ok(current) = current else {
                 return;
             };
             let mut status = current.status.clone().unwrap_or_default();
@@ -449,7 +508,9 @@ impl Cluster {
             status = new;
             let mut updated = current.clone();
             updated.status = Some(status);
-            match api.replace_status(name, &post_params(), &updated).await {
+            let result = api.replace_status(name, &post_params(), &updated).await;
+            note_api(&self.metrics, "update networks/status", result.as_ref().err());
+            match result {
                 Ok(_) => return,
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     tracing::info!(network = name, "network status changed under us (409); retrying with a fresh read");
@@ -475,17 +536,18 @@ fn ready_of(status: &Value) -> Option<bool> {
 pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
     let client = client(opts.kubeconfig.as_ref()).await?;
     let changed = Arc::new(Notify::new());
+    let metrics = Metrics::new();
     let cluster = Cluster {
-        networks: reflect(Api::<Network>::all(client.clone()), watcher::Config::default(), changed.clone()),
-        attachments: reflect(Api::<Attachment>::all(client.clone()), watcher::Config::default(), changed.clone()),
-        port_mappings: reflect(Api::<PortMapping>::all(client.clone()), watcher::Config::default(), changed.clone()),
+        networks: reflect(Api::<Network>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone()),
+        attachments: reflect(Api::<Attachment>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone()),
+        port_mappings: reflect(Api::<PortMapping>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone()),
         // Every Node: this one's labels select networks, the others' addresses are overlay VTEPs.
-        nodes: reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), changed.clone()),
+        nodes: reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone()),
         recorder: Recorder::new(client.clone(), Reporter { controller: "netlet".into(), instance: Some(opts.node_name.clone()) }),
         node: opts.node_name.clone(),
         client: client.clone(),
+        metrics: metrics.clone(),
     };
-    let metrics = Metrics::new();
     if let Some(addr) = opts.metrics_addr {
         match crate::metrics::serve(addr, metrics.clone()).await {
             Ok(bound) => tracing::info!(%bound, "serving /metrics, /healthz, /readyz"),
@@ -500,17 +562,21 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tracing::info!(node = %opts.node_name, "netlet Kubernetes agent starting; waiting for the initial lists");
+    // Nothing is reconciled before every list is in: a partial view (no
+    // Node labels, say) would tear down what a full one keeps. A list the
+    // API refuses is retried with backoff and reported by /readyz meanwhile.
     let lists = async {
         cluster.networks.wait_until_ready().await?;
         cluster.attachments.wait_until_ready().await?;
-        cluster.port_mappings.wait_until_ready().await
+        cluster.port_mappings.wait_until_ready().await?;
+        cluster.nodes.wait_until_ready().await
     };
     tokio::select! {
         r = lists => r?,
         _ = term.recv() => return Ok(0),
         _ = int.recv() => return Ok(0),
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), cluster.nodes.wait_until_ready()).await;
+    tracing::info!("initial lists complete");
 
     loop {
         let (objects, deleting_atts, deleting_pms, deleting_nets) = cluster.desired();

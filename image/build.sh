@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Builds the agent image offline, without Docker or a registry: the netlet
+# binary plus what image/contents lists (the same list the Dockerfile
+# installs), each ELF file with the shared libraries it loads, packed by
+# umoci into an OCI image archive.
+#
+#   image/build.sh [--binary PATH] [--tag TAG] OUT.tar
+#
+#   --binary PATH  the netlet binary (default: target/release/netlet, built
+#                  with `cargo build --release --locked` when missing)
+#   --tag TAG      the image's reference name in the archive (default: dev)
+#
+# Load it into containerd under a fully qualified name, as CRI resolves them:
+#   ctr -n k8s.io images import --base-name docker.io/netlet/netlet OUT.tar
+# (the archive's reference name TAG becomes docker.io/netlet/netlet:TAG).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+binary=""
+tag=dev
+out=""
+while (($#)); do
+    case $1 in
+        --binary) binary=$2; shift 2 ;;
+        --tag) tag=$2; shift 2 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) [[ -z $out ]] || { echo "image/build.sh: one output file only" >&2; exit 2; }; out=$1; shift ;;
+    esac
+done
+[[ -n $out ]] || { echo "usage: image/build.sh [--binary PATH] [--tag TAG] OUT.tar" >&2; exit 2; }
+log() { printf '[image/build.sh] %s\n' "$*" >&2; }
+
+if [[ -z $binary ]]; then
+    binary=$repo/target/release/netlet
+    [[ -x $binary ]] || (cd "$repo" && cargo build --release --locked --bin netlet >&2)
+fi
+[[ -x $binary ]] || { log "error: no netlet binary at $binary"; exit 1; }
+
+# The packages of the list, and umoci, installed here if missing.
+mapfile -t lines < <(sed -e 's/#.*//' "$here/contents" | awk 'NF')
+packages=()
+for line in "${lines[@]}"; do packages+=("$(awk '{print $1}' <<<"$line")"); done
+missing=()
+for p in "${packages[@]}" umoci; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    log "apt-get install ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+root=$work/rootfs
+# Debian's merged /usr: /bin, /sbin and /lib* point into /usr.
+mkdir -p "$root"/usr/{bin,sbin,lib,lib64} "$root"/{etc,tmp,run,var/lib/netlet,proc,sys,dev}
+for d in bin sbin lib lib64; do ln -s "usr/$d" "$root/$d"; done
+chmod 1777 "$root/tmp"
+
+# Copies FILE to the same path in the image; for an ELF file, also every
+# library the dynamic loader resolves for it (and the loader itself).
+copy() {
+    local file=$1 real dest
+    real=$(readlink -f "$file")
+    dest=$root/${file#/}
+    [[ $file == /bin/* || $file == /sbin/* || $file == /lib/* || $file == /lib64/* ]] && dest=$root/usr/${file#/}
+    mkdir -p "$(dirname "$dest")"
+    cp -L --preserve=mode "$real" "$dest"
+    if head -c 4 "$real" | grep -q 'ELF'; then
+        local lib
+        for lib in $(ldd "$real" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}'); do
+            [[ -e $root/usr/${lib#/} || -e $root/${lib#/} ]] || copy "$lib"
+        done
+    fi
+}
+
+copy_to() {
+    local file=$1 dest=$2
+    mkdir -p "$(dirname "$root$dest")"
+    cp -L --preserve=mode "$file" "$root$dest"
+}
+
+copy_to "$binary" /usr/local/bin/netlet
+for lib in $(ldd "$binary" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}'); do copy "$lib"; done
+for line in "${lines[@]}"; do
+    read -r package files <<<"$line"
+    [[ -n $files ]] || { log "error: image/contents: $package lists no files"; exit 1; }
+    for f in $files; do
+        [[ -e $f ]] || { log "error: $f (of package $package) is not on this machine"; exit 1; }
+        copy "$f"
+    done
+done
+printf 'root:x:0:0:root:/root:/usr/sbin/nologin\n' >"$root/etc/passwd"
+printf 'root:x:0:\n' >"$root/etc/group"
+
+# An OCI layout with one image, its one layer the rootfs above.
+layout=$work/oci
+umoci init --layout "$layout"
+umoci new --image "$layout:$tag"
+umoci unpack --image "$layout:$tag" "$work/bundle" >/dev/null
+cp -a "$root/." "$work/bundle/rootfs/"
+umoci repack --image "$layout:$tag" "$work/bundle"
+umoci config --image "$layout:$tag" \
+    --config.entrypoint /usr/local/bin/netlet --config.cmd run \
+    --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --config.label "org.opencontainers.image.source=https://github.com/netlet/netlet" \
+    --architecture amd64 --os linux
+umoci gc --layout "$layout"
+mkdir -p "$(dirname "$out")"
+tar -C "$layout" -cf "$out.tmp" .
+mv -f "$out.tmp" "$out"
+log "$(du -h "$out" | cut -f1) image $tag -> $out"
