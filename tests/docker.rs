@@ -31,18 +31,6 @@ fn text(out: &Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// IPv4 addresses `name` resolves to inside `ns`.
-fn resolve(ns: &str, name: &str) -> Vec<String> {
-    let out = sh(&format!("ip netns exec {ns} getent ahostsv4 {name}"));
-    let mut addrs: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("STREAM"))
-        .filter_map(|l| l.split_whitespace().next().map(String::from))
-        .collect();
-    addrs.dedup();
-    addrs
-}
-
 #[test]
 fn imported_docker_output_reproduces_addresses_names_and_published_ports() {
     let mut node = Node::new();

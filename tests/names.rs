@@ -40,18 +40,6 @@ metadata: {name: container4}
 spec: {network: isolated_nw, sandbox: {netns: "{T}c4"}, aliases: [app1]}
 "#;
 
-/// IPv4 addresses `name` resolves to inside `ns` (through its resolv.conf).
-fn resolve(ns: &str, name: &str) -> Vec<String> {
-    let out = sh(&format!("ip netns exec {ns} getent ahostsv4 {name}"));
-    let mut addrs: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("STREAM"))
-        .filter_map(|l| l.split_whitespace().next().map(String::from))
-        .collect();
-    addrs.dedup();
-    addrs
-}
-
 #[test]
 fn names_resolve_only_on_shared_networks_and_follow_changes() {
     let mut node = Node::new();

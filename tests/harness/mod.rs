@@ -305,6 +305,18 @@ pub fn links_with_prefix(ns: &str, prefix: &str) -> Vec<String> {
 
 // ---- traffic ----
 
+/// IPv4 addresses `name` resolves to inside `ns` (through its resolv.conf).
+pub fn resolve(ns: &str, name: &str) -> Vec<String> {
+    let out = sh(&format!("ip netns exec {ns} getent ahostsv4 {name}"));
+    let mut addrs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("STREAM"))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect();
+    addrs.dedup();
+    addrs
+}
+
 pub fn ping(from_ns: &str, addr: &str) -> bool {
     let flag = if addr.contains(':') { "-6" } else { "-4" };
     sh(&format!("ip netns exec {from_ns} ping {flag} -c1 -W2 {addr}")).status.success()

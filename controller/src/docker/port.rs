@@ -3,8 +3,8 @@
 //! `run -p` syntax) as the PortMapping `ATTACHMENT` in its own file, and
 //! `--unpublish` removes that file.
 
-use super::store::{key, wait_for, wait_gone, ManifestDir, Outcome};
-use super::verbs::{Place, Refused};
+use super::store::{key, wait_gone, ManifestDir};
+use super::verbs::{write_and_wait, Place, Refused};
 use crate::api::{Kind, PortBinding, PortMapping, PortMappingSpec, PortSpec, Protocol};
 use crate::state::StateDir;
 
@@ -149,17 +149,8 @@ fn publish(args: &PortArgs, place: &Place) -> Result<(), Refused> {
     if args.namespace != "default" {
         mapping.metadata.namespace = Some(args.namespace.clone());
     }
-    let file = store.write(&key, &mapping)?;
-    if !watched {
-        eprintln!("wrote {} (no agent reads {})", file.display(), dir.display());
-        return Ok(());
-    }
-    match wait_for(&place.state_dir, &key, place.timeout(), |p: &PortMapping| p.spec == mapping.spec)? {
-        Outcome::Ready(_) => Ok(()),
-        Outcome::Failed { reason, message } => {
-            Err(Refused(format!("{message} ({reason}); {} is kept: fix or --unpublish", file.display())))
-        }
-    }
+    let same = |p: &PortMapping| p.spec == mapping.spec;
+    write_and_wait(&store, &key, &mapping, place, same, Some("fix it, or --unpublish"))
 }
 
 #[cfg(test)]

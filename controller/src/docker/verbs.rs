@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use super::inspect::id_of;
 use super::store::{key, wait_for, wait_gone, ManifestDir, Outcome};
 use crate::api::{Attachment, AttachmentSpec, Driver, IpamConfig, Kind, MacvlanMode, MacvlanOptions, Network, NetworkSpec, Sandbox};
+use crate::objects::ObjectKey;
 use crate::state::DEFAULT_STATE_DIR;
 
 /// Where the verbs read and write, and whom they wait for.
@@ -60,6 +61,36 @@ fn refuse<T>(message: impl Into<String>) -> Result<T, Refused> {
 impl From<anyhow::Error> for Refused {
     fn from(e: anyhow::Error) -> Self {
         Refused(format!("{e:#}"))
+    }
+}
+
+/// Writes `object` as `key` and, when an agent reads the directory, waits
+/// until it realized this version of it (`same` tells the version). A
+/// refusal rolls the file back (as Docker leaves nothing behind), unless
+/// `keep` says why it stays.
+pub fn write_and_wait<T: serde::Serialize + serde::de::DeserializeOwned>(
+    store: &ManifestDir,
+    key: &ObjectKey,
+    object: &T,
+    place: &Place,
+    same: impl Fn(&T) -> bool,
+    keep: Option<&str>,
+) -> Result<(), Refused> {
+    let (dir, watched) = (&store.dir, place.resolve().1);
+    let file = store.write(key, object)?;
+    if !watched {
+        eprintln!("wrote {} (no agent reads {}: `netlet run --manifests {}` realizes it)", file.display(), dir.display(), dir.display());
+        return Ok(());
+    }
+    match wait_for(&place.state_dir, key, place.timeout(), same)? {
+        Outcome::Ready(_) => Ok(()),
+        Outcome::Failed { reason, message } => match keep {
+            Some(why) => refuse(format!("{message} ({reason}); {} is kept: {why}", file.display())),
+            None => {
+                std::fs::remove_file(&file).map_err(anyhow::Error::from)?;
+                refuse(format!("{message} ({reason}); {} removed again", file.display()))
+            }
+        },
     }
 }
 
@@ -167,7 +198,7 @@ pub fn network_spec(args: &CreateArgs, others: &[&Network]) -> Result<Network, R
 }
 
 pub fn create(args: &CreateArgs, place: &Place) -> Result<(), Refused> {
-    let (dir, watched) = place.resolve();
+    let (dir, _) = place.resolve();
     let store = ManifestDir::open(&dir)?;
     let networks: Vec<&Network> = store.loaded.objects.networks.iter().map(|n| n.as_ref()).collect();
     if networks.iter().any(|n| n.metadata.name.as_deref() == Some(args.name.as_str())) {
@@ -175,18 +206,7 @@ pub fn create(args: &CreateArgs, place: &Place) -> Result<(), Refused> {
     }
     let network = network_spec(args, &networks)?;
     let key = key(Kind::Network, None, &args.name);
-    let file = store.write(&key, &network)?;
-    if watched {
-        match wait_for(&place.state_dir, &key, place.timeout(), |n: &Network| n.spec == network.spec)? {
-            Outcome::Ready(_) => {}
-            Outcome::Failed { reason, message } => {
-                std::fs::remove_file(&file).map_err(anyhow::Error::from)?;
-                return refuse(format!("{message} ({reason}); {} removed again", file.display()));
-            }
-        }
-    } else {
-        eprintln!("wrote {} (no agent reads {}: `netlet run --manifests {}` realizes it)", file.display(), dir.display(), dir.display());
-    }
+    write_and_wait(&store, &key, &network, place, |n: &Network| n.spec == network.spec, None)?;
     println!("{}", id_of("Network", "", &args.name));
     Ok(())
 }
@@ -257,23 +277,12 @@ pub fn attachment_for(args: &ConnectArgs, store: &ManifestDir) -> Result<Attachm
 }
 
 pub fn connect(args: &ConnectArgs, place: &Place) -> Result<(), Refused> {
-    let (dir, watched) = place.resolve();
+    let (dir, _) = place.resolve();
     let store = ManifestDir::open(&dir)?;
     let attachment = attachment_for(args, &store)?;
     let name = attachment.metadata.name.clone().unwrap_or_default();
     let key = key(Kind::Attachment, None, &name);
-    let file = store.write(&key, &attachment)?;
-    if !watched {
-        eprintln!("wrote {} (no agent reads {})", file.display(), dir.display());
-        return Ok(());
-    }
-    match wait_for(&place.state_dir, &key, place.timeout(), |a: &Attachment| a.spec == attachment.spec)? {
-        Outcome::Ready(_) => Ok(()),
-        Outcome::Failed { reason, message } => {
-            std::fs::remove_file(&file).map_err(anyhow::Error::from)?;
-            refuse(format!("{message} ({reason}); {} removed again", file.display()))
-        }
-    }
+    write_and_wait(&store, &key, &attachment, place, |a: &Attachment| a.spec == attachment.spec, None)
 }
 
 #[derive(clap::Args)]
