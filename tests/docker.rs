@@ -197,3 +197,32 @@ fn network_verbs_write_yaml_and_wait_for_the_agent() {
 fn state_has(node: &Node, file: &str) -> bool {
     node.state_dir().join(file).exists()
 }
+
+#[test]
+fn inspect_reads_kubernetes_mode_objects_from_the_api_server() {
+    let mut k = harness::kube::KubeCluster::start(&["n1"]);
+    k.start_agent(0);
+    k.apply(
+        "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: web}\nspec: {ipam: {config: [{subnet: 172.30.0.0/24}]}}\n---\n\
+         apiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {name: c1, namespace: default}\n\
+         spec: {network: web, nodeName: n1, sandbox: {netns: \"{T}c1\"}}\n",
+    );
+    k.wait_ready("attachment", "default/c1", Duration::from_secs(30));
+    // The usual kubeconfig flag; run where the API server's address is.
+    let kubeconfig = k.dir.join("kubeconfig");
+    let inspect = |args: &str| {
+        let out = sh(&format!("ip netns exec {} {BIN} inspect {args} --kubeconfig {}", k.cp, kubeconfig.display()));
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, json, err) = inspect("network web");
+    assert_eq!(code, Some(0), "{err}");
+    let networks: Vec<Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(networks[0]["IPAM"]["Config"][0]["Subnet"], "172.30.0.0/24");
+    let members: Vec<&Value> = networks[0]["Containers"].as_object().unwrap().values().collect();
+    assert_eq!((members[0]["Name"].as_str(), members[0]["IPv4Address"].as_str()), (Some("c1"), Some("172.30.0.2/24")));
+    assert_ne!(networks[0]["Created"], "0001-01-01T00:00:00Z", "the API server's creation time");
+    let (_, ip, _) = inspect("attachment c1 -o jsonpath={[0].NetworkSettings.Networks.web.IPAddress}");
+    assert_eq!(ip, "172.30.0.2");
+    let (code, _, err) = inspect("attachment c1 -n elsewhere");
+    assert_eq!((code, err.trim()), (Some(1), "Error: No such attachment: c1"));
+}
