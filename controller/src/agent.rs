@@ -53,8 +53,13 @@ pub async fn run_standalone(opts: StandaloneOptions) -> anyhow::Result<i32> {
 
     let kernel_changed = std::sync::Arc::new(tokio::sync::Notify::new());
     if !opts.once {
+        // For `netlet network ...`: where to write, and that someone reads it.
+        if let Err(e) = crate::running::record(&opts.state_dir, &opts.manifests) {
+            tracing::warn!(error = %e, "cannot record the agent in the state dir; `netlet network` will not wait for it");
+        }
         reconciler.watch_events(kernel_changed.clone());
         reconciler.serve_dns();
+        reconciler.serve_loopback_ports();
     }
     let mut fingerprint = manifests::fingerprint(&opts.manifests);
     let mut file_watch = if opts.once { None } else { crate::source::file_watch::FileWatch::new(&opts.manifests) };

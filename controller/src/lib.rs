@@ -4,13 +4,17 @@
 pub mod agent;
 pub mod api;
 pub mod dataplane;
+pub mod docker;
 pub mod get;
+pub mod host_tools;
 pub mod metrics;
 pub mod naming;
 pub mod objects;
 pub mod plan;
 pub mod progress;
+pub mod proxy;
 pub mod reconcile;
+pub mod running;
 pub mod source;
 pub mod state;
 pub mod status;

@@ -1,4 +1,5 @@
-//! The `netlet` binary: agent (standalone or Kubernetes), `get`, `crds`.
+//! The `netlet` binary: agent (standalone or Kubernetes), `get`, `crds`,
+//! and the Docker user's commands (`import`, `inspect`, `network`, `port`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use netlet::api::Kind;
+use netlet::docker::commands::{self, ImportArgs, InspectArgs, NetworkArgs, PortCommand};
 use netlet::get::{self, OutputFormat, Query};
 use netlet::state::{StateDir, DEFAULT_STATE_DIR};
 
@@ -53,6 +55,14 @@ enum Command {
     Get(GetArgs),
     /// Print the CustomResourceDefinitions.
     Crds,
+    /// Turn another tool's description into netlet YAML (stdout).
+    Import(ImportArgs),
+    /// Show networks or attachments the way `docker network inspect` does.
+    Inspect(InspectArgs),
+    /// Docker's network verbs over the manifest directory.
+    Network(NetworkArgs),
+    /// List (or with -p publish) an attachment's ports, like `docker port`.
+    Port(PortCommand),
 }
 
 #[derive(clap::Args)]
@@ -138,6 +148,10 @@ fn main() -> ExitCode {
             print!("{}", netlet::api::crds_yaml());
             ExitCode::SUCCESS
         }
+        Command::Import(args) => ExitCode::from(commands::import(&args)),
+        Command::Inspect(args) => ExitCode::from(commands::inspect_command(&args)),
+        Command::Network(args) => ExitCode::from(commands::network(&args)),
+        Command::Port(args) => ExitCode::from(commands::port_command(&args)),
         Command::Get(args) => {
             let Some(kind) = Kind::parse(&args.kind) else {
                 eprintln!(
@@ -166,6 +180,11 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => {
             init_logging(cli.verbose);
+            let missing = netlet::host_tools::missing_required();
+            if !missing.is_empty() {
+                missing.iter().for_each(|m| eprintln!("error: {m}"));
+                return ExitCode::from(1);
+            }
             // One thread: the reconciler may setns briefly, so it must own
             // its thread rather than share a multi-threaded pool.
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -69,6 +69,8 @@ pub struct Reconciler {
     desired_generation: u64,
     /// The embedded DNS server (long-running agents only).
     dns: Option<crate::resolver::DnsServer>,
+    /// Published ports at [::1] (long-running agents).
+    loopback_proxy: Option<crate::proxy::LoopbackProxy>,
     /// At the first pass, read back from the kernel what attachments hold
     /// (a lost or corrupt state file must not move an address).
     recover_from_kernel: bool,
@@ -102,6 +104,7 @@ impl Reconciler {
             dataplane,
             recover_from_kernel: true,
             dns: None,
+            loopback_proxy: None,
             metrics: None,
             desired_generation: 0,
             last_plan: None,
@@ -143,6 +146,11 @@ impl Reconciler {
         self.dns = Some(dns);
     }
 
+    /// Relay published ports at [::1] from now on (long-running agents).
+    pub fn serve_loopback_ports(&mut self) {
+        self.loopback_proxy = Some(crate::proxy::LoopbackProxy::default());
+    }
+
     /// Watch kernel events, and keep a namespace made ahead (long-running
     /// agents): see `Dataplane::watch_events` and `keep_spare_namespace`.
     pub fn watch_events(&mut self, wake: Arc<tokio::sync::Notify>) {
@@ -182,7 +190,10 @@ impl Reconciler {
     }
 
     async fn facts(&mut self, version: Option<u64>) -> NodeFacts {
-        let bound_ports = self.bound_ports(version);
+        let mut bound_ports = self.bound_ports(version);
+        if let Some(proxy) = &self.loopback_proxy {
+            bound_ports.retain(|b| !proxy.holds(b));
+        }
         let view = self.dataplane.node_view().await.unwrap_or_default();
         let (links, addrs) = (&view.0, &view.1);
         let mtus: BTreeMap<u32, u32> = links.iter().map(|l| (l.index, l.mtu)).collect();
@@ -270,6 +281,9 @@ impl Reconciler {
         if let Some(dns) = &mut self.dns {
             let resolvers = self.last_plan.as_ref().map(|(_, f, _)| f.resolvers.clone()).unwrap_or_default();
             dns.update(&plan.desired.names, resolvers).await;
+        }
+        if let Some(proxy) = &mut self.loopback_proxy {
+            proxy.update(&plan.desired.firewall.ports).await;
         }
         node_errors.extend(report.node_errors.iter().cloned());
 

@@ -5,6 +5,7 @@
 //! and changes only what differs (ensure / delete / prune). Every change is
 //! counted: an in-sync node costs zero mutations.
 
+pub mod coexist;
 pub mod dump;
 pub mod events;
 pub mod facts;
@@ -1112,6 +1113,10 @@ impl Dataplane {
                     if !change.is_empty() {
                         self.view_changes.touch(host_name);
                         self.node.set_link(h.index, host_name, change).await.map_err(|e| SyncReport::kernel(&e))?;
+                        report.mutated("link");
+                    }
+                    if h.hairpin != Some(true) {
+                        self.node.set_hairpin(h.index, host_name).await.map_err(|e| SyncReport::kernel(&e))?;
                         report.mutated("link");
                     }
                     return Ok(());

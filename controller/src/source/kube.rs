@@ -65,7 +65,7 @@ pub struct KubeOptions {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
+pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)?;
@@ -558,6 +558,7 @@ pub async fn run_kubernetes(opts: KubeOptions) -> anyhow::Result<i32> {
     let mut reconciler = Reconciler::new(state, opts.node_name.clone())?.with_metrics(metrics);
     reconciler.watch_events(changed.clone());
     reconciler.serve_dns();
+    reconciler.serve_loopback_ports();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tracing::info!(node = %opts.node_name, "netlet Kubernetes agent starting; waiting for the initial lists");

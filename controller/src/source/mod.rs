@@ -5,4 +5,5 @@
 
 pub mod file_watch;
 pub mod kube;
+pub mod kube_list;
 pub mod manifests;
