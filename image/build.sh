@@ -58,20 +58,35 @@ mkdir -p "$root"/usr/{bin,sbin,lib,lib64} "$root"/{etc,tmp,run,var/lib/netlet,pr
 for d in bin sbin lib lib64; do ln -s "usr/$d" "$root/$d"; done
 chmod 1777 "$root/tmp"
 
-# Copies FILE to the same path in the image; for an ELF file, also every
-# library the dynamic loader resolves for it (and the loader itself).
+# Where PATH goes in the image (merged /usr: /lib/x -> /usr/lib/x).
+image_path() {
+    case $1 in
+        /bin/* | /sbin/* | /lib/* | /lib64/*) echo "$root/usr$1" ;;
+        *) echo "$root$1" ;;
+    esac
+}
+
+# Copies PATH to the same path in the image: a symlink as a symlink (and
+# what it points to), a directory with everything in it, an ELF file with
+# every library the dynamic loader resolves for it (and the loader).
 copy() {
-    local file=$1 real dest
-    real=$(readlink -f "$file")
-    dest=$root/${file#/}
-    [[ $file == /bin/* || $file == /sbin/* || $file == /lib/* || $file == /lib64/* ]] && dest=$root/usr/${file#/}
+    local file=$1 dest
+    dest=$(image_path "$file")
+    [[ -e $dest || -L $dest ]] && return 0
     mkdir -p "$(dirname "$dest")"
-    cp -L --preserve=mode "$real" "$dest"
-    if head -c 4 "$real" | grep -q 'ELF'; then
-        local lib
-        for lib in $(ldd "$real" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}'); do
-            [[ -e $root/usr/${lib#/} || -e $root/${lib#/} ]] || copy "$lib"
-        done
+    if [[ -L $file ]]; then
+        ln -s "$(readlink "$file")" "$dest"
+        copy "$(readlink -f "$file")"
+    elif [[ -d $file ]]; then
+        mkdir -p "$dest"
+        local f
+        for f in "$file"/*; do copy "$f"; done
+    else
+        cp --preserve=mode "$file" "$dest"
+        if head -c 4 "$file" | grep -q 'ELF'; then
+            local lib
+            for lib in $(ldd "$file" 2>/dev/null | awk '/=> \// {print $3} /^\t\/lib/ {print $1}'); do copy "$lib"; done
+        fi
     fi
 }
 
