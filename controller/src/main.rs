@@ -77,6 +77,9 @@ struct RunArgs {
     metrics_addr: Option<String>,
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Serve netlet-cni (the CNI plugin) on this unix socket.
+    #[arg(long)]
+    cni_socket: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -175,6 +178,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            // Issue 21 hook: the CNI socket, answered by a pass-through
+            // consumer until the reconciler takes pod sandboxes.
+            if let Some(socket) = &args.cni_socket {
+                if let Err(e) = netlet::cni::serve_pass_through(runtime.handle(), socket) {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            }
             let kubernetes = args.manifests.is_none();
             let default_metrics = if kubernetes { "0.0.0.0:9464" } else { "127.0.0.1:9464" };
             let metrics_addr = match args.metrics_addr.as_deref().unwrap_or(default_metrics) {
