@@ -168,6 +168,7 @@ impl CniError {
     pub const IO_FAILURE: u32 = 5;
     pub const DECODING_FAILURE: u32 = 6;
     pub const INVALID_NETWORK_CONFIG: u32 = 7;
+    pub const INVALID_NETNS: u32 = 8;
     pub const TRY_AGAIN_LATER: u32 = 11;
     /// netlet's own: the agent could not realize or verify the pod's
     /// attachments (the message says which and why).

@@ -135,6 +135,13 @@ fn prepare(
     let ifname = var("CNI_IFNAME");
     validate_interface_name(&ifname).map_err(fail)?;
     let pod = pod_of(&var("CNI_ARGS")).map_err(fail)?;
+    let netns = var("CNI_NETNS");
+    if is_own_namespace(&netns) {
+        return Err(fail(
+            CniError::new(CniError::INVALID_NETNS, "CNI_NETNS is the plugin's own network namespace (the node's), not a sandbox's")
+                .with_details(netns),
+        ));
+    }
     if command == Command::Check {
         if !result::allows_check(&version) {
             return Err(fail(CniError::new(CniError::INCOMPATIBLE_VERSION, format!("config version {version} does not allow CHECK"))));
@@ -155,7 +162,7 @@ fn prepare(
         Some(0) => return Err(fail(CniError::new(CniError::INVALID_NETWORK_CONFIG, "timeoutSeconds must be at least 1"))),
         Some(seconds) => Duration::from_secs(seconds),
     };
-    let request = Request { command, container_id, netns: var("CNI_NETNS"), ifname, pod, config };
+    let request = Request { command, container_id, netns, ifname, pod, config };
     Ok((request, socket, timeout))
 }
 
@@ -182,6 +189,15 @@ pub fn pod_of(args: &str) -> Result<Option<Pod>, CniError> {
         _ => Err(CniError::new(CniError::INVALID_ENVIRONMENT, "CNI_ARGS names a pod without both K8S_POD_NAMESPACE and K8S_POD_NAME")
             .with_details(args.to_string())),
     }
+}
+
+/// Whether `netns` names the namespace this process runs in: the same
+/// nsfs inode as /proc/self/ns/net. A path that cannot be read is no
+/// match (DEL may name one already gone; the agent checks the rest).
+fn is_own_namespace(netns: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |path: &str| std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+    !netns.is_empty() && id(netns).is_some_and(|ns| Some(ns) == id("/proc/self/ns/net"))
 }
 
 /// An alphanumeric, then alphanumerics, `_`, `.` and `-` (the spec's rule
@@ -450,6 +466,13 @@ mod tests {
             ("ifname with a slash", env_with("CNI_IFNAME", "eth/0"), chained_config(), CniError::INVALID_ENVIRONMENT),
             ("CNI_ARGS without =", env_with("CNI_ARGS", "K8S_POD_NAME"), chained_config(), CniError::INVALID_ENVIRONMENT),
             ("pod without namespace", env_with("CNI_ARGS", "K8S_POD_NAME=web"), chained_config(), CniError::INVALID_ENVIRONMENT),
+            ("the node's own namespace", env_with("CNI_NETNS", "/proc/self/ns/net"), chained_config(), CniError::INVALID_NETNS),
+            (
+                "the node's own namespace by PID",
+                env_with("CNI_NETNS", &format!("/proc/{}/ns/net", std::process::id())),
+                chained_config(),
+                CniError::INVALID_NETNS,
+            ),
         ];
         for (what, env, config, code) in cases {
             let agent = FakeAgent::nothing_to_add();
