@@ -53,6 +53,26 @@ enum Command {
     Get(GetArgs),
     /// Print the CustomResourceDefinitions.
     Crds,
+    /// Put netlet-cni on this node: into the CNI bin dir, chained into the
+    /// primary conflist (the chart's init container runs this).
+    CniInstall(CniInstallArgs),
+}
+
+#[derive(clap::Args)]
+struct CniInstallArgs {
+    /// The netlet-cni binary to copy.
+    #[arg(long, default_value = "/usr/local/bin/netlet-cni")]
+    binary: PathBuf,
+    #[arg(long, default_value = "/opt/cni/bin")]
+    bin_dir: PathBuf,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    conf_dir: PathBuf,
+    /// The agent's CNI socket (netlet run --cni-socket), for the plugin's entry.
+    #[arg(long, default_value = netlet::cni::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Take netlet-cni off the node instead.
+    #[arg(long)]
+    remove: bool,
 }
 
 #[derive(clap::Args)]
@@ -140,6 +160,29 @@ fn main() -> ExitCode {
         Command::Crds => {
             print!("{}", netlet::api::crds_yaml());
             ExitCode::SUCCESS
+        }
+        Command::CniInstall(args) => {
+            let place = netlet::cni::install::Placement {
+                binary: args.binary,
+                bin_dir: args.bin_dir,
+                conf_dir: args.conf_dir,
+                socket: args.socket,
+            };
+            let (verb, done) = if args.remove {
+                ("remove", netlet::cni::install::remove(&place))
+            } else {
+                ("install", netlet::cni::install::install(&place))
+            };
+            match done {
+                Ok(changes) => {
+                    println!("netlet-cni {verb}: {changes}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: netlet-cni {verb}: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Get(args) => {
             let Some(kind) = Kind::parse(&args.kind) else {

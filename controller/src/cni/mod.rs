@@ -26,9 +26,12 @@
 //! Until the reconciler takes pod sandboxes, [`serve_pass_through`] runs
 //! the socket with [`pass_through`]: nothing of netlet's in any sandbox.
 
+pub mod install;
 mod server;
 
-pub use netlet_cni::{Added, CniError, Command, Interface, IpConfig, Pod, Reply, Request, Route};
+pub use netlet_cni::{
+    Added, CniError, Command, Interface, IpConfig, NetworkConfig, Pod, Reply, Request, Route, DEFAULT_SOCKET, PLUGIN_TYPE,
+};
 pub use server::{CniCall, CniSocket, CniSocketError};
 
 use std::path::Path;
@@ -45,7 +48,7 @@ pub async fn pass_through(mut calls: mpsc::Receiver<CniCall>) {
     while let Some(call) = calls.recv().await {
         let r = &call.request;
         let pod = r.pod.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_default();
-        tracing::info!(command = r.command.as_str(), %pod, container = %r.container_id, netns = %r.netns, "CNI call: nothing of netlet's in this sandbox");
+        tracing::info!(command = %r.command.as_str(), %pod, container = %r.container_id, netns = %r.netns, "CNI call: nothing of netlet's in this sandbox");
         call.reply(Ok(Added::default()));
     }
 }
