@@ -48,7 +48,8 @@ pub async fn pass_through(mut calls: mpsc::Receiver<CniCall>) {
     while let Some(call) = calls.recv().await {
         let r = &call.request;
         let pod = r.pod.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_default();
-        tracing::info!(command = %r.command.as_str(), %pod, container = %r.container_id, netns = %r.netns, "CNI call: nothing of netlet's in this sandbox");
+        let uid = r.pod.as_ref().and_then(|p| p.uid.as_deref()).unwrap_or_default();
+        tracing::info!(command = %r.command.as_str(), %pod, %uid, container = %r.container_id, netns = %r.netns, "CNI call: nothing of netlet's in this sandbox");
         call.reply(Ok(Added::default()));
     }
 }
