@@ -177,7 +177,9 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
     wait_until("netlet-edit aggregated into edit", CONVERGE, || can_as("alice", "create attachments.netlet.io -n team-a"));
     assert!(can_as("alice", "delete portmappings.netlet.io -n team-a") && can_as("bob", "list attachments.netlet.io -n team-a"));
     assert!(!can_as("alice", "create attachments.netlet.io -n default"), "edit in team-a only");
-    assert!(!can_as("alice", "create networks.netlet.io") && !can_as("alice", "patch attachments.netlet.io --subresource=status -n team-a"));
+    assert!(
+        !can_as("alice", "create networks.netlet.io") && !can_as("alice", "patch attachments.netlet.io --subresource=status -n team-a")
+    );
     assert!(!can_as("bob", "create attachments.netlet.io -n team-a"), "view reads only");
 
     // Docker's scenarios, applied with kubectl: realized and reported.
