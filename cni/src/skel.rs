@@ -5,8 +5,9 @@
 //!
 //! DEL when no agent listens (socket missing or refusing) succeeds: the
 //! spec asks DEL to tolerate missing resources, and an agent that is down
-//! holds nothing it could release now; when it starts again it compares
-//! the sandboxes it recorded with the kernel and drops those that are gone.
+//! has nothing it could release now. The agent's side of that bargain: it
+//! keeps the sandboxes it was told of and, when it starts, checks them
+//! against the kernel, dropping those that are gone.
 //! An agent that is up but does not answer in time, or answers with an
 //! error, fails the DEL (code 11 or its own), so the runtime retries it.
 //! ADD and CHECK always need the agent: without it, code 11 (try again).
