@@ -14,14 +14,13 @@ mod harness;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use harness::cluster::{LocalCluster, NODE_NAME};
+use harness::cluster::{LocalCluster, NODE_NAME, SYSTEM};
 use harness::*;
 use serde_json::Value;
 
 const ROLLOUT: Duration = Duration::from_secs(120);
 const CONVERGE: Duration = Duration::from_secs(60);
 const AGENT: &str = "app.kubernetes.io/name=netlet";
-const SYSTEM: &str = "netlet-system";
 /// The Docker scenarios that can share one node (default-bridge.yaml
 /// reuses user-defined-bridge.yaml's container names).
 const EXAMPLES: &[&str] = &[
@@ -136,16 +135,6 @@ fn uid(pod: &Value) -> String {
     pod["metadata"]["uid"].as_str().unwrap_or_default().to_string()
 }
 
-fn helm_install(c: &LocalCluster, extra: &str) -> String {
-    c.helm(&format!(
-        "install netlet {} -n {SYSTEM} --wait --timeout 120s --set stateDir={},apiServer.host={},apiServer.port={},resyncPeriod=5s {extra}",
-        repo("charts/netlet"),
-        c.node.state_dir().display(),
-        c.api_host,
-        c.api_port
-    ))
-}
-
 #[test]
 fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
     let c = LocalCluster::up();
@@ -154,16 +143,12 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
 
     // The image, built offline from this repository and loaded into the
     // node's containerd under the chart's default name and tag.
-    let chart: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(repo("charts/netlet/Chart.yaml")).unwrap()).unwrap();
-    let app_version = chart["appVersion"].as_str().unwrap().to_string();
-    let archive = c.dir.join("netlet.tar");
-    ok(&format!("{} --binary {BIN} --tag {app_version} {}", repo("image/build.sh"), archive.display()));
-    c.load_image(&archive, "ghcr.io/netlet/netlet");
+    c.load_agent_image();
 
     // helm install: the pod turns Ready through its probes.
     c.helm(&format!("lint --strict {}", repo("charts/netlet")));
     c.kubectl_ok(&format!("create namespace {SYSTEM}"));
-    helm_install(&c, "");
+    c.helm_install("");
     let pod = c.wait_one_ready_pod(SYSTEM, AGENT, ROLLOUT, |_| true);
     assert_eq!(pod["spec"]["nodeName"], NODE_NAME);
     assert_eq!(pod["spec"]["hostNetwork"], true);
@@ -272,11 +257,18 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
 
     // `kubectl apply -f manifests/` gives the same result as the chart: the
     // same agent, role and networks take the node over without a change.
-    // Two edits, as a user of this cluster makes them with kustomize or
+    // Edits, as a user of this cluster makes them with kustomize or
     // sed: the state dir (the test's, not the machine's /var/lib/netlet)
     // and the API server's address (no kube-proxy here; the chart's
-    // apiServer.host).
-    let daemonset = std::fs::read_to_string(repo("manifests/daemonset.yaml")).unwrap().replace("/var/lib/netlet", &c.node.state_dir().display().to_string()).replace(
+    // apiServer.host); and the CNI directories and socket, as the chart's
+    // cni values.
+    let daemonset = std::fs::read_to_string(repo("manifests/daemonset.yaml"))
+        .unwrap()
+        .replace("/var/lib/netlet", &c.node.state_dir().display().to_string())
+        .replace("/opt/cni/bin", &c.cni_bin_dir().display().to_string())
+        .replace("/etc/cni/net.d", &c.cni_conf_dir().display().to_string())
+        .replace("/run/netlet/cni.sock", &c.cni_socket().display().to_string())
+        .replace(
         "        env:\n",
         &format!("        env:\n        - {{name: KUBERNETES_SERVICE_HOST, value: \"{}\"}}\n        - {{name: KUBERNETES_SERVICE_PORT, value: \"{}\"}}\n", c.api_host, c.api_port),
     );
@@ -300,7 +292,7 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
     // removing everything.
     c.kubectl_ok(&format!("delete -f {} -f {} --wait", c.dir.join("daemonset.yaml").display(), repo("manifests/rbac.yaml")));
     wait_until("the manifests' agent gone", ROLLOUT, || c.pods(SYSTEM, AGENT).is_empty());
-    helm_install(&c, "--set defaultNetworks.enabled=false");
+    c.helm_install("--set defaultNetworks.enabled=false");
     let reinstalled = c.wait_one_ready_pod(SYSTEM, AGENT, ROLLOUT, |_| true);
     agent_first_pass_changed_nothing(&c, &reinstalled, 0);
     c.kubectl_ok("delete portmappings,attachments --all -A --wait --timeout=60s");

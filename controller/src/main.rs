@@ -63,6 +63,26 @@ enum Command {
     Network(NetworkArgs),
     /// List (or with -p publish) an attachment's ports, like `docker port`.
     Port(PortCommand),
+    /// Put netlet-cni on this node: into the CNI bin dir, chained into the
+    /// primary conflist (the chart's init container runs this).
+    CniInstall(CniInstallArgs),
+}
+
+#[derive(clap::Args)]
+struct CniInstallArgs {
+    /// The netlet-cni binary to copy.
+    #[arg(long, default_value = "/usr/local/bin/netlet-cni")]
+    binary: PathBuf,
+    #[arg(long, default_value = "/opt/cni/bin")]
+    bin_dir: PathBuf,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    conf_dir: PathBuf,
+    /// The agent's CNI socket (netlet run --cni-socket), for the plugin's entry.
+    #[arg(long, default_value = netlet::cni::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Take netlet-cni off the node instead.
+    #[arg(long)]
+    remove: bool,
 }
 
 #[derive(clap::Args)]
@@ -87,6 +107,9 @@ struct RunArgs {
     metrics_addr: Option<String>,
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Serve netlet-cni (the CNI plugin) on this unix socket.
+    #[arg(long)]
+    cni_socket: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -152,6 +175,29 @@ fn main() -> ExitCode {
         Command::Inspect(args) => ExitCode::from(commands::inspect_command(&args)),
         Command::Network(args) => ExitCode::from(commands::network(&args)),
         Command::Port(args) => ExitCode::from(commands::port_command(&args)),
+        Command::CniInstall(args) => {
+            let place = netlet::cni::install::Placement {
+                binary: args.binary,
+                bin_dir: args.bin_dir,
+                conf_dir: args.conf_dir,
+                socket: args.socket,
+            };
+            let (verb, done) = if args.remove {
+                ("remove", netlet::cni::install::remove(&place))
+            } else {
+                ("install", netlet::cni::install::install(&place))
+            };
+            match done {
+                Ok(changes) => {
+                    println!("netlet-cni {verb}: {changes}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: netlet-cni {verb}: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Get(args) => {
             let Some(kind) = Kind::parse(&args.kind) else {
                 eprintln!(
@@ -194,6 +240,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            // Issue 21 hook: the CNI socket, answered by a pass-through
+            // consumer until the reconciler takes pod sandboxes.
+            if let Some(socket) = &args.cni_socket {
+                if let Err(e) = netlet::cni::serve_pass_through(runtime.handle(), socket) {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            }
             let kubernetes = args.manifests.is_none();
             let default_metrics = if kubernetes { "0.0.0.0:9464" } else { "127.0.0.1:9464" };
             let metrics_addr = match args.metrics_addr.as_deref().unwrap_or(default_metrics) {
