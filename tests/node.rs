@@ -70,11 +70,26 @@ fn examples(tag: &str) -> (String, Vec<String>) {
 /// What the node's dataplane holds, in a form two moments can be compared
 /// by: every link (with its index: a recreated link has a new one), address
 /// and route of the node and of every sandbox, and netlet's nft tables.
+/// Taken once the kernel's own duplicate address detection is over: until
+/// then an IPv6 address is `tentative` and its local route is still to come.
 fn dataplane(c: &LocalCluster, sandboxes: &[String]) -> String {
     let mut out = String::new();
+    wait_until("IPv6 duplicate address detection to end", CONVERGE, || {
+        let settled;
+        (out, settled) = dataplane_now(c, sandboxes);
+        settled
+    });
+    out
+}
+
+/// The snapshot, and whether no link with a carrier has an address still in
+/// duplicate address detection (one without a carrier waits for it forever).
+fn dataplane_now(c: &LocalCluster, sandboxes: &[String]) -> (String, bool) {
+    let (mut out, mut settled) = (String::new(), true);
     for ns in std::iter::once(&c.node.name).chain(sandboxes) {
         for what in ["-d link show", "addr show", "route show table all"] {
             for mut item in ip_json(ns, what) {
+                settled &= !in_dad(&item);
                 strip_moving_parts(&mut item);
                 out += &format!("{ns} {what}: {item}\n");
             }
@@ -83,7 +98,13 @@ fn dataplane(c: &LocalCluster, sandboxes: &[String]) -> String {
     for family in ["inet", "bridge"] {
         out += &c.on_node(&format!("nft list table {family} netlet 2>/dev/null || true"));
     }
-    out
+    (out, settled)
+}
+
+fn in_dad(link: &Value) -> bool {
+    let has_carrier = link["flags"].as_array().is_some_and(|f| f.iter().any(|f| f == "LOWER_UP"));
+    let addrs = link["addr_info"].as_array().map(Vec::as_slice).unwrap_or_default();
+    has_carrier && addrs.iter().any(|a| a["tentative"] == true && a["dadfailed"] != true)
 }
 
 /// Drops what moves on its own (counters, timers, address lifetimes); the
