@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Builds the agent image offline, without Docker or a registry: the netlet
-# binary plus what image/contents lists (the same list the Dockerfile
-# installs), each ELF file with the shared libraries it loads, packed by
-# umoci into an OCI image archive.
+# and netlet-cni binaries plus what image/contents lists (the same list the
+# Dockerfile installs), each ELF file with the shared libraries it loads,
+# packed by umoci into an OCI image archive.
 #
-#   image/build.sh [--binary PATH] [--tag TAG] OUT.tar
+#   image/build.sh [--binary PATH] [--cni-binary PATH] [--tag TAG] OUT.tar
 #
-#   --binary PATH  the netlet binary (default: target/release/netlet, built
-#                  with `cargo build --release --locked` when missing)
-#   --tag TAG      the image's reference name in the archive (default: dev)
+#   --binary PATH      the netlet binary (default: target/release/netlet, built
+#                      with `cargo build --release --locked` when missing)
+#   --cni-binary PATH  the netlet-cni binary, which the init container copies
+#                      onto the node (default: target/release/netlet-cni,
+#                      built statically linked, whatever the node's C library)
+#   --tag TAG          the image's reference name in the archive (default: dev)
 #
 # Load it into containerd under a fully qualified name, as CRI resolves them:
 #   ctr -n k8s.io images import --base-name docker.io/netlet/netlet OUT.tar
@@ -18,13 +21,15 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 binary=""
+cni_binary=""
 tag=dev
 out=""
 while (($#)); do
     case $1 in
         --binary) binary=$2; shift 2 ;;
+        --cni-binary) cni_binary=$2; shift 2 ;;
         --tag) tag=$2; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) [[ -z $out ]] || { echo "image/build.sh: one output file only" >&2; exit 2; }; out=$1; shift ;;
     esac
 done
@@ -36,6 +41,12 @@ if [[ -z $binary ]]; then
     [[ -x $binary ]] || (cd "$repo" && cargo build --release --locked --bin netlet >&2)
 fi
 [[ -x $binary ]] || { log "error: no netlet binary at $binary"; exit 1; }
+if [[ -z $cni_binary ]]; then
+    # The node runs it, not the image: linked statically, as the Dockerfile does.
+    (cd "$repo" && cargo rustc --release --locked -p netlet-cni --bin netlet-cni -- -C target-feature=+crt-static >&2)
+    cni_binary=$repo/target/release/netlet-cni
+fi
+[[ -x $cni_binary ]] || { log "error: no netlet-cni binary at $cni_binary"; exit 1; }
 
 # The packages of the list, and umoci, installed here if missing.
 mapfile -t lines < <(sed -e 's/#.*//' "$here/contents" | awk 'NF')
@@ -58,20 +69,35 @@ mkdir -p "$root"/usr/{bin,sbin,lib,lib64} "$root"/{etc,tmp,run,var/lib/netlet,pr
 for d in bin sbin lib lib64; do ln -s "usr/$d" "$root/$d"; done
 chmod 1777 "$root/tmp"
 
-# Copies FILE to the same path in the image; for an ELF file, also every
-# library the dynamic loader resolves for it (and the loader itself).
+# Where PATH goes in the image (merged /usr: /lib/x -> /usr/lib/x).
+image_path() {
+    case $1 in
+        /bin/* | /sbin/* | /lib/* | /lib64/*) echo "$root/usr$1" ;;
+        *) echo "$root$1" ;;
+    esac
+}
+
+# Copies PATH to the same path in the image: a symlink as a symlink (and
+# what it points to), a directory with everything in it, an ELF file with
+# every library the dynamic loader resolves for it (and the loader).
 copy() {
-    local file=$1 real dest
-    real=$(readlink -f "$file")
-    dest=$root/${file#/}
-    [[ $file == /bin/* || $file == /sbin/* || $file == /lib/* || $file == /lib64/* ]] && dest=$root/usr/${file#/}
+    local file=$1 dest
+    dest=$(image_path "$file")
+    [[ -e $dest || -L $dest ]] && return 0
     mkdir -p "$(dirname "$dest")"
-    cp -L --preserve=mode "$real" "$dest"
-    if head -c 4 "$real" | grep -q 'ELF'; then
-        local lib
-        for lib in $(ldd "$real" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}'); do
-            [[ -e $root/usr/${lib#/} || -e $root/${lib#/} ]] || copy "$lib"
-        done
+    if [[ -L $file ]]; then
+        ln -s "$(readlink "$file")" "$dest"
+        copy "$(readlink -f "$file")"
+    elif [[ -d $file ]]; then
+        mkdir -p "$dest"
+        local f
+        for f in "$file"/*; do copy "$f"; done
+    else
+        cp --preserve=mode "$file" "$dest"
+        if head -c 4 "$file" | grep -q 'ELF'; then
+            local lib
+            for lib in $(ldd "$file" 2>/dev/null | awk '/=> \// {print $3} /^\t\/lib/ {print $1}'); do copy "$lib"; done
+        fi
     fi
 }
 
@@ -82,7 +108,8 @@ copy_to() {
 }
 
 copy_to "$binary" /usr/local/bin/netlet
-for lib in $(ldd "$binary" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}'); do copy "$lib"; done
+copy_to "$cni_binary" /usr/local/bin/netlet-cni
+for lib in $(ldd "$binary" "$cni_binary" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}' | sort -u); do copy "$lib"; done
 for line in "${lines[@]}"; do
     read -r package files <<<"$line"
     [[ -n $files ]] || { log "error: image/contents: $package lists no files"; exit 1; }

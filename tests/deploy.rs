@@ -356,11 +356,19 @@ fn values_yaml_satisfies_values_schema_json() {
         "/resyncPeriod",
         "/stateDir",
         "/defaultNetworks/enabled",
+        "/cni/enabled",
+        "/cni/binDir",
+        "/cni/confDir",
+        "/cni/socket",
     ] {
         assert!(values.pointer(path).is_some(), "values.yaml has no {path}");
     }
     assert_eq!(values.pointer("/image/tag"), Some(&Json::from("")), "the tag defaults to the chart's appVersion");
     assert_eq!(values.pointer("/serviceMonitor/enabled"), Some(&Json::Bool(false)), "the ServiceMonitor is off by default");
+    assert_eq!(
+        values["cni"],
+        serde_json::json!({"enabled": true, "binDir": "/opt/cni/bin", "confDir": "/etc/cni/net.d", "socket": "/run/netlet/cni.sock"})
+    );
 }
 
 /// A change that makes values.yaml invalid.
@@ -369,7 +377,7 @@ type Mutation = fn(&mut Json);
 #[test]
 fn values_schema_rejects_bad_values() {
     let (schema, values) = schema_and_values();
-    let bad: [(&str, Mutation); 9] = [
+    let bad: [(&str, Mutation); 11] = [
         ("unknown top-level key", |v| v["imagee"] = Json::from("x")),
         ("unknown nested key", |v| v["image"]["digest"] = Json::from("sha256:0")),
         ("pullPolicy outside its enum", |v| v["image"]["pullPolicy"] = Json::from("Sometimes")),
@@ -379,6 +387,8 @@ fn values_schema_rejects_bad_values() {
         ("extraArgs not strings", |v| v["extraArgs"] = serde_json::json!([1])),
         ("required key missing", |v| drop(v["defaultNetworks"].as_object_mut().unwrap().remove("enabled"))),
         ("boolean as a string", |v| v["serviceMonitor"]["enabled"] = Json::from("yes")),
+        ("cni.enabled as a string", |v| v["cni"]["enabled"] = Json::from("true")),
+        ("cni without its socket", |v| drop(v["cni"].as_object_mut().unwrap().remove("socket"))),
     ];
     for (what, mutate) in bad {
         let mut v = values.clone();
@@ -577,6 +587,30 @@ fn the_daemonset_runs_the_agent_as_the_design_needs() {
     // container's own /run is read-only.
     let run = mount("/run/netlet");
     assert_eq!(host_path_of(str_at(run, &["name"]).unwrap()), "/run/netlet");
+
+    // netlet-cni: the init container puts it on the node, the agent serves
+    // the socket its conflist entry names, under the /run/netlet mount.
+    assert!(args.contains(&"--cni-socket=/run/netlet/cni.sock"));
+    let inits = seq(pod, "initContainers");
+    assert_eq!(inits.len(), 1);
+    let init = &inits[0];
+    assert_eq!(str_at(init, &["image"]), str_at(c, &["image"]), "the init container runs the agent's image");
+    let init_args: Vec<&str> = seq(init, "args").iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(
+        init_args,
+        [
+            "cni-install",
+            "--binary=/usr/local/bin/netlet-cni",
+            "--bin-dir=/host/cni/bin",
+            "--conf-dir=/host/cni/net.d",
+            "--socket=/run/netlet/cni.sock"
+        ]
+    );
+    assert!(init.get("securityContext").and_then(|s| s.get("privileged")).is_none(), "the installer needs no privilege");
+    for (mount_path, host) in [("/host/cni/bin", "/opt/cni/bin"), ("/host/cni/net.d", "/etc/cni/net.d")] {
+        let m = seq(init, "volumeMounts").iter().find(|m| str_at(m, &["mountPath"]) == Some(mount_path)).expect(mount_path);
+        assert_eq!(host_path_of(str_at(m, &["name"]).unwrap()), host);
+    }
 }
 
 #[test]
@@ -606,6 +640,13 @@ fn the_chart_daemonset_template_keeps_the_essentials() {
         "path: /run/netlet",
         "name: KUBERNETES_SERVICE_HOST",
         "include \"netlet.image\"",
+        "initContainers:",
+        "- cni-install\n        {{- if not .Values.cni.enabled }}\n        - --remove",
+        "--binary=/usr/local/bin/netlet-cni",
+        "--socket={{ .Values.cni.socket }}",
+        "{{- if .Values.cni.enabled }}\n        - --cni-socket={{ .Values.cni.socket }}",
+        "path: {{ .Values.cni.binDir }}",
+        "path: {{ .Values.cni.confDir }}",
     ] {
         assert!(t.contains(needle), "charts/netlet/templates/daemonset.yaml lacks {needle:?}");
     }
@@ -700,6 +741,15 @@ fn the_dockerfile_and_the_offline_build_install_the_same_list() {
         assert!(!dockerfile.contains(p.as_str()), "the Dockerfile names {p} itself instead of reading image/contents");
     }
     assert!(read("image/build.sh").contains("$here/contents"), "image/build.sh reads image/contents");
+    // netlet's own two binaries, built from this repository by both;
+    // netlet-cni, which runs on the node, statically linked by both.
+    let static_cni = "cargo rustc --release --locked -p netlet-cni --bin netlet-cni -- -C target-feature=+crt-static";
+    assert!(dockerfile.contains(static_cni) && read("image/build.sh").contains(static_cni), "both build netlet-cni with {static_cni:?}");
+    for binary in ["netlet", "netlet-cni"] {
+        let path = format!("/usr/local/bin/{binary}");
+        assert!(dockerfile.contains(&format!("/src/target/release/{binary} {path}\n")), "the Dockerfile installs {path}");
+        assert!(read("image/build.sh").contains(&format!("/usr/local/bin/{binary}\n")), "image/build.sh installs {path}");
+    }
 }
 
 #[test]

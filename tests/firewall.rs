@@ -75,9 +75,15 @@ fn published_ports_answer_from_remote_hosts_the_node_and_containers() {
     // (b) from the node itself, including 127.0.0.1.
     assert!(connect(&node.name, "127.0.0.1", 8080, false).is_some(), "node -> 127.0.0.1:8080");
     assert!(connect(&node.name, "10.250.0.1", 8080, false).is_some(), "node -> its own address");
-    // (c) hairpin: a container on the same bridge through the node's address.
-    assert!(connect(&peer, "10.250.0.1", 8080, false).is_some(), "hairpin from a neighbour");
-    assert!(connect(&peer, "10.41.0.1", 8080, false).is_some(), "hairpin through the gateway");
+    // (c) hairpin: a container on the same bridge through the node's address,
+    // and one reaching its own published port, both with br_netfilter
+    // handing bridged traffic to the inet hooks (its default here) and without.
+    for brnf in ["1", "0"] {
+        ok(&format!("ip netns exec {} sysctl -qw net.bridge.bridge-nf-call-iptables={brnf}", node.name));
+        assert!(connect(&peer, "10.250.0.1", 8080, false).is_some(), "hairpin from a neighbour, br_netfilter {brnf}");
+        assert!(connect(&peer, "10.41.0.1", 8080, false).is_some(), "hairpin through the gateway, br_netfilter {brnf}");
+        assert!(connect(&web, "10.250.0.1", 8080, false).is_some(), "a container to its own published port, br_netfilter {brnf}");
+    }
 
     let status = node.status("portmappings", "web");
     assert_eq!(status["bindings"][0]["hostPort"], 8080);
@@ -207,6 +213,8 @@ fn conflicting_ports_ephemeral_ports_ranges_and_host_ips() {
 fn a_port_held_by_a_node_process_is_reported_and_sctp_is_published() {
     let node = Node::new();
     let _listener = Server::start(&node.name, 8090, false, false);
+    // Python can take longer than Server's grace period to bind under load.
+    wait_until("the node's listener", std::time::Duration::from_secs(10), || !node.in_node("ss -Hltn sport = :8090").stdout.is_empty());
     let extra = [
         att("a", "front", "a"),
         pm("taken", "a", "[{containerPort: 80, hostPort: 8090}]"),
@@ -369,4 +377,40 @@ fn element_changes_of_every_fixed_size_set_go_over_netlink_and_list_as_rendered(
     .join()
     .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn published_ports_answer_at_the_ipv6_loopback_like_at_127_0_0_1() {
+    let mut node = Node::new();
+    let extra = [
+        att("web", "front", "web"),
+        pm("web", "web", "[{containerPort: 80, hostPort: 8080}, {containerPort: 53, hostPort: 8053, protocol: udp}]"),
+        pm("local", "web", "[{containerPort: 81, hostPort: 8081, hostIP: 127.0.0.1}]"),
+    ]
+    .concat();
+    node.write("all.yaml", &format!("{NETWORKS}{extra}"));
+    // [::1] is relayed by the running agent (no NAT can leave ::1).
+    node.spawn(&["--metrics-addr", "off"]);
+    wait_until("the port mapping", std::time::Duration::from_secs(10), || node.ready("portmappings", "web").0 == "True");
+    let web = node.ns("web");
+    let _tcp = Server::start(&web, 80, false, false);
+    let _udp = Server::start(&web, 53, true, false);
+    let _local = Server::start(&web, 81, false, false);
+    let seen = |port: u16, udp: bool| connect(&node.name, "::1", port, udp);
+    wait_until("[::1]:8080", std::time::Duration::from_secs(5), || seen(8080, false).is_some());
+    assert!(seen(8080, false).unwrap().starts_with("hello 10.41.0."), "an IPv4 container behind [::1]");
+    assert!(seen(8053, true).is_some(), "udp at [::1]");
+    assert!(connect(&node.name, "127.0.0.1", 8080, false).is_some(), "127.0.0.1 as before");
+    assert!(seen(8081, false).is_none(), "a port bound to 127.0.0.1 only is not at [::1]");
+    // The relay's own sockets are no process standing in the port's way:
+    // after a change (which re-reads the node's sockets), still Ready.
+    node.write(
+        "more.yaml",
+        "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: later}\nspec: {ipam: {config: [{subnet: 10.49.0.0/24}]}}\n",
+    );
+    wait_until("the new network", std::time::Duration::from_secs(10), || node.ready("networks", "later").0 == "True");
+    assert_eq!(node.ready("portmappings", "web"), ("True".to_string(), "Ready".to_string()));
+    // Unpublished: gone from [::1] too.
+    node.write("all.yaml", &format!("{NETWORKS}{}", att("web", "front", "web")));
+    wait_until("[::1]:8080 to close", std::time::Duration::from_secs(5), || seen(8080, false).is_none());
 }

@@ -123,3 +123,55 @@ spec: {network: n, sandbox: {netns: "{T}stranded"}, dns: {nameservers: [10.250.0
     let _ = stub_process.kill();
     let _ = stub_process.wait();
 }
+
+/// `tc=<truncated> an=<answer count>` for an A query of `name` sent to
+/// `server` from `ns`: over UDP without EDNS0, over UDP advertising 4096
+/// bytes, and over TCP.
+fn raw_query(ns: &str, server: &str, name: &str) -> String {
+    let script = format!(
+        r#"import socket,struct
+def q(edns):
+    h=struct.pack('>HHHHHH',7,0x0100,1,0,0,1 if edns else 0)
+    b=b''.join(bytes([len(p)])+p.encode() for p in '{name}'.split('.'))+b'\0'+struct.pack('>HH',1,1)
+    return h+b+(b'\0'+struct.pack('>HHIH',41,edns,0,0) if edns else b'')
+def show(r): return 'tc=%d an=%d' % ((r[2]>>1)&1, struct.unpack('>H',r[6:8])[0])
+out=[]
+for edns in (0,4096):
+    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(3)
+    s.sendto(q(edns),('{server}',53)); out.append(show(s.recvfrom(65535)[0]))
+t=socket.create_connection(('{server}',53),timeout=3); m=q(0); t.sendall(struct.pack('>H',len(m))+m)
+n=struct.unpack('>H',t.recv(2))[0]; r=b''
+while len(r)<n: r+=t.recv(n-len(r))
+out.append(show(r)); print(' / '.join(out))
+"#
+    );
+    String::from_utf8_lossy(&sh(&format!("ip netns exec {ns} python3 -c \"{}\"", script.replace('"', "\\\""))).stdout).trim().to_string()
+}
+
+#[test]
+fn an_alias_of_fifty_containers_resolves_completely_over_tcp() {
+    let mut node = Node::new();
+    let mut yaml = String::from(
+        "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: wide}\nspec: {ipam: {config: [{subnet: 10.82.0.0/24}]}}\n",
+    );
+    for i in 1..=50 {
+        yaml.push_str(&format!(
+            "---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: m{i}}}\nspec: {{network: wide, sandbox: {{netns: \"{{T}}m{i}\"}}, aliases: [many]}}\n"
+        ));
+    }
+    yaml.push_str("---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {name: asker}\nspec: {network: wide, sandbox: {netns: \"{T}asker\"}}\n");
+    node.write("s.yaml", &yaml);
+    node.spawn(&["--metrics-addr", "off"]);
+    let asker = node.ns("asker");
+    wait_until("the resolver", Duration::from_secs(30), || resolve(&asker, "m1") == ["10.82.0.2"]);
+    wait_until("all fifty", Duration::from_secs(30), || node.items("attachments").iter().all(|a| ready_in(&a["status"]).0 == "True"));
+
+    // 50 A records do not fit 512 bytes: truncated without EDNS0, whole
+    // with a 4096-byte EDNS0 buffer, whole over TCP.
+    assert_eq!(raw_query(&asker, "10.82.0.1", "many"), "tc=1 an=0 / tc=0 an=50 / tc=0 an=50");
+    // The C library retries over TCP on its own and sees every address.
+    let mut all = resolve(&asker, "many");
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 50, "{all:?}");
+}

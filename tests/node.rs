@@ -14,14 +14,13 @@ mod harness;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use harness::cluster::{LocalCluster, NODE_NAME};
+use harness::cluster::{LocalCluster, NODE_NAME, SYSTEM};
 use harness::*;
 use serde_json::Value;
 
 const ROLLOUT: Duration = Duration::from_secs(120);
 const CONVERGE: Duration = Duration::from_secs(60);
 const AGENT: &str = "app.kubernetes.io/name=netlet";
-const SYSTEM: &str = "netlet-system";
 /// The Docker scenarios that can share one node (default-bridge.yaml
 /// reuses user-defined-bridge.yaml's container names).
 const EXAMPLES: &[&str] = &[
@@ -71,11 +70,26 @@ fn examples(tag: &str) -> (String, Vec<String>) {
 /// What the node's dataplane holds, in a form two moments can be compared
 /// by: every link (with its index: a recreated link has a new one), address
 /// and route of the node and of every sandbox, and netlet's nft tables.
+/// Taken once the kernel's own duplicate address detection is over: until
+/// then an IPv6 address is `tentative` and its local route is still to come.
 fn dataplane(c: &LocalCluster, sandboxes: &[String]) -> String {
     let mut out = String::new();
+    wait_until("IPv6 duplicate address detection to end", CONVERGE, || {
+        let settled;
+        (out, settled) = dataplane_now(c, sandboxes);
+        settled
+    });
+    out
+}
+
+/// The snapshot, and whether no link with a carrier has an address still in
+/// duplicate address detection (one without a carrier waits for it forever).
+fn dataplane_now(c: &LocalCluster, sandboxes: &[String]) -> (String, bool) {
+    let (mut out, mut settled) = (String::new(), true);
     for ns in std::iter::once(&c.node.name).chain(sandboxes) {
         for what in ["-d link show", "addr show", "route show table all"] {
             for mut item in ip_json(ns, what) {
+                settled &= !in_dad(&item);
                 strip_moving_parts(&mut item);
                 out += &format!("{ns} {what}: {item}\n");
             }
@@ -84,7 +98,13 @@ fn dataplane(c: &LocalCluster, sandboxes: &[String]) -> String {
     for family in ["inet", "bridge"] {
         out += &c.on_node(&format!("nft list table {family} netlet 2>/dev/null || true"));
     }
-    out
+    (out, settled)
+}
+
+fn in_dad(link: &Value) -> bool {
+    let has_carrier = link["flags"].as_array().is_some_and(|f| f.iter().any(|f| f == "LOWER_UP"));
+    let addrs = link["addr_info"].as_array().map(Vec::as_slice).unwrap_or_default();
+    has_carrier && addrs.iter().any(|a| a["tentative"] == true && a["dadfailed"] != true)
 }
 
 /// Drops what moves on its own (counters, timers, address lifetimes); the
@@ -136,16 +156,6 @@ fn uid(pod: &Value) -> String {
     pod["metadata"]["uid"].as_str().unwrap_or_default().to_string()
 }
 
-fn helm_install(c: &LocalCluster, extra: &str) -> String {
-    c.helm(&format!(
-        "install netlet {} -n {SYSTEM} --wait --timeout 120s --set stateDir={},apiServer.host={},apiServer.port={},resyncPeriod=5s {extra}",
-        repo("charts/netlet"),
-        c.node.state_dir().display(),
-        c.api_host,
-        c.api_port
-    ))
-}
-
 #[test]
 fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
     let c = LocalCluster::up();
@@ -154,16 +164,12 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
 
     // The image, built offline from this repository and loaded into the
     // node's containerd under the chart's default name and tag.
-    let chart: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(repo("charts/netlet/Chart.yaml")).unwrap()).unwrap();
-    let app_version = chart["appVersion"].as_str().unwrap().to_string();
-    let archive = c.dir.join("netlet.tar");
-    ok(&format!("{} --binary {BIN} --tag {app_version} {}", repo("image/build.sh"), archive.display()));
-    c.load_image(&archive, "ghcr.io/netlet/netlet");
+    c.load_agent_image();
 
     // helm install: the pod turns Ready through its probes.
     c.helm(&format!("lint --strict {}", repo("charts/netlet")));
     c.kubectl_ok(&format!("create namespace {SYSTEM}"));
-    helm_install(&c, "");
+    c.helm_install("");
     let pod = c.wait_one_ready_pod(SYSTEM, AGENT, ROLLOUT, |_| true);
     assert_eq!(pod["spec"]["nodeName"], NODE_NAME);
     assert_eq!(pod["spec"]["hostNetwork"], true);
@@ -272,11 +278,18 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
 
     // `kubectl apply -f manifests/` gives the same result as the chart: the
     // same agent, role and networks take the node over without a change.
-    // Two edits, as a user of this cluster makes them with kustomize or
+    // Edits, as a user of this cluster makes them with kustomize or
     // sed: the state dir (the test's, not the machine's /var/lib/netlet)
     // and the API server's address (no kube-proxy here; the chart's
-    // apiServer.host).
-    let daemonset = std::fs::read_to_string(repo("manifests/daemonset.yaml")).unwrap().replace("/var/lib/netlet", &c.node.state_dir().display().to_string()).replace(
+    // apiServer.host); and the CNI directories and socket, as the chart's
+    // cni values.
+    let daemonset = std::fs::read_to_string(repo("manifests/daemonset.yaml"))
+        .unwrap()
+        .replace("/var/lib/netlet", &c.node.state_dir().display().to_string())
+        .replace("/opt/cni/bin", &c.cni_bin_dir().display().to_string())
+        .replace("/etc/cni/net.d", &c.cni_conf_dir().display().to_string())
+        .replace("/run/netlet/cni.sock", &c.cni_socket().display().to_string())
+        .replace(
         "        env:\n",
         &format!("        env:\n        - {{name: KUBERNETES_SERVICE_HOST, value: \"{}\"}}\n        - {{name: KUBERNETES_SERVICE_PORT, value: \"{}\"}}\n", c.api_host, c.api_port),
     );
@@ -300,7 +313,7 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
     // removing everything.
     c.kubectl_ok(&format!("delete -f {} -f {} --wait", c.dir.join("daemonset.yaml").display(), repo("manifests/rbac.yaml")));
     wait_until("the manifests' agent gone", ROLLOUT, || c.pods(SYSTEM, AGENT).is_empty());
-    helm_install(&c, "--set defaultNetworks.enabled=false");
+    c.helm_install("--set defaultNetworks.enabled=false");
     let reinstalled = c.wait_one_ready_pod(SYSTEM, AGENT, ROLLOUT, |_| true);
     agent_first_pass_changed_nothing(&c, &reinstalled, 0);
     c.kubectl_ok("delete portmappings,attachments --all -A --wait --timeout=60s");

@@ -396,3 +396,19 @@ fn a_manifest_still_being_written_is_not_read_half_done() {
     wait_until("second to go", Duration::from_secs(10), || !netns_exists(&second));
     assert_eq!(addresses(&first, "eth0").len(), 1);
 }
+
+#[test]
+fn a_missing_nft_is_named_with_its_package() {
+    let node = Node::new();
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--once", "--metrics-addr", "off", "--manifests"])
+        .arg(node.manifests())
+        .arg("--state-dir")
+        .arg(node.state_dir())
+        .env("PATH", node.dir.join("empty"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`nft` is not in PATH: install the nftables package"), "{stderr}");
+}

@@ -1,4 +1,5 @@
-//! The `netlet` binary: agent (standalone or Kubernetes), `get`, `crds`.
+//! The `netlet` binary: agent (standalone or Kubernetes), `get`, `crds`,
+//! and the Docker user's commands (`import`, `inspect`, `network`, `port`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use netlet::api::Kind;
+use netlet::docker::commands::{self, ImportArgs, InspectArgs, NetworkArgs, PortCommand};
 use netlet::get::{self, OutputFormat, Query};
 use netlet::runner;
 use netlet::source::kube::{KubeOptions, KubeSource};
@@ -56,6 +58,34 @@ enum Command {
     Get(GetArgs),
     /// Print the CustomResourceDefinitions.
     Crds,
+    /// Turn another tool's description into netlet YAML (stdout).
+    Import(ImportArgs),
+    /// Show networks or attachments the way `docker network inspect` does.
+    Inspect(InspectArgs),
+    /// Docker's network verbs over the manifest directory.
+    Network(NetworkArgs),
+    /// List (or with -p publish) an attachment's ports, like `docker port`.
+    Port(PortCommand),
+    /// Put netlet-cni on this node: into the CNI bin dir, chained into the
+    /// primary conflist (the chart's init container runs this).
+    CniInstall(CniInstallArgs),
+}
+
+#[derive(clap::Args)]
+struct CniInstallArgs {
+    /// The netlet-cni binary to copy.
+    #[arg(long, default_value = "/usr/local/bin/netlet-cni")]
+    binary: PathBuf,
+    #[arg(long, default_value = "/opt/cni/bin")]
+    bin_dir: PathBuf,
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    conf_dir: PathBuf,
+    /// The agent's CNI socket (netlet run --cni-socket), for the plugin's entry.
+    #[arg(long, default_value = netlet::cni::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Take netlet-cni off the node instead.
+    #[arg(long)]
+    remove: bool,
 }
 
 #[derive(clap::Args)]
@@ -80,6 +110,9 @@ struct RunArgs {
     metrics_addr: Option<String>,
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Serve netlet-cni (the CNI plugin) on this unix socket.
+    #[arg(long)]
+    cni_socket: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -141,6 +174,33 @@ fn main() -> ExitCode {
             print!("{}", netlet::api::crds_yaml());
             ExitCode::SUCCESS
         }
+        Command::Import(args) => ExitCode::from(commands::import(&args)),
+        Command::Inspect(args) => ExitCode::from(commands::inspect_command(&args)),
+        Command::Network(args) => ExitCode::from(commands::network(&args)),
+        Command::Port(args) => ExitCode::from(commands::port_command(&args)),
+        Command::CniInstall(args) => {
+            let place = netlet::cni::install::Placement {
+                binary: args.binary,
+                bin_dir: args.bin_dir,
+                conf_dir: args.conf_dir,
+                socket: args.socket,
+            };
+            let (verb, done) = if args.remove {
+                ("remove", netlet::cni::install::remove(&place))
+            } else {
+                ("install", netlet::cni::install::install(&place))
+            };
+            match done {
+                Ok(changes) => {
+                    println!("netlet-cni {verb}: {changes}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: netlet-cni {verb}: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Get(args) => {
             let Some(kind) = Kind::parse(&args.kind) else {
                 eprintln!(
@@ -169,6 +229,11 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => {
             init_logging(cli.verbose);
+            let missing = netlet::host_tools::missing_required();
+            if !missing.is_empty() {
+                missing.iter().for_each(|m| eprintln!("error: {m}"));
+                return ExitCode::from(1);
+            }
             // The agent's runtime: the runner, sources' watches, the admin and
             // DNS servers. Two workers, so that no one task (a large manifest
             // set parsed, a Kubernetes list) holds up the others; the
@@ -180,6 +245,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            // Issue 21 hook: the CNI socket, answered by a pass-through
+            // consumer until the reconciler takes pod sandboxes.
+            if let Some(socket) = &args.cni_socket {
+                if let Err(e) = netlet::cni::serve_pass_through(runtime.handle(), socket) {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            }
             let kubernetes = args.manifests.is_none();
             let default_metrics = if kubernetes { "0.0.0.0:9464" } else { "127.0.0.1:9464" };
             let metrics_addr = match args.metrics_addr.as_deref().unwrap_or(default_metrics) {
@@ -207,7 +280,15 @@ fn main() -> ExitCode {
                         let kube = KubeOptions { node_name, kubeconfig: args.kubeconfig };
                         runner::run(KubeSource::connect(&kube, opts.metrics.clone()).await?, opts).await
                     }
-                    Some(manifests) => runner::run(ManifestSource::new(&manifests, !opts.once), opts).await,
+                    Some(manifests) => {
+                        // For `netlet network ...`: where to write, and that someone reads it.
+                        if !opts.once {
+                            if let Err(e) = netlet::running::record(&opts.state_dir, &manifests) {
+                                tracing::warn!(error = %e, "cannot record the agent in the state dir; `netlet network` will not wait for it");
+                            }
+                        }
+                        runner::run(ManifestSource::new(&manifests, !opts.once), opts).await
+                    }
                 }
             });
             match result {

@@ -84,6 +84,8 @@ pub struct Reconciler {
     desired_generation: u64,
     /// The embedded DNS server (long-running agents only).
     dns: Option<DnsLink>,
+    /// Published ports at [::1] (long-running agents).
+    loopback_proxy: Option<crate::proxy::LoopbackProxy>,
     /// At the first pass, read back from the kernel what attachments hold
     /// (a lost or corrupt state file must not move an address).
     recover_from_kernel: bool,
@@ -127,6 +129,7 @@ impl Reconciler {
             dataplane,
             recover_from_kernel: true,
             dns: setup.dns,
+            loopback_proxy: setup.loopback_proxy,
             metrics: setup.metrics,
             desired_generation: 0,
             last_plan: None,
@@ -168,7 +171,10 @@ impl Reconciler {
     }
 
     async fn facts(&mut self, snapshot: &Snapshot) -> NodeFacts {
-        let bound_ports = self.bound_ports(snapshot.version);
+        let mut bound_ports = self.bound_ports(snapshot.version);
+        if let Some(proxy) = &self.loopback_proxy {
+            bound_ports.retain(|b| !proxy.holds(b));
+        }
         let view = self.dataplane.node_view().await.unwrap_or_default();
         let (links, addrs) = (&view.0, &view.1);
         let mtus: BTreeMap<u32, u32> = links.iter().map(|l| (l.index, l.mtu)).collect();
@@ -259,6 +265,9 @@ impl Reconciler {
         // The names are served before the status says they are there.
         if let Some(dns) = &mut self.dns {
             dns.update(&plan.desired.names, &last.facts.resolvers).await;
+        }
+        if let Some(proxy) = &mut self.loopback_proxy {
+            proxy.update(&plan.desired.firewall.ports);
         }
         node_errors.extend(report.node_errors.iter().cloned());
 

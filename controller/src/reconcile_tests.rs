@@ -38,6 +38,7 @@ fn agent(tag: &str) -> Agent {
         metrics: Metrics::new(),
         events: Some(events),
         dns: None,
+        loopback_proxy: None,
         spare_namespace: false,
         progress: None,
     };

@@ -28,6 +28,8 @@ pub struct Setup {
     pub events: Option<Arc<crate::dataplane::events::EventLog>>,
     /// The embedded DNS server (long-running agents).
     pub dns: Option<DnsLink>,
+    /// Published ports relayed at [::1] (long-running agents).
+    pub loopback_proxy: Option<crate::proxy::LoopbackProxy>,
     /// Keep a namespace made ahead for the next attachment (long-running agents).
     pub spare_namespace: bool,
     /// Where a pass reports how far it got (`--once` on a terminal).

@@ -132,6 +132,7 @@ pub async fn run<S: Source>(mut source: S, opts: Options) -> anyhow::Result<i32>
         metrics: metrics.clone(),
         events,
         dns: (!opts.once).then(|| DnsLink::serve(&metrics)),
+        loopback_proxy: (!opts.once).then(|| crate::proxy::LoopbackProxy::new(tokio::runtime::Handle::current())),
         spare_namespace: !opts.once,
         progress: progress.clone(),
     };

@@ -14,7 +14,10 @@ pub use super::kubectl::Kubectl;
 use super::{ok, wait_until, Node};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../e2e/local-cluster.sh");
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/netlet");
 pub const NODE_NAME: &str = "node-1";
+/// The namespace the tests install the chart into.
+pub const SYSTEM: &str = "netlet-system";
 
 pub struct LocalCluster {
     /// The node: its namespace, tag and directory (the cluster's state is
@@ -67,6 +70,62 @@ impl LocalCluster {
     /// `helm ARGS` as cluster admin; returns stdout, fails the test on error.
     pub fn helm(&self, args: &str) -> String {
         ok(&format!("{SCRIPT} helm {} {args}", self.dir.display()))
+    }
+
+    /// `helm install` of the chart into [`SYSTEM`] (which must exist), set
+    /// up for this node: the test's state dir, the API server's own address
+    /// (no kube-proxy here), a 5 s resync, and netlet-cni in the cluster's
+    /// CNI directories with a socket of the test's own, never the host's
+    /// /opt/cni/bin, /etc/cni/net.d or /run/netlet/cni.sock. `extra` is
+    /// appended (e.g. `--set defaultNetworks.enabled=false`).
+    pub fn helm_install(&self, extra: &str) -> String {
+        self.helm(&format!(
+            "install netlet {CHART} -n {SYSTEM} --wait --timeout 120s --set stateDir={},apiServer.host={},apiServer.port={},resyncPeriod=5s \
+             --set cni.binDir={},cni.confDir={},cni.socket={} {extra}",
+            self.node.state_dir().display(),
+            self.api_host,
+            self.api_port,
+            self.cni_bin_dir().display(),
+            self.cni_conf_dir().display(),
+            self.cni_socket().display()
+        ))
+    }
+
+    /// The container runtime's CNI bin dir (e2e/local-cluster.sh's).
+    pub fn cni_bin_dir(&self) -> PathBuf {
+        self.dir.join("cni/bin")
+    }
+
+    /// The container runtime's CNI conf dir, with the primary conflist.
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.join("cni/net.d")
+    }
+
+    /// The agent's CNI socket: under the node's /run/netlet, which the
+    /// chart and the manifests mount, in a directory of this test's own.
+    pub fn cni_socket(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netlet/{}/cni.sock", self.node.tag))
+    }
+
+    /// The agent's image, built offline from this build's binaries
+    /// (image/build.sh) and loaded into the node's containerd under the
+    /// chart's default name and tag.
+    pub fn load_agent_image(&self) {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let chart: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(format!("{CHART}/Chart.yaml")).unwrap()).unwrap();
+        let app_version = chart["appVersion"].as_str().unwrap();
+        // netlet-cni is another package's binary: built beside netlet by
+        // `cargo build --workspace` or `cargo test --workspace`.
+        let cni = Path::new(super::BIN).with_file_name("netlet-cni");
+        assert!(cni.exists(), "{} is missing: build it first (cargo build -p netlet-cni)", cni.display());
+        let archive = self.dir.join("netlet.tar");
+        ok(&format!(
+            "{root}/image/build.sh --binary {} --cni-binary {} --tag {app_version} {}",
+            super::BIN,
+            cni.display(),
+            archive.display()
+        ));
+        self.load_image(&archive, "ghcr.io/netlet/netlet");
     }
 
     /// Imports an OCI image archive into the node's containerd as REPO:TAG.
@@ -135,6 +194,7 @@ impl LocalCluster {
         self.down = true;
         let out = Command::new(SCRIPT).arg("down").arg(&self.dir).output().expect("local-cluster.sh runs");
         assert!(out.status.success(), "local-cluster.sh down: {}", String::from_utf8_lossy(&out.stderr));
+        let _ = std::fs::remove_dir_all(self.cni_socket().parent().unwrap());
         let cgroups = ok(&format!("ls -d /sys/fs/cgroup/*/{}-kubepods 2>/dev/null || true", self.node.tag));
         assert!(cgroups.trim().is_empty(), "cgroups left: {cgroups}");
         for ns in ["cp", "node"] {
@@ -175,6 +235,7 @@ impl Drop for LocalCluster {
             Err(e) => eprintln!("local-cluster.sh down did not run: {e}"),
             Ok(_) => {}
         }
+        let _ = std::fs::remove_dir_all(self.cni_socket().parent().unwrap());
         // Then the node: every namespace and file with the tag.
     }
 }

@@ -61,6 +61,8 @@ pub struct Node {
     agents: Vec<Child>,
     /// Agents started so far: agent-N.log is the log of the N-th.
     spawned: usize,
+    /// Extra environment of the agents it starts (a private D-Bus, ...).
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -88,7 +90,7 @@ impl Node {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("manifests")).unwrap();
         fs::create_dir_all(dir.join("empty")).unwrap();
-        Node { tag, name, node_name: node_name.into(), dir, agents: Vec::new(), spawned: 0 }
+        Node { tag, name, node_name: node_name.into(), dir, agents: Vec::new(), spawned: 0, agent_env: Vec::new() }
     }
 
     /// A name unique to this test (sandboxes, remote hosts).
@@ -129,7 +131,8 @@ impl Node {
             .arg("--state-dir")
             .arg(self.state_dir())
             .args(["--node-name", &self.node_name])
-            .env("RUST_LOG", std::env::var("NETLET_TEST_LOG").unwrap_or_else(|_| "info".into()));
+            .env("RUST_LOG", std::env::var("NETLET_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
@@ -302,6 +305,18 @@ pub fn links_with_prefix(ns: &str, prefix: &str) -> Vec<String> {
 
 // ---- traffic ----
 
+/// IPv4 addresses `name` resolves to inside `ns` (through its resolv.conf).
+pub fn resolve(ns: &str, name: &str) -> Vec<String> {
+    let out = sh(&format!("ip netns exec {ns} getent ahostsv4 {name}"));
+    let mut addrs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("STREAM"))
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect();
+    addrs.dedup();
+    addrs
+}
+
 pub fn ping(from_ns: &str, addr: &str) -> bool {
     let flag = if addr.contains(':') { "-6" } else { "-4" };
     sh(&format!("ip netns exec {from_ns} ping {flag} -c1 -W2 {addr}")).status.success()
@@ -362,18 +377,6 @@ pub fn connect(ns: &str, addr: &str, port: u16, udp: bool) -> Option<String> {
     };
     let out = Command::new("ip").args(["netns", "exec", ns, "python3", "-c", &script]).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// IPv4 addresses `name` resolves to inside `ns` (through its resolv.conf).
-pub fn resolve(ns: &str, name: &str) -> Vec<String> {
-    let out = sh(&format!("ip netns exec {ns} getent ahostsv4 {name}"));
-    let mut addrs: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("STREAM"))
-        .filter_map(|l| l.split_whitespace().next().map(String::from))
-        .collect();
-    addrs.dedup();
-    addrs
 }
 
 /// Deterministic pseudo-random numbers (no extra crate, repeatable runs).

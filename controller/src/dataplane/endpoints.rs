@@ -296,6 +296,12 @@ impl Dataplane {
                             .await
                             .map_err(|e| SyncReport::kernel(&e))?;
                     }
+                    if h.hairpin != Some(true) {
+                        self.node
+                            .apply(Change::SetHairpin { index: h.index, name: host_name })
+                            .await
+                            .map_err(|e| SyncReport::kernel(&e))?;
+                    }
                     return Ok(());
                 }
                 if let Some(i) = inner {

@@ -191,6 +191,7 @@ impl State {
                     up: true,
                     alias: Some(alias.into()),
                     link: Some(p),
+                    hairpin: Some(true),
                     ..Default::default()
                 };
                 let peer_link = Link {
@@ -254,6 +255,12 @@ impl State {
                 link.controller = change.controller.or(link.controller);
                 self.event(ns, Some(index));
             }
+            Change::SetHairpin { index, .. } => {
+                if let Some(link) = self.ns(ns)?.links.get_mut(&index) {
+                    link.hairpin = Some(true);
+                }
+                self.event(ns, Some(index));
+            }
             Change::DeleteLink { index, .. } => self.remove_link(ns, index),
             Change::DeleteLinks { links, .. } => links.iter().for_each(|(index, _)| self.remove_link(ns, *index)),
             Change::AddAddress { index, net, .. } => {
@@ -308,6 +315,7 @@ fn describe(change: &Change<'_>) -> String {
         Change::CreateMacvlan { name, .. } => format!("create macvlan {name}"),
         Change::CreateVxlan { name, .. } => format!("create vxlan {name}"),
         Change::SetLink { name, change, .. } => format!("set link {name} {change:?}"),
+        Change::SetHairpin { name, .. } => format!("set hairpin on {name}"),
         Change::DeleteLink { name, .. } => format!("delete link {name}"),
         Change::DeleteLinks { links, .. } => format!("delete links {links:?}"),
         Change::AddAddress { net, ifname, .. } => format!("add address {net} to {ifname}"),

@@ -36,12 +36,15 @@ pub const TABLE: &str = "netlet";
 pub enum FirewallError {
     #[error("invalid firewall plan: {0}")]
     Invalid(String),
-    #[error("cannot run {program}: {source}")]
+    #[error("cannot run {program}: {source}{}", install_hint(program, source))]
     Spawn {
         program: String,
         #[source]
         source: io::Error,
     },
+    /// Another firewall's tool (iptables, firewall-cmd) refused netlet's rules.
+    #[error("{program} failed: {stderr}")]
+    Foreign { program: String, stderr: String },
     #[error("nft {action} failed: {}{}", first_error(.stderr), at_line(*.line_number, .line.as_deref()))]
     Nft {
         action: &'static str,
@@ -51,6 +54,14 @@ pub enum FirewallError {
         line_number: Option<usize>,
         line: Option<String>,
     },
+}
+
+/// ` (install the nftables package)` when the program is missing.
+fn install_hint(program: &str, error: &io::Error) -> String {
+    match crate::host_tools::package_of(program) {
+        Some(package) if error.kind() == io::ErrorKind::NotFound => format!(" (install the {package} package)"),
+        _ => String::new(),
+    }
 }
 
 fn first_error(stderr: &str) -> &str {
@@ -226,6 +237,7 @@ const INET_CHAINS: &str = "\
 	}
 	chain output {
 		type nat hook output priority -100; policy accept;
+		ip6 daddr ::1 return
 		dnat ip to ip daddr . meta l4proto . th dport map @ports_v4_ip
 		dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports_v6_ip
 		fib daddr type local dnat ip to meta l4proto . th dport map @ports_v4
@@ -252,7 +264,9 @@ const INET_CHAINS: &str = "\
 // prerouting: a 127/8 destination from outside is never DNATed (it would
 //   turn a martian into a valid packet); host-IP mappings first, then
 //   wildcard mappings for packets addressed to this node.
-// output: the same for connections from the node itself (incl. 127.0.0.1).
+// output: the same for connections from the node itself (incl. 127.0.0.1);
+//   ::1 is left to the agent's userland relay (crate::proxy): a packet
+//   from ::1 cannot be DNATed out of the node.
 // postrouting: 127/8 sources going to a container (route_localnet) and
 //   hairpin (DNATed from a bridge's subnet back out that bridge) are
 //   masqueraded; a subnet leaving through another interface is masqueraded
@@ -470,6 +484,10 @@ struct Applied {
 
 /// netlet's firewall in the current network namespace.
 pub struct NftFirewall {
+    /// netlet's rules in the other firewalls there (see `coexist`), and
+    /// the bridges they were last made for.
+    foreign: super::coexist::ForeignFirewalls,
+    foreign_bridges: Option<Vec<String>>,
     nft: PathBuf,
     last: Option<Applied>,
     /// Opened on the first element update, in the calling thread's namespace.
@@ -489,7 +507,7 @@ impl NftFirewall {
     }
 
     pub fn with_binary(nft: impl Into<PathBuf>) -> Self {
-        NftFirewall { nft: nft.into(), last: None, elements: None }
+        NftFirewall { foreign: Default::default(), foreign_bridges: None, nft: nft.into(), last: None, elements: None }
     }
 
     /// Converges our tables to `plan`. In sync (zero writes) when the live
@@ -497,6 +515,21 @@ impl NftFirewall {
     /// last apply of this same rendering; otherwise replaces them in one
     /// transaction. A table deleted or flushed behind our back is rebuilt.
     pub fn sync(&mut self, plan: &FirewallPlan) -> Result<SyncOutcome, FirewallError> {
+        let own = self.sync_own(plan)?;
+        // Then what other firewalls need from netlet to let its traffic by:
+        // checked when the bridges change and on the passes that found our
+        // own table in sync (drift checks), not on every published port.
+        let bridges: Vec<String> = plan.networks.iter().map(|n| n.bridge.clone()).collect();
+        if own.mutated() && self.foreign_bridges.as_ref() == Some(&bridges) {
+            return Ok(own);
+        }
+        self.foreign_bridges = None;
+        let foreign = self.foreign.sync(&bridges)?;
+        self.foreign_bridges = Some(bridges);
+        Ok(if foreign.mutated() { foreign } else { own })
+    }
+
+    fn sync_own(&mut self, plan: &FirewallPlan) -> Result<SyncOutcome, FirewallError> {
         let rendered = render(plan, BrNetfilter::detect())?;
         // What we want changed since our last apply: the kernel cannot hold
         // it yet, so skip the listing and apply straight away.
@@ -555,8 +588,10 @@ impl NftFirewall {
     /// Deletes our tables; in sync (nothing done) if they are absent.
     pub fn remove(&mut self) -> Result<SyncOutcome, FirewallError> {
         self.last = None;
+        self.foreign_bridges = None;
+        let foreign = self.foreign.sync(&[])?;
         if self.list()?.is_empty() {
-            return Ok(SyncOutcome::InSync);
+            return Ok(foreign);
         }
         self.run(&Ruleset::default().script(), "remove")?;
         Ok(SyncOutcome::Applied)
@@ -785,6 +820,7 @@ mod tests {
         assert!(t.contains("fib daddr type local dnat ip to meta l4proto . th dport map @ports_v4"));
         assert!(t.contains("dnat ip to ip daddr . meta l4proto . th dport map @ports_v4_ip"));
         assert!(t.contains("type nat hook output priority -100;"));
+        assert!(t.contains("priority -100; policy accept;\n\t\tip6 daddr ::1 return\n"), "::1 is relayed, never DNATed");
         assert!(t.contains("type nat hook prerouting priority dstnat;"));
         // Localhost publishing and hairpin; remote clients keep their source.
         assert!(t.contains("oifname @bridges ip saddr 127.0.0.0/8 masquerade"));

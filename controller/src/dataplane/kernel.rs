@@ -70,6 +70,13 @@ pub enum Change<'a> {
         name: &'a str,
         change: LinkChange,
     },
+    /// Hairpin mode on for a bridge port: a frame may leave by the port it
+    /// came in (a container reaching its own published port, DNATed while
+    /// bridged with br_netfilter).
+    SetHairpin {
+        index: u32,
+        name: &'a str,
+    },
     DeleteLink {
         index: u32,
         name: &'a str,
@@ -277,7 +284,7 @@ impl Touched {
             Change::CreateVeth { host, .. } => {
                 self.names.insert(host.to_string());
             }
-            Change::SetLink { index, .. } | Change::DeleteLink { index, .. } => {
+            Change::SetLink { index, .. } | Change::SetHairpin { index, .. } | Change::DeleteLink { index, .. } => {
                 self.indexes.insert(index);
             }
             Change::DeleteLinks { links, .. } => self.indexes.extend(links.iter().map(|(index, _)| *index)),

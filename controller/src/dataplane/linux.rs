@@ -71,6 +71,7 @@ impl Rtnl for Netlink {
                     self.create_vxlan(name, vni, port, local, mtu, controller, alias).await
                 }
                 Change::SetLink { index, name, change } => self.set_link(index, name, change).await,
+                Change::SetHairpin { index, name } => self.set_hairpin(index, name).await,
                 Change::DeleteLink { index, name } => self.delete_link(index, name).await,
                 Change::DeleteLinks { links, group } => self.delete_links_batched(links, group).await,
                 Change::AddAddress { index, net, ifname } => self.add_address(index, net, ifname).await,

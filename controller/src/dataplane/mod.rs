@@ -14,6 +14,7 @@
 //! (`prune`). `report` is what it did.
 
 mod bridges;
+pub mod coexist;
 pub mod dump;
 mod endpoints;
 pub mod events;

@@ -11,12 +11,13 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoMacVlan, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+    InfoBridgePort, InfoData, InfoKind, InfoMacVlan, InfoPortData, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    MacVlanMode,
 };
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use super::netns;
 use crate::api::MacvlanMode;
@@ -76,6 +77,8 @@ pub struct Link {
     pub link: Option<u32>,
     /// For a VXLAN device: VNI, UDP port, local address.
     pub vxlan: Option<(u32, u16, Option<IpAddr>)>,
+    /// For a bridge port: whether hairpin mode is on.
+    pub hairpin: Option<bool>,
 }
 
 /// A neighbour-table entry: an FDB entry (bridge family: MAC -> remote
@@ -114,6 +117,12 @@ fn parse_link(msg: &LinkMessage) -> Link {
                                 }
                             }
                             link.vxlan = Some((vni, port, local));
+                        }
+                        LinkInfo::PortData(InfoPortData::BridgePort(attrs)) => {
+                            link.hairpin = attrs.iter().find_map(|a| match a {
+                                InfoBridgePort::HairpinMode(on) => Some(*on),
+                                _ => None,
+                            });
                         }
                         _ => {}
                     }
@@ -336,7 +345,23 @@ impl Netlink {
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .build();
         self.handle.link().add(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("create veth {host}/{peer}"), e))?;
-        self.set_alias(host, alias).await
+        self.set_alias(host, alias).await?;
+        // The kernel takes bridge-port settings only once the port exists.
+        self.set_hairpin(0, host).await
+    }
+
+    /// Hairpin mode on a bridge port (by index, or by name with index 0):
+    /// a frame may leave by the port it came in. With br_netfilter, a
+    /// container reaching its own published port through the node's
+    /// address is DNATed while being bridged, back to the port it came
+    /// from (Docker and netavark set it too).
+    pub async fn set_hairpin(&self, index: u32, name: &str) -> Result<()> {
+        let mut msg = LinkBridgePort::new(index).hairpin(true).build();
+        if index == 0 {
+            msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        }
+        // Port settings go in RTM_NEWLINK (`ip link set`); RTM_SETLINK ignores them.
+        self.handle.link().set_port(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("set hairpin on {name}"), e))
     }
 
     /// Marks a link as netlet's. The kernel ignores IFLA_IFALIAS on

@@ -1,10 +1,15 @@
 //! Pure query handling: a packet, the asking address and the name table in;
 //! a reply (or "forward upstream") out. Never panics on any input.
+//!
+//! Over UDP an answer must fit the client's buffer: 512 bytes, or the
+//! payload size its EDNS0 OPT record advertises. One that does not fit is
+//! sent truncated (TC set, no records), and the client asks again over TCP,
+//! where the whole answer goes (an alias shared by many containers).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
@@ -25,7 +30,17 @@ pub enum Reply {
 /// Local answers change with the objects: never cached for long.
 const TTL: u32 = 0;
 
-fn respond(query: &Message, code: ResponseCode, answers: Vec<Record>) -> Reply {
+/// The UDP payload size this server advertises in its own OPT record.
+const EDNS_PAYLOAD: u16 = 4096;
+
+/// How the query came, which bounds the answer's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+fn respond(query: &Message, code: ResponseCode, answers: Vec<Record>, transport: Transport) -> Reply {
     let mut msg = Message::response(query.metadata.id, query.metadata.op_code);
     msg.metadata.recursion_desired = query.metadata.recursion_desired;
     msg.metadata.recursion_available = true;
@@ -33,21 +48,32 @@ fn respond(query: &Message, code: ResponseCode, answers: Vec<Record>) -> Reply {
     msg.metadata.response_code = code;
     msg.add_queries(query.queries.iter().cloned());
     msg.add_answers(answers);
-    match msg.to_vec() {
-        Ok(bytes) => Reply::Answer(bytes),
-        Err(_) => Reply::Drop,
+    // A query with OPT gets OPT back (RFC 6891), with our own size.
+    if query.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_PAYLOAD);
+        msg.set_edns(edns);
     }
+    let Ok(bytes) = msg.to_vec() else { return Reply::Drop };
+    // The client's buffer: 512 bytes unless its OPT says more.
+    if transport == Transport::Udp && bytes.len() > usize::from(query.max_payload()) {
+        return match msg.truncate().to_vec() {
+            Ok(bytes) => Reply::Answer(bytes),
+            Err(_) => Reply::Drop,
+        };
+    }
+    Reply::Answer(bytes)
 }
 
 /// Answers `packet` from `client`. `rotation` varies the order of several
 /// addresses for one name (load sharing across an alias).
-pub fn answer(table: &NameTable, client: IpAddr, packet: &[u8], rotation: usize) -> Reply {
+pub fn answer(table: &NameTable, client: IpAddr, packet: &[u8], rotation: usize, transport: Transport) -> Reply {
     let Ok(query) = Message::from_vec(packet) else { return Reply::Drop };
     if query.metadata.message_type != MessageType::Query {
         return Reply::Drop;
     }
     if query.metadata.op_code != OpCode::Query || query.queries.len() != 1 {
-        return respond(&query, ResponseCode::NotImp, Vec::new());
+        return respond(&query, ResponseCode::NotImp, Vec::new(), transport);
     }
     let q = &query.queries[0];
     let who = table.clients.get(&client);
@@ -64,7 +90,8 @@ pub fn answer(table: &NameTable, client: IpAddr, packet: &[u8], rotation: usize)
             let name = networks.iter().find_map(|n| table.reverse.get(*n)?.get(&ip));
             return match name.and_then(|n| Name::from_ascii(format!("{n}.")).ok()) {
                 Some(target) => {
-                    respond(&query, ResponseCode::NoError, vec![Record::from_rdata(q.name().clone(), TTL, RData::PTR(PTR(target)))])
+                    let ptr = Record::from_rdata(q.name().clone(), TTL, RData::PTR(PTR(target)));
+                    respond(&query, ResponseCode::NoError, vec![ptr], transport)
                 }
                 None => Reply::Forward(upstreams),
             };
@@ -112,7 +139,7 @@ pub fn answer(table: &NameTable, client: IpAddr, packet: &[u8], rotation: usize)
         records.rotate_left(by);
     }
     // A known name without records of this type: NOERROR, no data.
-    respond(&query, ResponseCode::NoError, records)
+    respond(&query, ResponseCode::NoError, records, transport)
 }
 
 #[cfg(test)]
@@ -140,6 +167,10 @@ mod tests {
         m.to_vec().unwrap()
     }
 
+    fn answer_udp(t: &NameTable, client: IpAddr, packet: &[u8], rotation: usize) -> Reply {
+        answer(t, client, packet, rotation, Transport::Udp)
+    }
+
     fn addresses(reply: Reply) -> Vec<String> {
         let Reply::Answer(bytes) = reply else { panic!("expected an answer, got {reply:?}") };
         let m = Message::from_vec(&bytes).unwrap();
@@ -151,33 +182,74 @@ mod tests {
     fn names_resolve_only_for_clients_on_the_network() {
         let t = table();
         let me = "172.25.5.0".parse().unwrap();
-        assert_eq!(addresses(answer(&t, me, &query("APP1.", RecordType::A), 0)), ["172.25.5.0", "172.25.5.1"]);
-        assert_eq!(addresses(answer(&t, me, &query("container2", RecordType::AAAA), 0)), ["fd00::2"]);
+        assert_eq!(addresses(answer_udp(&t, me, &query("APP1.", RecordType::A), 0)), ["172.25.5.0", "172.25.5.1"]);
+        assert_eq!(addresses(answer_udp(&t, me, &query("container2", RecordType::AAAA), 0)), ["fd00::2"]);
         // app2 lives on local_alias only: forwarded (not answered) for this client.
-        assert_eq!(answer(&t, me, &query("app2.", RecordType::A), 0), Reply::Forward(vec![]));
+        assert_eq!(answer_udp(&t, me, &query("app2.", RecordType::A), 0), Reply::Forward(vec![]));
         // The other client forwards to its own nameservers.
         let other = "172.26.0.3".parse().unwrap();
-        assert_eq!(answer(&t, other, &query("app1.", RecordType::A), 0), Reply::Forward(vec!["10.0.0.53".parse().unwrap()]));
+        assert_eq!(answer_udp(&t, other, &query("app1.", RecordType::A), 0), Reply::Forward(vec!["10.0.0.53".parse().unwrap()]));
     }
 
     #[test]
     fn shared_aliases_rotate() {
         let t = table();
         let me = "172.25.5.0".parse().unwrap();
-        assert_eq!(addresses(answer(&t, me, &query("app1.", RecordType::A), 1)), ["172.25.5.1", "172.25.5.0"]);
+        assert_eq!(addresses(answer_udp(&t, me, &query("app1.", RecordType::A), 1)), ["172.25.5.1", "172.25.5.0"]);
     }
 
     #[test]
     fn known_name_without_that_type_is_empty_not_forwarded() {
         let t = table();
-        assert!(addresses(answer(&t, "172.25.5.0".parse().unwrap(), &query("app1.", RecordType::AAAA), 0)).is_empty());
+        assert!(addresses(answer_udp(&t, "172.25.5.0".parse().unwrap(), &query("app1.", RecordType::AAAA), 0)).is_empty());
     }
 
     #[test]
     fn reverse_lookups_name_the_attachment() {
         let t = table();
-        let ans = addresses(answer(&t, "172.25.5.0".parse().unwrap(), &query("0.5.25.172.in-addr.arpa.", RecordType::PTR), 0));
+        let ans = addresses(answer_udp(&t, "172.25.5.0".parse().unwrap(), &query("0.5.25.172.in-addr.arpa.", RecordType::PTR), 0));
         assert_eq!(ans, ["container2."]);
+    }
+
+    /// A query for `many` (50 addresses), with an OPT record of `edns` bytes if given.
+    fn many(edns: Option<u16>) -> (NameTable, Vec<u8>) {
+        let mut t = table();
+        let all: Vec<IpAddr> = (1..=50).map(|i| IpAddr::from([172, 25, 6, i])).collect();
+        t.records.get_mut("isolated_nw").unwrap().insert("many".into(), all);
+        let mut m = Message::from_vec(&query("many.", RecordType::A)).unwrap();
+        if let Some(size) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            m.set_edns(e);
+        }
+        (t, m.to_vec().unwrap())
+    }
+
+    #[test]
+    fn an_answer_too_big_for_udp_is_truncated_and_complete_over_tcp() {
+        let me: IpAddr = "172.25.5.0".parse().unwrap();
+        // 50 A records: 28 + 50 * 16 bytes, more than 512.
+        let (t, plain) = many(None);
+        let Reply::Answer(bytes) = answer(&t, me, &plain, 0, Transport::Udp) else { panic!() };
+        let m = Message::from_vec(&bytes).unwrap();
+        assert!(m.metadata.truncation && m.answers.is_empty(), "TC, no partial answer");
+        assert!(bytes.len() <= 512);
+        assert_eq!(m.queries.len(), 1, "the question stays for the retry");
+        let Reply::Answer(bytes) = answer(&t, me, &plain, 0, Transport::Tcp) else { panic!() };
+        let m = Message::from_vec(&bytes).unwrap();
+        assert!(!m.metadata.truncation);
+        assert_eq!(m.answers.len(), 50);
+        // EDNS0: the client's advertised size is honoured, and OPT answered.
+        let (t, big) = many(Some(1232));
+        let Reply::Answer(bytes) = answer(&t, me, &big, 0, Transport::Udp) else { panic!() };
+        let m = Message::from_vec(&bytes).unwrap();
+        assert_eq!((m.metadata.truncation, m.answers.len()), (false, 50));
+        assert_eq!(m.edns.as_ref().map(|e| e.max_payload()), Some(EDNS_PAYLOAD));
+        // An advertised size below 512 still means 512.
+        let (t, tiny) = many(Some(100));
+        let Reply::Answer(bytes) = answer(&t, me, &tiny, 0, Transport::Udp) else { panic!() };
+        assert!(Message::from_vec(&bytes).unwrap().metadata.truncation);
+        assert!(bytes.len() <= 512);
     }
 
     #[test]
@@ -200,7 +272,8 @@ mod tests {
                 state = state.rotate_left(7);
             }
             p.truncate((state % 700) as usize);
-            let _ = answer(&t, me, &p, i);
+            let _ = answer(&t, me, &p, i, Transport::Udp);
+            let _ = answer(&t, me, &p, i, Transport::Tcp);
         }
     }
 }

@@ -4,5 +4,6 @@
 
 pub mod file_watch;
 pub mod kube;
+pub mod kube_list;
 pub mod manifests;
 pub mod standalone;
