@@ -367,7 +367,7 @@ fn values_yaml_satisfies_values_schema_json() {
     assert_eq!(values.pointer("/serviceMonitor/enabled"), Some(&Json::Bool(false)), "the ServiceMonitor is off by default");
     assert_eq!(
         values["cni"],
-        serde_json::json!({"enabled": true, "binDir": "/opt/cni/bin", "confDir": "/etc/cni/net.d", "socket": "/run/netlet/cni.sock"})
+        serde_json::json!({"enabled": true, "binDir": "/opt/cni/bin", "confDir": "/etc/cni/net.d", "socket": "/run/netlet/cni.sock", "netnsDir": ""})
     );
 }
 
@@ -452,6 +452,10 @@ fn expected_grants() -> BTreeSet<(String, String, String)> {
     // Network status: read, merge this node's entry, replace.
     add("netlet.io", &["networks/status"], &["get", "update"]);
     add("netlet.io", &["attachments/status", "portmappings/status"], &["patch"]);
+    // The Attachments of pods' netlet.io/networks annotations.
+    add("netlet.io", &["attachments"], &["create", "delete"]);
+    // This node's pods (pod sandboxes, annotations) and their netlet.io/network-status.
+    add("", &["pods"], &["get", "list", "watch", "patch"]);
     // Nodes: its own labels (Network.spec.nodeSelector), the others' VTEP addresses (overlays).
     add("", &["nodes"], &["get", "list", "watch"]);
     // events.k8s.io/v1 Events through kube's Recorder.

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod naming;
 pub mod objects;
 pub mod plan;
+pub mod pods;
 pub mod progress;
 pub mod proxy;
 pub mod reconcile;

@@ -245,15 +245,20 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            // Issue 21 hook: the CNI socket, answered by a pass-through
-            // consumer until the reconciler takes pod sandboxes.
+            let kubernetes = args.manifests.is_none();
+            // netlet-cni's socket: in Kubernetes mode its calls are answered
+            // from passes (pods' sandboxes); standalone mode has no pods.
+            let mut cni_calls = None;
             if let Some(socket) = &args.cni_socket {
-                if let Err(e) = netlet::cni::serve_pass_through(runtime.handle(), socket) {
+                let served = match kubernetes {
+                    true => netlet::cni::serve(runtime.handle(), socket).map(|calls| cni_calls = Some(calls)),
+                    false => netlet::cni::serve_pass_through(runtime.handle(), socket),
+                };
+                if let Err(e) = served {
                     eprintln!("error: {e}");
                     return ExitCode::from(1);
                 }
             }
-            let kubernetes = args.manifests.is_none();
             let default_metrics = if kubernetes { "0.0.0.0:9464" } else { "127.0.0.1:9464" };
             let metrics_addr = match args.metrics_addr.as_deref().unwrap_or(default_metrics) {
                 "" | "0" | "off" => None,
@@ -277,8 +282,8 @@ fn main() -> ExitCode {
             let result = runtime.block_on(async move {
                 match args.manifests {
                     None => {
-                        let kube = KubeOptions { node_name, kubeconfig: args.kubeconfig };
-                        runner::run(KubeSource::connect(&kube, opts.metrics.clone()).await?, opts).await
+                        let kube = KubeOptions { node_name, kubeconfig: args.kubeconfig, cni_calls, state_dir: opts.state_dir.clone() };
+                        runner::run(KubeSource::connect(kube, opts.metrics.clone()).await?, opts).await
                     }
                     Some(manifests) => {
                         // For `netlet network ...`: where to write, and that someone reads it.

@@ -185,6 +185,9 @@ pub struct ObjectSet {
     pub networks: Vec<Arc<Network>>,
     pub attachments: Vec<Arc<Attachment>>,
     pub port_mappings: Vec<Arc<PortMapping>>,
+    /// Kubernetes mode: the pods the attachments name, as this node knows
+    /// them (None: standalone mode, where there are no pods).
+    pub pods: Option<Arc<crate::pods::Pods>>,
 }
 
 fn stamp<K: ResourceExt>(o: &Arc<K>) -> Option<k8s_openapi::jiff::Timestamp> {
@@ -265,6 +268,7 @@ mod tests {
             networks: vec![stamped(Network::new("b", NetworkSpec::default()), 5), stamped(Network::new("a", NetworkSpec::default()), 5)],
             attachments: vec![attachment("x", "default", 9), attachment("c", "other", 7), attachment("d", "default", 7)],
             port_mappings: vec![],
+            pods: None,
         };
         set.sort_by_creation_then_name();
         assert_eq!(set.networks.iter().map(|n| n.name_any()).collect::<Vec<_>>(), ["a", "b"]);

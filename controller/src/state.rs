@@ -121,6 +121,16 @@ impl StateDir {
             .map_err(|source| StateError::Io { dir: self.dir.clone(), source })
     }
 
+    /// A state file of another module (`name` in the state dir), empty
+    /// when missing; a corrupt one is set aside.
+    pub fn load_json<T: DeserializeOwned + Default>(&self, name: &str) -> T {
+        self.load(name)
+    }
+    /// Writes `name` atomically and durably.
+    pub fn store_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        self.store(name, value, true)
+    }
+
     pub fn load_allocations(&self) -> Allocations {
         self.load("allocations.json")
     }

@@ -77,6 +77,11 @@ pub struct Sandbox {
     /// The node's own namespace (`--network host`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<bool>,
+    /// Kubernetes mode: the Pod of this name in the Attachment's namespace
+    /// (its network namespace, as the container runtime made it; realized
+    /// by the agent of the pod's node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -124,8 +129,23 @@ pub struct AttachmentStatus {
     pub mac_address: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox_path: Option<String>,
+    /// A `pod` sandbox: the pod (by UID) and its sandbox it is realized in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSandboxStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+/// Which pod an Attachment with a `pod` sandbox is realized in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSandboxStatus {
+    pub name: String,
+    /// The pod's UID (a recreated pod of the same name has another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// The runtime's pod sandbox ID (CNI_CONTAINERID).
+    pub sandbox_id: String,
 }

@@ -23,8 +23,9 @@
 //! to its `timeoutSeconds`, 60 s by default); a call dropped unanswered
 //! answers code 11. Calls come concurrently, from many connections.
 //!
-//! Until the reconciler takes pod sandboxes, [`serve_pass_through`] runs
-//! the socket with [`pass_through`]: nothing of netlet's in any sandbox.
+//! In Kubernetes mode the calls go to the source, which answers them from
+//! passes (`pods::cni`); standalone mode, which has no pods, serves the
+//! socket with [`pass_through`]: nothing of netlet's in any sandbox.
 
 pub mod install;
 mod server;
@@ -54,11 +55,18 @@ pub async fn pass_through(mut calls: mpsc::Receiver<CniCall>) {
     }
 }
 
-/// Binds `path` and serves it with [`pass_through`] on `runtime`.
-pub fn serve_pass_through(runtime: &tokio::runtime::Handle, path: &Path) -> Result<(), CniSocketError> {
+/// Binds `path` and serves it on `runtime`; the calls come out of the
+/// returned receiver.
+pub fn serve(runtime: &tokio::runtime::Handle, path: &Path) -> Result<mpsc::Receiver<CniCall>, CniSocketError> {
     let socket = CniSocket::bind(path)?;
     let (calls, consumer) = mpsc::channel(CALL_QUEUE);
     runtime.spawn(socket.serve(calls));
+    Ok(consumer)
+}
+
+/// Binds `path` and serves it with [`pass_through`] on `runtime`.
+pub fn serve_pass_through(runtime: &tokio::runtime::Handle, path: &Path) -> Result<(), CniSocketError> {
+    let consumer = serve(runtime, path)?;
     runtime.spawn(pass_through(consumer));
     Ok(())
 }

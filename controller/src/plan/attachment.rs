@@ -42,6 +42,12 @@ pub enum SandboxChoice {
     /// Share another Attachment's namespace (same Kubernetes namespace).
     SharedWith(String),
     Host,
+    /// A pod (same Kubernetes namespace) by name, until the plan finds its
+    /// sandbox (see `pods`).
+    Pod(String),
+    /// A pod whose sandbox is not there: addresses are held, nothing is
+    /// realized, and this is why.
+    PodWaiting(Failure),
 }
 
 /// The checked, parsed parts of an Attachment spec.
@@ -51,6 +57,15 @@ pub struct CheckedAttachment {
     pub ipv4: Option<IpAddr>,
     pub ipv6: Option<IpAddr>,
     pub mac: Option<[u8; 6]>,
+    /// A pod sandbox: which pod and sandbox it resolved to.
+    pub pod: Option<crate::api::PodSandboxStatus>,
+}
+
+impl CheckedAttachment {
+    /// Takes addresses on its network (realized now or held for later).
+    pub fn holds_addresses(&self) -> bool {
+        matches!(self.sandbox, SandboxChoice::Namespace(_) | SandboxChoice::PodWaiting(_))
+    }
 }
 
 fn check_netns_name(name: &str) -> Result<(), Failure> {
@@ -86,9 +101,9 @@ fn check_dns_name(what: &str, name: &str) -> Result<(), Failure> {
 pub fn check(att: &Attachment) -> Result<CheckedAttachment, Failure> {
     let spec = &att.spec;
     let sb = &spec.sandbox;
-    let chosen = [sb.netns.is_some(), sb.path.is_some(), sb.attachment.is_some(), sb.host.unwrap_or(false)];
+    let chosen = [sb.netns.is_some(), sb.path.is_some(), sb.attachment.is_some(), sb.host.unwrap_or(false), sb.pod.is_some()];
     let sandbox = match chosen.iter().filter(|x| **x).count() {
-        0 => return Err(Failure::invalid("sandbox needs exactly one of netns, path, attachment or host: true; none is set")),
+        0 => return Err(Failure::invalid("sandbox needs exactly one of netns, path, attachment, pod or host: true; none is set")),
         1 => {
             if let Some(name) = &sb.netns {
                 check_netns_name(name)?;
@@ -103,15 +118,18 @@ pub fn check(att: &Attachment) -> Result<CheckedAttachment, Failure> {
                     return Err(Failure::invalid("sandbox.attachment names the attachment itself"));
                 }
                 SandboxChoice::SharedWith(owner.clone())
+            } else if let Some(pod) = &sb.pod {
+                check_dns_name("sandbox.pod", pod)?;
+                SandboxChoice::Pod(pod.clone())
             } else {
                 SandboxChoice::Host
             }
         }
         _ => {
             let names: Vec<&str> =
-                ["netns", "path", "attachment", "host"].iter().zip(chosen).filter(|(_, set)| *set).map(|(n, _)| *n).collect();
+                ["netns", "path", "attachment", "host", "pod"].iter().zip(chosen).filter(|(_, set)| *set).map(|(n, _)| *n).collect();
             return Err(Failure::invalid(format!(
-                "sandbox needs exactly one of netns, path, attachment or host: true; {} are all set",
+                "sandbox needs exactly one of netns, path, attachment, pod or host: true; {} are all set",
                 names.join(", ")
             )));
         }
@@ -167,5 +185,5 @@ pub fn check(att: &Attachment) -> Result<CheckedAttachment, Failure> {
             return Err(Failure::invalid("expose: port 0 is not a valid port"));
         }
     }
-    Ok(CheckedAttachment { sandbox, ipv4, ipv6, mac })
+    Ok(CheckedAttachment { sandbox, ipv4, ipv6, mac, pod: None })
 }

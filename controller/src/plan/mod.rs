@@ -12,6 +12,7 @@ pub mod names;
 pub mod network;
 pub mod outcome;
 pub mod overlay;
+mod pod_sandbox;
 pub mod ports;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -77,6 +78,9 @@ pub struct AttachmentInfo {
     pub ipv6_gateway: Option<IpAddr>,
     pub mac: Option<String>,
     pub sandbox_path: Option<String>,
+    /// A pod sandbox: the pod and sandbox it is realized in (boxed: most
+    /// attachments have none).
+    pub pod: Option<Box<crate::api::PodSandboxStatus>>,
     /// Host mode: the node's addresses, reported for information.
     pub node_addresses: Vec<String>,
 }
@@ -112,7 +116,10 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
     let mut local: Vec<Local<'_>> = Vec::new();
     for att in objects.attachments.iter().map(|a| &**a).filter(|a| is_local(a, &node.node_name)) {
         let key = ObjectName::of(att);
-        match attachment::check(att).and_then(|checked| check_against_network(att, &checked, &networks).map(|()| checked)) {
+        let checked = attachment::check(att)
+            .and_then(|checked| check_against_network(att, &checked, &networks).map(|()| checked))
+            .and_then(|checked| pod_sandbox::resolve(&key, checked, objects.pods.as_deref()));
+        match checked {
             Ok(checked) => local.push((key, att, checked)),
             Err(failure) => {
                 out.attachments.insert(key, Err(failure));
@@ -136,6 +143,14 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
     for (position, (key, att, checked)) in local.iter().enumerate() {
         if out.attachments.contains_key(key) {
             continue; // already failed
+        }
+        if let SandboxChoice::PodWaiting(failure) = &checked.sandbox {
+            // Nothing to realize; the addresses (and interface name) stay held.
+            let (ipv4, ipv6) = addresses[position];
+            let interface = held.endpoints.get(key).and_then(|h| h.interface.clone());
+            out.allocations.endpoints.insert(key.clone(), HeldEndpoint { network: att.spec.network.clone(), ipv4, ipv6, interface });
+            out.attachments.insert(key.clone(), Err(failure.clone()));
+            continue;
         }
         let SandboxChoice::Namespace(sandbox) = &checked.sandbox else {
             continue;
@@ -205,6 +220,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
                 ipv6_gateway: gw6,
                 mac: Some(naming::format_mac(&mac)),
                 sandbox_path: Some(sandbox.path()),
+                pod: checked.pod.clone().map(Box::new),
                 node_addresses: Vec::new(),
             }),
         );
@@ -236,7 +252,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
                     )),
                 }
             }
-            SandboxChoice::Namespace(_) => continue,
+            SandboxChoice::Namespace(_) | SandboxChoice::Pod(_) | SandboxChoice::PodWaiting(_) => continue,
         };
         out.attachments.insert(key.clone(), info);
     }
@@ -414,7 +430,7 @@ fn allocate_addresses(
         let members: Vec<usize> = (0..local.len())
             .filter(|i| {
                 let (_, att, checked) = &local[*i];
-                &att.spec.network == name && matches!(checked.sandbox, SandboxChoice::Namespace(_))
+                &att.spec.network == name && checked.holds_addresses()
             })
             .collect();
         let requests: Vec<Member<'_>> = members.iter().map(|i| (local[*i].0.as_str(), local[*i].2.ipv4, local[*i].2.ipv6)).collect();
@@ -568,6 +584,10 @@ fn choose_default_routes<'a>(
             continue;
         };
         if out.attachments.contains_key(key) || att.spec.default_route == Some(false) {
+            continue;
+        }
+        // A pod's default route is its primary network's: taken only when asked.
+        if checked.pod.is_some() && att.spec.default_route != Some(true) {
             continue;
         }
         let Some(Ok(net)) = networks.get(&att.spec.network) else {

@@ -41,7 +41,7 @@ pub struct NameClient {
 }
 
 /// The table for every ready attachment on a network with embedded DNS:
-/// its Attachment name, netns name, hostname and aliases.
+/// its Attachment name, netns or pod name, hostname and aliases.
 /// `local` is this node's checked attachments, in creation order.
 pub fn name_table(local: &[Local<'_>], networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>, out: &Plan) -> NameTable {
     let mut table = NameTable::default();
@@ -68,6 +68,7 @@ pub fn name_table(local: &[Local<'_>], networks: &BTreeMap<String, Result<Resolv
         let name = att.name_any();
         let names = std::iter::once(name.as_str())
             .chain(att.spec.sandbox.netns.as_deref())
+            .chain(att.spec.sandbox.pod.as_deref())
             .chain(att.spec.hostname.as_deref())
             .chain(att.spec.aliases.iter().map(String::as_str));
         let records = entry_of(&mut table.records, &info.network);

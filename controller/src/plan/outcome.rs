@@ -24,6 +24,8 @@ pub mod reason {
     pub const KERNEL_ERROR: &str = "KernelError";
     pub const NOT_A_PEER: &str = "NotAPeer";
     pub const ADDRESS_BLOCK_PENDING: &str = "AddressBlockPending";
+    pub const POD_NOT_FOUND: &str = "PodNotFound";
+    pub const POD_NOT_STARTED: &str = "PodNotStarted";
 }
 
 /// Why an object is not Ready: a reason from [`reason`] and a message a

@@ -87,7 +87,7 @@ pub fn allocate(
             .filter(|a| &a.spec.network == name)
             .filter(|a| blocks.is_none() || is_local(a, &node.node_name) || known(a))
             .filter_map(|a| Some((ObjectName::of(&**a), attachment::check(a).ok()?)))
-            .filter(|(_, c)| matches!(c.sandbox, SandboxChoice::Namespace(_)))
+            .filter(|(_, c)| matches!(c.sandbox, SandboxChoice::Namespace(_) | SandboxChoice::Pod(_)))
             .collect();
         let requests: Vec<Member<'_>> = members.iter().map(|(key, c)| (key.as_str(), c.ipv4, c.ipv6)).collect();
         let results = match blocks {

@@ -210,6 +210,7 @@ fn port_mappings_expand_allocate_and_conflict_in_creation_order() {
             port_mapping("eph", "db", 5432, None),
             port_mapping("ghost", "nobody", 1, None),
         ]),
+        pods: None,
     };
     let p = run(objects);
     let web = p.port_mappings["default/web"].as_ref().unwrap();

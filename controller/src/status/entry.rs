@@ -146,6 +146,7 @@ pub fn status_of(inputs: &Inputs<'_>, previous: &[Condition], now: &str) -> Obje
                 ipv6_gateway: info.and_then(|i| i.ipv6_gateway.map(|g| g.to_string())),
                 mac_address: info.and_then(|i| i.mac.clone()),
                 sandbox_path: info.and_then(|i| i.sandbox_path.clone()),
+                pod: info.and_then(|i| i.pod.as_deref().cloned()),
                 observed_generation: *generation,
                 conditions: ready(*generation, inputs.result()),
             };

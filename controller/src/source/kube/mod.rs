@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -30,11 +30,14 @@ use crate::api::{Attachment, Driver, Network, OverlayPeer, PortMapping};
 use crate::metrics::Metrics;
 use crate::objects::{namespace_of, ObjectName, ObjectSet};
 use crate::plan::{Allocations, HeldEndpoint, PortKey};
+use crate::pods::cni::PodCalls;
+use crate::pods::{PodSandbox, SandboxBook};
 use crate::reconcile::Outcome;
 use crate::runner::{Snapshot, Source};
 use crate::status::ObjectStatus;
 
 mod blocks;
+mod pods;
 mod publish;
 
 pub use publish::{IN_USE_FINALIZER, TEARDOWN_FINALIZER};
@@ -47,6 +50,10 @@ fn scheduled_on(a: &Attachment, node: &str) -> bool {
 pub struct KubeOptions {
     pub node_name: String,
     pub kubeconfig: Option<PathBuf>,
+    /// netlet-cni's calls (the agent's CNI socket), answered from passes.
+    pub cni_calls: Option<tokio::sync::mpsc::Receiver<crate::cni::CniCall>>,
+    /// Where the pod sandboxes netlet-cni reported are kept.
+    pub state_dir: PathBuf,
 }
 
 pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
@@ -191,6 +198,8 @@ struct Cluster {
     attachments: Store<Attachment>,
     port_mappings: Store<PortMapping>,
     nodes: Store<Node>,
+    /// This node's pods.
+    pods: Store<Pod>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
 }
@@ -200,8 +209,17 @@ struct Cluster {
 type Desired = (Arc<ObjectSet>, Vec<Arc<Attachment>>, Vec<Arc<PortMapping>>, Vec<Arc<Network>>);
 
 impl Cluster {
+    /// Is this attachment realized by this node? Its nodeName says so, or
+    /// it names a pod of this node.
+    fn ours(&self, a: &Attachment, pods: &pods::Claims<'_>) -> bool {
+        match &a.spec.node_name {
+            Some(node) => node == &self.node,
+            None => self.pod_attachment_is_ours(a, pods),
+        }
+    }
+
     /// The desired objects for this node, and those being deleted.
-    fn desired(&self) -> Desired {
+    fn desired(&self, pods: &pods::Claims<'_>) -> Desired {
         let nodes = self.nodes.state();
         let labels = nodes.iter().find(|n| n.name_any() == self.node).map(|n| n.labels().clone()).unwrap_or_default();
         let attachments = self.attachments.state();
@@ -224,7 +242,7 @@ impl Cluster {
         let overlays: BTreeSet<String> = set.networks.iter().filter(|n| n.spec.driver == Driver::Overlay).map(|n| n.name_any()).collect();
         let mut deleting_attachments = Vec::new();
         for a in &attachments {
-            if !scheduled_on(a, &self.node) {
+            if !self.ours(a, pods) {
                 // Another node's attachment matters here only as an overlay
                 // remote (a static FDB and neighbour entry), until deleted.
                 if a.spec.node_name.is_some() && overlays.contains(&a.spec.network) && a.meta().deletion_timestamp.is_none() {
@@ -250,7 +268,7 @@ impl Cluster {
                 }
                 continue;
             };
-            if !scheduled_on(attachment, &self.node) {
+            if !self.ours(attachment, pods) {
                 continue;
             }
             if p.meta().deletion_timestamp.is_some() {
@@ -259,6 +277,7 @@ impl Cluster {
                 set.port_mappings.push(p);
             }
         }
+        set.pods = Some(Arc::new(self.pods_for(&set.attachments, pods.sandboxes)));
         set.sort_by_creation_then_name();
         (Arc::new(set), deleting_attachments, deleting_pms, deleting_networks)
     }
@@ -272,13 +291,19 @@ pub struct KubeSource {
     changed: Arc<Notify>,
     /// What the last snapshot was made of: finalizers and status follow it.
     last: Option<Desired>,
+    /// netlet-cni's calls and the pod sandboxes they reported.
+    calls: Option<PodCalls>,
+    /// No pod sandbox at all without netlet-cni.
+    no_sandboxes: BTreeMap<ObjectName, PodSandbox>,
+    /// Pod attachments whose pod exists nowhere: this agent reports them.
+    orphans: BTreeSet<ObjectName>,
 }
 
 impl KubeSource {
     /// Connects and starts the watches (Networks, Attachments,
     /// PortMappings, Nodes); nothing is read yet. API calls the agent's
     /// role refuses are reported in `metrics` (`/readyz`).
-    pub async fn connect(opts: &KubeOptions, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub async fn connect(opts: KubeOptions, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let client = client(opts.kubeconfig.as_ref()).await?;
         let changed = Arc::new(Notify::new());
         let networks = reflect(Api::<Network>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
@@ -286,17 +311,29 @@ impl KubeSource {
         let port_mappings = reflect(Api::<PortMapping>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
         // Every Node: this one's labels select networks, the others' addresses are overlay VTEPs.
         let nodes = reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
+        // This node's pods only: the sandboxes `pod` attachments name.
+        let on_this_node = watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node_name));
+        let pods = reflect(Api::<Pod>::all(client.clone()), on_this_node, changed.clone(), metrics.clone());
         let cluster = Cluster {
             networks,
             attachments,
             port_mappings,
             nodes,
+            pods,
             recorder: Recorder::new(client.clone(), Reporter { controller: "netlet".into(), instance: Some(opts.node_name.clone()) }),
             node: opts.node_name.clone(),
             client,
             metrics,
         };
-        Ok(KubeSource { cluster, changed, last: None })
+        let calls = match opts.cni_calls {
+            Some(calls) => Some(PodCalls::new(calls, SandboxBook::load(crate::state::StateDir::open(&opts.state_dir)?))),
+            None => None,
+        };
+        Ok(KubeSource { cluster, changed, last: None, calls, no_sandboxes: BTreeMap::new(), orphans: BTreeSet::new() })
+    }
+
+    fn sandboxes(&self) -> &BTreeMap<ObjectName, PodSandbox> {
+        self.calls.as_ref().map(|c| c.book().sandboxes()).unwrap_or(&self.no_sandboxes)
     }
 }
 
@@ -311,6 +348,7 @@ fn version_of(objects: &ObjectSet, known: &Allocations, decided: &Allocations, b
     objects.networks.iter().for_each(|n| object(&n.metadata));
     objects.attachments.iter().for_each(|a| object(&a.metadata));
     objects.port_mappings.iter().for_each(|p| object(&p.metadata));
+    objects.pods.hash(&mut h);
     for n in &objects.networks {
         if let Some(overlay) = &n.spec.overlay {
             overlay.peers.iter().for_each(|p| (&p.node, &p.address).hash(&mut h));
@@ -330,18 +368,32 @@ impl Source for KubeSource {
         self.cluster.attachments.wait_until_ready().await?;
         self.cluster.port_mappings.wait_until_ready().await?;
         self.cluster.nodes.wait_until_ready().await?;
+        self.cluster.pods.wait_until_ready().await?;
         tracing::info!("initial lists complete");
         Ok(())
     }
 
     async fn snapshot(&mut self) -> Snapshot {
-        let desired = self.cluster.desired();
+        if let Some(calls) = &mut self.calls {
+            let view = pods::PodView { attachments: &self.cluster.attachments, pods: &self.cluster.pods };
+            calls.drain(&view);
+            calls.forget_gone();
+            calls.snapshot_taken();
+        }
+        self.orphans = self.cluster.orphans(self.sandboxes(), &self.orphans).await;
+        let claims = pods::Claims { sandboxes: self.sandboxes(), orphans: &self.orphans };
+        let desired = self.cluster.desired(&claims);
         // Addresses and ports already handed out, from status: ours fill
         // what the state dir lacks; other nodes' (overlay remotes) are
         // theirs to decide, so their status wins.
         let node = &self.cluster.node;
-        let (ours, others): (Vec<Arc<Attachment>>, Vec<Arc<Attachment>>) =
-            self.cluster.attachments.state().into_iter().partition(|a| scheduled_on(a, node));
+        let (ours, others): (Vec<Arc<Attachment>>, Vec<Arc<Attachment>>) = self
+            .cluster
+            .attachments
+            .state()
+            .into_iter()
+            .filter(|a| a.spec.node_name.is_some() || self.cluster.ours(a, &claims))
+            .partition(|a| a.spec.node_name.is_none() || scheduled_on(a, node));
         let known = allocations_from_status(&ours, &desired.0.port_mappings);
         let decided = allocations_from_status(&others, &[]);
         let overlay_blocks = self.cluster.overlay_blocks(&desired.0).await;
@@ -351,20 +403,33 @@ impl Source for KubeSource {
         snapshot
     }
 
+    /// A watch event (a burst waited out), or a CNI call that needs a
+    /// pass (taken at once: it is on a pod's start-up path).
     async fn changed(&mut self) {
-        self.changed.notified().await;
-        crate::runner::settle(&self.changed).await;
+        let Some(calls) = &mut self.calls else {
+            self.changed.notified().await;
+            return crate::runner::settle(&self.changed).await;
+        };
+        let view = pods::PodView { attachments: &self.cluster.attachments, pods: &self.cluster.pods };
+        tokio::select! {
+            _ = self.changed.notified() => crate::runner::settle(&self.changed).await,
+            () = calls.next(&view) => {}
+        }
     }
 
     async fn publish(&mut self, outcome: &Outcome) {
         let Some((objects, deleting_atts, deleting_pms, deleting_nets)) = &self.last else { return };
         let cluster = &self.cluster;
+        // Pods wait for these: answered before any API write.
+        if let Some(calls) = &mut self.calls {
+            calls.answer(outcome, &pods::PodView { attachments: &cluster.attachments, pods: &cluster.pods });
+        }
         // Finalizers first on live objects, so a later delete waits for us.
         let client = &cluster.client;
         let att_api = |ns: &str| Api::<Attachment>::namespaced(client.clone(), ns);
         let pm_api = |ns: &str| Api::<PortMapping>::namespaced(client.clone(), ns);
         let net_api: Api<Network> = Api::all(client.clone());
-        for a in objects.attachments.iter().map(|a| &**a).filter(|a| scheduled_on(a, &cluster.node)) {
+        for a in objects.attachments.iter().map(|a| &**a).filter(|a| crate::plan::is_local(a, &cluster.node)) {
             cluster.ensure_finalizer(&att_api(&namespace_of(a)), a, TEARDOWN_FINALIZER).await;
         }
         for p in objects.port_mappings.iter().map(|p| &**p) {
@@ -395,6 +460,8 @@ impl Source for KubeSource {
                 ObjectStatus::Unloaded(_) => {}
             }
         }
+        cluster.sync_annotation_attachments().await;
+        cluster.publish_pod_network_status(outcome).await;
         // Teardown finished for excluded objects: let them go.
         if outcome.node_errors.is_empty() {
             for a in deleting_atts {

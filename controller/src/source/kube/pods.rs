@@ -1,0 +1,285 @@
+//! Pods of this node (watched with `spec.nodeName=<node>`): which
+//! attachments are this node's because their pod runs here, what a pass
+//! knows of those pods, the Attachments the `netlet.io/networks`
+//! annotation stands for (made by this agent, owned by the pod), and the
+//! `netlet.io/network-status` annotation written back.
+//!
+//! The annotation's Attachments are made as soon as the pod is seen on
+//! this node, before the runtime sets its sandbox up: when netlet-cni's
+//! ADD comes, they are already in the agent's view, and the ADD waits for
+//! one pass only, not for API round trips.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::publish::{patch_params, post_params};
+use super::{note_api, Cluster};
+use crate::api::{Attachment, AttachmentStatus};
+use crate::objects::{namespace_of, ObjectKey, ObjectName};
+use crate::pods::annotation::{self, NETWORKS_ANNOTATION, NETWORK_STATUS_ANNOTATION, POD_LABEL};
+use crate::pods::cni::{PodAttachment, PodAttachments};
+use crate::pods::{local_netns_path, PodSandbox, PodState, Pods};
+use crate::reconcile::Outcome;
+use crate::status::ObjectStatus;
+
+/// The pod an attachment's sandbox names, as namespace/name.
+pub(super) fn pod_of(a: &Attachment) -> Option<ObjectName> {
+    a.spec.sandbox.pod.as_deref().map(|pod| ObjectName::namespaced(&namespace_of(a), pod))
+}
+
+fn pod_in(store: &Store<Pod>, key: &ObjectName) -> Option<Arc<Pod>> {
+    store.get(&ObjectRef::new(key.name()).within(key.namespace().unwrap_or("default")))
+}
+
+/// The selections of a pod's annotation (none if it has none or it is
+/// not valid: the network-status annotation says why).
+fn selections(pod: &Pod) -> Result<Vec<annotation::Selection>, String> {
+    match pod.annotations().get(NETWORKS_ANNOTATION) {
+        None => Ok(Vec::new()),
+        Some(value) => annotation::parse(value),
+    }
+}
+
+/// A view of the pods and attachments the agent has, for CNI calls.
+pub(super) struct PodView<'a> {
+    pub attachments: &'a Store<Attachment>,
+    pub pods: &'a Store<Pod>,
+}
+
+impl PodAttachments for PodView<'_> {
+    fn attachments_of(&self, pod: &ObjectName) -> Vec<PodAttachment> {
+        let mut out: Vec<PodAttachment> = self
+            .attachments
+            .state()
+            .iter()
+            .filter(|a| a.meta().deletion_timestamp.is_none() && pod_of(a).as_ref() == Some(pod))
+            .map(|a| PodAttachment {
+                name: ObjectName::of(&**a),
+                network: a.spec.network.clone(),
+                default_route: a.spec.default_route == Some(true),
+            })
+            .collect();
+        if let Some(live) = pod_in(self.pods, pod) {
+            for s in selections(&live).unwrap_or_default() {
+                let name = pod.sibling(&annotation::attachment_name(pod.name(), &s));
+                if !out.iter().any(|a| a.name == name) {
+                    out.push(PodAttachment { name, network: s.network, default_route: false });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What makes a pod attachment this node's, besides its pod in the watch.
+pub(super) struct Claims<'a> {
+    /// The pod sandboxes netlet-cni reported.
+    pub sandboxes: &'a BTreeMap<ObjectName, PodSandbox>,
+    /// Attachments whose pod exists nowhere, reported by this agent.
+    pub orphans: &'a BTreeSet<ObjectName>,
+}
+
+impl Cluster {
+    /// Is this pod attachment this node's? Its pod runs here (or ran, and
+    /// its sandbox is still recorded), or this node realized it last (the
+    /// pod is gone: the addresses stay held here, and status says why), or
+    /// its pod exists nowhere and no node has reported it yet.
+    pub(super) fn pod_attachment_is_ours(&self, a: &Attachment, claims: &Claims<'_>) -> bool {
+        let Some(pod) = pod_of(a) else { return false };
+        pod_in(&self.pods, &pod).is_some()
+            || claims.sandboxes.contains_key(&pod)
+            || a.status.as_ref().and_then(|s| s.node.as_deref()) == Some(self.node.as_str())
+            || claims.orphans.contains(&ObjectName::of(a))
+    }
+
+    /// The pod attachments nobody reports (no node realizes or realized
+    /// them) whose pod does not exist: asked of the API server one by one
+    /// (the watch has this node's pods only). The first agent to report
+    /// PodNotFound keeps them; a pod scheduled later is its node's.
+    pub(super) async fn orphans(
+        &self,
+        sandboxes: &BTreeMap<ObjectName, PodSandbox>,
+        before: &BTreeSet<ObjectName>,
+    ) -> BTreeSet<ObjectName> {
+        let mut orphans = BTreeSet::new();
+        for a in self.attachments.state() {
+            let Some(pod) = pod_of(&a) else { continue };
+            let reported = a.status.as_ref().is_some_and(|s| s.node.is_some());
+            if a.spec.node_name.is_some() || reported || a.meta().deletion_timestamp.is_some() {
+                continue;
+            }
+            if pod_in(&self.pods, &pod).is_some() || sandboxes.contains_key(&pod) {
+                continue;
+            }
+            let key = ObjectName::of(&*a);
+            let api = Api::<Pod>::namespaced(self.client.clone(), pod.namespace().unwrap_or("default"));
+            let found = api.get_opt(pod.name()).await;
+            note_api(&self.metrics, "get pods", found.as_ref().err());
+            match found {
+                Ok(None) => {
+                    orphans.insert(key);
+                }
+                Ok(Some(_)) => {}
+                Err(e) => {
+                    tracing::debug!(pod = %pod, error = %e, "cannot tell whether a pod exists; as before");
+                    if before.contains(&key) {
+                        orphans.insert(key);
+                    }
+                }
+            }
+        }
+        orphans
+    }
+
+    /// What a pass knows of the pods `attachments` name.
+    pub(super) fn pods_for(&self, attachments: &[Arc<Attachment>], sandboxes: &BTreeMap<ObjectName, PodSandbox>) -> Pods {
+        let mut pods = Pods::new();
+        for key in attachments.iter().filter_map(|a| pod_of(a)) {
+            if pods.contains_key(&key) {
+                continue;
+            }
+            let live = pod_in(&self.pods, &key);
+            let state = match (sandboxes.get(&key), &live) {
+                // A sandbox of an earlier pod of that name is not this one's.
+                (Some(s), Some(p)) if s.uid.is_some() && s.uid.as_deref() != p.metadata.uid.as_deref() => PodState::NotStarted,
+                (Some(s), _) => {
+                    PodState::Running(PodSandbox { netns: local_netns_path(&s.netns).to_string_lossy().into_owned(), ..s.clone() })
+                }
+                (None, Some(_)) => PodState::NotStarted,
+                (None, None) => continue,
+            };
+            pods.insert(key, state);
+        }
+        pods
+    }
+
+    /// Makes the Attachments each pod's annotation stands for, adopts
+    /// those of an earlier pod of the same name, and deletes those it no
+    /// longer asks for. Objects are compared with the watch's view; a
+    /// create that raced (409) is seen by the next pass.
+    pub(super) async fn sync_annotation_attachments(&self) {
+        let attachments = self.attachments.state();
+        for pod in self.pods.state() {
+            let (Some(uid), None) = (pod.metadata.uid.as_deref(), pod.metadata.deletion_timestamp.as_ref()) else { continue };
+            let namespace = namespace_of(&*pod);
+            let name = pod.name_any();
+            let wanted: Vec<Attachment> =
+                selections(&pod).unwrap_or_default().iter().map(|s| annotation::attachment_for(&namespace, &name, uid, s)).collect();
+            let api = Api::<Attachment>::namespaced(self.client.clone(), &namespace);
+            let made: Vec<&Arc<Attachment>> =
+                attachments.iter().filter(|a| namespace_of(&***a) == namespace && a.labels().get(POD_LABEL) == Some(&name)).collect();
+            for want in &wanted {
+                let existing = made.iter().find(|a| a.metadata.name == want.metadata.name);
+                let result = match existing {
+                    None => api.create(&post_params(), want).await.map(drop),
+                    Some(have) if have.spec != want.spec => {
+                        // The annotation changed: the object follows it.
+                        let patch = json!({"spec": want.spec, "metadata": {"ownerReferences": want.metadata.owner_references}});
+                        api.patch(&want.name_any(), &patch_params(), &Patch::Merge(&patch)).await.map(drop)
+                    }
+                    Some(have) if have.owner_references() != want.owner_references() && have.metadata.deletion_timestamp.is_none() => {
+                        // A recreated pod of that name takes it over (and its addresses).
+                        let patch = json!({"metadata": {"ownerReferences": want.metadata.owner_references}});
+                        api.patch(&want.name_any(), &patch_params(), &Patch::Merge(&patch)).await.map(drop)
+                    }
+                    Some(_) => Ok(()),
+                };
+                note_api(&self.metrics, "create/patch attachments", result.as_ref().err());
+                match result {
+                    Ok(()) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => {
+                        tracing::warn!(pod = %format!("{namespace}/{name}"), attachment = %want.name_any(), error = %e, "cannot make the annotation's attachment; will retry")
+                    }
+                }
+            }
+            for stale in made
+                .iter()
+                .filter(|a| a.metadata.deletion_timestamp.is_none() && !wanted.iter().any(|w| w.metadata.name == a.metadata.name))
+            {
+                let result = api.delete(&stale.name_any(), &DeleteParams::default()).await.map(drop);
+                note_api(&self.metrics, "delete attachments", result.as_ref().err());
+                if let Err(e) = result {
+                    tracing::warn!(attachment = %stale.name_any(), error = %e, "cannot delete an attachment the pod no longer asks for; will retry");
+                }
+            }
+        }
+    }
+
+    /// Writes each pod's `netlet.io/network-status` annotation where it
+    /// changed: one entry per attachment of the pod, from this pass.
+    pub(super) async fn publish_pod_network_status(&self, outcome: &Outcome) {
+        let status: HashMap<&ObjectKey, &AttachmentStatus> = outcome
+            .status
+            .entries
+            .iter()
+            .filter_map(|e| match &e.status {
+                ObjectStatus::Attachment(s, _) => Some((&e.key, s)),
+                _ => None,
+            })
+            .collect();
+        let view = PodView { attachments: &self.attachments, pods: &self.pods };
+        for pod in self.pods.state() {
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let key = ObjectName::of(&*pod);
+            let attachments = view.attachments_of(&key);
+            let text = match selections(&pod) {
+                Err(e) => json!([{"error": format!("{NETWORKS_ANNOTATION}: {e}")}]).to_string(),
+                Ok(_) if attachments.is_empty() => {
+                    if pod.annotations().contains_key(NETWORK_STATUS_ANNOTATION) {
+                        self.annotate(&pod, None).await;
+                    }
+                    continue;
+                }
+                Ok(_) => network_status(&attachments, &status).to_string(),
+            };
+            if pod.annotations().get(NETWORK_STATUS_ANNOTATION) != Some(&text) {
+                self.annotate(&pod, Some(&text)).await;
+            }
+        }
+    }
+
+    async fn annotate(&self, pod: &Pod, value: Option<&str>) {
+        let api = Api::<Pod>::namespaced(self.client.clone(), &namespace_of(pod));
+        let patch = json!({"metadata": {"annotations": {NETWORK_STATUS_ANNOTATION: value}}});
+        let result = api.patch(&pod.name_any(), &patch_params(), &Patch::Merge(&patch)).await;
+        note_api(&self.metrics, "patch pods", result.as_ref().err());
+        if let Err(e) = result {
+            tracing::warn!(pod = %pod.name_any(), error = %e, "cannot write the pod's network-status; will retry");
+        }
+    }
+}
+
+/// Multus' network-status shape (`name`, `interface`, `ips`, `mac`), with
+/// netlet's attachment and its Ready condition.
+fn network_status(attachments: &[PodAttachment], status: &HashMap<&ObjectKey, &AttachmentStatus>) -> serde_json::Value {
+    let entries: Vec<serde_json::Value> = attachments
+        .iter()
+        .map(|a| {
+            let s = status.get(&ObjectKey { kind: crate::objects::Kind::Attachment, name: a.name.clone() });
+            let ready = s.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+            let ips: Vec<&str> = s
+                .map(|s| [&s.ipv4_address, &s.ipv6_address].into_iter().flatten().filter_map(|c| c.split('/').next()).collect())
+                .unwrap_or_default();
+            json!({
+                "name": a.network,
+                "attachment": a.name.name(),
+                "interface": s.and_then(|s| s.interface.clone()),
+                "ips": ips,
+                "mac": s.and_then(|s| s.mac_address.clone()),
+                "ready": ready.is_some_and(|c| c.status == "True"),
+                "reason": ready.map(|c| c.reason.clone()),
+                "message": ready.filter(|c| c.status != "True").map(|c| c.message.clone()),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(entries)
+}
