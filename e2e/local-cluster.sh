@@ -260,6 +260,14 @@ remove_cgroups() {
 start_containerd() {
     local c=$DIR/containerd
     mkdir -p "$c/root" "$c/state" "$c/runc" "$c/opt" "$DIR/cni/bin" "$DIR/cni/net.d" "$DIR/cni/cache"
+    # Pods' network namespaces (netns_mounts_under_state_dir, below): a
+    # shared mount, so that those made after the agent's pod started appear
+    # in its mount of the directory (the chart's cni.netnsDir). Unmounted
+    # by `down` with everything else under DIR.
+    local netns=$c/state/io.containerd.grpc.v1.cri/netns
+    mkdir -p "$netns"
+    mount --bind "$netns" "$netns"
+    mount --make-shared "$netns"
     # The reference plugins the primary network and the CRI need; a CNI
     # plugin of netlet's own can be added here by its DaemonSet.
     local p
@@ -453,6 +461,7 @@ NODE_IP=$NODE_IP
 API_HOST=$API_HOST
 API_PORT=$API_PORT
 CONTAINERD_ADDRESS=$DIR/containerd/containerd.sock
+POD_NETNS_DIR=$DIR/containerd/state/io.containerd.grpc.v1.cri/netns
 KUBECTL=$BIN_DIR/kubectl
 HELM=$HELM_DIR/helm
 EOF

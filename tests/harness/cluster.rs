@@ -81,19 +81,25 @@ impl LocalCluster {
     pub fn helm_install(&self, extra: &str) -> String {
         self.helm(&format!(
             "install netlet {CHART} -n {SYSTEM} --wait --timeout 120s --set stateDir={},apiServer.host={},apiServer.port={},resyncPeriod=5s \
-             --set cni.binDir={},cni.confDir={},cni.socket={} {extra}",
+             --set cni.binDir={},cni.confDir={},cni.socket={},cni.netnsDir={} {extra}",
             self.node.state_dir().display(),
             self.api_host,
             self.api_port,
             self.cni_bin_dir().display(),
             self.cni_conf_dir().display(),
-            self.cni_socket().display()
+            self.cni_socket().display(),
+            self.pod_netns_dir().display()
         ))
     }
 
     /// The container runtime's CNI bin dir (e2e/local-cluster.sh's).
     pub fn cni_bin_dir(&self) -> PathBuf {
         self.dir.join("cni/bin")
+    }
+
+    /// Where containerd makes pods' network namespaces (a shared mount).
+    pub fn pod_netns_dir(&self) -> PathBuf {
+        self.dir.join("containerd/state/io.containerd.grpc.v1.cri/netns")
     }
 
     /// The container runtime's CNI conf dir, with the primary conflist.
