@@ -44,9 +44,11 @@ pub struct PodAttachment {
 }
 
 /// What the source knows of a pod's attachments: those naming it, and
-/// those its annotation stands for (which may not exist yet).
+/// those its annotation stands for (which may not exist yet). None: no
+/// attachment names the pod and the pod itself is not in the agent's view
+/// (its watch is behind the runtime), so its annotation is not known.
 pub trait PodAttachments {
-    fn attachments_of(&self, pod: &ObjectName) -> Vec<PodAttachment>;
+    fn attachments_of(&self, pod: &ObjectName) -> Option<Vec<PodAttachment>>;
 }
 
 struct Waiting {
@@ -122,6 +124,9 @@ impl PodCalls {
         let key = ObjectName::namespaced(&pod.namespace, &pod.name);
         tracing::info!(command = %r.command.as_str(), pod = %key, uid = %pod.uid.as_deref().unwrap_or_default(), container = %r.container_id, netns = %r.netns, "CNI call");
         let attachments = pods.attachments_of(&key);
+        // An ADD for a pod the agent has not seen yet waits for it: its
+        // annotation may ask for networks.
+        let none = attachments.as_ref().is_some_and(Vec::is_empty) || (attachments.is_none() && r.command != Command::Add);
         let recorded = match r.command {
             Command::Add => {
                 let sandbox = PodSandbox { uid: pod.uid.clone(), sandbox_id: r.container_id.clone(), netns: r.netns.clone() };
@@ -135,7 +140,7 @@ impl PodCalls {
                 call.reply(Err(CniError::new(CniError::IO_FAILURE, format!("recording pod {key}'s sandbox: {e}"))));
                 false
             }
-            Ok(false) | Ok(true) if attachments.is_empty() => {
+            Ok(false) | Ok(true) if none => {
                 call.reply(Ok(Added::default()));
                 false
             }
@@ -172,7 +177,11 @@ impl PodCalls {
             let request = &w.call.request;
             let verdict = match request.command {
                 Command::Del => Verdict::Done(Added::default()),
-                _ => verdict(request, &pods.attachments_of(&w.pod), &status),
+                command => match pods.attachments_of(&w.pod) {
+                    Some(wanted) => verdict(request, &wanted, &status),
+                    None if command == Command::Add => Verdict::Wait(format!("pod {} is not in the agent's view yet", w.pod)),
+                    None => Verdict::Done(Added::default()),
+                },
             };
             match verdict {
                 Verdict::Done(added) => {

@@ -53,28 +53,38 @@ pub(super) struct PodView<'a> {
 }
 
 impl PodAttachments for PodView<'_> {
-    fn attachments_of(&self, pod: &ObjectName) -> Vec<PodAttachment> {
-        let mut out: Vec<PodAttachment> = self
-            .attachments
-            .state()
-            .iter()
-            .filter(|a| a.meta().deletion_timestamp.is_none() && pod_of(a).as_ref() == Some(pod))
-            .map(|a| PodAttachment {
-                name: ObjectName::of(&**a),
-                network: a.spec.network.clone(),
-                default_route: a.spec.default_route == Some(true),
-            })
-            .collect();
-        if let Some(live) = pod_in(self.pods, pod) {
-            for s in selections(&live).unwrap_or_default() {
-                let name = pod.sibling(&annotation::attachment_name(pod.name(), &s));
-                if !out.iter().any(|a| a.name == name) {
-                    out.push(PodAttachment { name, network: s.network, default_route: false });
-                }
-            }
-        }
-        out
+    fn attachments_of(&self, pod: &ObjectName) -> Option<Vec<PodAttachment>> {
+        let named = by_pod(&self.attachments.state()).remove(pod).unwrap_or_default();
+        with_annotation(named, pod, pod_in(self.pods, pod).as_deref())
     }
+}
+
+/// The live attachments that name a pod, by pod.
+fn by_pod(attachments: &[Arc<Attachment>]) -> HashMap<ObjectName, Vec<PodAttachment>> {
+    let mut out: HashMap<ObjectName, Vec<PodAttachment>> = HashMap::new();
+    for a in attachments.iter().filter(|a| a.meta().deletion_timestamp.is_none()) {
+        let Some(pod) = pod_of(a) else { continue };
+        let network = a.spec.network.clone();
+        out.entry(pod).or_default().push(PodAttachment {
+            name: ObjectName::of(&**a),
+            network,
+            default_route: a.spec.default_route == Some(true),
+        });
+    }
+    out
+}
+
+/// A pod's attachments: those naming it, and those its annotation stands
+/// for (made by the agent, maybe not yet). None: neither is known.
+fn with_annotation(mut named: Vec<PodAttachment>, pod: &ObjectName, live: Option<&Pod>) -> Option<Vec<PodAttachment>> {
+    let Some(live) = live else { return (!named.is_empty()).then_some(named) };
+    for s in selections(live).unwrap_or_default() {
+        let name = pod.sibling(&annotation::attachment_name(pod.name(), &s));
+        if !named.iter().any(|a| a.name == name) {
+            named.push(PodAttachment { name, network: s.network, default_route: false });
+        }
+    }
+    Some(named)
 }
 
 /// What makes a pod attachment this node's, besides its pod in the watch.
@@ -165,6 +175,13 @@ impl Cluster {
     /// create that raced (409) is seen by the next pass.
     pub(super) async fn sync_annotation_attachments(&self) {
         let attachments = self.attachments.state();
+        // The attachments made for each pod, by its label.
+        let mut made_for: HashMap<ObjectName, Vec<&Arc<Attachment>>> = HashMap::new();
+        for a in &attachments {
+            if let Some(pod) = a.labels().get(POD_LABEL) {
+                made_for.entry(ObjectName::namespaced(&namespace_of(&**a), pod)).or_default().push(a);
+            }
+        }
         for pod in self.pods.state() {
             let (Some(uid), None) = (pod.metadata.uid.as_deref(), pod.metadata.deletion_timestamp.as_ref()) else { continue };
             let namespace = namespace_of(&*pod);
@@ -172,8 +189,7 @@ impl Cluster {
             let wanted: Vec<Attachment> =
                 selections(&pod).unwrap_or_default().iter().map(|s| annotation::attachment_for(&namespace, &name, uid, s)).collect();
             let api = Api::<Attachment>::namespaced(self.client.clone(), &namespace);
-            let made: Vec<&Arc<Attachment>> =
-                attachments.iter().filter(|a| namespace_of(&***a) == namespace && a.labels().get(POD_LABEL) == Some(&name)).collect();
+            let made = made_for.remove(&ObjectName::namespaced(&namespace, &name)).unwrap_or_default();
             for want in &wanted {
                 let existing = made.iter().find(|a| a.metadata.name == want.metadata.name);
                 let result = match existing {
@@ -224,13 +240,13 @@ impl Cluster {
                 _ => None,
             })
             .collect();
-        let view = PodView { attachments: &self.attachments, pods: &self.pods };
+        let mut named = by_pod(&self.attachments.state());
         for pod in self.pods.state() {
             if pod.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             let key = ObjectName::of(&*pod);
-            let attachments = view.attachments_of(&key);
+            let attachments = with_annotation(named.remove(&key).unwrap_or_default(), &key, Some(&pod)).unwrap_or_default();
             let text = match selections(&pod) {
                 Err(e) => json!([{"error": format!("{NETWORKS_ANNOTATION}: {e}")}]).to_string(),
                 Ok(_) if attachments.is_empty() => {
