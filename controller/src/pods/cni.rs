@@ -160,15 +160,7 @@ impl PodCalls {
         if !self.waiting.iter().any(|w| w.seen) {
             return;
         }
-        let status: HashMap<&ObjectKey, &AttachmentStatus> = outcome
-            .status
-            .entries
-            .iter()
-            .filter_map(|e| match &e.status {
-                ObjectStatus::Attachment(status, _) => Some((&e.key, status)),
-                _ => None,
-            })
-            .collect();
+        let status = attachment_statuses(outcome);
         for w in std::mem::take(&mut self.waiting) {
             if !w.seen {
                 self.waiting.push(w);
@@ -205,6 +197,17 @@ impl PodCalls {
             }
         }
     }
+}
+
+/// Each attachment's status as a pass computed it.
+pub fn attachment_statuses(outcome: &Outcome) -> HashMap<&ObjectKey, &AttachmentStatus> {
+    fn attachment(status: &ObjectStatus) -> Option<&AttachmentStatus> {
+        match status {
+            ObjectStatus::Attachment(status, _) => Some(status),
+            _ => None,
+        }
+    }
+    outcome.status.entries.iter().filter_map(|e| Some((&e.key, attachment(&e.status)?))).collect()
 }
 
 enum Verdict {

@@ -23,10 +23,9 @@ use super::{note_api, Cluster};
 use crate::api::{Attachment, AttachmentStatus};
 use crate::objects::{namespace_of, ObjectKey, ObjectName};
 use crate::pods::annotation::{self, NETWORKS_ANNOTATION, NETWORK_STATUS_ANNOTATION, POD_LABEL};
-use crate::pods::cni::{PodAttachment, PodAttachments};
+use crate::pods::cni::{attachment_statuses, PodAttachment, PodAttachments};
 use crate::pods::{local_netns_path, PodSandbox, PodState, Pods};
 use crate::reconcile::Outcome;
-use crate::status::ObjectStatus;
 
 /// The pod an attachment's sandbox names, as namespace/name.
 pub(super) fn pod_of(a: &Attachment) -> Option<ObjectName> {
@@ -231,15 +230,7 @@ impl Cluster {
     /// Writes each pod's `netlet.io/network-status` annotation where it
     /// changed: one entry per attachment of the pod, from this pass.
     pub(super) async fn publish_pod_network_status(&self, outcome: &Outcome) {
-        let status: HashMap<&ObjectKey, &AttachmentStatus> = outcome
-            .status
-            .entries
-            .iter()
-            .filter_map(|e| match &e.status {
-                ObjectStatus::Attachment(s, _) => Some((&e.key, s)),
-                _ => None,
-            })
-            .collect();
+        let status = attachment_statuses(outcome);
         let mut named = by_pod(&self.attachments.state());
         for pod in self.pods.state() {
             if pod.metadata.deletion_timestamp.is_some() {
