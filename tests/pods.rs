@@ -8,7 +8,8 @@
 //! address (it exits otherwise, and the pod never gets Ready); they reach
 //! each other by address and by pod name through netlet's DNS; their
 //! primary network (eth0, its default route, pod to pod) keeps working;
-//! a PortMapping publishes one's port to a remote host. A pod named by a
+//! a PortMapping publishes one's port to a remote host; a restarted agent
+//! finds them again and remakes nothing. A pod named by a
 //! hand-written Attachment: deleted, its interfaces go and the attachment
 //! says PodNotFound; recreated (a new UID and sandbox), it gets the same
 //! address.
@@ -135,6 +136,23 @@ fn pods_on_a_user_defined_network_reach_each_other_by_address_and_name_and_keep_
     let page = ok(&format!("ip netns exec {remote} curl -sf --max-time 5 http://192.0.2.1:8080/"));
     assert_eq!(page.trim(), "hello from pb", "remote host -> node:8080 -> pb:80");
 
+    // A restarted agent finds the running pods again (what netlet-cni told
+    // it, kept in the state dir, checked against the kernel): nothing of
+    // theirs is remade, and they stay Ready.
+    let book = std::fs::read_to_string(c.node.state_dir().join("pod-sandboxes.json")).unwrap();
+    assert!(book.contains("team/pa") && book.contains(&sandbox_a), "{book}");
+    let host_a = a["status"]["hostInterface"].as_str().unwrap().to_string();
+    let index_a = ifindex(&c.node.name, &host_a);
+    let pid = c.container_pid(&agent, "netlet");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let agent = c.wait_one_ready_pod(SYSTEM, AGENT, ROLLOUT, |p| p["status"]["containerStatuses"][0]["restartCount"] == 1);
+    let log = || c.container_log(&agent, "netlet", 1);
+    wait_until("the restarted agent's first passes", CONVERGE, || log().contains("reconciled"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ready_in(&attachment(&c, "pa-net1")["status"]).0, "True");
+    assert_eq!(ifindex(&c.node.name, &host_a), index_a, "pa's veth was not remade");
+    assert!(in_sandbox(&sandbox_a, &format!("ping -c1 -W2 {addr_b}")).status.success(), "pa -> pb after the restart");
+
     // A pod named by a hand-written Attachment: deleted and recreated, it
     // gets the same address again; meanwhile the attachment holds it and
     // says why nothing is realized.
@@ -163,7 +181,7 @@ fn pods_on_a_user_defined_network_reach_each_other_by_address_and_name_and_keep_
     assert!(in_sandbox(&sandbox_a, &format!("ping -c1 -W2 {addr_c}")).status.success(), "pa -> the new pc");
 
     // The agent answered every ADD from a pass, none with an error.
-    let log = c.container_log(&agent, "netlet", 0);
+    let log = c.container_log(&agent, "netlet", 0) + &c.container_log(&agent, "netlet", 1);
     assert!(!log.contains("CNI call failed"), "{log}");
 
     for p in ["pa", "pb", "pc"] {
