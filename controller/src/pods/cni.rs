@@ -34,6 +34,12 @@ use crate::status::ObjectStatus;
 /// their last reason (netlet-cni itself waits 60 s by default).
 pub const ADD_PATIENCE: Duration = Duration::from_secs(30);
 
+/// How long an ADD waits for a pod the agent's watch has not delivered.
+/// The watch is milliseconds behind the runtime; a pod still unknown after
+/// this was deleted (a kubelet may set up a sandbox of a pod deleted a
+/// moment before) or the watch is stuck: the runtime is told to try again.
+pub const UNKNOWN_POD_PATIENCE: Duration = Duration::from_secs(3);
+
 /// One attachment a pod should have.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodAttachment {
@@ -107,6 +113,15 @@ impl PodCalls {
         needs_pass
     }
 
+    /// When a waiting call runs out of patience (a pass then answers it),
+    /// if any does.
+    pub fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        let now = Instant::now();
+        let deadlines = self.waiting.iter().flat_map(|w| [w.since + UNKNOWN_POD_PATIENCE, w.since + ADD_PATIENCE]);
+        // Just past the deadline: `answer` compares with `>`.
+        deadlines.filter(|d| *d >= now).min().map(|d| tokio::time::Instant::from_std(d + Duration::from_millis(1)))
+    }
+
     /// The snapshot now being made covers every call taken so far.
     pub fn snapshot_taken(&mut self) {
         self.waiting.iter_mut().for_each(|w| w.seen = true);
@@ -171,6 +186,10 @@ impl PodCalls {
                 Command::Del => Verdict::Done(Added::default()),
                 command => match pods.attachments_of(&w.pod) {
                     Some(wanted) => verdict(request, &wanted, &status),
+                    None if command == Command::Add && w.since.elapsed() > UNKNOWN_POD_PATIENCE => Verdict::Failed(CniError::new(
+                        CniError::TRY_AGAIN_LATER,
+                        format!("pod {} is not in the agent's view (deleted, or the agent's watch is behind)", w.pod),
+                    )),
                     None if command == Command::Add => Verdict::Wait(format!("pod {} is not in the agent's view yet", w.pod)),
                     None => Verdict::Done(Added::default()),
                 },

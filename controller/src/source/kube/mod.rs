@@ -411,9 +411,12 @@ impl Source for KubeSource {
             return crate::runner::settle(&self.changed).await;
         };
         let view = pods::PodView { attachments: &self.cluster.attachments, pods: &self.cluster.pods };
+        let deadline = calls.next_deadline();
         tokio::select! {
             _ = self.changed.notified() => crate::runner::settle(&self.changed).await,
             () = calls.next(&view) => {}
+            // A waiting call ran out of patience: a pass answers it.
+            () = async { tokio::time::sleep_until(deadline.expect("only with a deadline")).await }, if deadline.is_some() => {}
         }
     }
 
