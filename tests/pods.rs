@@ -180,9 +180,11 @@ fn pods_on_a_user_defined_network_reach_each_other_by_address_and_name_and_keep_
     assert_eq!(address_of(&after), addr_c, "the recreated pod has the same address");
     assert!(in_sandbox(&sandbox_a, &format!("ping -c1 -W2 {addr_c}")).status.success(), "pa -> the new pc");
 
-    // The agent answered every ADD from a pass, none with an error.
+    // No attachment failed an ADD (a kubelet may still set up a sandbox for
+    // a pod deleted a moment before: that ADD is told to try again, 11).
     let log = c.container_log(&agent, "netlet", 0) + &c.container_log(&agent, "netlet", 1);
-    assert!(!log.contains("CNI call failed"), "{log}");
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("CNI call failed") && l.contains("CNI error 100")).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
 
     for p in ["pa", "pb", "pc"] {
         c.kubectl_ok(&format!("delete pod {p} -n {NS} --wait --timeout=60s"));
