@@ -187,7 +187,9 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
     assert_eq!((bindings[0]["kind"].as_str(), bindings[0]["roleRef"]["name"].as_str()), (Some("ClusterRoleBinding"), Some("netlet")));
     let can = |what: &str| c.kubectl(&format!("auth can-i {what} --as=system:serviceaccount:{SYSTEM}:netlet")).status.success();
     assert!(can("patch attachments.netlet.io --subresource=status -A") && can("watch nodes"));
-    assert!(!can("get secrets -A") && !can("create attachments.netlet.io -A") && !can("delete pods -A"), "more than the role");
+    // Pods: their sandboxes and annotations; the annotation's Attachments.
+    assert!(can("watch pods -A") && can("create attachments.netlet.io -A"));
+    assert!(!can("get secrets -A") && !can("create networks.netlet.io") && !can("delete pods -A"), "more than the role");
 
     // Tenants: the chart's netlet-view and netlet-edit aggregate into
     // Kubernetes' view and edit (the controller-manager does that).
