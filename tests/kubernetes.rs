@@ -430,3 +430,32 @@ fn an_agent_whose_role_lacks_a_rule_says_which_and_changes_nothing() {
     k.wait_ready("attachment", "default/c2", CONVERGE);
     wait_until("/readyz ok again", CONVERGE, || readyz(&k).trim() == "ok");
 }
+
+/// Issue 24: `kubectl patch` of a static address on a running agent. The
+/// moment the agent's status says Ready with the new address, the
+/// container holds it (the old one was primary: the new one must not go
+/// with it) and traffic flows.
+#[test]
+fn an_address_patched_while_running_is_in_the_kernel_when_status_says_ready() {
+    let mut k = KubeCluster::start(&["n1"]);
+    k.start_agent(0);
+    let with_address = |name: &str, ip: &str| {
+        format!(
+            "---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: {name}, namespace: default}}\nspec: {{network: re, nodeName: n1, sandbox: {{netns: \"{{T}}{name}\"}}, ipv4Address: {ip}}}\n"
+        )
+    };
+    k.apply(&(network("re", "172.38.0.0/24", "") + &with_address("moved", "172.38.0.10") + &with_address("peer", "172.38.0.5")));
+    k.wait_ready("attachment", "default/moved", CONVERGE);
+    k.wait_ready("attachment", "default/peer", CONVERGE);
+    let (moved, peer) = (k.nodes[0].ns("moved"), k.nodes[0].ns("peer"));
+    assert_eq!(addresses(&moved, "eth0"), ["172.38.0.10/24"]);
+
+    k.kubectl_ok(r#"patch attachment moved -n default --type merge -p '{"spec":{"ipv4Address":"172.38.0.20"}}'"#);
+    wait_until("status with the new address", CONVERGE, || {
+        let a = k.get("attachment", "default/moved");
+        address(&a) == "172.38.0.20/24" && ready_of(&a).0 == "True" && a["status"]["observedGeneration"] == a["metadata"]["generation"]
+    });
+    assert_eq!(addresses(&moved, "eth0"), ["172.38.0.20/24"], "the kernel holds what status says");
+    assert!(ping(&peer, "172.38.0.20"), "peer -> new address");
+    assert!(ping(&moved, "172.38.0.1"), "new address -> gateway");
+}

@@ -24,15 +24,6 @@ fn pm(name: &str, port: Option<u16>) -> String {
     format!("---\napiVersion: netlet.io/v1alpha1\nkind: PortMapping\nmetadata: {{name: {name}}}\nspec: {{attachment: {name}, ports: [{{containerPort: 80{host}}}]}}\n")
 }
 
-/// Deterministic pseudo-random numbers (no extra crate, repeatable runs).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) % below
-    }
-}
-
 /// Attachment name -> address, and port mapping -> host port, from status.
 fn held(node: &Node) -> (BTreeMap<String, String>, BTreeMap<String, u64>) {
     let addrs = node

@@ -15,7 +15,6 @@ use netlet::dataplane::SyncReport;
 use netlet::objects::ObjectSet;
 use netlet::plan::{plan, NodeFacts};
 use netlet::source::manifests;
-use netlet::state::StatusStore;
 use netlet::status::{self, Previous};
 
 fn manifest(n: usize) -> String {
@@ -63,7 +62,8 @@ const BETWEEN_PASSES: Duration = Duration::from_millis(150);
 /// The CPU side of the churn passes an agent runs, phase by phase: one
 /// manifest file added to (and removed from) a directory holding N
 /// attachments, read through the manifest cache, planned, compared with the
-/// previous plan, and given a status, every result kept for the next pass as
+/// previous plan, and given a status (entries serialized as they are
+/// rebuilt), every result kept for the next pass as
 /// the reconciler keeps it.
 #[inline(never)]
 fn churn_passes(n: usize, runs: usize, facts: &NodeFacts, report: &SyncReport) {
@@ -75,11 +75,10 @@ fn churn_passes(n: usize, runs: usize, facts: &NodeFacts, report: &SyncReport) {
     std::fs::write(dir.join("base.yaml"), &all[..split]).unwrap();
     let churn = dir.join("churn.yaml");
     let mut cache = manifests::ManifestCache::default();
-    let mut previous = cache.load(&dir).objects;
-    let mut last_plan = plan(&previous, facts, &Default::default());
-    let fresh = Previous { store: StatusStore::default(), computed_from: None };
-    let mut last = status::compute(&previous, &last_plan, report, &[], fresh, "bench", "2026-01-01T00:00:00Z");
-    let phases = ["load", "plan", "compare", "status", "serialize", "keep"];
+    let first = cache.load(&dir).objects;
+    let mut last_plan = plan(&first, facts, &Default::default());
+    let mut last = status::compute(&first, &last_plan, report, &[], Previous::Stored(Default::default()), "bench", "2026-01-01T00:00:00Z");
+    let phases = ["load", "plan", "compare", "status", "keep"];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); phases.len() + 1];
     for round in 0..runs * 2 {
         if round % 2 == 0 {
@@ -95,28 +94,10 @@ fn churn_passes(n: usize, runs: usize, facts: &NodeFacts, report: &SyncReport) {
         marks.push(Instant::now());
         assert!(next_plan.desired != last_plan.desired && next_plan.allocations != last_plan.allocations);
         marks.push(Instant::now());
-        let computed_from = Some((&previous, std::mem::take(&mut last.memo)));
-        let computed = status::compute(
-            &loaded.objects,
-            &next_plan,
-            report,
-            &[],
-            Previous { store: std::mem::take(&mut last.store), computed_from },
-            "bench",
-            "2026-01-01T00:00:01Z",
-        );
+        let computed =
+            status::compute(&loaded.objects, &next_plan, report, &[], Previous::Book(&last.book), "bench", "2026-01-01T00:00:01Z");
         assert!(computed.changed);
         marks.push(Instant::now());
-        let bytes: usize = computed
-            .store
-            .iter()
-            .zip(&computed.origins)
-            .filter(|(_, o)| o.is_none())
-            .map(|(e, _)| netlet::state::serialize_status_entry(e).len())
-            .sum();
-        std::hint::black_box(bytes);
-        marks.push(Instant::now());
-        previous = loaded.objects;
         last_plan = next_plan;
         last = computed;
         marks.push(Instant::now());
@@ -154,8 +135,8 @@ fn main() {
     // and its mapping added: the pure work of the pass that follows.
     let before = objects(n);
     let settled_plan = plan(&before, &facts, &Default::default());
-    let fresh = Previous { store: StatusStore::default(), computed_from: None };
-    let settled = status::compute(&before, &settled_plan, &report, &[], fresh, "bench", "2026-01-01T00:00:00Z");
+    let settled =
+        status::compute(&before, &settled_plan, &report, &[], Previous::Stored(Default::default()), "bench", "2026-01-01T00:00:00Z");
     let after = objects(n + 1);
     let churn_plan = plan(&after, &facts, &settled_plan.allocations);
 
@@ -168,9 +149,9 @@ fn main() {
     );
     let t_status = median(
         runs,
-        || (settled.store.clone(), settled.memo.clone()),
-        |(store, memo)| {
-            let previous = Previous { store, computed_from: Some((&before, memo)) };
+        || (),
+        |()| {
+            let previous = Previous::Book(&settled.book);
             let computed = status::compute(&after, &churn_plan, &report, &[], previous, "bench", "2026-01-01T00:00:01Z");
             assert!(computed.changed);
             std::hint::black_box(computed);
@@ -180,7 +161,7 @@ fn main() {
         runs,
         || (),
         |()| {
-            let fresh = Previous { store: StatusStore::default(), computed_from: None };
+            let fresh = Previous::Stored(Default::default());
             std::hint::black_box(status::compute(&after, &churn_plan, &report, &[], fresh, "bench", "2026-01-01T00:00:01Z"));
         },
     );

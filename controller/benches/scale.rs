@@ -445,12 +445,12 @@ fn measure(n: usize) -> Row {
         node.agent("manifests", &["--resync-period", "500ms"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let pid = agent.id();
     wait_for("first reconcile", Duration::from_secs(120), || metric(&node, "netlet_reconciles_total") >= 1.0);
-    // The first passes of a new agent are full ones (it has verified
+    // The first passes of a new agent look at everything (it has verified
     // nothing yet, and the kernel still reports the cold start's changes):
     // a resync of a settled node is what is measured.
     wait_for("settling", Duration::from_secs(60), || metric(&node, "netlet_reconcile_duration_seconds_count") >= 4.0);
     // No-op resyncs of the settled node, pass by pass: quick passes apart
-    // from full ones (after kernel events, and every 10th as an audit).
+    // from full ones (every 10th, an audit that trusts nothing).
     // Scrapes cost the agent CPU too: one every 250 ms, not a tight loop.
     let (mut quick, mut full) = ((0.0, 0.0, Duration::ZERO), (0.0, 0.0, Duration::ZERO)); // passes, seconds, CPU
     let mut before = Snapshot::take(&node, pid);

@@ -56,9 +56,9 @@ pub fn run(store: &[Value], q: &Query, out: &mut dyn Write) -> anyhow::Result<()
         .iter()
         .filter(|v| {
             let Some(key) = key_of(v) else { return false };
-            Kind::from(key.kind) == q.kind
-                && q.name.as_ref().is_none_or(|n| n == &key.name)
-                && (!q.kind.namespaced() || q.namespace.as_ref().is_none_or(|ns| Some(ns) == key.namespace.as_ref()))
+            key.kind == q.kind
+                && q.name.as_ref().is_none_or(|n| n == key.name.name())
+                && (!q.kind.namespaced() || q.namespace.as_deref().is_none_or(|ns| Some(ns) == key.name.namespace()))
         })
         .collect();
     if let Some(name) = &q.name {
@@ -109,9 +109,9 @@ fn print_table(items: &[&Value], q: &Query, wide: bool, out: &mut dyn Write) -> 
         let key = key_of(v).expect("filtered");
         let mut row = Vec::new();
         if all_ns {
-            row.push(key.namespace.clone().unwrap_or_default());
+            row.push(key.name.namespace().unwrap_or_default().to_string());
         }
-        row.push(key.name.clone());
+        row.push(key.name.name().to_string());
         let (ready, reason) = ready_of(v);
         match q.kind {
             Kind::Network => {

@@ -1,7 +1,6 @@
 //! netlet: Docker-style container networking as a declarative node agent.
 #![forbid(unsafe_code)]
 
-pub mod agent;
 pub mod api;
 pub mod cni;
 pub mod dataplane;
@@ -15,6 +14,8 @@ pub mod plan;
 pub mod progress;
 pub mod proxy;
 pub mod reconcile;
+pub mod reconcile_thread;
+pub mod runner;
 pub mod running;
 pub mod source;
 pub mod state;
@@ -22,4 +23,6 @@ pub mod status;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod reconcile_tests;
 pub mod resolver;

@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand};
 use netlet::api::Kind;
 use netlet::docker::commands::{self, ImportArgs, InspectArgs, NetworkArgs, PortCommand};
 use netlet::get::{self, OutputFormat, Query};
+use netlet::runner;
+use netlet::source::kube::{KubeOptions, KubeSource};
+use netlet::source::standalone::ManifestSource;
 use netlet::state::{StateDir, DEFAULT_STATE_DIR};
 
 /// Every pass builds and drops its plan and status as many small maps and
@@ -231,9 +234,11 @@ fn main() -> ExitCode {
                 missing.iter().for_each(|m| eprintln!("error: {m}"));
                 return ExitCode::from(1);
             }
-            // One thread: the reconciler may setns briefly, so it must own
-            // its thread rather than share a multi-threaded pool.
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            // The agent's runtime: the runner, sources' watches, the admin and
+            // DNS servers. Two workers, so that no one task (a large manifest
+            // set parsed, a Kubernetes list) holds up the others; the
+            // reconciler has a thread of its own (see reconcile_thread).
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: starting runtime: {e}");
@@ -261,23 +266,31 @@ fn main() -> ExitCode {
                 },
             };
             let node_name = node_name(args.node_name);
-            let result = match args.manifests {
-                None => runtime.block_on(netlet::source::kube::run_kubernetes(netlet::source::kube::KubeOptions {
-                    node_name,
-                    state_dir: args.state_dir,
-                    kubeconfig: args.kubeconfig,
-                    resync_period: args.resync_period,
-                    metrics_addr,
-                })),
-                Some(manifests) => runtime.block_on(netlet::agent::run_standalone(netlet::agent::StandaloneOptions {
-                    manifests,
-                    state_dir: args.state_dir,
-                    node_name,
-                    once: args.once,
-                    resync_period: args.resync_period,
-                    metrics_addr,
-                })),
+            let opts = runner::Options {
+                state_dir: args.state_dir,
+                node_name: node_name.clone(),
+                once: args.once,
+                resync_period: args.resync_period,
+                metrics_addr,
+                metrics: netlet::metrics::Metrics::new(),
             };
+            let result = runtime.block_on(async move {
+                match args.manifests {
+                    None => {
+                        let kube = KubeOptions { node_name, kubeconfig: args.kubeconfig };
+                        runner::run(KubeSource::connect(&kube, opts.metrics.clone()).await?, opts).await
+                    }
+                    Some(manifests) => {
+                        // For `netlet network ...`: where to write, and that someone reads it.
+                        if !opts.once {
+                            if let Err(e) = netlet::running::record(&opts.state_dir, &manifests) {
+                                tracing::warn!(error = %e, "cannot record the agent in the state dir; `netlet network` will not wait for it");
+                            }
+                        }
+                        runner::run(ManifestSource::new(&manifests, !opts.once), opts).await
+                    }
+                }
+            });
             match result {
                 Ok(code) => ExitCode::from(code as u8),
                 Err(e) => {

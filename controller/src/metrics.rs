@@ -61,7 +61,7 @@ impl Metrics {
         let full_reconcile_duration = must(HistogramVec::new(
             HistogramOpts::new(
                 "full_reconcile_duration_seconds",
-                "Time of the reconciles that re-read everything from the kernel (after kernel events, and every 10th as an audit); also counted in reconcile_duration_seconds",
+                "Time of the reconciles that trust nothing an earlier one verified (every 10th, an audit; every one when no kernel events are heard); also counted in reconcile_duration_seconds",
             )
             .buckets(buckets),
             &[],
@@ -139,7 +139,7 @@ impl Metrics {
         // Counted here first: a label lookup per object is thousands a pass.
         let mut counts: BTreeMap<(&str, bool), i64> = BTreeMap::new();
         for v in outcome.verdicts.iter() {
-            *counts.entry((crate::api::Kind::from(v.key.kind).as_str(), v.ready)).or_default() += 1;
+            *counts.entry((v.key.kind.as_str(), v.ready)).or_default() += 1;
         }
         self.objects.reset();
         for ((kind, ready), n) in counts {

@@ -1,70 +1,161 @@
-//! The desired objects one reconcile works from, whatever their source.
+//! The desired objects one reconcile works from, whatever their source,
+//! and the names that identify them everywhere else (allocations, plan
+//! outcomes, the dataplane's per-object errors, status).
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::sync::Arc;
 
 use kube::ResourceExt;
 
-use crate::api::{Attachment, Kind, Network, PortMapping};
+pub use crate::api::Kind;
+use crate::api::{Attachment, Network, PortMapping};
 
-/// Identity of one object: kind, namespace (none for Networks), name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+/// An object's name with its namespace when it has one: `namespace/name`
+/// for Attachments and PortMappings, `name` for Networks, as kubectl
+/// prints them. Held as that one string (it is what allocations.json keys
+/// and messages show), so a map keyed by it is also found by `&str`.
+#[derive(Clone)]
+pub struct ObjectName {
+    text: String,
+    /// Where the namespace ends in `text` (at the first '/', which no
+    /// namespace contains).
+    slash: Option<usize>,
+}
+
+impl ObjectName {
+    pub fn namespaced(namespace: &str, name: &str) -> Self {
+        let mut text = String::with_capacity(namespace.len() + 1 + name.len());
+        text.push_str(namespace);
+        text.push('/');
+        text.push_str(name);
+        ObjectName { text, slash: Some(namespace.len()) }
+    }
+
+    pub fn cluster(name: &str) -> Self {
+        ObjectName { text: name.to_string(), slash: None }
+    }
+
+    /// A namespaced object's name (its namespace `default` when unset).
+    pub fn of<K: ResourceExt>(object: &K) -> Self {
+        let meta = object.meta();
+        let name = meta.name.as_deref().or(meta.generate_name.as_deref()).unwrap_or_default();
+        ObjectName::namespaced(meta.namespace.as_deref().unwrap_or("default"), name)
+    }
+
+    /// Another object of the same namespace (the attachment a port
+    /// mapping publishes, the one whose sandbox is shared).
+    pub fn sibling(&self, name: &str) -> Self {
+        match self.namespace() {
+            Some(ns) => ObjectName::namespaced(ns, name),
+            None => ObjectName::cluster(name),
+        }
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.slash.map(|i| &self.text[..i])
+    }
+
+    pub fn name(&self) -> &str {
+        match self.slash {
+            Some(i) => &self.text[i + 1..],
+            None => &self.text,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::str::FromStr for ObjectName {
+    type Err = std::convert::Infallible;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(ObjectName { text: text.to_string(), slash: text.find('/') })
+    }
+}
+
+impl From<&str> for ObjectName {
+    fn from(text: &str) -> Self {
+        text.parse().unwrap_or_else(|never| match never {})
+    }
+}
+
+// Equal, hashed and ordered as the string: `slash` follows from it.
+impl PartialEq for ObjectName {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+impl Eq for ObjectName {}
+impl std::hash::Hash for ObjectName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state)
+    }
+}
+impl PartialOrd for ObjectName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ObjectName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+impl Borrow<str> for ObjectName {
+    fn borrow(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.text, f)
+    }
+}
+
+impl serde::Serialize for ObjectName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ObjectName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(ObjectName::from(&*text))
+    }
+}
+
+/// Identity of one object: its kind and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
-    pub kind: KindName,
-    pub namespace: Option<String>,
-    pub name: String,
-}
-
-/// `Kind` as a serializable string wrapper (state files are JSON).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-pub enum KindName {
-    Network,
-    Attachment,
-    PortMapping,
-}
-
-impl From<Kind> for KindName {
-    fn from(kind: Kind) -> Self {
-        match kind {
-            Kind::Network => KindName::Network,
-            Kind::Attachment => KindName::Attachment,
-            Kind::PortMapping => KindName::PortMapping,
-        }
-    }
-}
-
-impl From<KindName> for Kind {
-    fn from(kind: KindName) -> Self {
-        match kind {
-            KindName::Network => Kind::Network,
-            KindName::Attachment => Kind::Attachment,
-            KindName::PortMapping => Kind::PortMapping,
-        }
-    }
+    pub kind: Kind,
+    pub name: ObjectName,
 }
 
 impl ObjectKey {
     pub fn network(name: &str) -> Self {
-        ObjectKey { kind: KindName::Network, namespace: None, name: name.into() }
+        ObjectKey { kind: Kind::Network, name: ObjectName::cluster(name) }
     }
     pub fn attachment(namespace: &str, name: &str) -> Self {
-        ObjectKey { kind: KindName::Attachment, namespace: Some(namespace.into()), name: name.into() }
+        ObjectKey { kind: Kind::Attachment, name: ObjectName::namespaced(namespace, name) }
     }
     pub fn port_mapping(namespace: &str, name: &str) -> Self {
-        ObjectKey { kind: KindName::PortMapping, namespace: Some(namespace.into()), name: name.into() }
-    }
-    /// `namespace/name`, or `name` for cluster-scoped objects.
-    pub fn ns_name(&self) -> String {
-        match &self.namespace {
-            Some(ns) => format!("{ns}/{}", self.name),
-            None => self.name.clone(),
-        }
+        ObjectKey { kind: Kind::PortMapping, name: ObjectName::namespaced(namespace, name) }
     }
 }
 
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", Kind::from(self.kind), self.ns_name())
+        write!(f, "{}/{}", self.kind, self.name)
     }
 }
 
@@ -77,10 +168,10 @@ pub fn network_key(n: &Network) -> ObjectKey {
     ObjectKey::network(&n.name_any())
 }
 pub fn attachment_key(a: &Attachment) -> ObjectKey {
-    ObjectKey::attachment(&namespace_of(a), &a.name_any())
+    ObjectKey { kind: Kind::Attachment, name: ObjectName::of(a) }
 }
 pub fn port_mapping_key(p: &PortMapping) -> ObjectKey {
-    ObjectKey::port_mapping(&namespace_of(p), &p.name_any())
+    ObjectKey { kind: Kind::PortMapping, name: ObjectName::of(p) }
 }
 
 /// Every desired object, each list in creation order (creationTimestamp,
@@ -114,9 +205,12 @@ impl ObjectSet {
     /// store), so that every agent, and every restart of one, sees the same
     /// order (which decides interface names and default routes).
     pub fn sort_by_creation_then_name(&mut self) {
-        self.networks.sort_by_key(|n| n.name_any());
-        self.attachments.sort_by_key(|a| attachment_key(a));
-        self.port_mappings.sort_by_key(|p| port_mapping_key(p));
+        fn by_namespace_then_name<K: ResourceExt>(o: &Arc<K>) -> (Option<&str>, Option<&str>) {
+            (o.meta().namespace.as_deref(), o.meta().name.as_deref())
+        }
+        self.networks.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        self.attachments.sort_by(|a, b| by_namespace_then_name(a).cmp(&by_namespace_then_name(b)));
+        self.port_mappings.sort_by(|a, b| by_namespace_then_name(a).cmp(&by_namespace_then_name(b)));
         self.sort_by_creation();
     }
 
@@ -180,5 +274,18 @@ mod tests {
             "default/d < other/c, both before the later x"
         );
         assert!(set.is_sorted_by_creation());
+    }
+
+    #[test]
+    fn names_split_at_the_namespace_and_compare_as_their_text() {
+        let a = ObjectName::namespaced("ns", "web");
+        assert_eq!((a.namespace(), a.name(), a.as_str()), (Some("ns"), "web", "ns/web"));
+        assert_eq!(a, ObjectName::from("ns/web"));
+        assert_eq!(a.sibling("db"), ObjectName::namespaced("ns", "db"));
+        let n = ObjectName::cluster("bridge");
+        assert_eq!((n.namespace(), n.name()), (None, "bridge"));
+        let map = std::collections::BTreeMap::from([(a.clone(), 1)]);
+        assert_eq!(map.get("ns/web"), Some(&1), "found by text");
+        assert_eq!(ObjectKey::attachment("ns", "web").to_string(), "Attachment/ns/web");
     }
 }

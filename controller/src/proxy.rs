@@ -27,8 +27,10 @@ const UDP_IDLE: Duration = Duration::from_secs(30);
 /// What one listener relays: protocol and port on ::1 -> container.
 type Route = (Protocol, u16, SocketAddr);
 
-#[derive(Default)]
+/// The relays, run on the agent's runtime: they keep relaying while a pass
+/// holds the reconciler's thread.
 pub struct LoopbackProxy {
+    runtime: tokio::runtime::Handle,
     listeners: BTreeMap<Route, JoinHandle<()>>,
 }
 
@@ -47,9 +49,14 @@ fn routes(ports: &[PublishedPort]) -> Vec<Route> {
 }
 
 impl LoopbackProxy {
+    /// Relays on `runtime` (the agent's).
+    pub fn new(runtime: tokio::runtime::Handle) -> LoopbackProxy {
+        LoopbackProxy { runtime, listeners: BTreeMap::new() }
+    }
+
     /// Listens exactly for `ports`; a port that cannot be bound yet (held
     /// by a process of the node) is retried at the next update.
-    pub async fn update(&mut self, ports: &[PublishedPort]) {
+    pub fn update(&mut self, ports: &[PublishedPort]) {
         let wanted = routes(ports);
         self.listeners.retain(|route, task| {
             let keep = wanted.contains(route) && !task.is_finished();
@@ -64,9 +71,24 @@ impl LoopbackProxy {
             }
             let (protocol, port, target) = route;
             let at = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port);
+            // Bound here, so that a port in use is known at once; served there.
             let task = match protocol {
-                Protocol::Tcp => TcpListener::bind(at).await.map(|l| tokio::spawn(relay_tcp(l, target))),
-                Protocol::Udp => UdpSocket::bind(at).await.map(|s| tokio::spawn(relay_udp(Arc::new(s), target))),
+                Protocol::Tcp => std::net::TcpListener::bind(at).and_then(|l| l.set_nonblocking(true).map(|()| l)).map(|l| {
+                    self.runtime.spawn(async move {
+                        match TcpListener::from_std(l) {
+                            Ok(l) => relay_tcp(l, target).await,
+                            Err(e) => tracing::warn!(%at, error = %e, "cannot relay [::1]"),
+                        }
+                    })
+                }),
+                Protocol::Udp => std::net::UdpSocket::bind(at).and_then(|s| s.set_nonblocking(true).map(|()| s)).map(|s| {
+                    self.runtime.spawn(async move {
+                        match UdpSocket::from_std(s) {
+                            Ok(s) => relay_udp(Arc::new(s), target).await,
+                            Err(e) => tracing::warn!(%at, error = %e, "cannot relay [::1]"),
+                        }
+                    })
+                }),
                 Protocol::Sctp => continue,
             };
             match task {

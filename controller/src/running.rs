@@ -22,6 +22,7 @@ pub struct AgentRecord {
 pub fn record(state_dir: &Path, manifests: &Path) -> io::Result<()> {
     let manifests = fs::canonicalize(manifests).unwrap_or_else(|_| manifests.to_path_buf());
     let record = AgentRecord { pid: std::process::id(), manifests };
+    fs::create_dir_all(state_dir)?;
     let tmp = state_dir.join(format!(".{FILE}.tmp"));
     fs::write(&tmp, serde_json::to_vec(&record).map_err(io::Error::other)?)?;
     fs::rename(tmp, state_dir.join(FILE))

@@ -61,7 +61,7 @@ pub struct Owned {
     /// Links created straight inside a sandbox (macvlan), which carry no
     /// marker the node namespace can see: attachment -> (sandbox path, name).
     #[serde(default)]
-    pub sandbox_links: std::collections::BTreeMap<String, (String, String)>,
+    pub sandbox_links: std::collections::BTreeMap<crate::objects::ObjectName, (String, String)>,
 }
 
 /// A record the dataplane makes before it creates something: the
@@ -221,11 +221,11 @@ impl StateDir {
     /// Status is only displayed (`netlet get`) and every pass recomputes
     /// it: written atomically but compact and without fsync, which would
     /// cost more than the rest of a small change's reconcile. Entries come
-    /// serialized (see [`serialize_status_entry`]); the file is their array,
-    /// written through a small buffer rather than gathered first (a
-    /// megabyte at 1,000 attachments, in memory freshly paged in).
-    pub fn store_status(&self, entries: &[Vec<u8>]) -> Result<(), StateError> {
-        let len = entries.iter().map(|e| e.len() + 1).sum::<usize>() + 1;
+    /// serialized (each kept with its status, see `status`); the file is
+    /// their array, written through a small buffer rather than gathered
+    /// first (a megabyte at 1,000 attachments, in memory freshly paged in).
+    pub fn store_status(&self, entries: &[std::sync::Arc<crate::status::StatusEntry>]) -> Result<(), StateError> {
+        let len = entries.iter().map(|e| e.json.len() + 1).sum::<usize>() + 1;
         let write = |f: &mut fs::File| {
             let mut out = std::io::BufWriter::with_capacity(128 * 1024, f);
             out.write_all(b"[")?;
@@ -233,7 +233,7 @@ impl StateDir {
                 if i > 0 {
                     out.write_all(b",")?;
                 }
-                out.write_all(entry)?;
+                out.write_all(&entry.json)?;
             }
             out.write_all(b"]")?;
             out.flush()
@@ -253,11 +253,6 @@ impl AllocationsWrite {
             Err(e) => Err(e),
         }
     }
-}
-
-/// One status entry as status.json holds it (compact JSON).
-pub fn serialize_status_entry(entry: &serde_json::Value) -> Vec<u8> {
-    serde_json::to_vec(entry).expect("a JSON value serializes")
 }
 
 /// Temp file in the same directory, filled by `write` (`len` bytes),
@@ -307,22 +302,16 @@ mod tests {
         let dir = temp_dir("rt");
         let state = StateDir::open(&dir).unwrap();
         let mut a = Allocations::default();
-        a.ports.insert("default/web|tcp|80|0.0.0.0".into(), 32768);
+        a.ports.insert("default/web|tcp|80|0.0.0.0".parse().unwrap(), 32768);
+        a.ports.insert("default/a|b|udp|53|fd00::1".parse().unwrap(), 32769);
+        a.endpoints.insert("default/c1".into(), crate::plan::HeldEndpoint { network: "n".into(), ..Default::default() });
         state.store_allocations(&a).unwrap();
         assert_eq!(state.load_allocations(), a);
-        fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn status_entries_serialized_apart_make_the_same_file() {
-        let dir = temp_dir("status");
-        let state = StateDir::open(&dir).unwrap();
-        let store: StatusStore = vec![serde_json::json!({"kind": "Network", "status": {"a": [1, 2]}}), serde_json::json!({"kind": "x"})];
-        state.store_status(&store.iter().map(serialize_status_entry).collect::<Vec<_>>()).unwrap();
-        assert_eq!(fs::read(dir.join("status.json")).unwrap(), serde_json::to_vec(&store).unwrap());
-        assert_eq!(state.load_status(), store);
-        state.store_status(&[]).unwrap();
-        assert_eq!(state.load_status(), StatusStore::new());
+        // The file keeps the form earlier versions wrote.
+        let text = fs::read_to_string(dir.join("allocations.json")).unwrap();
+        for key in ["\"default/web|tcp|80|0.0.0.0\"", "\"default/a|b|udp|53|fd00::1\"", "\"default/c1\""] {
+            assert!(text.contains(key), "{key} in {text}");
+        }
         fs::remove_dir_all(dir).unwrap();
     }
 

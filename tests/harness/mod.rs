@@ -348,7 +348,12 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        // Listening once `ss` lists the socket (python takes a while to
+        // start on a busy machine; a fixed pause raced it).
+        let (flag, family) = (if udp { "u" } else { "t" }, if v6 { "-6" } else { "-4" });
+        wait_until(&format!("a server on {ns} port {port}"), Duration::from_secs(10), || {
+            !sh(&format!("ip netns exec {ns} ss -Hln{flag} {family} sport = :{port}")).stdout.is_empty()
+        });
         Server { child, ns: ns.into() }
     }
 }
@@ -372,4 +377,14 @@ pub fn connect(ns: &str, addr: &str, port: u16, udp: bool) -> Option<String> {
     };
     let out = Command::new("ip").args(["netns", "exec", ns, "python3", "-c", &script]).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Deterministic pseudo-random numbers (no extra crate, repeatable runs).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self, below: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
 }

@@ -64,6 +64,11 @@ impl Protocol {
             Protocol::Sctp => "sctp",
         }
     }
+
+    /// The protocol [`Protocol::as_str`] names.
+    pub fn parse(text: &str) -> Option<Protocol> {
+        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp].into_iter().find(|p| p.as_str() == text)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -1,117 +1,329 @@
-//! Kernel change notifications: what lets an in-sync node be left alone.
+//! Kernel change notifications, each tied to what it is about.
 //!
-//! One rtnetlink multicast socket in the node namespace, with
-//! NETLINK_LISTEN_ALL_NSID so it also hears every sandbox that has a
-//! namespace id here (each veth or macvlan peer gives its sandbox one), and
-//! one netfilter netlink socket for ruleset changes. Every event bumps a
-//! counter; events that can mean drift (a link, address or route removed,
-//! a link down) also wake the reconciler at once. A pass that sees the
-//! counter unchanged since the end of the previous pass, with the same
-//! desired state, can skip observing what it verified before.
+//! One rtnetlink socket in the node namespace hears links, addresses and
+//! routes there and, with NETLINK_LISTEN_ALL_NSID, in every namespace that
+//! has an id here (the dataplane gives each sandbox one), tagged with that
+//! id; one netfilter socket hears ruleset changes. A thread of their own
+//! reads them into the [`EventLog`]: every event advances the epoch and
+//! stamps the [`Scope`] it is about with it. Whether an event was the
+//! agent's own or someone else's is never guessed: a scope stamped after
+//! an item was observed makes that item stale (see `realized`), and a
+//! change of the agent's own costs a second look at what it changed.
+//! Events that can mean drift (something removed, a link down) also wake
+//! the agent at once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
-use netlink_packet_core::NetlinkPayload;
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::link::LinkFlags;
+use netlink_packet_route::nsid::NsidAttribute;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::protocols::NETLINK_NETFILTER;
-use netlink_sys::{AsyncSocket, AsyncSocketExt, TokioSocket};
-use rtnetlink::MulticastGroup;
+use netlink_sys::protocols::{NETLINK_NETFILTER, NETLINK_ROUTE};
+use netlink_sys::Socket;
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use tokio::sync::Notify;
 
-/// Counts kernel events seen so far.
-#[derive(Clone, Default)]
-pub struct EventCounter(Arc<AtomicU64>, Arc<std::sync::atomic::AtomicBool>);
-
-impl EventCounter {
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-    fn bump(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-    /// The link watcher stopped: no quiet period can be trusted any more.
-    pub fn is_dead(&self) -> bool {
-        self.1.load(Ordering::SeqCst)
-    }
-    fn died(&self) {
-        self.1.store(true, Ordering::SeqCst);
-    }
+/// What an event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// A link of the node namespace, by index.
+    NodeLink(u32),
+    /// Any address of the node namespace.
+    NodeAddresses,
+    /// Anything in another namespace, by its id in the node namespace.
+    Namespace(i32),
+    /// netlet's (or any) nftables ruleset.
+    Ruleset,
 }
 
-/// Starts both watchers. Needs a tokio runtime context. The nft watcher is
-/// best effort: without it, ruleset drift is found by the periodic full pass.
-pub fn watch(wake: Arc<Notify>) -> std::io::Result<EventCounter> {
-    let counter = EventCounter::default();
-    let groups = [
-        MulticastGroup::Link,
-        MulticastGroup::Ipv4Ifaddr,
-        MulticastGroup::Ipv6Ifaddr,
-        MulticastGroup::Ipv4Route,
-        MulticastGroup::Ipv6Route,
-    ];
-    let (mut conn, _handle, mut messages) = rtnetlink::new_multicast_connection(&groups)?;
-    conn.socket_mut().socket_mut().set_listen_all_namespaces(true)?;
-    tokio::spawn(conn);
-    let (c, w) = (counter.clone(), wake.clone());
-    tokio::spawn(async move {
-        while let Some((msg, _)) = messages.next().await {
-            c.bump();
-            if let NetlinkPayload::InnerMessage(m) = &msg.payload {
-                tracing::trace!(event = ?EventSummary(m), "kernel event");
+/// Every scope's latest event, by epoch. Epochs count events from 1; an
+/// observation made when the epoch was `e` has seen every event up to `e`.
+#[derive(Debug, Default)]
+pub struct EventLog {
+    inner: Mutex<Log>,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    epoch: u64,
+    /// Events were lost (a receive buffer overrun) at this epoch: nothing
+    /// observed before it can be trusted.
+    lost: u64,
+    /// The watch ended: nothing can be trusted any more.
+    dead: bool,
+    node_links: HashMap<u32, u64>,
+    node_addresses: u64,
+    namespaces: HashMap<i32, u64>,
+    ruleset: u64,
+}
+
+impl Log {
+    fn stamp(&mut self, scope: Scope) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        match scope {
+            Scope::NodeLink(index) => {
+                self.node_links.insert(index, epoch);
             }
-            let drift = match msg.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(_)) => true,
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(_)) => true,
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(_)) => true,
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => !link.header.flags.contains(LinkFlags::Up),
-                _ => false,
-            };
-            if drift {
-                w.notify_one();
+            Scope::NodeAddresses => self.node_addresses = epoch,
+            Scope::Namespace(nsid) => {
+                self.namespaces.insert(nsid, epoch);
             }
+            Scope::Ruleset => self.ruleset = epoch,
         }
-        tracing::warn!("kernel event watch ended; every pass is a full one from now on");
-        c.died();
-        w.notify_one();
-    });
-    if let Err(e) = watch_nftables(counter.clone(), wake) {
-        tracing::warn!(error = %e, "no nftables events; ruleset drift is found by the periodic full pass");
     }
-    Ok(counter)
+
+    fn latest(&self, scope: Scope) -> u64 {
+        match scope {
+            Scope::NodeLink(index) => self.node_links.get(&index).copied().unwrap_or(0),
+            Scope::NodeAddresses => self.node_addresses,
+            Scope::Namespace(nsid) => self.namespaces.get(&nsid).copied().unwrap_or(0),
+            Scope::Ruleset => self.ruleset,
+        }
+    }
+
+    /// Whether what was observed at `epoch` may have changed in `scope`.
+    fn stale(&self, scope: Scope, epoch: u64) -> bool {
+        self.dead || self.lost > epoch || self.latest(scope) > epoch
+    }
 }
 
+impl EventLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The epoch now: read it before reading an item from the kernel.
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    /// Whether anything at all happened since `epoch` (or events were lost).
+    pub fn any_since(&self, epoch: u64) -> bool {
+        let log = self.lock();
+        log.dead || log.lost > epoch || log.epoch > epoch
+    }
+
+    /// Whether any of `scopes` may have changed since `epoch`.
+    pub fn stale(&self, scopes: &[Scope], epoch: u64) -> bool {
+        let log = self.lock();
+        scopes.iter().any(|s| log.stale(*s, epoch))
+    }
+
+    /// The node links with events since `epoch`; None when that cannot be
+    /// told (events lost, the watch gone).
+    pub fn node_links_since(&self, epoch: u64) -> Option<Vec<u32>> {
+        let log = self.lock();
+        if log.dead || log.lost > epoch {
+            return None;
+        }
+        Some(log.node_links.iter().filter(|(_, e)| **e > epoch).map(|(index, _)| *index).collect())
+    }
+
+    /// Whether the log can no longer be trusted at all (the watch ended).
+    pub fn is_dead(&self) -> bool {
+        self.lock().dead
+    }
+
+    /// Records an event about `scope`.
+    pub fn record(&self, scope: Scope) {
+        self.lock().stamp(scope);
+    }
+
+    /// Records that events may have been lost.
+    pub(super) fn record_loss(&self) {
+        let mut log = self.lock();
+        log.epoch += 1;
+        log.lost = log.epoch;
+    }
+
+    pub(super) fn record_death(&self) {
+        self.lock().dead = true;
+    }
+
+    /// Drops what no observation made at `epoch` or later can need: the
+    /// scopes whose last event came before it.
+    pub fn forget_before(&self, epoch: u64) {
+        let mut log = self.lock();
+        log.node_links.retain(|_, e| *e > epoch);
+        log.namespaces.retain(|_, e| *e > epoch);
+    }
+}
+
+/// rtnetlink multicast groups: links, IPv4/IPv6 addresses and routes,
+/// namespace ids.
+const RTNL_GROUPS: [u32; 6] = [1, 5, 7, 9, 11, 28];
 /// The nf_tables multicast group: every ruleset change, as `nft monitor`
 /// shows them.
 const NFNLGRP_NFTABLES: u32 = 7;
+/// SOL_NETLINK and its NETLINK_LISTEN_ALL_NSID control message.
+const SOL_NETLINK: i32 = 270;
+const NETLINK_LISTEN_ALL_NSID: i32 = 8;
+/// Room for a burst (a thousand namespaces made in one pass send some ten
+/// thousand events); set with SO_RCVBUFFORCE, as root may.
+const RECEIVE_BUFFER: usize = 8 << 20;
+
+/// Starts reading kernel events into `log` on threads of their own, and
+/// wakes `wake` on what may be drift. Without the ruleset's events, its
+/// drift is found by the periodic audit.
+pub fn watch(log: Arc<EventLog>, wake: Arc<Notify>) -> std::io::Result<()> {
+    let mut rtnl = Socket::new(NETLINK_ROUTE)?;
+    rtnl.bind_auto()?;
+    for group in RTNL_GROUPS {
+        rtnl.add_membership(group)?;
+    }
+    rtnl.set_listen_all_namespaces(true)?;
+    force_receive_buffer(&rtnl);
+    let (l, w) = (log.clone(), wake.clone());
+    std::thread::Builder::new().name("kernel-events".into()).spawn(move || read_rtnl(rtnl, &l, &w))?;
+    let nft = Socket::new(NETLINK_NETFILTER).and_then(|mut s| {
+        s.bind_auto()?;
+        s.add_membership(NFNLGRP_NFTABLES)?;
+        Ok(s)
+    });
+    match nft {
+        Ok(nft) => {
+            force_receive_buffer(&nft);
+            std::thread::Builder::new().name("ruleset-events".into()).spawn(move || read_nft(nft, &log, &wake))?;
+        }
+        Err(e) => tracing::warn!(error = %e, "no nftables events; ruleset drift is found by the periodic audit"),
+    }
+    Ok(())
+}
+
+fn force_receive_buffer(socket: &Socket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &RECEIVE_BUFFER);
+    }
+}
+
+/// One receive: the namespace id it came from (None: the node's own), and
+/// how many bytes; Err(None) when events were lost.
+fn receive(socket: &Socket, buffer: &mut [u8], control: &mut [u8]) -> Result<(Option<i32>, usize), Option<nix::errno::Errno>> {
+    let mut iov = [IoSliceMut::new(buffer)];
+    match recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(control), MsgFlags::empty()) {
+        Ok(message) => {
+            let nsid = message.cmsgs().ok().and_then(|mut cmsgs| {
+                cmsgs.find_map(|c| match c {
+                    ControlMessageOwned::Unknown(u)
+                        if u.cmsg_header.cmsg_level == SOL_NETLINK && u.cmsg_header.cmsg_type == NETLINK_LISTEN_ALL_NSID =>
+                    {
+                        Some(i32::from_ne_bytes(u.data_bytes.get(..4)?.try_into().ok()?))
+                    }
+                    _ => None,
+                })
+            });
+            Ok((nsid, message.bytes))
+        }
+        Err(nix::errno::Errno::ENOBUFS) => Err(None),
+        Err(e) => Err(Some(e)),
+    }
+}
+
+fn read_rtnl(socket: Socket, log: &EventLog, wake: &Notify) {
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut control = nix::cmsg_space!(i32);
+    loop {
+        match receive(&socket, &mut buffer, &mut control) {
+            Ok((nsid, len)) => {
+                let mut drift = false;
+                let mut offset = 0;
+                while offset < len {
+                    let Ok(message) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buffer[offset..len]) else {
+                        // Not understood: about anything.
+                        log.record_loss();
+                        drift = true;
+                        break;
+                    };
+                    let length = message.header.length as usize;
+                    if let NetlinkPayload::InnerMessage(m) = &message.payload {
+                        tracing::trace!(event = ?EventSummary(m), ?nsid, "kernel event");
+                        log.record(scope_of(m, nsid));
+                        drift |= may_be_drift(m);
+                    }
+                    if length == 0 {
+                        break;
+                    }
+                    offset += length;
+                }
+                if drift {
+                    wake.notify_one();
+                }
+            }
+            Err(None) => {
+                tracing::debug!("kernel events were lost (receive buffer overrun); the next pass looks at everything");
+                log.record_loss();
+                wake.notify_one();
+            }
+            Err(Some(nix::errno::Errno::EINTR)) => {}
+            Err(Some(e)) => {
+                tracing::warn!(error = %e, "kernel event watch ended; every pass looks at everything from now on");
+                log.record_death();
+                wake.notify_one();
+                return;
+            }
+        }
+    }
+}
 
 /// Counts nf_tables changes on a netlink socket of our own, not through an
 /// `nft monitor` child, which would outlive an agent killed with SIGKILL
 /// and keep its namespace alive. Messages are not parsed: any one is a
-/// change, and a receive buffer overrun (ENOBUFS) is many.
-fn watch_nftables(counter: EventCounter, wake: Arc<Notify>) -> std::io::Result<()> {
-    let mut socket = TokioSocket::new(NETLINK_NETFILTER)?;
-    socket.socket_mut().bind_auto()?;
-    socket.socket_mut().add_membership(NFNLGRP_NFTABLES)?;
-    tokio::spawn(async move {
-        loop {
-            match socket.recv_from_full().await {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "nftables event watch ended; ruleset drift is found by the periodic full pass");
-                    return;
-                }
+/// change, and an overrun is many.
+fn read_nft(socket: Socket, log: &EventLog, wake: &Notify) {
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        match socket.recv(&mut &mut buffer[..], 0) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "nftables event watch ended; ruleset drift is found by the periodic audit");
+                return;
             }
-            counter.bump();
-            wake.notify_one();
         }
-    });
-    Ok(())
+        log.record(Scope::Ruleset);
+        wake.notify_one();
+    }
 }
 
+/// The scope of one rtnetlink event heard in the namespace `nsid` (None:
+/// the node's own).
+fn scope_of(message: &RouteNetlinkMessage, nsid: Option<i32>) -> Scope {
+    if let Some(nsid) = nsid {
+        return Scope::Namespace(nsid);
+    }
+    match message {
+        RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => Scope::NodeLink(l.header.index),
+        // A namespace got or lost its id here (lost: it is gone).
+        RouteNetlinkMessage::NewNsId(m) | RouteNetlinkMessage::DelNsId(m) => {
+            let nsid = m.attributes.iter().find_map(|a| match a {
+                NsidAttribute::Id(id) => Some(*id),
+                _ => None,
+            });
+            nsid.map(Scope::Namespace).unwrap_or(Scope::NodeAddresses)
+        }
+        // Addresses, and routes (which follow addresses and links; no
+        // node route is netlet's).
+        _ => Scope::NodeAddresses,
+    }
+}
+
+/// Something removed, or a link down: what drift looks like.
+fn may_be_drift(message: &RouteNetlinkMessage) -> bool {
+    match message {
+        RouteNetlinkMessage::DelLink(_)
+        | RouteNetlinkMessage::DelAddress(_)
+        | RouteNetlinkMessage::DelRoute(_)
+        | RouteNetlinkMessage::DelNsId(_) => true,
+        RouteNetlinkMessage::NewLink(link) => !link.header.flags.contains(LinkFlags::Up),
+        _ => false,
+    }
+}
 /// One line of an event for trace logs: its kind and the object it is about.
 struct EventSummary<'a>(&'a RouteNetlinkMessage);
 

@@ -33,7 +33,7 @@ pub struct NetlinkError {
 }
 
 impl NetlinkError {
-    fn from_rtnetlink(op: impl Into<String>, e: rtnetlink::Error) -> Self {
+    pub(super) fn from_rtnetlink(op: impl Into<String>, e: rtnetlink::Error) -> Self {
         let op = op.into();
         match e {
             rtnetlink::Error::NetlinkError(msg) => {
@@ -154,6 +154,21 @@ fn read_links() -> Result<Vec<Link>> {
     Ok(links)
 }
 
+/// The answer to a get of one link: None when there is no such link.
+fn one_link(answer: std::result::Result<Option<LinkMessage>, rtnetlink::Error>, op: impl FnOnce() -> String) -> Result<Option<Link>> {
+    match answer {
+        Ok(msg) => Ok(msg.as_ref().map(parse_link)),
+        Err(e) => {
+            let err = NetlinkError::from_rtnetlink(op(), e);
+            if err.is_not_found() {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
 /// An address on a link.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Address {
@@ -171,7 +186,10 @@ pub struct DefaultRoute {
 
 #[derive(Clone)]
 pub struct Netlink {
-    handle: Handle,
+    pub(super) handle: Handle,
+    /// Opened in the agent's own namespace: its links (thousands) are
+    /// dumped on a blocking thread, one message at a time.
+    own_namespace: bool,
 }
 
 impl Netlink {
@@ -179,7 +197,7 @@ impl Netlink {
     pub fn connect() -> Result<Self> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError::io("open netlink socket", e))?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink { handle, own_namespace: true })
     }
 
     /// A handle in the calling thread's namespace whose requests are sent
@@ -201,7 +219,7 @@ impl Netlink {
             .name("netlink-slow".into())
             .spawn(move || runtime.block_on(conn))
             .map_err(|e| NetlinkError::io("start the netlink thread", e))?;
-        Ok(Netlink { handle })
+        Ok(Netlink { handle, own_namespace: true })
     }
 
     /// A handle in the namespace `ns` (see the module comment).
@@ -209,29 +227,28 @@ impl Netlink {
         let opened = netns::with_netns(ns, rtnetlink::new_connection).map_err(|e| NetlinkError::io("enter namespace", e))?;
         let (conn, handle, _) = opened.map_err(|e| NetlinkError::io("open netlink socket", e))?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink { handle, own_namespace: false })
     }
 
     /// One link by name (a get, not a dump); None if there is none.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        match self.handle.link().get().match_name(name.to_string()).execute().try_next().await {
-            Ok(msg) => Ok(msg.as_ref().map(parse_link)),
-            Err(e) => {
-                let err = NetlinkError::from_rtnetlink(format!("get link {name}"), e);
-                if err.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let request = self.handle.link().get().match_name(name.to_string());
+        one_link(request.execute().try_next().await, || format!("get link {name}"))
     }
 
-    /// Every link, without statistics (the kernel skips computing them,
-    /// and each message is reduced as it arrives: a node with a thousand
-    /// veths would otherwise hold megabytes of parsed attributes at once).
-    /// Every link (the node's own, possibly thousands: [`dump_links`]).
+    /// One link by index; None if there is none.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let request = self.handle.link().get().match_index(index);
+        one_link(request.execute().try_next().await, || format!("get link {index}"))
+    }
+
+    /// Every link, without statistics. In the agent's own namespace (the
+    /// node's, possibly thousands of links) a blocking dump reduces each
+    /// message as it arrives ([`dump_links`]).
     pub async fn links(&self) -> Result<Vec<Link>> {
+        if self.own_namespace {
+            return dump_links().await;
+        }
         self.handle
             .link()
             .get()

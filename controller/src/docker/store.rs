@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::{ready_condition, Kind};
-use crate::objects::{KindName, ObjectKey};
+use crate::objects::{ObjectKey, ObjectName};
 use crate::source::manifests::{self, Loaded};
 use crate::state::StateDir;
 
@@ -30,8 +30,11 @@ pub struct ManifestDir {
 }
 
 pub fn key(kind: Kind, namespace: Option<&str>, name: &str) -> ObjectKey {
-    let namespace = kind.namespaced().then(|| namespace.unwrap_or("default").to_string());
-    ObjectKey { kind: KindName::from(kind), namespace, name: name.to_string() }
+    let name = match kind.namespaced() {
+        true => ObjectName::namespaced(namespace.unwrap_or("default"), name),
+        false => ObjectName::cluster(name),
+    };
+    ObjectKey { kind, name }
 }
 
 impl ManifestDir {
@@ -74,10 +77,10 @@ impl ManifestDir {
 
     /// The file a verb writes `key` to.
     pub fn own_file(&self, key: &ObjectKey) -> PathBuf {
-        let kind = Kind::from(key.kind).as_str().to_ascii_lowercase();
-        let name = match key.namespace.as_deref() {
-            None | Some("default") => format!("{kind}-{}.yaml", key.name),
-            Some(ns) => format!("{kind}-{ns}.{}.yaml", key.name),
+        let kind = key.kind.as_str().to_ascii_lowercase();
+        let name = match key.name.namespace() {
+            None | Some("default") => format!("{kind}-{}.yaml", key.name.name()),
+            Some(ns) => format!("{kind}-{ns}.{}.yaml", key.name.name()),
         };
         self.dir.join(name)
     }

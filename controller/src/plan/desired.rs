@@ -10,6 +10,7 @@ use ipnet::IpNet;
 
 use super::attachment::SandboxRef;
 use crate::api::{MacvlanMode, Protocol};
+use crate::objects::ObjectName;
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DesiredState {
@@ -63,7 +64,7 @@ pub struct VxlanLink {
 /// addresses the VXLAN device answers ARP/ND for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VxlanRemote {
-    pub owner: String,
+    pub owner: ObjectName,
     pub mac: [u8; 6],
     pub vtep: IpAddr,
     pub addresses: Vec<IpAddr>,
@@ -85,8 +86,8 @@ pub enum EndpointKind {
 /// One interface in one sandbox.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Endpoint {
-    /// `namespace/name` of the Attachment.
-    pub owner: String,
+    /// The Attachment.
+    pub owner: ObjectName,
     pub network: String,
     pub kind: EndpointKind,
     pub sandbox: SandboxRef,

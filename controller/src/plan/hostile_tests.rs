@@ -299,10 +299,10 @@ fn every_hostile_input_fails_alone_with_a_specific_reason() {
             }
             Network(n, reason, text) => check("network", p.networks.get(n).and_then(|r| r.as_ref().err()), reason, text),
             Attachment(a, reason, text) => {
-                check("attachment", p.attachments.get(&format!("default/{a}")).and_then(|r| r.as_ref().err()), reason, text)
+                check("attachment", p.attachments.get(format!("default/{a}").as_str()).and_then(|r| r.as_ref().err()), reason, text)
             }
             PortMapping(m, reason, text) => {
-                check("port mapping", p.port_mappings.get(&format!("default/{m}")).and_then(|r| r.as_ref().err()), reason, text)
+                check("port mapping", p.port_mappings.get(format!("default/{m}").as_str()).and_then(|r| r.as_ref().err()), reason, text)
             }
         }
         std::fs::remove_dir_all(dir).unwrap();
@@ -328,6 +328,6 @@ fn an_exhausted_pool_fails_only_the_attachments_that_did_not_fit() {
     let ok = p.attachments.values().filter(|r| r.is_ok()).count();
     assert_eq!(ok, 5);
     let failed: Vec<_> = p.attachments.iter().filter_map(|(k, r)| r.as_ref().err().map(|f| (k.clone(), f.reason))).collect();
-    assert_eq!(failed, vec![("default/c5".to_string(), reason::POOL_EXHAUSTED), ("default/c6".to_string(), reason::POOL_EXHAUSTED)]);
+    assert_eq!(failed, vec![("default/c5".into(), reason::POOL_EXHAUSTED), ("default/c6".into(), reason::POOL_EXHAUSTED)]);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -4,6 +4,7 @@
 //! No I/O happens here. Everything the dataplane will do is decided here,
 //! which is why this is where most unit tests live.
 
+mod allocations;
 pub mod attachment;
 pub mod desired;
 pub mod ipam;
@@ -19,11 +20,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use foldhash::{HashMap, HashMapExt};
 use ipnet::IpNet;
 use kube::ResourceExt;
-use serde::{Deserialize, Serialize};
 
 use crate::api::{Attachment, Driver, Protocol};
 use crate::naming;
-use crate::objects::{namespace_of, ObjectSet};
+use crate::objects::{ObjectName, ObjectSet};
+pub use allocations::{Allocations, HeldEndpoint, PortKey};
 use attachment::{CheckedAttachment, SandboxChoice, SandboxRef};
 use desired::{BridgeLink, DesiredState, Endpoint, EndpointKind, FirewallNetwork, SandboxSpec};
 use network::ResolvedNetwork;
@@ -50,30 +51,6 @@ pub struct NodeFacts {
     /// addresses only from them, and knows other nodes' attachments only by
     /// the addresses their status holds.
     pub overlay_blocks: BTreeMap<String, Vec<IpNet>>,
-}
-
-/// Resources held by attachments and port mappings, persisted in the state
-/// directory so they survive restarts.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Allocations {
-    #[serde(default)]
-    pub endpoints: BTreeMap<String, HeldEndpoint>,
-    /// Ephemeral host ports by `ns/name|protocol|containerPort|hostIP`.
-    #[serde(default)]
-    pub ports: BTreeMap<String, u16>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HeldEndpoint {
-    pub network: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv4: Option<IpAddr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv6: Option<IpAddr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Hash)]
@@ -110,15 +87,15 @@ pub struct Plan {
     pub desired: DesiredState,
     pub allocations: Allocations,
     pub networks: BTreeMap<String, Result<NetworkInfo, Failure>>,
-    /// By `namespace/name`; only attachments of this node.
-    pub attachments: BTreeMap<String, Result<AttachmentInfo, Failure>>,
-    /// By `namespace/name`; only port mappings of this node's attachments.
-    pub port_mappings: BTreeMap<String, Result<Vec<crate::api::PortBinding>, Failure>>,
+    /// Only attachments of this node.
+    pub attachments: BTreeMap<ObjectName, Result<AttachmentInfo, Failure>>,
+    /// Only port mappings of this node's attachments.
+    pub port_mappings: BTreeMap<ObjectName, Result<Vec<crate::api::PortBinding>, Failure>>,
 }
 
-/// An attachment of this node that passed its own checks: its
-/// `namespace/name`, the object, and what the checks parsed.
-pub type Local<'a> = (String, &'a Attachment, CheckedAttachment);
+/// An attachment of this node that passed its own checks: its name, the
+/// object, and what the checks parsed.
+pub type Local<'a> = (ObjectName, &'a Attachment, CheckedAttachment);
 
 /// Is this attachment for the node `node`? (No nodeName: whoever reads it.)
 pub fn is_local(att: &Attachment, node: &str) -> bool {
@@ -134,7 +111,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
     // Attachments of this node, checked, in creation order.
     let mut local: Vec<Local<'_>> = Vec::new();
     for att in objects.attachments.iter().map(|a| &**a).filter(|a| is_local(a, &node.node_name)) {
-        let key = format!("{}/{}", namespace_of(att), att.name_any());
+        let key = ObjectName::of(att);
         match attachment::check(att).and_then(|checked| check_against_network(att, &checked, &networks).map(|()| checked)) {
             Ok(checked) => local.push((key, att, checked)),
             Err(failure) => {
@@ -176,7 +153,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
         let (v4, v6) = addresses[position];
         let mac = checked.mac.unwrap_or_else(|| match v4 {
             Some(IpAddr::V4(ip)) => naming::mac_from_ipv4(ip),
-            _ => naming::mac_from_key(key),
+            _ => naming::mac_from_key(key.as_str()),
         });
         if let Some(holder) = macs.get(&(net.name.as_str(), mac)) {
             out.attachments.insert(
@@ -188,7 +165,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
             );
             continue;
         }
-        macs.insert((net.name.as_str(), mac), key);
+        macs.insert((net.name.as_str(), mac), key.as_str());
 
         let Some(ifname) = interfaces[position].clone() else { continue };
         let with_prefix =
@@ -250,7 +227,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
                 ..Default::default()
             }),
             SandboxChoice::SharedWith(owner) => {
-                let owner_key = format!("{}/{owner}", namespace_of(*att));
+                let owner_key = key.sibling(owner);
                 match out.attachments.get(&owner_key) {
                     Some(Ok(info)) => Ok(AttachmentInfo { host_interface: None, ..info.clone() }),
                     _ => Err(Failure::new(
@@ -529,11 +506,11 @@ fn assign_interfaces(local: &[Local<'_>], held: &Allocations, out: &mut Plan) ->
         // container's interface is never renamed because of a newcomer.
         for &i in members {
             let (key, att, _) = &local[i];
-            let Some(ifname) = held.endpoints.get(key.as_str()).and_then(|h| h.interface.as_ref()) else {
+            let Some(ifname) = held.endpoints.get(key).and_then(|h| h.interface.as_ref()) else {
                 continue;
             };
             if att.spec.interface.as_ref().is_none_or(|wanted| wanted == ifname) && !taken.contains_key(ifname) {
-                taken.insert(ifname.clone(), key);
+                taken.insert(ifname.clone(), key.as_str());
                 names[i] = Some(ifname.clone());
             }
         }
@@ -554,7 +531,7 @@ fn assign_interfaces(local: &[Local<'_>], held: &Allocations, out: &mut Plan) ->
                     )));
                 }
                 None => {
-                    taken.insert(ifname.clone(), key);
+                    taken.insert(ifname.clone(), key.as_str());
                     names[i] = Some(ifname.clone());
                 }
             }
@@ -570,7 +547,7 @@ fn assign_interfaces(local: &[Local<'_>], held: &Allocations, out: &mut Plan) ->
                 next += 1;
             }
             let ifname = format!("eth{next}");
-            taken.insert(ifname.clone(), key);
+            taken.insert(ifname.clone(), key.as_str());
             names[i] = Some(ifname);
         }
     }

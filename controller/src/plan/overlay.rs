@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use kube::ResourceExt;
 
 use super::attachment::{self, SandboxChoice};
 use super::desired::{VxlanLink, VxlanRemote};
@@ -23,10 +22,10 @@ use super::outcome::{reason, Failure};
 use super::{ipam, is_local, AddressPair, Allocations, HeldEndpoint, Member, NodeFacts, Plan};
 use crate::api::{Attachment, Driver};
 use crate::naming;
-use crate::objects::{namespace_of, ObjectSet};
+use crate::objects::{ObjectName, ObjectSet};
 
-/// Addresses of every attachment (any node) on overlay networks, by `ns/name`.
-pub type OverlayAddresses = BTreeMap<String, (Option<IpAddr>, Option<IpAddr>)>;
+/// Addresses of every attachment (any node) on overlay networks.
+pub type OverlayAddresses = BTreeMap<ObjectName, (Option<IpAddr>, Option<IpAddr>)>;
 
 pub fn vxlan_name(vni: u32) -> String {
     format!("nlx{vni}")
@@ -81,13 +80,13 @@ pub fn allocate(
             continue;
         }
         let blocks = node.overlay_blocks.get(name);
-        let known = |a: &Attachment| held.endpoints.get(&key_of(a)).is_some_and(|h| &h.network == name);
-        let members: Vec<(String, attachment::CheckedAttachment)> = objects
+        let known = |a: &Attachment| held.endpoints.get(&ObjectName::of(a)).is_some_and(|h| &h.network == name);
+        let members: Vec<(ObjectName, attachment::CheckedAttachment)> = objects
             .attachments
             .iter()
             .filter(|a| &a.spec.network == name)
             .filter(|a| blocks.is_none() || is_local(a, &node.node_name) || known(a))
-            .filter_map(|a| Some((key_of(a), attachment::check(a).ok()?)))
+            .filter_map(|a| Some((ObjectName::of(&**a), attachment::check(a).ok()?)))
             .filter(|(_, c)| matches!(c.sandbox, SandboxChoice::Namespace(_)))
             .collect();
         let requests: Vec<Member<'_>> = members.iter().map(|(key, c)| (key.as_str(), c.ipv4, c.ipv6)).collect();
@@ -97,7 +96,7 @@ pub fn allocate(
         };
         for ((owner, _, _), result) in requests.iter().zip(results) {
             let Some(result) = result else { continue };
-            let owner = owner.to_string();
+            let owner = ObjectName::from(*owner);
             match result {
                 Ok((v4, v6)) => {
                     let h = out
@@ -152,8 +151,10 @@ fn allocate_in_blocks(
         out = super::allocate_network(name, &scoped(*block), requests, &held);
         for ((owner, _, _), result) in requests.iter().zip(&out) {
             if let Some(Ok((v4, v6))) = result {
-                let h =
-                    held.endpoints.entry(owner.to_string()).or_insert_with(|| HeldEndpoint { network: name.into(), ..Default::default() });
+                let h = held
+                    .endpoints
+                    .entry(ObjectName::from(*owner))
+                    .or_insert_with(|| HeldEndpoint { network: name.into(), ..Default::default() });
                 (h.network, h.ipv4, h.ipv6) = (name.into(), *v4, *v6);
             }
         }
@@ -179,10 +180,6 @@ pub fn block_capacity(subnet: &Subnet, block: IpNet) -> u64 {
     ipam::capacity(&Subnet { range: block, ..subnet.clone() })
 }
 
-fn key_of(a: &Attachment) -> String {
-    format!("{}/{}", namespace_of(a), a.name_any())
-}
-
 /// The VXLAN device of every overlay network realized here, with every
 /// attachment on *other* nodes as a static remote.
 pub fn vxlans(
@@ -200,14 +197,14 @@ pub fn vxlans(
         for att in objects.attachments.iter().filter(|a| &a.spec.network == name && !is_local(a, &node.node_name)) {
             let Some(remote_node) = att.spec.node_name.as_deref() else { continue };
             let Some(vtep) = ov.peers.iter().find(|(n, _)| n == remote_node).map(|(_, ip)| *ip) else { continue };
-            let key = key_of(att);
+            let key = ObjectName::of(&**att);
             let Some((v4, v6)) = addresses.get(&key).copied() else { continue };
             let mac = match att.spec.mac_address.as_deref().map(naming::parse_mac) {
                 Some(Ok(mac)) => mac,
                 Some(Err(_)) => continue,
                 None => match v4 {
                     Some(IpAddr::V4(ip)) => naming::mac_from_ipv4(ip),
-                    _ => naming::mac_from_key(&key),
+                    _ => naming::mac_from_key(key.as_str()),
                 },
             };
             remotes.push(VxlanRemote { owner: key, mac, vtep, addresses: v4.into_iter().chain(v6).collect() });

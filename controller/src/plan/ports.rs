@@ -5,14 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use foldhash::{HashMap, HashMapExt};
-use kube::ResourceExt;
 
 use super::desired::PublishedPort;
 use super::network::ResolvedNetwork;
 use super::outcome::{reason, Failure};
-use super::{is_local, Allocations, NodeFacts, Plan};
+use super::{is_local, Allocations, NodeFacts, Plan, PortKey};
 use crate::api::{Attachment, Driver, PortBinding, PortMapping, Protocol};
-use crate::objects::{namespace_of, ObjectSet};
+use crate::objects::{namespace_of, ObjectName, ObjectSet};
 
 /// Bindings published so far: (protocol, IPv6?, port) -> [(host ip,
 /// position of the publishing mapping)].
@@ -58,16 +57,12 @@ pub(super) fn plan_ports(
         let Some(name) = a.metadata.name.as_deref() else { continue };
         attachments.entry((namespace_of(a), name)).or_insert(a);
     }
-    // The key of the mapping at `position`, for a conflict's message.
-    let mapping_key = |position: usize| {
-        let pm: &PortMapping = &objects.port_mappings[position];
-        format!("{}/{}", namespace_of(pm), pm.name_any())
-    };
+    // The name of the mapping at `position`, for a conflict's message.
+    let mapping_name = |position: usize| ObjectName::of(&*objects.port_mappings[position]);
     for (position, pm) in objects.port_mappings.iter().map(|p| &**p).enumerate() {
-        let ns = namespace_of(pm);
-        let key = format!("{ns}/{}", pm.name_any());
-        let att_key = format!("{ns}/{}", pm.spec.attachment);
-        let Some(&att) = attachments.get(&(ns, pm.spec.attachment.as_str())) else {
+        let key = ObjectName::of(pm);
+        let att_key = key.sibling(&pm.spec.attachment);
+        let Some(&att) = attachments.get(&(namespace_of(pm), pm.spec.attachment.as_str())) else {
             out.port_mappings.insert(key, Err(Failure::new(reason::ATTACHMENT_NOT_FOUND, format!("attachment {att_key} does not exist"))));
             continue;
         };
@@ -89,7 +84,7 @@ pub(super) fn plan_ports(
                             "host port {}:{port}/{} is already published by port mapping {}",
                             show_ip(w.host_ip),
                             w.protocol.as_str(),
-                            mapping_key(*winner)
+                            mapping_name(*winner)
                         ),
                     ));
                 }
@@ -110,7 +105,12 @@ pub(super) fn plan_ports(
             }
             // Then ephemeral ports: the one held before if still free, else the lowest free.
             for w in wanted.iter().filter(|w| w.host_port.is_none()) {
-                let alloc_key = format!("{key}|{}|{}|{}", w.protocol.as_str(), w.container_port, show_ip(w.host_ip));
+                let alloc_key = PortKey {
+                    mapping: key.clone(),
+                    protocol: w.protocol,
+                    container_port: w.container_port,
+                    host_ip: w.host_ip.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                };
                 let free = |port: u16| {
                     !published
                         .get(&(w.protocol, w.container_ip.is_ipv6(), port))
@@ -178,7 +178,7 @@ impl std::fmt::Display for PortIndex {
 fn wanted_bindings(
     pm: &PortMapping,
     att: &Attachment,
-    att_key: &str,
+    att_key: &ObjectName,
     networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
     out: &Plan,
 ) -> Result<Vec<Wanted>, Failure> {

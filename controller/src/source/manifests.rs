@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use crate::api::{Attachment, Kind, Network, PortMapping, API_VERSION};
-use crate::objects::{KindName, ObjectKey, ObjectSet};
+use crate::objects::{ObjectKey, ObjectName, ObjectSet};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoadError {
@@ -63,9 +63,12 @@ pub fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
 }
 
+/// Each manifest file with its modification time and size.
+pub type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
 /// A cheap fingerprint of the manifest set: changes when a file is added,
 /// removed or modified. Used to decide when to reload.
-pub fn fingerprint(path: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+pub fn fingerprint(path: &Path) -> Fingerprint {
     manifest_files(path)
         .unwrap_or_default()
         .into_iter()
@@ -262,7 +265,13 @@ fn add_object(value: Value, loaded: &mut Loaded, seen: &mut BTreeSet<ObjectKey>)
         return Err((None, format!("{kind} has no metadata.name")));
     };
     let namespace = kind.namespaced().then(|| namespace.unwrap_or_else(|| "default".into()));
-    let key = ObjectKey { kind: KindName::from(kind), namespace: namespace.clone(), name: name.clone() };
+    let key = ObjectKey {
+        kind,
+        name: match &namespace {
+            Some(ns) => ObjectName::namespaced(ns, &name),
+            None => ObjectName::cluster(&name),
+        },
+    };
     if api_version != API_VERSION {
         return Err((Some(key), format!("unsupported apiVersion {api_version:?} for {kind}; expected {API_VERSION}")));
     }

@@ -1,9 +1,9 @@
-//! Where desired objects come from: manifest files (standalone mode) or the
-//! Kubernetes API. Either way the rest of the agent sees an [`ObjectSet`].
-//!
-//! [`ObjectSet`]: crate::objects::ObjectSet
+//! Where desired objects come from and status goes to: manifest files and
+//! the state dir (standalone mode), or the Kubernetes API. Both are a
+//! [`Source`](crate::runner::Source) the one runner drives.
 
 pub mod file_watch;
 pub mod kube;
 pub mod kube_list;
 pub mod manifests;
+pub mod standalone;

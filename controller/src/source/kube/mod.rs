@@ -1,0 +1,474 @@
+//! Kubernetes mode: desired objects from the API server, status and
+//! finalizers back to it. The only module that talks to the API.
+//!
+//! Contract (the same as kube-runtime's finalizer helper states for
+//! controllers): reconcile is level-triggered and idempotent; teardown is
+//! whatever the next reconcile does when an object is excluded from the
+//! desired set, so it works even if the object was never realized; a
+//! finalizer is removed only after a reconcile that excluded the object
+//! finished without node-level errors. The dataplane never depends on the
+//! API being reachable: while it is down, nothing is torn down.
+//!
+//! Here: the watches and the desired set for this node; `blocks`: overlay
+//! address blocks claimed in Network status; `publish`: finalizers, status
+//! and Events written back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::Notify;
+
+use crate::api::{Attachment, Driver, Network, OverlayPeer, PortMapping};
+use crate::metrics::Metrics;
+use crate::objects::{namespace_of, ObjectName, ObjectSet};
+use crate::plan::{Allocations, HeldEndpoint, PortKey};
+use crate::reconcile::Outcome;
+use crate::runner::{Snapshot, Source};
+use crate::status::ObjectStatus;
+
+mod blocks;
+mod publish;
+
+pub use publish::{IN_USE_FINALIZER, TEARDOWN_FINALIZER};
+
+/// Is this attachment for `node`? (Unscheduled ones are nobody's here.)
+fn scheduled_on(a: &Attachment, node: &str) -> bool {
+    a.spec.node_name.as_deref() == Some(node)
+}
+
+pub struct KubeOptions {
+    pub node_name: String,
+    pub kubeconfig: Option<PathBuf>,
+}
+
+pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Starts a reflector for `api` that pokes `changed` on every event. A
+/// list or watch the agent's role refuses is a problem `/readyz` reports
+/// (see [`note_api`]) until the next event arrives.
+fn reflect<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>, metrics: Arc<Metrics>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let what = format!("list/watch {}", K::plural(&()));
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => {
+                    note_api(&metrics, &what, None);
+                    changed.notify_one()
+                }
+                Err(e) => {
+                    let refusal = match &e {
+                        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
+                            refused(e)
+                        }
+                        watcher::Error::WatchError(r) => (r.code == 401 || r.code == 403).then_some(&**r),
+                        _ => None,
+                    };
+                    if refusal.is_none() {
+                        tracing::warn!(error = %e, "watch interrupted; retrying with backoff");
+                    }
+                    note_api_refusal(&metrics, &what, refusal);
+                }
+            }
+        }
+    });
+    store
+}
+
+/// The API server's answer when it refused a call as unauthenticated (401)
+/// or forbidden (403): retrying cannot help until the operator changes the
+/// agent's credentials or role.
+fn refused(e: &kube::Error) -> Option<&kube::core::Status> {
+    match e {
+        kube::Error::Api(r) if r.code == 401 || r.code == 403 => Some(&**r),
+        _ => None,
+    }
+}
+
+/// Records how an API call went: a refusal becomes a problem `/readyz`
+/// reports, logged as an error once (not at every retry); success clears
+/// it. Other errors are transient and their callers log them.
+fn note_api(metrics: &Metrics, what: &str, error: Option<&kube::Error>) {
+    note_api_refusal(metrics, what, error.and_then(refused));
+}
+
+fn note_api_refusal(metrics: &Metrics, what: &str, refusal: Option<&kube::core::Status>) {
+    let problem = refusal.map(|r| format!("{} ({}); the agent's ClusterRole must allow it (manifests/rbac.yaml)", r.message, r.reason));
+    let logged = problem.clone();
+    if metrics.set_problem(what, problem) {
+        match logged {
+            Some(p) => tracing::error!(call = what, "API refused a call the agent needs: {p}"),
+            None => tracing::info!(call = what, "API allows the call again"),
+        }
+    }
+}
+
+/// An overlay without `peers` spans the Nodes it selects: each at its
+/// `netlet.io/vtep-address` annotation, else its InternalIP.
+fn with_node_peers(net: Arc<Network>, nodes: &[Arc<Node>]) -> Arc<Network> {
+    let Some(overlay) = net.spec.overlay.as_ref().filter(|o| o.peers.is_empty() && net.spec.driver == Driver::Overlay) else { return net };
+    let mut peers: Vec<OverlayPeer> = nodes
+        .iter()
+        .filter(|n| selector_matches(&net.spec.node_selector, n.labels()))
+        .filter_map(|n| Some(OverlayPeer { node: n.name_any(), address: vtep_address(n)? }))
+        .collect();
+    peers.sort_by(|a, b| a.node.cmp(&b.node));
+    let mut net = (*net).clone();
+    net.spec.overlay = Some(crate::api::OverlayOptions { peers, ..overlay.clone() });
+    Arc::new(net)
+}
+
+pub const VTEP_ANNOTATION: &str = "netlet.io/vtep-address";
+
+fn vtep_address(node: &Node) -> Option<String> {
+    if let Some(a) = node.annotations().get(VTEP_ANNOTATION) {
+        return Some(a.clone());
+    }
+    let addresses = node.status.as_ref()?.addresses.as_ref()?;
+    addresses.iter().find(|a| a.type_ == "InternalIP" && a.address.parse::<std::net::Ipv4Addr>().is_ok()).map(|a| a.address.clone())
+}
+
+fn selector_matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Addresses and ports recorded in status: the source of truth when the
+/// state dir was lost (a new node disk, a wiped /var/lib/netlet).
+fn allocations_from_status(attachments: &[Arc<Attachment>], port_mappings: &[Arc<PortMapping>]) -> Allocations {
+    let mut held = Allocations::default();
+    for a in attachments.iter().map(|a| &**a) {
+        let Some(status) = &a.status else { continue };
+        let addr = |cidr: &Option<String>| cidr.as_deref().and_then(|c| c.split('/').next()).and_then(|ip| ip.parse().ok());
+        let entry = HeldEndpoint {
+            network: a.spec.network.clone(),
+            ipv4: addr(&status.ipv4_address),
+            ipv6: addr(&status.ipv6_address),
+            interface: status.interface.clone(),
+        };
+        if entry.ipv4.is_some() || entry.ipv6.is_some() {
+            held.endpoints.insert(ObjectName::of(a), entry);
+        }
+    }
+    for p in port_mappings.iter().map(|p| &**p) {
+        let Some(status) = &p.status else { continue };
+        for b in &status.bindings {
+            // Both families of a mapping without a hostIP hold one port.
+            let Ok(host_ip) = b.host_ip.parse::<std::net::IpAddr>() else { continue };
+            let host_ip = if host_ip.is_unspecified() { std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) } else { host_ip };
+            let key = PortKey { mapping: ObjectName::of(p), protocol: b.protocol, container_port: b.container_port, host_ip };
+            held.ports.insert(key, b.host_port);
+        }
+    }
+    held
+}
+
+struct Cluster {
+    client: Client,
+    node: String,
+    networks: Store<Network>,
+    attachments: Store<Attachment>,
+    port_mappings: Store<PortMapping>,
+    nodes: Store<Node>,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+}
+
+/// This node's desired objects, and the attachments, port mappings and
+/// networks being deleted (torn down, then their finalizers released).
+type Desired = (Arc<ObjectSet>, Vec<Arc<Attachment>>, Vec<Arc<PortMapping>>, Vec<Arc<Network>>);
+
+impl Cluster {
+    /// The desired objects for this node, and those being deleted.
+    fn desired(&self) -> Desired {
+        let nodes = self.nodes.state();
+        let labels = nodes.iter().find(|n| n.name_any() == self.node).map(|n| n.labels().clone()).unwrap_or_default();
+        let attachments = self.attachments.state();
+        let mut set = ObjectSet::default();
+        let mut deleting_networks = Vec::new();
+        for n in self.networks.state() {
+            if !selector_matches(&n.spec.node_selector, &labels) {
+                continue;
+            }
+            let n = with_node_peers(n, &nodes);
+            let referenced = attachments.iter().any(|a| a.spec.network == n.name_any() && a.meta().deletion_timestamp.is_none());
+            if n.meta().deletion_timestamp.is_some() {
+                deleting_networks.push(n.clone());
+                if !referenced {
+                    continue; // torn down now; finalizer removed after
+                }
+            }
+            set.networks.push(n);
+        }
+        let overlays: BTreeSet<String> = set.networks.iter().filter(|n| n.spec.driver == Driver::Overlay).map(|n| n.name_any()).collect();
+        let mut deleting_attachments = Vec::new();
+        for a in &attachments {
+            if !scheduled_on(a, &self.node) {
+                // Another node's attachment matters here only as an overlay
+                // remote (a static FDB and neighbour entry), until deleted.
+                if a.spec.node_name.is_some() && overlays.contains(&a.spec.network) && a.meta().deletion_timestamp.is_none() {
+                    set.attachments.push(a.clone());
+                }
+                continue;
+            }
+            if a.meta().deletion_timestamp.is_some() {
+                deleting_attachments.push(a.clone());
+            } else {
+                set.attachments.push(a.clone());
+            }
+        }
+        let mut deleting_pms = Vec::new();
+        for p in self.port_mappings.state() {
+            let attachment = attachments.iter().find(|a| namespace_of(&***a) == namespace_of(&*p) && a.name_any() == p.spec.attachment);
+            let Some(attachment) = attachment else {
+                // No attachment, so no node realizes it: nothing to tear
+                // down anywhere, and any agent may let it go (the loser of
+                // that race gets a 409 on its conditional patch).
+                if p.meta().deletion_timestamp.is_some() {
+                    deleting_pms.push(p.clone());
+                }
+                continue;
+            };
+            if !scheduled_on(attachment, &self.node) {
+                continue;
+            }
+            if p.meta().deletion_timestamp.is_some() {
+                deleting_pms.push(p.clone());
+            } else {
+                set.port_mappings.push(p);
+            }
+        }
+        set.sort_by_creation_then_name();
+        (Arc::new(set), deleting_attachments, deleting_pms, deleting_networks)
+    }
+}
+
+/// Kubernetes mode's source: the watches, the node's desired set from
+/// them, and status and finalizers written back.
+pub struct KubeSource {
+    cluster: Cluster,
+    /// Poked by every watch event.
+    changed: Arc<Notify>,
+    /// What the last snapshot was made of: finalizers and status follow it.
+    last: Option<Desired>,
+}
+
+impl KubeSource {
+    /// Connects and starts the watches (Networks, Attachments,
+    /// PortMappings, Nodes); nothing is read yet. API calls the agent's
+    /// role refuses are reported in `metrics` (`/readyz`).
+    pub async fn connect(opts: &KubeOptions, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let client = client(opts.kubeconfig.as_ref()).await?;
+        let changed = Arc::new(Notify::new());
+        let networks = reflect(Api::<Network>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
+        let attachments = reflect(Api::<Attachment>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
+        let port_mappings = reflect(Api::<PortMapping>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
+        // Every Node: this one's labels select networks, the others' addresses are overlay VTEPs.
+        let nodes = reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
+        let cluster = Cluster {
+            networks,
+            attachments,
+            port_mappings,
+            nodes,
+            recorder: Recorder::new(client.clone(), Reporter { controller: "netlet".into(), instance: Some(opts.node_name.clone()) }),
+            node: opts.node_name.clone(),
+            client,
+            metrics,
+        };
+        Ok(KubeSource { cluster, changed, last: None })
+    }
+}
+
+/// A version of everything a snapshot holds: what each object is (its
+/// resourceVersion, which moves with any change of it, status included),
+/// what was derived from elsewhere (overlay peers from Nodes), held
+/// allocations and address blocks.
+fn version_of(objects: &ObjectSet, known: &Allocations, decided: &Allocations, blocks: &BTreeMap<String, Vec<ipnet::IpNet>>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut object = |meta: &kube::core::ObjectMeta| (&meta.namespace, &meta.name, &meta.resource_version).hash(&mut h);
+    objects.networks.iter().for_each(|n| object(&n.metadata));
+    objects.attachments.iter().for_each(|a| object(&a.metadata));
+    objects.port_mappings.iter().for_each(|p| object(&p.metadata));
+    for n in &objects.networks {
+        if let Some(overlay) = &n.spec.overlay {
+            overlay.peers.iter().for_each(|p| (&p.node, &p.address).hash(&mut h));
+        }
+    }
+    (known, decided, blocks).hash(&mut h);
+    h.finish()
+}
+
+impl Source for KubeSource {
+    /// Nothing is reconciled before every list is in: a partial view (no
+    /// Node labels, say) would tear down what a full one keeps. A list the
+    /// API refuses is retried with backoff and reported by /readyz meanwhile.
+    async fn ready(&mut self) -> anyhow::Result<()> {
+        tracing::info!(node = %self.cluster.node, "netlet Kubernetes agent starting; waiting for the initial lists");
+        self.cluster.networks.wait_until_ready().await?;
+        self.cluster.attachments.wait_until_ready().await?;
+        self.cluster.port_mappings.wait_until_ready().await?;
+        self.cluster.nodes.wait_until_ready().await?;
+        tracing::info!("initial lists complete");
+        Ok(())
+    }
+
+    async fn snapshot(&mut self) -> Snapshot {
+        let desired = self.cluster.desired();
+        // Addresses and ports already handed out, from status: ours fill
+        // what the state dir lacks; other nodes' (overlay remotes) are
+        // theirs to decide, so their status wins.
+        let node = &self.cluster.node;
+        let (ours, others): (Vec<Arc<Attachment>>, Vec<Arc<Attachment>>) =
+            self.cluster.attachments.state().into_iter().partition(|a| scheduled_on(a, node));
+        let known = allocations_from_status(&ours, &desired.0.port_mappings);
+        let decided = allocations_from_status(&others, &[]);
+        let overlay_blocks = self.cluster.overlay_blocks(&desired.0).await;
+        let version = version_of(&desired.0, &known, &decided, &overlay_blocks);
+        let snapshot = Snapshot { objects: desired.0.clone(), load_errors: Arc::from([]), version, known, decided, overlay_blocks };
+        self.last = Some(desired);
+        snapshot
+    }
+
+    async fn changed(&mut self) {
+        self.changed.notified().await;
+        crate::runner::settle(&self.changed).await;
+    }
+
+    async fn publish(&mut self, outcome: &Outcome) {
+        let Some((objects, deleting_atts, deleting_pms, deleting_nets)) = &self.last else { return };
+        let cluster = &self.cluster;
+        // Finalizers first on live objects, so a later delete waits for us.
+        let client = &cluster.client;
+        let att_api = |ns: &str| Api::<Attachment>::namespaced(client.clone(), ns);
+        let pm_api = |ns: &str| Api::<PortMapping>::namespaced(client.clone(), ns);
+        let net_api: Api<Network> = Api::all(client.clone());
+        for a in objects.attachments.iter().map(|a| &**a).filter(|a| scheduled_on(a, &cluster.node)) {
+            cluster.ensure_finalizer(&att_api(&namespace_of(a)), a, TEARDOWN_FINALIZER).await;
+        }
+        for p in objects.port_mappings.iter().map(|p| &**p) {
+            cluster.ensure_finalizer(&pm_api(&namespace_of(p)), p, TEARDOWN_FINALIZER).await;
+        }
+        for n in &objects.networks {
+            cluster.ensure_finalizer(&net_api, n, IN_USE_FINALIZER).await;
+        }
+        // Status, only where it changed.
+        let live_atts: BTreeMap<ObjectName, Arc<Attachment>> =
+            cluster.attachments.state().into_iter().map(|a| (ObjectName::of(&*a), a)).collect();
+        let live_pms: BTreeMap<ObjectName, Arc<PortMapping>> =
+            cluster.port_mappings.state().into_iter().map(|p| (ObjectName::of(&*p), p)).collect();
+        let namespace = |name: &ObjectName| name.namespace().unwrap_or("default").to_string();
+        for entry in &outcome.status.entries {
+            match &entry.status {
+                ObjectStatus::Network(ours) => cluster.publish_network_status(entry.key.name.name(), ours).await,
+                ObjectStatus::Attachment(want, _) => {
+                    let Some(live) = live_atts.get(&entry.key.name) else { continue };
+                    let api = att_api(&namespace(&entry.key.name));
+                    cluster.publish_status(api, &**live, live.status.as_ref(), want, |s| &s.conditions).await
+                }
+                ObjectStatus::PortMapping(want) => {
+                    let Some(live) = live_pms.get(&entry.key.name) else { continue };
+                    let api = pm_api(&namespace(&entry.key.name));
+                    cluster.publish_status(api, &**live, live.status.as_ref(), want, |s| &s.conditions).await
+                }
+                ObjectStatus::Unloaded(_) => {}
+            }
+        }
+        // Teardown finished for excluded objects: let them go.
+        if outcome.node_errors.is_empty() {
+            for a in deleting_atts {
+                cluster.remove_finalizer(&att_api(&namespace_of(&**a)), &**a, TEARDOWN_FINALIZER).await;
+            }
+            for p in deleting_pms {
+                cluster.remove_finalizer(&pm_api(&namespace_of(&**p)), &**p, TEARDOWN_FINALIZER).await;
+            }
+            let referenced: BTreeSet<String> = cluster.attachments.state().iter().map(|a| a.spec.network.clone()).collect();
+            for n in deleting_nets.iter().filter(|n| !referenced.contains(&n.name_any())) {
+                cluster.remove_finalizer(&net_api, &**n, IN_USE_FINALIZER).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AttachmentSpec, AttachmentStatus, PortBinding, PortMappingSpec, PortMappingStatus, Protocol, Sandbox};
+
+    #[test]
+    fn allocations_are_rebuilt_from_status() {
+        let mut a = Attachment::new(
+            "c1",
+            AttachmentSpec {
+                network: "n".into(),
+                sandbox: Sandbox { netns: Some("c1".into()), ..Default::default() },
+                ..Default::default()
+            },
+        );
+        a.metadata.namespace = Some("ns".into());
+        a.status =
+            Some(AttachmentStatus { ipv4_address: Some("10.0.0.7/24".into()), interface: Some("eth0".into()), ..Default::default() });
+        let mut p = PortMapping::new("web", PortMappingSpec { attachment: "c1".into(), ..Default::default() });
+        p.metadata.namespace = Some("ns".into());
+        p.status = Some(PortMappingStatus {
+            bindings: vec![PortBinding { protocol: Protocol::Tcp, host_ip: "0.0.0.0".into(), host_port: 32800, container_port: 80 }],
+            ..Default::default()
+        });
+        let held = allocations_from_status(&[Arc::new(a)], &[Arc::new(p)]);
+        assert_eq!(held.endpoints["ns/c1"].ipv4, Some("10.0.0.7".parse().unwrap()));
+        assert_eq!(held.endpoints["ns/c1"].interface.as_deref(), Some("eth0"));
+        assert_eq!(held.ports[&"ns/web|tcp|80|0.0.0.0".parse().unwrap()], 32800);
+    }
+
+    #[test]
+    fn vteps_come_from_the_annotation_else_the_internal_ip() {
+        use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+        let mut node = Node::default();
+        node.metadata.name = Some("n1".into());
+        node.status = Some(NodeStatus {
+            addresses: Some(vec![
+                NodeAddress { type_: "Hostname".into(), address: "n1".into() },
+                NodeAddress { type_: "InternalIP".into(), address: "fd00::1".into() },
+                NodeAddress { type_: "InternalIP".into(), address: "192.0.2.10".into() },
+            ]),
+            ..Default::default()
+        });
+        assert_eq!(vtep_address(&node).as_deref(), Some("192.0.2.10"), "the IPv4 InternalIP");
+        node.metadata.annotations = Some(BTreeMap::from([(VTEP_ANNOTATION.to_string(), "10.9.9.9".to_string())]));
+        assert_eq!(vtep_address(&node).as_deref(), Some("10.9.9.9"), "the annotation wins");
+        let mut net = Network::new("ov", Default::default());
+        net.spec.driver = Driver::Overlay;
+        net.spec.overlay = Some(crate::api::OverlayOptions { vni: 7, ..Default::default() });
+        let filled = with_node_peers(Arc::new(net), &[Arc::new(node)]);
+        assert_eq!(filled.spec.overlay.as_ref().unwrap().peers, [OverlayPeer { node: "n1".into(), address: "10.9.9.9".into() }]);
+    }
+
+    #[test]
+    fn node_selectors_match_labels() {
+        let labels = BTreeMap::from([("zone".to_string(), "a".to_string())]);
+        assert!(selector_matches(&BTreeMap::new(), &labels));
+        assert!(selector_matches(&BTreeMap::from([("zone".into(), "a".into())]), &labels));
+        assert!(!selector_matches(&BTreeMap::from([("zone".into(), "b".into())]), &labels));
+    }
+}
