@@ -20,6 +20,7 @@ use std::sync::Arc;
 use crate::dataplane::linux::Linux;
 use crate::dataplane::{facts, sysctl, Dataplane, SyncReport};
 use crate::metrics::{AddressUsage, Metrics};
+use crate::plan::attachment::SandboxRef;
 use crate::plan::{self, Allocations, NodeFacts};
 use crate::reconcile_thread::{DnsLink, Setup};
 use crate::runner::Snapshot;
@@ -187,7 +188,23 @@ impl Reconciler {
             link_mtu_by_address: addrs.iter().filter_map(|a| Some((a.net.addr(), *mtus.get(&a.index)?))).collect(),
             node_addresses: addrs.iter().map(|a| a.net).filter(|n| !n.addr().is_loopback()).collect(),
             overlay_blocks: snapshot.overlay_blocks.clone(),
+            node_namespace_at: self.dataplane.node_namespace_among(self.sandbox_paths_to_check(snapshot)),
+            tenancy: snapshot.tenancy.clone(),
         }
+    }
+
+    /// The sandbox paths this node's attachments name that could be the
+    /// node's own namespace: every `path`, and every `netns` netlet did not
+    /// make (one it made is a new namespace). A stat each, per pass.
+    fn sandbox_paths_to_check(&self, snapshot: &Snapshot) -> Vec<String> {
+        let local = snapshot.objects.attachments.iter().filter(|a| plan::is_local(a, &self.node_name));
+        local
+            .filter_map(|a| match (&a.spec.sandbox.netns, &a.spec.sandbox.path) {
+                (Some(name), _) if !self.owned.netns.contains(name) => Some(SandboxRef::Managed(name.clone()).path()),
+                (None, Some(path)) => Some(path.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// One pass over `snapshot`. When its version, the node facts and the

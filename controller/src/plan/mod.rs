@@ -13,6 +13,7 @@ pub mod network;
 pub mod outcome;
 pub mod overlay;
 pub mod ports;
+pub mod tenancy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -51,6 +52,11 @@ pub struct NodeFacts {
     /// addresses only from them, and knows other nodes' attachments only by
     /// the addresses their status holds.
     pub overlay_blocks: BTreeMap<String, Vec<IpNet>>,
+    /// The sandbox paths of this node's attachments that are the node's
+    /// own network namespace, with what each resolved to (`net:[4026531840]`).
+    pub node_namespace_at: BTreeMap<String, String>,
+    /// Who writes the objects: the tenant boundary's mode and namespaces.
+    pub tenancy: tenancy::Tenancy,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Hash)]
@@ -119,6 +125,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
             }
         }
     }
+    admit(&mut local, &networks, node, &mut out);
 
     let mut addresses = allocate_addresses(&local, &networks, held, &mut out);
     let overlay_addresses = overlay::allocate(objects, node, &networks, held, &mut out);
@@ -349,6 +356,24 @@ fn resolve_networks(objects: &ObjectSet, out: &mut Plan) -> BTreeMap<String, Res
         resolved.insert(name, result);
     }
     resolved
+}
+
+/// Takes the attachments outside the tenant boundary out of `local`
+/// (refused: `Forbidden`), before anything is allocated for them.
+fn admit(local: &mut Vec<Local<'_>>, networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>, node: &NodeFacts, out: &mut Plan) {
+    let tenants = tenancy::netns_tenants(local, &node.tenancy);
+    let refused: BTreeMap<ObjectName, Failure> = local
+        .iter()
+        .filter_map(|(key, att, checked)| {
+            let network = networks.get(&att.spec.network).and_then(|n| n.as_ref().ok());
+            tenancy::admit(key, checked, network, node, &tenants).err().map(|f| (key.clone(), f))
+        })
+        .collect();
+    if refused.is_empty() {
+        return;
+    }
+    local.retain(|(key, _, _)| !refused.contains_key(key));
+    out.attachments.extend(refused.into_iter().map(|(key, f)| (key, Err(f))));
 }
 
 /// Checks that combine an attachment with its network.
@@ -590,5 +615,7 @@ fn choose_default_routes<'a>(
 
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod tenancy_tests;
 #[cfg(test)]
 mod tests;
