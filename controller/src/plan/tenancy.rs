@@ -6,7 +6,8 @@
 //! Network (cluster-scoped) is the admin's: a tenant gets only what is
 //! theirs (`pod` and `attachment` sandboxes of their own namespace, ports
 //! from 1024) unless the Network grants more. In standalone mode the
-//! operator is root and every kind is allowed, as with Docker. In both
+//! operator is root and every kind and port is allowed, as with Docker,
+//! unless a Network lists its own (`allowedSandboxes`, `hostPorts`). In both
 //! modes a `netns` or `path` sandbox that is the node's own namespace is
 //! refused: the node's facts say which paths resolve to it, compared by
 //! namespace identity (never by path), and the dataplane refuses to open it
@@ -142,9 +143,6 @@ pub fn admit(
         }
     }
     let tenancy = &node.tenancy;
-    if !tenancy.kubernetes {
-        return Ok(());
-    }
     let namespace = key.namespace().unwrap_or("default");
     if let SandboxChoice::Namespace(SandboxRef::Managed(name)) = &checked.sandbox {
         if let Some(owner) = netns_tenants.get(name.as_str()).filter(|owner| **owner != namespace) {
@@ -155,20 +153,26 @@ pub fn admit(
         }
     }
     let Some(network) = network else { return Ok(()) };
+    // A list the network gives holds in every mode; without one,
+    // Kubernetes mode allows a tenant's own kinds, standalone every kind.
+    let listed = network.tenancy.allowed_sandboxes.as_deref();
+    let allowed = listed.or(tenancy.kubernetes.then_some(&KUBERNETES_SANDBOXES[..]));
     let kind = kind_of(&checked.sandbox);
-    let allowed = network.tenancy.allowed_sandboxes.as_deref().unwrap_or(&KUBERNETES_SANDBOXES);
-    if !allowed.contains(&kind) {
-        let listed: Vec<&str> = allowed.iter().map(|k| k.as_str()).collect();
+    if let Some(allowed) = allowed.filter(|allowed| !allowed.contains(&kind)) {
+        let names: Vec<&str> = allowed.iter().map(|k| k.as_str()).collect();
         return Err(Failure::new(
             reason::FORBIDDEN,
             format!(
                 "network {:?} does not allow {} sandboxes (spec.allowedSandboxes: [{}]{})",
                 network.name,
                 kind.as_str(),
-                listed.join(", "),
-                if network.tenancy.allowed_sandboxes.is_none() { ", the Kubernetes-mode default" } else { "" }
+                names.join(", "),
+                if listed.is_none() { ", the Kubernetes-mode default" } else { "" }
             ),
         ));
+    }
+    if !tenancy.kubernetes {
+        return Ok(());
     }
     if let Some(selector) = &network.tenancy.namespace_selector {
         let none = BTreeMap::new();

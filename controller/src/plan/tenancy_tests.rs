@@ -92,9 +92,17 @@ fn kubernetes_mode_allows_only_a_tenants_own_sandboxes_unless_the_network_grants
     for key in ["a/by-netns", "a/by-path", "a/by-host", "a/shared"] {
         assert_eq!(attachment_failure(&p, key), None, "{key}");
     }
-    // Standalone mode: the operator is root, every kind goes.
+    let granted = yaml;
+    // Standalone mode: the operator is root, every kind goes by default...
+    let mut yaml = network("plain", "");
+    yaml += &attachment("a", "by-netns", "plain", "{netns: a1}");
+    yaml += &attachment("a", "by-path", "plain", "{path: /run/netns/a1}");
     let p = plan(&objects(&yaml), &standalone(), &Allocations::default());
     assert!(p.attachments.values().all(|a| a.is_ok()), "{:?}", p.attachments);
+    // ... and a list the network gives holds there too.
+    let p = plan(&objects(&granted.replace("[netns, path, attachment]", "[netns]")), &standalone(), &Allocations::default());
+    assert_eq!(attachment_failure(&p, "a/by-netns"), None);
+    forbidden(attachment_failure(&p, "a/by-path"), "does not allow path sandboxes (spec.allowedSandboxes: [netns])");
 }
 
 #[test]
