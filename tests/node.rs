@@ -40,8 +40,10 @@ fn repo(rel: &str) -> String {
 
 /// The examples as a Kubernetes user applies them to this node: each
 /// Attachment with `spec.nodeName` (Kubernetes mode realizes an attachment
-/// on the node it names), and every named sandbox prefixed with the test's
-/// tag, so that the node's /run/netns stays ours to clean.
+/// on the node it names), every named sandbox prefixed with the test's
+/// tag, so that the node's /run/netns stays ours to clean, and each Network
+/// granting the Docker-style sandboxes the examples use (Kubernetes mode
+/// allows only `pod` and `attachment` by default).
 fn examples(tag: &str) -> (String, Vec<String>) {
     let mut docs = Vec::new();
     let mut sandboxes = Vec::new();
@@ -51,6 +53,10 @@ fn examples(tag: &str) -> (String, Vec<String>) {
             let mut doc = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
             if doc.is_null() {
                 continue;
+            }
+            if doc["kind"] == "Network" {
+                let spec = doc.get_mut("spec").and_then(|s| s.as_mapping_mut()).unwrap();
+                spec.insert("allowedSandboxes".into(), serde_yaml::from_str("[netns, attachment]").unwrap());
             }
             if doc["kind"] == "Attachment" {
                 let spec = doc.get_mut("spec").and_then(|s| s.as_mapping_mut()).unwrap();
@@ -150,6 +156,9 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
 
     // Docker's scenarios, applied with kubectl: realized and reported.
     let (yaml, sandboxes) = examples(&tag);
+    // The chart's default networks, as the admin grants them to Docker's scenarios.
+    c.kubectl_ok(r#"patch network bridge --type merge -p '{"spec":{"allowedSandboxes":["netns","attachment"]}}'"#);
+    c.kubectl_ok(r#"patch network host --type merge -p '{"spec":{"allowedSandboxes":["host"]}}'"#);
     c.apply(&yaml);
     wait_all_ready(&c);
     for a in c.list("attachments", "-A") {

@@ -156,12 +156,9 @@ fn healthy_tenant(node_name: &str) -> String {
     )
 }
 
-/// The node's links, addresses, routes and nft tables, and the healthy
-/// tenant's sandbox's.
-fn node_snapshot(node: &Node, sandbox: &str) -> String {
-    harness::dataplane::snapshot(&node.name, &[sandbox.to_string()], CONVERGE, |cmd| {
-        String::from_utf8_lossy(&node.in_node(cmd).stdout).into_owned()
-    })
+/// The node's links, addresses, routes and nft tables, and the sandboxes'.
+fn node_snapshot(node: &Node, sandboxes: &[String]) -> String {
+    harness::dataplane::snapshot(&node.name, sandboxes, CONVERGE, |cmd| String::from_utf8_lossy(&node.in_node(cmd).stdout).into_owned())
 }
 
 /// (status, reason, message) of the Ready condition in an object's status.
@@ -214,7 +211,7 @@ fn standalone_a_hostile_tenant_is_refused_and_the_node_is_unchanged() {
         wait_until(&format!("{name} Ready"), CONVERGE, || node.ready(kind, name).0 == "True");
     }
     let remote = node.add_remote("remote", "192.168.77.1", "192.168.77.2");
-    let before = node_snapshot(&node, &sandbox);
+    let before = node_snapshot(&node, std::slice::from_ref(&sandbox));
 
     let mut hostiles = hostile_in_every_mode(&node, &process, &alias, "");
     hostiles.push(hostile(
@@ -227,7 +224,7 @@ fn standalone_a_hostile_tenant_is_refused_and_the_node_is_unchanged() {
     node.write("b-hostile.yaml", &hostiles.iter().map(Hostile::yaml).collect::<String>());
     let plural = |kind: &str| format!("{}s", kind.to_ascii_lowercase());
     wait_all_refused(&hostiles, &node.tag, |kind, _, name| node.status(&plural(kind), name));
-    harness::dataplane::assert_unchanged(&before, &node_snapshot(&node, &sandbox), "hostile objects");
+    harness::dataplane::assert_unchanged(&before, &node_snapshot(&node, std::slice::from_ref(&sandbox)), "hostile objects");
     let log = node.agent_log(0);
     for h in &hostiles {
         assert!(
@@ -267,7 +264,11 @@ fn kubernetes_mode_a_hostile_tenant_is_refused_with_events_and_the_node_is_uncha
     k.wait_ready("attachment", "tenant-b/b-pod", CONVERGE);
     k.wait_ready("portmapping", "tenant-b/b-web", CONVERGE);
     let sandbox = node.ns("bpod");
-    let before = node_snapshot(node, &sandbox);
+    // A pod's namespace made by the container runtime (containerd's cni-<uuid>).
+    let pod_namespace = node.ns("cnipod");
+    ok(&format!("ip netns add {pod_namespace}"));
+    let sandboxes = [sandbox.clone(), pod_namespace];
+    let before = node_snapshot(node, &sandboxes);
 
     let mut hostiles = hostile_in_every_mode(node, &process, &alias, on_n1);
     let att = |network: &str, sandbox: &str| format!("{{network: {network}, {on_n1}sandbox: {sandbox}}}");
@@ -278,6 +279,13 @@ fn kubernetes_mode_a_hostile_tenant_is_refused_with_events_and_the_node_is_uncha
             "intruder",
             att("web", "{netns: \"{T}bpod\"}"),
             "sandbox.netns \"{T}bpod\" is the sandbox of an attachment of namespace tenant-b".into(),
+        ),
+        hostile(
+            "Attachment",
+            "tenant-a",
+            "into-a-pod",
+            att("web", "{netns: \"{T}cnipod\"}"),
+            "sandbox.netns \"{T}cnipod\" is a namespace on the node that netlet did not make".into(),
         ),
         hostile(
             "Attachment",
@@ -318,7 +326,7 @@ fn kubernetes_mode_a_hostile_tenant_is_refused_with_events_and_the_node_is_uncha
             events["items"].as_array().unwrap().iter().any(|e| e["involvedObject"]["name"] == h.name && e["reason"] == "Forbidden")
         });
     }
-    harness::dataplane::assert_unchanged(&before, &node_snapshot(node, &sandbox), "hostile objects");
+    harness::dataplane::assert_unchanged(&before, &node_snapshot(node, &sandboxes), "hostile objects");
     assert!(!netns_exists(&node.ns("mine")) && !netns_exists(&node.ns("out")), "no sandbox made for a refused attachment");
     assert_eq!(k.ready("attachment", "tenant-b/b-pod").0, "True", "the healthy tenant stays Ready");
     // The control plane sits on the node's underlay: a remote host.

@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::dataplane::linux::Linux;
@@ -179,6 +179,7 @@ impl Reconciler {
         let view = self.dataplane.node_view().await.unwrap_or_default();
         let (links, addrs) = (&view.0, &view.1);
         let mtus: BTreeMap<u32, u32> = links.iter().map(|l| (l.index, l.mtu)).collect();
+        let (node_namespace_at, unowned_netns) = self.sandboxes_made_elsewhere(snapshot);
         NodeFacts {
             node_name: self.node_name.clone(),
             ephemeral_ports: sysctl::ephemeral_port_range(),
@@ -188,23 +189,34 @@ impl Reconciler {
             link_mtu_by_address: addrs.iter().filter_map(|a| Some((a.net.addr(), *mtus.get(&a.index)?))).collect(),
             node_addresses: addrs.iter().map(|a| a.net).filter(|n| !n.addr().is_loopback()).collect(),
             overlay_blocks: snapshot.overlay_blocks.clone(),
-            node_namespace_at: self.dataplane.node_namespace_among(self.sandbox_paths_to_check(snapshot)),
+            node_namespace_at,
+            unowned_netns,
             tenancy: snapshot.tenancy.clone(),
         }
     }
 
-    /// The sandbox paths this node's attachments name that could be the
-    /// node's own namespace: every `path`, and every `netns` netlet did not
-    /// make (one it made is a new namespace). A stat each, per pass.
-    fn sandbox_paths_to_check(&self, snapshot: &Snapshot) -> Vec<String> {
-        let local = snapshot.objects.attachments.iter().filter(|a| plan::is_local(a, &self.node_name));
-        local
-            .filter_map(|a| match (&a.spec.sandbox.netns, &a.spec.sandbox.path) {
-                (Some(name), _) if !self.owned.netns.contains(name) => Some(SandboxRef::Managed(name.clone()).path()),
-                (None, Some(path)) => Some(path.clone()),
-                _ => None,
-            })
-            .collect()
+    /// The sandboxes this node's attachments name that netlet did not make
+    /// (every `path`, and each `netns` its record lacks; one it made is a
+    /// new namespace): those that are the node's own namespace, with what
+    /// each resolved to, and the `netns` names that exist. A stat each.
+    fn sandboxes_made_elsewhere(&self, snapshot: &Snapshot) -> (BTreeMap<String, String>, BTreeSet<String>) {
+        let mut named = BTreeMap::new();
+        let mut paths = Vec::new();
+        for a in snapshot.objects.attachments.iter().filter(|a| plan::is_local(a, &self.node_name)) {
+            match (&a.spec.sandbox.netns, &a.spec.sandbox.path) {
+                (Some(name), _) if !self.owned.netns.contains(name) => {
+                    let path = SandboxRef::Managed(name.clone()).path();
+                    named.insert(path.clone(), name.clone());
+                    paths.push(path);
+                }
+                (None, Some(path)) => paths.push(path.clone()),
+                _ => {}
+            }
+        }
+        let found = self.dataplane.namespaces_at(paths);
+        let unowned = found.keys().filter_map(|path| named.get(path).cloned()).collect();
+        let node_namespace_at = found.into_iter().filter_map(|(path, node)| Some((path, node?))).collect();
+        (node_namespace_at, unowned)
     }
 
     /// One pass over `snapshot`. When its version, the node facts and the

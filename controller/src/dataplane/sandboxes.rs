@@ -122,14 +122,15 @@ impl Dataplane {
         fresh
     }
 
-    /// Which of `paths` are the node's own network namespace, compared by
-    /// identity (device and inode), with what each resolved to.
-    pub fn node_namespace_among(&self, paths: Vec<String>) -> BTreeMap<String, String> {
+    /// The `paths` a namespace is at, each with what it resolved to when it
+    /// is the node's own network namespace (compared by identity: device
+    /// and inode), else None.
+    pub fn namespaces_at(&self, paths: Vec<String>) -> BTreeMap<String, Option<String>> {
         paths
             .into_iter()
             .filter_map(|path| {
                 let id = self.system.namespace_at(&path)?;
-                self.node_namespaces.contains(&id).then(|| (path, show_namespace(id)))
+                Some((path, self.node_namespaces.contains(&id).then(|| show_namespace(id))))
             })
             .collect()
     }

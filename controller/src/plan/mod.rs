@@ -55,6 +55,9 @@ pub struct NodeFacts {
     /// The sandbox paths of this node's attachments that are the node's
     /// own network namespace, with what each resolved to (`net:[4026531840]`).
     pub node_namespace_at: BTreeMap<String, String>,
+    /// The `netns` names of this node's attachments that exist on the node
+    /// but netlet did not make (its record of what it made lacks them).
+    pub unowned_netns: BTreeSet<String>,
     /// Who writes the objects: the tenant boundary's mode and namespaces.
     pub tenancy: tenancy::Tenancy,
 }
@@ -361,7 +364,7 @@ fn resolve_networks(objects: &ObjectSet, out: &mut Plan) -> BTreeMap<String, Res
 /// Takes the attachments outside the tenant boundary out of `local`
 /// (refused: `Forbidden`), before anything is allocated for them.
 fn admit(local: &mut Vec<Local<'_>>, networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>, node: &NodeFacts, out: &mut Plan) {
-    let tenants = tenancy::netns_tenants(local, &node.tenancy);
+    let tenants = tenancy::NetnsClaims::of(local, node);
     let refused: BTreeMap<ObjectName, Failure> = local
         .iter()
         .filter_map(|(key, att, checked)| {

@@ -13,7 +13,7 @@
 //! namespace identity (never by path), and the dataplane refuses to open it
 //! again when it opens a sandbox.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -102,20 +102,35 @@ pub fn kind_of(choice: &SandboxChoice) -> SandboxKind {
     }
 }
 
-/// Which tenant (Kubernetes namespace) each named netns is: the namespace
-/// of the first attachment (in creation order) that names it, the one
-/// netlet makes it for. Kubernetes mode only; empty otherwise.
-pub fn netns_tenants<'a>(local: &'a [super::Local<'_>], tenancy: &Tenancy) -> BTreeMap<&'a str, &'a str> {
-    let mut tenants = BTreeMap::new();
-    if !tenancy.kubernetes {
-        return tenants;
-    }
-    for (key, _, checked) in local {
-        if let SandboxChoice::Namespace(SandboxRef::Managed(name)) = &checked.sandbox {
-            tenants.entry(name.as_str()).or_insert(key.namespace().unwrap_or("default"));
+/// Whose each named netns is (Kubernetes mode; empty otherwise).
+#[derive(Default)]
+pub struct NetnsClaims<'a> {
+    /// netns name -> the namespace of the first attachment (in creation
+    /// order) that names it, the one netlet makes it for.
+    first: BTreeMap<&'a str, &'a str>,
+    /// (namespace, sandbox path) that attachments' status, which only the
+    /// agent writes, says netlet realized on this node: a namespace it made
+    /// before its record of them was lost.
+    reported: BTreeSet<(&'a str, &'a str)>,
+}
+
+impl<'a> NetnsClaims<'a> {
+    pub fn of(local: &'a [super::Local<'_>], node: &NodeFacts) -> Self {
+        let mut claims = NetnsClaims::default();
+        if !node.tenancy.kubernetes {
+            return claims;
         }
+        for (key, att, checked) in local {
+            let SandboxChoice::Namespace(SandboxRef::Managed(name)) = &checked.sandbox else { continue };
+            let namespace = key.namespace().unwrap_or("default");
+            claims.first.entry(name.as_str()).or_insert(namespace);
+            let status = att.status.as_ref().filter(|s| s.node.as_deref() == Some(node.node_name.as_str()));
+            if let Some(path) = status.and_then(|s| s.sandbox_path.as_deref()) {
+                claims.reported.insert((namespace, path));
+            }
+        }
+        claims
     }
-    tenants
 }
 
 /// May this attachment use its sandbox on `network` (None: its network
@@ -126,7 +141,7 @@ pub fn admit(
     checked: &CheckedAttachment,
     network: Option<&ResolvedNetwork>,
     node: &NodeFacts,
-    netns_tenants: &BTreeMap<&str, &str>,
+    claims: &NetnsClaims<'_>,
 ) -> Result<(), Failure> {
     if let SandboxChoice::Namespace(sandbox) = &checked.sandbox {
         if let Some(resolved) = node.node_namespace_at.get(&sandbox.path()) {
@@ -144,11 +159,19 @@ pub fn admit(
     }
     let tenancy = &node.tenancy;
     let namespace = key.namespace().unwrap_or("default");
-    if let SandboxChoice::Namespace(SandboxRef::Managed(name)) = &checked.sandbox {
-        if let Some(owner) = netns_tenants.get(name.as_str()).filter(|owner| **owner != namespace) {
+    if let SandboxChoice::Namespace(sandbox @ SandboxRef::Managed(name)) = &checked.sandbox {
+        if let Some(owner) = claims.first.get(name.as_str()).filter(|owner| **owner != namespace) {
             return Err(Failure::new(
                 reason::FORBIDDEN,
                 format!("sandbox.netns {name:?} is the sandbox of an attachment of namespace {owner}; an attachment may only use its own namespace's sandboxes"),
+            ));
+        }
+        // Kubernetes mode: a namespace already on the node that netlet did
+        // not make is a pod's (containerd's cni-<uuid>) or another program's.
+        if tenancy.kubernetes && node.unowned_netns.contains(name) && !claims.reported.contains(&(namespace, sandbox.path().as_str())) {
+            return Err(Failure::new(
+                reason::FORBIDDEN,
+                format!("sandbox.netns {name:?} is a namespace on the node that netlet did not make (a pod's, or another program's); an attachment may only use a netns netlet makes for its namespace"),
             ));
         }
     }

@@ -121,6 +121,32 @@ fn a_netns_made_for_another_namespace_is_not_a_tenants_to_use() {
 }
 
 #[test]
+fn a_netns_on_the_node_that_netlet_did_not_make_is_no_tenants_unless_its_status_says_netlet_realized_it() {
+    let mut yaml = network("open", ", allowedSandboxes: [netns]");
+    yaml += &attachment("tenant-a", "into-a-pod", "open", "{netns: cni-1234}");
+    yaml += &attachment("tenant-b", "after-a-wipe", "open", "{netns: b-pod}");
+    let mut objects = objects(&yaml);
+    // tenant-b's attachment was realized by this node's agent before its
+    // state dir was lost: its status (only the agent writes it) says so.
+    let mut realized = (*objects.attachments[1]).clone();
+    realized.status =
+        Some(crate::api::AttachmentStatus { node: Some("n1".into()), sandbox_path: Some("/run/netns/b-pod".into()), ..Default::default() });
+    objects.attachments[1] = Arc::new(realized);
+    let mut facts = kubernetes(&[]);
+    facts.unowned_netns = ["cni-1234".to_string(), "b-pod".to_string()].into();
+    let p = plan(&objects, &facts, &Allocations::default());
+    forbidden(
+        attachment_failure(&p, "tenant-a/into-a-pod"),
+        "sandbox.netns \"cni-1234\" is a namespace on the node that netlet did not make",
+    );
+    assert_eq!(attachment_failure(&p, "tenant-b/after-a-wipe"), None);
+    // Standalone: the root operator may name a namespace made by `ip netns add`.
+    facts.tenancy = Tenancy::default();
+    let p = plan(&objects, &facts, &Allocations::default());
+    assert_eq!(attachment_failure(&p, "tenant-a/into-a-pod"), None);
+}
+
+#[test]
 fn a_namespace_selector_admits_only_the_namespaces_it_matches() {
     let selector = ", allowedSandboxes: [netns], namespaceSelector: {matchLabels: {team: blue}, matchExpressions: [{key: tier, operator: NotIn, values: [untrusted]}]}";
     let mut yaml = network("blue", selector);
