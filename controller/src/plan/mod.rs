@@ -128,7 +128,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
             }
         }
     }
-    admit(&mut local, &networks, node, &mut out);
+    tenancy::refuse_outsiders(&mut local, &networks, node, &mut out);
 
     let mut addresses = allocate_addresses(&local, &networks, held, &mut out);
     let overlay_addresses = overlay::allocate(objects, node, &networks, held, &mut out);
@@ -359,24 +359,6 @@ fn resolve_networks(objects: &ObjectSet, out: &mut Plan) -> BTreeMap<String, Res
         resolved.insert(name, result);
     }
     resolved
-}
-
-/// Takes the attachments outside the tenant boundary out of `local`
-/// (refused: `Forbidden`), before anything is allocated for them.
-fn admit(local: &mut Vec<Local<'_>>, networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>, node: &NodeFacts, out: &mut Plan) {
-    let tenants = tenancy::NetnsClaims::of(local, node);
-    let refused: BTreeMap<ObjectName, Failure> = local
-        .iter()
-        .filter_map(|(key, att, checked)| {
-            let network = networks.get(&att.spec.network).and_then(|n| n.as_ref().ok());
-            tenancy::admit(key, checked, network, node, &tenants).err().map(|f| (key.clone(), f))
-        })
-        .collect();
-    if refused.is_empty() {
-        return;
-    }
-    local.retain(|(key, _, _)| !refused.contains_key(key));
-    out.attachments.extend(refused.into_iter().map(|(key, f)| (key, Err(f))));
 }
 
 /// Checks that combine an attachment with its network.

@@ -22,7 +22,7 @@ use kube::core::{Selector, SelectorExt};
 use super::attachment::{CheckedAttachment, SandboxChoice, SandboxRef};
 use super::network::ResolvedNetwork;
 use super::outcome::{reason, Failure};
-use super::NodeFacts;
+use super::{Local, NodeFacts, Plan};
 use crate::api::{NetworkSpec, SandboxKind};
 use crate::objects::ObjectName;
 
@@ -115,7 +115,7 @@ pub struct NetnsClaims<'a> {
 }
 
 impl<'a> NetnsClaims<'a> {
-    pub fn of(local: &'a [super::Local<'_>], node: &NodeFacts) -> Self {
+    pub fn of(local: &'a [Local<'_>], node: &NodeFacts) -> Self {
         let mut claims = NetnsClaims::default();
         if !node.tenancy.kubernetes {
             return claims;
@@ -131,6 +131,29 @@ impl<'a> NetnsClaims<'a> {
         }
         claims
     }
+}
+
+/// Takes the attachments outside the tenant boundary out of `local`
+/// (refused: `Forbidden`), before anything is allocated for them.
+pub(super) fn refuse_outsiders(
+    local: &mut Vec<Local<'_>>,
+    networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
+    node: &NodeFacts,
+    out: &mut Plan,
+) {
+    let tenants = NetnsClaims::of(local, node);
+    let refused: BTreeMap<ObjectName, Failure> = local
+        .iter()
+        .filter_map(|(key, att, checked)| {
+            let network = networks.get(&att.spec.network).and_then(|n| n.as_ref().ok());
+            admit(key, checked, network, node, &tenants).err().map(|f| (key.clone(), f))
+        })
+        .collect();
+    if refused.is_empty() {
+        return;
+    }
+    local.retain(|(key, _, _)| !refused.contains_key(key));
+    out.attachments.extend(refused.into_iter().map(|(key, f)| (key, Err(f))));
 }
 
 /// May this attachment use its sandbox on `network` (None: its network
