@@ -92,6 +92,9 @@ pub struct Reconciler {
     recover_from_kernel: bool,
     last_plan: Option<LastPlan>,
     last_verdicts: Arc<[Verdict]>,
+    /// The sandboxes of the snapshot of this version that netlet did not
+    /// make (see `sandboxes_made_elsewhere`).
+    sandbox_candidates: Option<(u64, Vec<SandboxRef>)>,
     /// Listening sockets, with the snapshot version and time of reading.
     bound_ports_cache: Option<(u64, Instant, Vec<BoundPort>)>,
 }
@@ -136,6 +139,7 @@ impl Reconciler {
             last_plan: None,
             last_verdicts: Arc::from([]),
             bound_ports_cache: None,
+            sandbox_candidates: None,
         })
     }
 
@@ -199,22 +203,28 @@ impl Reconciler {
     /// (every `path`, and each `netns` its record lacks; one it made is a
     /// new namespace): those that are the node's own namespace, with what
     /// each resolved to, and the `netns` names that exist. A stat each.
-    fn sandboxes_made_elsewhere(&self, snapshot: &Snapshot) -> (BTreeMap<String, String>, BTreeSet<String>) {
-        let mut named = BTreeMap::new();
-        let mut paths = Vec::new();
-        for a in snapshot.objects.attachments.iter().filter(|a| plan::is_local(a, &self.node_name)) {
-            match (&a.spec.sandbox.netns, &a.spec.sandbox.path) {
-                (Some(name), _) if !self.owned.netns.contains(name) => {
-                    let path = SandboxRef::Managed(name.clone()).path();
-                    named.insert(path.clone(), name.clone());
-                    paths.push(path);
-                }
-                (None, Some(path)) => paths.push(path.clone()),
-                _ => {}
+    fn sandboxes_made_elsewhere(&mut self, snapshot: &Snapshot) -> (BTreeMap<String, String>, BTreeSet<String>) {
+        let owned = &self.owned.netns;
+        // Listed once per snapshot, then only shortened as netlet makes
+        // them (a quiet pass among a thousand attachments looks up none).
+        let candidates = match &mut self.sandbox_candidates {
+            Some((version, list)) if *version == snapshot.version => list,
+            slot => {
+                let local = snapshot.objects.attachments.iter().filter(|a| plan::is_local(a, &self.node_name));
+                let list = local
+                    .filter_map(|a| match (&a.spec.sandbox.netns, &a.spec.sandbox.path) {
+                        (Some(name), _) => Some(SandboxRef::Managed(name.clone())),
+                        (None, Some(path)) => Some(SandboxRef::Path(path.clone())),
+                        _ => None,
+                    })
+                    .collect::<BTreeSet<_>>();
+                &mut slot.insert((snapshot.version, list.into_iter().collect())).1
             }
-        }
-        let found = self.dataplane.namespaces_at(paths);
-        let unowned = found.keys().filter_map(|path| named.get(path).cloned()).collect();
+        };
+        candidates.retain(|sandbox| sandbox.netns_name().is_none_or(|name| !owned.contains(name)));
+        let found = self.dataplane.namespaces_at(candidates.iter().map(SandboxRef::path).collect());
+        let unowned =
+            candidates.iter().filter_map(|s| s.netns_name().filter(|_| found.contains_key(&s.path()))).map(String::from).collect();
         let node_namespace_at = found.into_iter().filter_map(|(path, node)| Some((path, node?))).collect();
         (node_namespace_at, unowned)
     }
