@@ -272,9 +272,7 @@ impl Cluster {
         set.sort_by_creation_then_name();
         (Arc::new(set), deleting_attachments, deleting_pms, deleting_networks)
     }
-}
 
-impl Cluster {
     /// Tenants write the Attachments; their namespaces' labels decide
     /// which Networks admit them.
     fn tenancy(&self) -> Tenancy {
