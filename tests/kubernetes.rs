@@ -16,7 +16,7 @@ use serde_json::Value;
 const CONVERGE: Duration = Duration::from_secs(30);
 
 fn network(name: &str, subnet: &str, extra: &str) -> String {
-    format!("---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {{name: {name}}}\nspec:\n  ipam: {{config: [{{subnet: {subnet}}}]}}\n{extra}")
+    format!("---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {{name: {name}}}\nspec:\n  ipam: {{config: [{{subnet: {subnet}}}]}}\n  allowedSandboxes: [netns, attachment]\n{extra}")
 }
 
 fn attachment(name: &str, network: &str, node: &str) -> String {
@@ -290,7 +290,7 @@ fn overlay_across_three_nodes_racing_agents_never_duplicate_an_address() {
     // No `peers`: VTEPs come from the Nodes (their netlet.io/vtep-address
     // annotation). Small blocks (/28, 14 addresses) so every node needs two
     // and the agents race for them.
-    let ov = "---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: ov}\nspec:\n  driver: overlay\n  overlay: {vni: 4096, blockPrefixLength: 28}\n  ipam: {config: [{subnet: 10.77.0.0/24}]}\n";
+    let ov = "---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: ov}\nspec:\n  driver: overlay\n  overlay: {vni: 4096, blockPrefixLength: 28}\n  ipam: {config: [{subnet: 10.77.0.0/24}]}\n  allowedSandboxes: [netns]\n";
     k.apply(ov);
     // 20 attachments per node in one apply, while all three agents run.
     let mut yaml = String::new();

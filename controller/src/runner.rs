@@ -44,6 +44,9 @@ pub struct Snapshot {
     pub decided: Allocations,
     /// Kubernetes mode: this node's address blocks on each overlay network.
     pub overlay_blocks: BTreeMap<String, Vec<IpNet>>,
+    /// Who writes the objects (Kubernetes mode: tenants, and their
+    /// namespaces' labels); standalone by default.
+    pub tenancy: crate::plan::tenancy::Tenancy,
 }
 
 /// Where desired objects come from and status goes to.

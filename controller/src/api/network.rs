@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -45,9 +46,69 @@ pub struct NetworkSpec {
     /// Kubernetes mode: labels a node must carry to realize this network.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Kubernetes mode: the Namespaces whose Attachments may use this
+    /// network (a label selector on Namespaces; absent: every namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// The sandbox kinds its Attachments may use. Kubernetes mode default:
+    /// `[pod, attachment]` (a tenant's own); standalone mode: every kind.
+    /// A `netns` or `path` sandbox that is the node's own namespace is
+    /// refused whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_sandboxes: Option<Vec<SandboxKind>>,
+    /// The host ports and addresses its attachments' PortMappings may
+    /// publish. Kubernetes mode default: ports 1024-65535 on any address;
+    /// standalone mode: any port (the operator is root, as with Docker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ports: Option<HostPorts>,
     /// Docker option keys accepted as aliases (`com.docker.network.*`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
+}
+
+/// The kinds of sandbox an Attachment can name (`spec.sandbox.<kind>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxKind {
+    /// A Pod of the Attachment's own namespace.
+    Pod,
+    /// Another Attachment of the same namespace (`--network container:NAME`).
+    Attachment,
+    /// A named namespace in /run/netns.
+    Netns,
+    /// Any namespace file on the node.
+    Path,
+    /// The node's own namespace (`--network host`).
+    Host,
+}
+
+impl SandboxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxKind::Pod => "pod",
+            SandboxKind::Attachment => "attachment",
+            SandboxKind::Netns => "netns",
+            SandboxKind::Path => "path",
+            SandboxKind::Host => "host",
+        }
+    }
+}
+
+/// Which host ports (inclusive) and host addresses PortMappings of a
+/// network's attachments may publish.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostPorts {
+    /// Lowest host port (Kubernetes mode default 1024, standalone 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u16>,
+    /// Highest host port (default 65535).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u16>,
+    /// Host addresses a port may be published on; empty: any. When set, a
+    /// mapping must name one (`hostIP`, or the network's hostBindingIPv4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

@@ -428,6 +428,12 @@ impl FakeKernel {
         self.lock().paths.keys().cloned().collect()
     }
 
+    /// Someone mounts the node's own namespace at `path` (`ip netns
+    /// attach NAME 1`, a bind mount).
+    pub fn mount_node_namespace(&self, path: &str) {
+        self.lock().paths.insert(path.to_string(), NODE);
+    }
+
     /// Someone else changes the ruleset (flushes it, say).
     pub fn flush_ruleset(&self) {
         let mut state = self.lock();
@@ -541,6 +547,9 @@ impl System for FakeSystem {
     }
 
     fn namespace_at(&self, path: &str) -> Option<(u64, u64)> {
+        if path == "/proc/self/ns/net" {
+            return Some((0, NODE)); // the agent's own
+        }
         self.0.lock().paths.get(path).map(|id| (0, *id))
     }
 

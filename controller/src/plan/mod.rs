@@ -13,6 +13,7 @@ pub mod network;
 pub mod outcome;
 pub mod overlay;
 pub mod ports;
+pub mod tenancy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -51,6 +52,14 @@ pub struct NodeFacts {
     /// addresses only from them, and knows other nodes' attachments only by
     /// the addresses their status holds.
     pub overlay_blocks: BTreeMap<String, Vec<IpNet>>,
+    /// The sandbox paths of this node's attachments that are the node's
+    /// own network namespace, with what each resolved to (`net:[4026531840]`).
+    pub node_namespace_at: BTreeMap<String, String>,
+    /// The `netns` names of this node's attachments that exist on the node
+    /// but netlet did not make (its record of what it made lacks them).
+    pub unowned_netns: BTreeSet<String>,
+    /// Who writes the objects: the tenant boundary's mode and namespaces.
+    pub tenancy: tenancy::Tenancy,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Hash)]
@@ -119,6 +128,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
             }
         }
     }
+    tenancy::refuse_outsiders(&mut local, &networks, node, &mut out);
 
     let mut addresses = allocate_addresses(&local, &networks, held, &mut out);
     let overlay_addresses = overlay::allocate(objects, node, &networks, held, &mut out);
@@ -590,5 +600,7 @@ fn choose_default_routes<'a>(
 
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod tenancy_tests;
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use ipnet::IpNet;
 use kube::ResourceExt;
 
 use super::outcome::Failure;
+use super::tenancy::NetworkTenancy;
 use crate::api::{docker_options as opt, Driver, MacvlanMode, Network};
 use crate::naming;
 
@@ -64,6 +65,8 @@ pub struct ResolvedNetwork {
     pub overlay: Option<OverlaySpec>,
     /// The MTU was given (else overlays derive it from the underlay).
     pub mtu_explicit: bool,
+    /// Who may attach to it, and what they may publish.
+    pub tenancy: NetworkTenancy,
 }
 
 /// A VXLAN overlay: VNI, UDP port and every node's VTEP address.
@@ -259,6 +262,7 @@ pub fn resolve(net: &Network) -> Result<ResolvedNetwork, Failure> {
         macvlan,
         overlay,
         mtu_explicit,
+        tenancy: NetworkTenancy::resolve(spec)?,
     })
 }
 

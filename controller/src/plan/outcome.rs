@@ -24,6 +24,8 @@ pub mod reason {
     pub const KERNEL_ERROR: &str = "KernelError";
     pub const NOT_A_PEER: &str = "NotAPeer";
     pub const ADDRESS_BLOCK_PENDING: &str = "AddressBlockPending";
+    /// Outside the tenant boundary (see `plan::tenancy`).
+    pub const FORBIDDEN: &str = "Forbidden";
 }
 
 /// Why an object is not Ready: a reason from [`reason`] and a message a

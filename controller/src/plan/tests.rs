@@ -396,5 +396,5 @@ fn the_name_table_holds_every_name_its_reverse_and_who_asks() {
     assert_eq!(client.upstreams, [ip("10.9.9.9")]);
     assert_eq!(names.clients[&ip("10.1.0.2")], *client);
     assert!(names.clients[&ip("10.1.0.3")].upstreams.is_empty());
-    assert_eq!(names.listen, [ip("10.2.0.1"), ip("10.1.0.1")], "by network name");
+    assert_eq!(names.listen, BTreeMap::from([(ip("10.1.0.1"), "n".to_string()), (ip("10.2.0.1"), "m".to_string())]));
 }

@@ -18,8 +18,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -29,6 +30,7 @@ use tokio::sync::Notify;
 use crate::api::{Attachment, Driver, Network, OverlayPeer, PortMapping};
 use crate::metrics::Metrics;
 use crate::objects::{namespace_of, ObjectName, ObjectSet};
+use crate::plan::tenancy::Tenancy;
 use crate::plan::{Allocations, HeldEndpoint, PortKey};
 use crate::reconcile::Outcome;
 use crate::runner::{Snapshot, Source};
@@ -191,6 +193,8 @@ struct Cluster {
     attachments: Store<Attachment>,
     port_mappings: Store<PortMapping>,
     nodes: Store<Node>,
+    /// Namespaces' labels (Networks' namespaceSelector).
+    namespaces: Store<PartialObjectMeta<Namespace>>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
 }
@@ -242,6 +246,12 @@ impl Cluster {
         for p in self.port_mappings.state() {
             let attachment = attachments.iter().find(|a| namespace_of(&***a) == namespace_of(&*p) && a.name_any() == p.spec.attachment);
             let Some(attachment) = attachment else {
+                // A reach into another namespace: refused by the plan, on
+                // whichever node (each says the same).
+                if p.spec.attachment.contains('/') && p.meta().deletion_timestamp.is_none() {
+                    set.port_mappings.push(p);
+                    continue;
+                }
                 // No attachment, so no node realizes it: nothing to tear
                 // down anywhere, and any agent may let it go (the loser of
                 // that race gets a 409 on its conditional patch).
@@ -261,6 +271,13 @@ impl Cluster {
         }
         set.sort_by_creation_then_name();
         (Arc::new(set), deleting_attachments, deleting_pms, deleting_networks)
+    }
+
+    /// Tenants write the Attachments; their namespaces' labels decide
+    /// which Networks admit them.
+    fn tenancy(&self) -> Tenancy {
+        let labels = self.namespaces.state().iter().map(|n| (n.name_any(), n.labels().clone())).collect();
+        Tenancy { kubernetes: true, namespace_labels: Arc::new(labels) }
     }
 }
 
@@ -286,8 +303,12 @@ impl KubeSource {
         let port_mappings = reflect(Api::<PortMapping>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
         // Every Node: this one's labels select networks, the others' addresses are overlay VTEPs.
         let nodes = reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
+        // Namespaces: their labels only (metadata-only requests).
+        let namespaces =
+            reflect(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
         let cluster = Cluster {
             networks,
+            namespaces,
             attachments,
             port_mappings,
             nodes,
@@ -330,6 +351,7 @@ impl Source for KubeSource {
         self.cluster.attachments.wait_until_ready().await?;
         self.cluster.port_mappings.wait_until_ready().await?;
         self.cluster.nodes.wait_until_ready().await?;
+        self.cluster.namespaces.wait_until_ready().await?;
         tracing::info!("initial lists complete");
         Ok(())
     }
@@ -346,7 +368,9 @@ impl Source for KubeSource {
         let decided = allocations_from_status(&others, &[]);
         let overlay_blocks = self.cluster.overlay_blocks(&desired.0).await;
         let version = version_of(&desired.0, &known, &decided, &overlay_blocks);
-        let snapshot = Snapshot { objects: desired.0.clone(), load_errors: Arc::from([]), version, known, decided, overlay_blocks };
+        let tenancy = self.cluster.tenancy();
+        let snapshot =
+            Snapshot { objects: desired.0.clone(), load_errors: Arc::from([]), version, known, decided, overlay_blocks, tenancy };
         self.last = Some(desired);
         snapshot
     }
