@@ -341,7 +341,15 @@ fn overlay_across_three_nodes_racing_agents_never_duplicate_an_address() {
     assert_eq!(vx["linkinfo"]["info_data"]["learning"], false);
     assert_eq!(vx["mtu"], 1450);
     let fdb = ok(&format!("bridge -n {} fdb show dev nlx4096", k.nodes[0].name));
-    assert_eq!(fdb.lines().filter(|l| l.contains("dst 10.97.0.")).count(), 40, "one static entry per remote attachment:\n{fdb}");
+    // Routed per node: one FDB and one neighbour entry per other node
+    // (not per attachment), one route per block it claimed.
+    assert_eq!(fdb.lines().filter(|l| l.contains("dst 10.97.0.")).count(), 2, "one static entry per remote node:\n{fdb}");
+    let neigh = ok(&format!("ip -n {} neigh show dev nlx4096 nud permanent", k.nodes[0].name));
+    assert_eq!(neigh.lines().count(), 2, "{neigh}");
+    let routes = ok(&format!("ip -n {} route show proto 78 dev nlx4096", k.nodes[0].name));
+    let remote_blocks: Vec<String> = blocks.iter().filter(|(n, _)| n != "n1").map(|(_, b)| b.to_string()).collect();
+    assert_eq!(routes.lines().count(), remote_blocks.len(), "{routes}");
+    assert!(remote_blocks.iter().all(|b| routes.contains(&format!("{b} via 10.97.0."))), "{routes}");
 
     // Egress leaves through the container's own node, masqueraded: the
     // control plane (outside the overlay) sees node 2's underlay address.
@@ -353,12 +361,13 @@ fn overlay_across_three_nodes_racing_agents_never_duplicate_an_address() {
     let _web = Server::start(&k.nodes[0].ns("c3x0"), 80, false, false);
     assert!(connect(&k.cp, "10.97.0.3", 8080, false).is_some_and(|r| r.starts_with("hello ")), "published overlay port");
 
-    // An attachment leaves: its entries are withdrawn on the other nodes.
+    // An attachment leaves: its address stops answering; the other nodes keep
+    // their entries, which follow nodes, not attachments.
     let gone_ip = ip_of("c2x5");
     k.kubectl_ok("delete attachment c2x5 -n default --timeout=30s");
-    wait_until("c2x5's neighbour entry withdrawn on n1", CONVERGE, || {
-        !ok(&format!("ip -n {} neigh show dev nlx4096", k.nodes[0].name)).contains(&format!("{gone_ip} "))
-    });
+    wait_until("c2x5's sandbox gone", CONVERGE, || !netns_exists(&k.nodes[0].ns("c2x5")));
+    assert!(!ping(&k.nodes[0].ns("c1x0"), &gone_ip), "{gone_ip} no longer answers");
+    assert_eq!(ok(&format!("ip -n {} route show proto 78 dev nlx4096", k.nodes[0].name)), routes, "n2's blocks stay routed");
     // Nobody else moved.
     assert_eq!(ip_of("c1x0"), addresses(&k.nodes[0].ns("c1x0"), "eth0")[0].split('/').next().unwrap());
 }

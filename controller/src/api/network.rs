@@ -146,9 +146,10 @@ pub struct OverlayOptions {
     /// `netlet.io/vtep-address` annotation or else its InternalIP.
     #[serde(default)]
     pub peers: Vec<OverlayPeer>,
-    /// Kubernetes mode: prefix length of the IPv4 address blocks each node
-    /// claims (in status.addressBlocks) and allocates from. Default 26, or
-    /// the subnet's prefix + 2 when that is longer.
+    /// Prefix length of the IPv4 address blocks each node allocates from
+    /// and is routed to: claimed in status.addressBlocks in Kubernetes mode,
+    /// the i-th block of the range for the i-th peer in standalone mode.
+    /// Default 26, or the subnet's prefix + 2 when that is longer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_prefix_length: Option<u8>,
 }

@@ -304,7 +304,12 @@ impl KubeSource {
 /// resourceVersion, which moves with any change of it, status included),
 /// what was derived from elsewhere (overlay peers from Nodes), held
 /// allocations and address blocks.
-fn version_of(objects: &ObjectSet, known: &Allocations, decided: &Allocations, blocks: &BTreeMap<String, Vec<ipnet::IpNet>>) -> u64 {
+fn version_of(
+    objects: &ObjectSet,
+    known: &Allocations,
+    decided: &Allocations,
+    blocks: &BTreeMap<String, crate::plan::overlay::NodeBlocks>,
+) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let mut object = |meta: &kube::core::ObjectMeta| (&meta.namespace, &meta.name, &meta.resource_version).hash(&mut h);
