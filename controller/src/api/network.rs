@@ -172,9 +172,12 @@ pub struct NetworkStatus {
     /// Gateway address of every subnet, in CIDR form.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
-    /// Attachments realized on this network.
-    #[serde(default)]
-    pub attachments: u32,
+    /// Standalone mode: attachments realized on this network. Absent in
+    /// Kubernetes mode: a count would make every attachment's change a
+    /// write of this object, which every node watches (count the
+    /// Attachments instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<u32>,
     /// MTU of its links (overlays: the underlay's minus 50 unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -205,16 +208,22 @@ pub struct AddressBlock {
 #[serde(rename_all = "camelCase")]
 pub struct NetworkNodeStatus {
     pub node: String,
+    /// Changes with the node's realization of the network (ready, MTU,
+    /// peers), never with its attachments: an attachment's change writes
+    /// only its own status.
     #[serde(default)]
     pub ready: bool,
-    #[serde(default)]
-    pub attachments: u32,
     /// This node's links' MTU (overlay MTUs follow each node's underlay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
     /// Overlay peers this node cannot reach on the underlay.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreachable_peers: Vec<String>,
+    /// Overlay: this node's attachments' IPv4 addresses outside its
+    /// address blocks (static ones). Agents watch only their own node's
+    /// attachments; the other nodes route each of these to this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses_outside_blocks: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }

@@ -31,8 +31,20 @@ use crate::objects::{ObjectName, ObjectSet};
 /// Addresses of every attachment (any node) on overlay networks.
 pub type OverlayAddresses = BTreeMap<ObjectName, (Option<IpAddr>, Option<IpAddr>)>;
 
-/// One overlay network's IPv4 address blocks, by node.
-pub type NodeBlocks = BTreeMap<String, Vec<IpNet>>;
+/// One overlay network's IPv4 address blocks, and addresses outside them,
+/// by node.
+pub type NodeBlocks = BTreeMap<String, NodeRoutes>;
+
+/// What one node of an overlay is routed for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeRoutes {
+    /// The blocks it hands out dynamic addresses from.
+    pub blocks: Vec<IpNet>,
+    /// Kubernetes mode: its attachments' addresses outside its blocks (its
+    /// summary in the Network's status), as attachments of other nodes are
+    /// not watched. Standalone mode finds them among the attachments.
+    pub outside: Vec<IpAddr>,
+}
 
 pub fn vxlan_name(vni: u32) -> String {
     format!("nlx{vni}")
@@ -103,8 +115,21 @@ pub fn allocate(
         let requests: Vec<Member<'_>> = members.iter().map(|(key, _, c)| (key.as_str(), c.ipv4, c.ipv6)).collect();
         let results = match claimed {
             Some(claimed) => {
-                let mine = claimed.get(&node.node_name).map_or(&[][..], Vec::as_slice);
-                allocate_in_blocks(name, net, &requests, held, mine)
+                let mine = claimed.get(&node.node_name).map(|r| r.blocks.as_slice()).unwrap_or_default();
+                // Other nodes' addresses inside our blocks are taken: asked
+                // for as statics, after ours, their answers dropped.
+                let taken: Vec<(String, IpAddr)> = claimed
+                    .iter()
+                    .filter(|(n, _)| *n != &node.node_name)
+                    .flat_map(|(n, r)| {
+                        r.outside.iter().filter(|ip| mine.iter().any(|b| b.contains(*ip))).map(move |ip| (format!("{n}:{ip}"), *ip))
+                    })
+                    .collect();
+                let mut asked = requests.clone();
+                asked.extend(taken.iter().map(|(key, ip)| (key.as_str(), Some(*ip), None)));
+                let mut results = allocate_in_blocks(name, net, &asked, held, mine);
+                results.truncate(requests.len());
+                results
             }
             None => {
                 let owners: Vec<&str> = members.iter().map(|(_, owner, _)| *owner).collect();
@@ -141,7 +166,10 @@ pub fn derived_blocks(net: &ResolvedNetwork) -> NodeBlocks {
     let (Some(ov), Some(subnet)) = (&net.overlay, net.subnet_v4()) else { return NodeBlocks::new() };
     let prefix = block_prefix(subnet.range, ov.block_prefix_length);
     let mut blocks = subnet.range.subnets(prefix).into_iter().flatten();
-    ov.peers.iter().map(|(node, _)| (node.clone(), blocks.next().into_iter().collect())).collect()
+    ov.peers
+        .iter()
+        .map(|(node, _)| (node.clone(), NodeRoutes { blocks: blocks.next().into_iter().collect(), outside: Vec::new() }))
+        .collect()
 }
 
 /// Standalone mode: every node's dynamic addresses from its own blocks.
@@ -166,7 +194,7 @@ fn allocate_by_node(
         };
         let subset: Vec<usize> = (0..requests.len()).filter(|&i| owners[i] == node || is_placed(i, &held)).collect();
         let asked: Vec<Member<'_>> = subset.iter().map(|&i| requests[i]).collect();
-        let own = blocks.get(node).map_or(&[][..], Vec::as_slice);
+        let own = blocks.get(node).map(|r| r.blocks.as_slice()).unwrap_or_default();
         let results = allocate_in_blocks(name, net, &asked, &held, own);
         for (&i, mut result) in subset.iter().zip(results) {
             if owners[i] != node {
@@ -277,7 +305,7 @@ pub fn vxlans(
         let ov = net.overlay.as_ref().expect("overlay network has overlay options");
         let Some(local) = ov.peers.iter().find(|(n, _)| n == &node.node_name).map(|(_, ip)| *ip) else { continue };
         let blocks = node.overlay_blocks.get(name).cloned().unwrap_or_else(|| derived_blocks(net));
-        let in_blocks = |owner: &str, ip: &IpAddr| blocks.get(owner).is_some_and(|b| b.iter().any(|block| block.contains(ip)));
+        let in_blocks = |owner: &str, ip: &IpAddr| blocks.get(owner).is_some_and(|r| r.blocks.iter().any(|block| block.contains(ip)));
         let mut peers: Vec<VxlanPeer> = ov
             .peers
             .iter()
@@ -286,7 +314,10 @@ pub fn vxlans(
                 node: n.clone(),
                 vtep: *vtep,
                 mac: device_mac(name, n),
-                routes: blocks.get(n).cloned().unwrap_or_default(),
+                routes: blocks
+                    .get(n)
+                    .map(|r| r.blocks.iter().copied().chain(r.outside.iter().map(|ip| IpNet::from(*ip))).collect())
+                    .unwrap_or_default(),
             })
             .collect();
         let mut local_routes = Vec::new();
@@ -299,8 +330,9 @@ pub fn vxlans(
                 continue;
             }
             let Some(owner) = att.spec.node_name.as_deref() else { continue };
-            if let Some(peer) = peers.iter_mut().find(|p| p.node == owner).filter(|_| !in_blocks(owner, &ip)) {
-                peer.routes.push(IpNet::from(ip));
+            let host = IpNet::from(ip);
+            if let Some(peer) = peers.iter_mut().find(|p| p.node == owner).filter(|p| !in_blocks(owner, &ip) && !p.routes.contains(&host)) {
+                peer.routes.push(host);
             }
         }
         local_routes.sort();

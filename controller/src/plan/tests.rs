@@ -381,7 +381,7 @@ fn kubernetes_overlay_allocates_only_from_the_nodes_blocks_and_trusts_other_node
         .insert("default/r1".into(), HeldEndpoint { network: "ov".into(), ipv4: Some("10.77.0.2".parse().unwrap()), ..Default::default() });
     let mut node = facts_for("n1");
     let mine = vec!["10.77.0.64/31".parse().unwrap(), "10.77.0.128/30".parse().unwrap()];
-    node.overlay_blocks.insert("ov".into(), [("n1".to_string(), mine)].into());
+    node.overlay_blocks.insert("ov".into(), [("n1".to_string(), overlay::NodeRoutes { blocks: mine, outside: Vec::new() })].into());
     let p = plan(&objects, &node, &held);
     let ip = |k: &str| p.allocations.endpoints.get(k).and_then(|h| h.ipv4).map(|ip| ip.to_string());
     // The first block first, then the next; never the lowest free of the subnet.
@@ -447,4 +447,26 @@ fn the_name_table_holds_every_name_its_reverse_and_who_asks() {
     assert_eq!(names.clients[&ip("10.1.0.2")], *client);
     assert!(names.clients[&ip("10.1.0.3")].upstreams.is_empty());
     assert_eq!(names.listen, [ip("10.2.0.1"), ip("10.1.0.1")], "by network name");
+}
+
+#[test]
+fn kubernetes_overlay_routes_and_never_hands_out_another_nodes_address_outside_its_blocks() {
+    let objects = ObjectSet {
+        networks: arcs(vec![overlay_network()]),
+        attachments: arcs(vec![on_node(attachment("c1", "ov", "c1"), "n1"), on_node(attachment("c2", "ov", "c2"), "n1")]),
+        ..Default::default()
+    };
+    let mut node = facts_for("n1");
+    let n1 = overlay::NodeRoutes { blocks: vec!["10.77.0.64/31".parse().unwrap(), "10.77.0.128/30".parse().unwrap()], outside: Vec::new() };
+    // n2's summary: a static address of its own inside n1's first block.
+    let n2 = overlay::NodeRoutes { blocks: vec!["10.77.0.0/26".parse().unwrap()], outside: vec!["10.77.0.65".parse().unwrap()] };
+    node.overlay_blocks.insert("ov".into(), [("n1".to_string(), n1), ("n2".to_string(), n2)].into());
+    let p = plan(&objects, &node, &Allocations::default());
+    let ip = |k: &str| p.allocations.endpoints[k].ipv4.map(|ip| ip.to_string());
+    assert_eq!(ip("default/c1").as_deref(), Some("10.77.0.64"));
+    assert_eq!(ip("default/c2").as_deref(), Some("10.77.0.128"), "10.77.0.65 is n2's");
+    assert!(!p.allocations.endpoints.keys().any(|k| k.as_str().contains("10.77.0.65")), "the reservation is no allocation");
+    let routes = &p.desired.vxlans[0].peers.iter().find(|peer| peer.node == "n2").unwrap().routes;
+    assert_eq!(routes, &["10.77.0.0/26".parse::<ipnet::IpNet>().unwrap(), "10.77.0.65/32".parse().unwrap()]);
+    assert_eq!(p.desired.vxlans[0].local_routes, Vec::<ipnet::IpNet>::new());
 }

@@ -36,14 +36,19 @@ impl Cluster {
                 .count() as u64;
             let by_node = |status: &Option<NetworkStatus>| -> NodeBlocks {
                 let mut out = NodeBlocks::new();
-                for b in status.as_ref().map(|s| s.address_blocks.as_slice()).unwrap_or_default() {
+                let Some(status) = status else { return out };
+                for b in &status.address_blocks {
                     if let Ok(cidr) = b.cidr.parse::<IpNet>() {
-                        out.entry(b.node.clone()).or_default().push(cidr);
+                        out.entry(b.node.clone()).or_default().blocks.push(cidr);
                     }
+                }
+                for n in &status.nodes {
+                    let outside = n.addresses_outside_blocks.iter().filter_map(|ip| ip.parse::<std::net::IpAddr>().ok());
+                    out.entry(n.node.clone()).or_default().outside.extend(outside);
                 }
                 out
             };
-            let mine = |all: &NodeBlocks| all.get(&self.node).cloned().unwrap_or_default();
+            let mine = |all: &NodeBlocks| all.get(&self.node).map(|r| r.blocks.clone()).unwrap_or_default();
             let capacity = |blocks: &[IpNet]| blocks.iter().map(|b| overlay::block_capacity(&subnet, *b)).sum::<u64>();
             // The cached copy usually shows enough: no API call.
             let mut all = self.networks.get(&reflector::ObjectRef::new(&name)).map(|n| by_node(&n.status)).unwrap_or_default();
@@ -80,7 +85,7 @@ impl Cluster {
                 match result {
                     Ok(_) => {
                         tracing::info!(network = %name, %block, "claimed an address block");
-                        all.entry(self.node.clone()).or_default().push(block);
+                        all.entry(self.node.clone()).or_default().blocks.push(block);
                     }
                     Err(kube::Error::Api(e)) if e.code == 409 => {
                         tracing::info!(network = %name, "address block claim raced another writer (409); reading again")
