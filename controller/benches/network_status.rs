@@ -8,7 +8,9 @@
 //! writes (and 409 conflicts) of the Network's status, Network watch
 //! events and their bytes sent to agents, and passes run by all agents.
 //! NETLET_BENCH_AGENT runs another build of the agent (an older one, to
-//! compare). Writes target/bench-network-status.json.
+//! compare); NETLET_BENCH_LABELED=1 creates the attachments labeled for
+//! their node, as a tool that knows netlet would (no agent but their
+//! node's hears of them). Writes target/bench-network-status.json.
 
 #[path = "../../tests/harness/mod.rs"]
 mod harness;
@@ -70,9 +72,10 @@ fn agent_passes(k: &KubeCluster) -> f64 {
         .sum()
 }
 
-fn attachment(name: &str, node: &str, netns: &str) -> String {
+fn attachment(name: &str, node: &str, netns: &str, labeled: bool) -> String {
+    let labels = if labeled { format!(", labels: {{netlet.io/node: {node}}}") } else { String::new() };
     format!(
-        "apiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: {name}, namespace: default}}\nspec: {{network: bench, nodeName: {node}, sandbox: {{netns: \"{netns}\"}}}}\n"
+        "apiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: {name}, namespace: default{labels}}}\nspec: {{network: bench, nodeName: {node}, sandbox: {{netns: \"{netns}\"}}}}\n"
     )
 }
 
@@ -104,7 +107,7 @@ fn start_agent(k: &KubeCluster, i: usize, bin: &str) -> std::process::Child {
         .expect("agent starts")
 }
 
-fn run(nodes: usize, per_node: usize, bin: &str) -> Row {
+fn run(nodes: usize, per_node: usize, bin: &str, labeled: bool) -> Row {
     let names: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
     let k = KubeCluster::start(&names.iter().map(String::as_str).collect::<Vec<_>>());
     k.apply("apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: bench}\nspec:\n  ipam: {config: [{subnet: 10.242.0.0/16}]}\n");
@@ -121,7 +124,7 @@ fn run(nodes: usize, per_node: usize, bin: &str) -> Row {
     let started = Instant::now();
     for j in 0..total {
         let (name, node) = (format!("a{j}"), &names[j % nodes]);
-        k.apply(&attachment(&name, node, &k.nodes[0].ns(&name)));
+        k.apply(&attachment(&name, node, &k.nodes[0].ns(&name), labeled));
         k.wait_ready("attachment", &format!("default/{name}"), Duration::from_secs(60));
     }
     // The writes and passes that follow the last Ready settle.
@@ -172,7 +175,8 @@ fn main() {
     let sizes: Vec<usize> = env("NETLET_BENCH_NODES", "2,4,8").split(',').filter_map(|v| v.trim().parse().ok()).collect();
     let per_node: usize = env("NETLET_BENCH_ATTACHMENTS", "2").parse().unwrap_or(2);
     let bin = env("NETLET_BENCH_AGENT", harness::BIN);
-    let rows: Vec<Row> = sizes.iter().map(|&n| run(n, per_node, &bin)).collect();
+    let labeled = env("NETLET_BENCH_LABELED", "0") == "1";
+    let rows: Vec<Row> = sizes.iter().map(|&n| run(n, per_node, &bin, labeled)).collect();
     let by_nodes: BTreeMap<usize, &Row> = rows.iter().map(|r| (r.nodes, r)).collect();
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-network-status.json");
     std::fs::write(&out, serde_json::to_string_pretty(&by_nodes).unwrap()).unwrap();

@@ -392,7 +392,10 @@ impl Source for KubeSource {
     async fn publish(&mut self, outcome: &Outcome) {
         let Some((objects, deleting_atts, deleting_pms, deleting_nets)) = &self.last else { return };
         let cluster = &self.cluster;
-        // Finalizers first on live objects, so a later delete waits for us.
+        // Labels first: the other agents stop hearing of our new objects
+        // before our finalizer and status writes. Then finalizers on live
+        // objects, so a later delete waits for us.
+        cluster.label_own().await;
         let client = &cluster.client;
         let att_api = |ns: &str| Api::<Attachment>::namespaced(client.clone(), ns);
         let pm_api = |ns: &str| Api::<PortMapping>::namespaced(client.clone(), ns);
@@ -406,7 +409,6 @@ impl Source for KubeSource {
         for n in &objects.networks {
             cluster.ensure_finalizer(&net_api, n, IN_USE_FINALIZER).await;
         }
-        cluster.label_own().await;
         // Status, only where it changed.
         let live_atts: BTreeMap<ObjectName, Arc<Attachment>> =
             cluster.attachments.state().into_iter().map(|a| (ObjectName::of(&*a), a)).collect();
