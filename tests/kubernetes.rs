@@ -513,3 +513,29 @@ fn each_agent_labels_its_own_nodes_objects_and_a_network_waits_for_every_nodes_a
     k.kubectl_ok("delete attachment b1 -n default --timeout=30s");
     wait_until("the network gone", CONVERGE, || k.kubectl("get network web").status.code() == Some(1));
 }
+
+#[test]
+fn an_overlay_address_outside_its_nodes_blocks_is_summarized_and_routed_to_it() {
+    let mut k = KubeCluster::start(&["n1", "n2"]);
+    k.start_agent(0);
+    k.start_agent(1);
+    let ov = "---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: ov}\nspec:\n  driver: overlay\n  overlay: {vni: 4097, blockPrefixLength: 28}\n  ipam: {config: [{subnet: 10.77.0.0/24}]}\n";
+    k.apply(&(ov.to_string() + &attachment("c1", "ov", "n1")));
+    k.wait_ready("attachment", "default/c1", CONVERGE);
+    assert_eq!(address(&k.get("attachment", "default/c1")), "10.77.0.2/24", "n1's block is the lowest");
+    // n2's static address lies in n1's block; n1 does not watch n2's attachments.
+    let pinned = attachment("pinned", "ov", "n2").replace("nodeName: n2,", "nodeName: n2, ipv4Address: 10.77.0.5,");
+    k.apply(&pinned);
+    k.wait_ready("attachment", "default/pinned", CONVERGE);
+    wait_until("n2's summary in the Network's status", CONVERGE, || {
+        let nodes = k.get("network", "ov")["status"]["nodes"].as_array().cloned().unwrap_or_default();
+        nodes.iter().any(|n| n["node"] == "n2" && n["addressesOutsideBlocks"] == serde_json::json!(["10.77.0.5"]))
+    });
+    wait_until("n1's host route to it", CONVERGE, || {
+        ok(&format!("ip -n {} route show proto 78 dev nlx4097", k.nodes[0].name)).contains("10.77.0.5 via 10.97.0.2")
+    });
+    let n2_routes = ok(&format!("ip -n {} route show proto 78", k.nodes[1].name));
+    assert!(n2_routes.lines().any(|l| l.starts_with("10.77.0.5 dev ")), "n2 keeps it from the route to n1's block: {n2_routes}");
+    assert!(ping(&k.nodes[0].ns("c1"), "10.77.0.5"), "c1 -> pinned");
+    assert!(ping(&k.nodes[0].ns("pinned"), "10.77.0.2"), "pinned -> c1");
+}
