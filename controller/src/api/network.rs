@@ -207,9 +207,10 @@ pub struct OverlayOptions {
     /// `netlet.io/vtep-address` annotation or else its InternalIP.
     #[serde(default)]
     pub peers: Vec<OverlayPeer>,
-    /// Kubernetes mode: prefix length of the IPv4 address blocks each node
-    /// claims (in status.addressBlocks) and allocates from. Default 26, or
-    /// the subnet's prefix + 2 when that is longer.
+    /// Prefix length of the IPv4 address blocks each node allocates from
+    /// and is routed to: claimed in status.addressBlocks in Kubernetes mode,
+    /// the i-th block of the range for the i-th peer in standalone mode.
+    /// Default 26, or the subnet's prefix + 2 when that is longer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_prefix_length: Option<u8>,
 }
@@ -232,9 +233,12 @@ pub struct NetworkStatus {
     /// Gateway address of every subnet, in CIDR form.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
-    /// Attachments realized on this network.
-    #[serde(default)]
-    pub attachments: u32,
+    /// Standalone mode: attachments realized on this network. Absent in
+    /// Kubernetes mode: a count would make every attachment's change a
+    /// write of this object, which every node watches (count the
+    /// Attachments instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<u32>,
     /// MTU of its links (overlays: the underlay's minus 50 unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -265,16 +269,22 @@ pub struct AddressBlock {
 #[serde(rename_all = "camelCase")]
 pub struct NetworkNodeStatus {
     pub node: String,
+    /// Changes with the node's realization of the network (ready, MTU,
+    /// peers), never with its attachments: an attachment's change writes
+    /// only its own status.
     #[serde(default)]
     pub ready: bool,
-    #[serde(default)]
-    pub attachments: u32,
     /// This node's links' MTU (overlay MTUs follow each node's underlay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
     /// Overlay peers this node cannot reach on the underlay.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreachable_peers: Vec<String>,
+    /// Overlay: this node's attachments' IPv4 addresses outside its
+    /// address blocks (static ones). Agents watch only their own node's
+    /// attachments; the other nodes route each of these to this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses_outside_blocks: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }

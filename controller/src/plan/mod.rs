@@ -47,11 +47,12 @@ pub struct NodeFacts {
     pub resolvers: Vec<IpAddr>,
     /// The agent serves DNS on user-defined networks (long-running agents).
     pub embedded_dns: bool,
-    /// Kubernetes mode: the IPv4 address blocks this node claimed, by
-    /// overlay network. Present for a network: this node hands out dynamic
-    /// addresses only from them, and knows other nodes' attachments only by
-    /// the addresses their status holds.
-    pub overlay_blocks: BTreeMap<String, Vec<IpNet>>,
+    /// Kubernetes mode: the IPv4 address blocks every node claimed, by
+    /// overlay network (from its status). Present for a network: this node
+    /// hands out dynamic addresses only from its own, and knows other
+    /// nodes' attachments only by the addresses their status holds.
+    /// Absent: blocks derived from the peers list (standalone).
+    pub overlay_blocks: BTreeMap<String, overlay::NodeBlocks>,
     /// The sandbox paths of this node's attachments that are the node's
     /// own network namespace, with what each resolved to (`net:[4026531840]`).
     pub node_namespace_at: BTreeMap<String, String>,
@@ -267,6 +268,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
             out.desired.firewall.networks.push(FirewallNetwork {
                 name: name.clone(),
                 bridge: net.bridge.clone(),
+                overlay_device: net.overlay.as_ref().map(|o| overlay::vxlan_name(o.vni)),
                 subnets: net.subnets.iter().map(|s| s.net).collect(),
                 icc: net.icc,
                 masquerade: net.masquerade && !net.internal,

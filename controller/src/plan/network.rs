@@ -75,6 +75,8 @@ pub struct OverlaySpec {
     pub vni: u32,
     pub port: u16,
     pub peers: Vec<(String, IpAddr)>,
+    /// overlay.blockPrefixLength, if given.
+    pub block_prefix_length: Option<u8>,
 }
 
 pub const VXLAN_PORT: u16 = 4789;
@@ -240,7 +242,11 @@ pub fn resolve(net: &Network) -> Result<ResolvedNetwork, Failure> {
                 }
                 peers.push((peer.node.clone(), ip));
             }
-            Some(OverlaySpec { vni: o.vni, port: o.port.unwrap_or(VXLAN_PORT), peers })
+            if spec.enable_ipv6 {
+                // Routed per node through IPv4 blocks; IPv6 has neither blocks nor proxy answers here.
+                return Err(Failure::invalid("overlay networks carry IPv4 only: enableIPv6 is not supported with driver overlay"));
+            }
+            Some(OverlaySpec { vni: o.vni, port: o.port.unwrap_or(VXLAN_PORT), peers, block_prefix_length: o.block_prefix_length })
         }
         _ => None,
     };
