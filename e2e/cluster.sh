@@ -120,7 +120,7 @@ EOF
 
 # ---- 1. bridge ----
 {
-    printf -- '---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: netlet-e2e-bridge}\nspec: {ipam: {config: [{subnet: 172.29.7.0/24}]}}\n'
+    printf -- '---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: netlet-e2e-bridge}\nspec: {ipam: {config: [{subnet: 172.29.7.0/24}]}, allowedSandboxes: [netns]}\n'
     attachment e2e-a1 netlet-e2e-bridge "$N1"
     attachment e2e-a2 netlet-e2e-bridge "$N1"
     attachment e2e-lost netlet-e2e-missing "$N1"
@@ -158,7 +158,7 @@ if ((${#NODES[@]} < 2)); then
     log "skip: overlay needs two nodes (have ${#NODES[@]})"
 else
     {
-        printf -- '---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: netlet-e2e-overlay}\nspec:\n  driver: overlay\n  overlay: {vni: 7707, blockPrefixLength: 28}\n  ipam: {config: [{subnet: 10.207.0.0/24}]}\n'
+        printf -- '---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: netlet-e2e-overlay}\nspec:\n  driver: overlay\n  overlay: {vni: 7707, blockPrefixLength: 28}\n  ipam: {config: [{subnet: 10.207.0.0/24}]}\n  allowedSandboxes: [netns]\n'
         for i in "${!NODES[@]}"; do
             for j in 1 2 3; do attachment "e2e-o$i-$j" netlet-e2e-overlay "${NODES[$i]}"; done
         done

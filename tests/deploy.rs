@@ -458,6 +458,8 @@ fn expected_grants() -> BTreeSet<(String, String, String)> {
     add("", &["pods"], &["get", "list", "watch", "patch"]);
     // Nodes: its own labels (Network.spec.nodeSelector), the others' VTEP addresses (overlays).
     add("", &["nodes"], &["get", "list", "watch"]);
+    // Namespaces' labels (metadata only): Network.spec.namespaceSelector.
+    add("", &["namespaces"], &["list", "watch"]);
     // events.k8s.io/v1 Events through kube's Recorder.
     add("events.k8s.io", &["events"], &["create", "patch"]);
     set

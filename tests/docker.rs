@@ -203,7 +203,7 @@ fn inspect_reads_kubernetes_mode_objects_from_the_api_server() {
     let mut k = harness::kube::KubeCluster::start(&["n1"]);
     k.start_agent(0);
     k.apply(
-        "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: web}\nspec: {ipam: {config: [{subnet: 172.30.0.0/24}]}}\n---\n\
+        "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: web}\nspec: {ipam: {config: [{subnet: 172.30.0.0/24}]}, allowedSandboxes: [netns]}\n---\n\
          apiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {name: c1, namespace: default}\n\
          spec: {network: web, nodeName: n1, sandbox: {netns: \"{T}c1\"}}\n",
     );

@@ -241,6 +241,7 @@ fn element_updates_keep_the_table_equal_to_a_fresh_rendering() {
         networks: vec![FirewallNetwork {
             name: "n".into(),
             bridge: "nlinc0".into(),
+            overlay_device: None,
             subnets: vec!["10.66.0.0/16".parse().unwrap()],
             icc: true,
             masquerade: true,
@@ -302,6 +303,7 @@ fn element_changes_of_every_fixed_size_set_go_over_netlink_and_list_as_rendered(
     let network = |name: &str, bridge: &str, subnets: &[&str]| FirewallNetwork {
         name: name.into(),
         bridge: bridge.into(),
+        overlay_device: None,
         subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
         icc: false,
         masquerade: true,

@@ -16,7 +16,7 @@ use serde_json::Value;
 const CONVERGE: Duration = Duration::from_secs(30);
 
 fn network(name: &str, subnet: &str, extra: &str) -> String {
-    format!("---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {{name: {name}}}\nspec:\n  ipam: {{config: [{{subnet: {subnet}}}]}}\n{extra}")
+    format!("---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {{name: {name}}}\nspec:\n  ipam: {{config: [{{subnet: {subnet}}}]}}\n  allowedSandboxes: [netns, attachment]\n{extra}")
 }
 
 fn attachment(name: &str, network: &str, node: &str) -> String {
@@ -73,7 +73,8 @@ fn agent_realizes_objects_reports_status_and_tears_down_through_finalizers() {
     let web = k.get("network", "web");
     assert_eq!(web["status"]["bridge"], "nl-web");
     assert_eq!(web["status"]["nodes"][0]["node"], "n1");
-    assert_eq!(web["status"]["nodes"][0]["attachments"], 2);
+    assert_eq!(web["status"]["nodes"][0]["ready"], true);
+    assert!(web["status"]["attachments"].is_null(), "no count that every attachment's change would rewrite");
     assert_eq!(finalizers(&web), ["netlet.io/in-use"]);
     // Printer columns: address and readiness at a glance.
     let table = k.kubectl_ok("get attachments -n default");
@@ -228,8 +229,9 @@ fn two_agents_on_two_nodes_share_a_network_despite_a_second_writer() {
     assert_eq!(host_ifaces(1), [b1["status"]["hostInterface"].as_str().unwrap()]);
 
     // A second writer keeps bumping the Network's resourceVersion while
-    // both agents rewrite its status (attachments come and go on both
-    // nodes): their conditional writes meet 409s and retry.
+    // both agents rewrite their entries of its status (its MTU changes
+    // each round; attachments come and go on both nodes, which writes no
+    // Network status): their conditional writes meet 409s and retry.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
@@ -244,6 +246,7 @@ fn two_agents_on_two_nodes_share_a_network_despite_a_second_writer() {
         })
     };
     for round in 0..4 {
+        k.kubectl_ok(&format!("patch network web --type merge -p '{{\"spec\":{{\"mtu\":{}}}}}'", 1400 - round * 10));
         let mut churn = String::new();
         for (node, prefix) in [("n1", "a"), ("n2", "b")] {
             churn += &attachment(&format!("{prefix}x{round}"), "web", node);
@@ -260,14 +263,16 @@ fn two_agents_on_two_nodes_share_a_network_despite_a_second_writer() {
     let writes = writer.join().unwrap();
     assert!(writes > 5, "the second writer barely ran ({writes} writes)");
 
-    // Both nodes' entries survive, each with its own count.
-    let expect = [("n1", 3), ("n2", 3)];
+    // Both nodes' entries survive, each with the last MTU it realized.
+    let expect = [("n1", 1370), ("n2", 1370)];
     wait_until("network status with both nodes", CONVERGE, || {
         let web = k.get("network", "web");
         let nodes = web["status"]["nodes"].as_array().cloned().unwrap_or_default();
         let got: Vec<(String, u64)> =
-            nodes.iter().map(|n| (n["node"].as_str().unwrap_or("").to_string(), n["attachments"].as_u64().unwrap_or(0))).collect();
-        got == expect.map(|(n, c)| (n.to_string(), c)) && web["status"]["attachments"] == 6 && ready_of(&web).0 == "True"
+            nodes.iter().map(|n| (n["node"].as_str().unwrap_or("").to_string(), n["mtu"].as_u64().unwrap_or(0))).collect();
+        got == expect.map(|(n, c)| (n.to_string(), c))
+            && web["status"]["observedGeneration"] == web["metadata"]["generation"]
+            && ready_of(&web).0 == "True"
     });
     let conflicts: usize = (0..2).map(|i| k.nodes[i].agent_log(0).matches("(409)").count()).sum();
     assert!(conflicts > 0, "the second writer provoked no conflict; the test proves nothing");
@@ -290,7 +295,7 @@ fn overlay_across_three_nodes_racing_agents_never_duplicate_an_address() {
     // No `peers`: VTEPs come from the Nodes (their netlet.io/vtep-address
     // annotation). Small blocks (/28, 14 addresses) so every node needs two
     // and the agents race for them.
-    let ov = "---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: ov}\nspec:\n  driver: overlay\n  overlay: {vni: 4096, blockPrefixLength: 28}\n  ipam: {config: [{subnet: 10.77.0.0/24}]}\n";
+    let ov = "---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: ov}\nspec:\n  driver: overlay\n  overlay: {vni: 4096, blockPrefixLength: 28}\n  ipam: {config: [{subnet: 10.77.0.0/24}]}\n  allowedSandboxes: [netns]\n";
     k.apply(ov);
     // 20 attachments per node in one apply, while all three agents run.
     let mut yaml = String::new();
@@ -341,7 +346,15 @@ fn overlay_across_three_nodes_racing_agents_never_duplicate_an_address() {
     assert_eq!(vx["linkinfo"]["info_data"]["learning"], false);
     assert_eq!(vx["mtu"], 1450);
     let fdb = ok(&format!("bridge -n {} fdb show dev nlx4096", k.nodes[0].name));
-    assert_eq!(fdb.lines().filter(|l| l.contains("dst 10.97.0.")).count(), 40, "one static entry per remote attachment:\n{fdb}");
+    // Routed per node: one FDB and one neighbour entry per other node
+    // (not per attachment), one route per block it claimed.
+    assert_eq!(fdb.lines().filter(|l| l.contains("dst 10.97.0.")).count(), 2, "one static entry per remote node:\n{fdb}");
+    let neigh = ok(&format!("ip -n {} neigh show dev nlx4096 nud permanent", k.nodes[0].name));
+    assert_eq!(neigh.lines().count(), 2, "{neigh}");
+    let routes = ok(&format!("ip -n {} route show proto 78 dev nlx4096", k.nodes[0].name));
+    let remote_blocks: Vec<String> = blocks.iter().filter(|(n, _)| n != "n1").map(|(_, b)| b.to_string()).collect();
+    assert_eq!(routes.lines().count(), remote_blocks.len(), "{routes}");
+    assert!(remote_blocks.iter().all(|b| routes.contains(&format!("{b} via 10.97.0."))), "{routes}");
 
     // Egress leaves through the container's own node, masqueraded: the
     // control plane (outside the overlay) sees node 2's underlay address.
@@ -353,12 +366,13 @@ fn overlay_across_three_nodes_racing_agents_never_duplicate_an_address() {
     let _web = Server::start(&k.nodes[0].ns("c3x0"), 80, false, false);
     assert!(connect(&k.cp, "10.97.0.3", 8080, false).is_some_and(|r| r.starts_with("hello ")), "published overlay port");
 
-    // An attachment leaves: its entries are withdrawn on the other nodes.
+    // An attachment leaves: its address stops answering; the other nodes keep
+    // their entries, which follow nodes, not attachments.
     let gone_ip = ip_of("c2x5");
     k.kubectl_ok("delete attachment c2x5 -n default --timeout=30s");
-    wait_until("c2x5's neighbour entry withdrawn on n1", CONVERGE, || {
-        !ok(&format!("ip -n {} neigh show dev nlx4096", k.nodes[0].name)).contains(&format!("{gone_ip} "))
-    });
+    wait_until("c2x5's sandbox gone", CONVERGE, || !netns_exists(&k.nodes[0].ns("c2x5")));
+    assert!(!ping(&k.nodes[0].ns("c1x0"), &gone_ip), "{gone_ip} no longer answers");
+    assert_eq!(ok(&format!("ip -n {} route show proto 78 dev nlx4096", k.nodes[0].name)), routes, "n2's blocks stay routed");
     // Nobody else moved.
     assert_eq!(ip_of("c1x0"), addresses(&k.nodes[0].ns("c1x0"), "eth0")[0].split('/').next().unwrap());
 }
@@ -458,4 +472,70 @@ fn an_address_patched_while_running_is_in_the_kernel_when_status_says_ready() {
     assert_eq!(addresses(&moved, "eth0"), ["172.38.0.20/24"], "the kernel holds what status says");
     assert!(ping(&peer, "172.38.0.20"), "peer -> new address");
     assert!(ping(&moved, "172.38.0.1"), "new address -> gateway");
+}
+
+#[test]
+fn each_agent_labels_its_own_nodes_objects_and_a_network_waits_for_every_nodes_attachments() {
+    let mut k = KubeCluster::start(&["n1", "n2"]);
+    k.start_agent(0);
+    k.start_agent(1);
+    // Applied without labels, as any tool would.
+    let yaml = network("web", "172.30.0.0/24", "")
+        + &attachment("a1", "web", "n1")
+        + &attachment("b1", "web", "n2")
+        + &port_mapping("b1-web", "b1", "{containerPort: 80, hostPort: 8080}");
+    k.apply(&yaml);
+    for (kind, name) in [("attachment", "default/a1"), ("attachment", "default/b1"), ("portmapping", "default/b1-web")] {
+        k.wait_ready(kind, name, CONVERGE);
+    }
+    // Each node's agent labels its own; what an agent watches is what its
+    // node's label selects.
+    let label = |kind: &str, name: &str, key: &str| k.get(kind, &format!("default/{name}"))["metadata"]["labels"][key].clone();
+    wait_until("labels", CONVERGE, || {
+        label("attachment", "a1", "netlet.io/node") == "n1" && label("portmapping", "b1-web", "netlet.io/node") == "n2"
+    });
+    assert_eq!(label("attachment", "b1", "netlet.io/node"), "n2");
+    assert_eq!(label("attachment", "a1", "netlet.io/network"), "web");
+    let selected = |node: &str| k.kubectl_ok(&format!("get attachments -n default -l netlet.io/node={node} -o name"));
+    assert_eq!(selected("n1").trim(), "attachment.netlet.io/a1");
+    assert_eq!(selected("n2").trim(), "attachment.netlet.io/b1");
+
+    // The Network, deleted while b1 on n2 uses it: n1 (whose a1 is gone)
+    // tears it down, but the finalizer stays for n2's attachment, which n1
+    // does not watch.
+    k.kubectl_ok("delete attachment a1 -n default --timeout=30s");
+    k.kubectl_ok("delete network web --wait=false");
+    wait_until("n1's bridge gone", CONVERGE, || link(&k.nodes[0].name, "nl-web").is_none());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(finalizers(&k.get("network", "web")), ["netlet.io/in-use"], "b1 still uses it");
+    assert!(link(&k.nodes[1].name, "nl-web").is_some());
+    k.kubectl_ok("delete portmapping b1-web -n default --timeout=30s");
+    k.kubectl_ok("delete attachment b1 -n default --timeout=30s");
+    wait_until("the network gone", CONVERGE, || k.kubectl("get network web").status.code() == Some(1));
+}
+
+#[test]
+fn an_overlay_address_outside_its_nodes_blocks_is_summarized_and_routed_to_it() {
+    let mut k = KubeCluster::start(&["n1", "n2"]);
+    k.start_agent(0);
+    k.start_agent(1);
+    let ov = "---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: ov}\nspec:\n  driver: overlay\n  overlay: {vni: 4097, blockPrefixLength: 28}\n  ipam: {config: [{subnet: 10.77.0.0/24}]}\n";
+    k.apply(&(ov.to_string() + &attachment("c1", "ov", "n1")));
+    k.wait_ready("attachment", "default/c1", CONVERGE);
+    assert_eq!(address(&k.get("attachment", "default/c1")), "10.77.0.2/24", "n1's block is the lowest");
+    // n2's static address lies in n1's block; n1 does not watch n2's attachments.
+    let pinned = attachment("pinned", "ov", "n2").replace("nodeName: n2,", "nodeName: n2, ipv4Address: 10.77.0.5,");
+    k.apply(&pinned);
+    k.wait_ready("attachment", "default/pinned", CONVERGE);
+    wait_until("n2's summary in the Network's status", CONVERGE, || {
+        let nodes = k.get("network", "ov")["status"]["nodes"].as_array().cloned().unwrap_or_default();
+        nodes.iter().any(|n| n["node"] == "n2" && n["addressesOutsideBlocks"] == serde_json::json!(["10.77.0.5"]))
+    });
+    wait_until("n1's host route to it", CONVERGE, || {
+        ok(&format!("ip -n {} route show proto 78 dev nlx4097", k.nodes[0].name)).contains("10.77.0.5 via 10.97.0.2")
+    });
+    let n2_routes = ok(&format!("ip -n {} route show proto 78", k.nodes[1].name));
+    assert!(n2_routes.lines().any(|l| l.starts_with("10.77.0.5 dev ")), "n2 keeps it from the route to n1's block: {n2_routes}");
+    assert!(ping(&k.nodes[0].ns("c1"), "10.77.0.5"), "c1 -> pinned");
+    assert!(ping(&k.nodes[0].ns("pinned"), "10.77.0.2"), "pinned -> c1");
 }

@@ -40,8 +40,10 @@ fn repo(rel: &str) -> String {
 
 /// The examples as a Kubernetes user applies them to this node: each
 /// Attachment with `spec.nodeName` (Kubernetes mode realizes an attachment
-/// on the node it names), and every named sandbox prefixed with the test's
-/// tag, so that the node's /run/netns stays ours to clean.
+/// on the node it names), every named sandbox prefixed with the test's
+/// tag, so that the node's /run/netns stays ours to clean, and each Network
+/// granting the Docker-style sandboxes the examples use (Kubernetes mode
+/// allows only `pod` and `attachment` by default).
 fn examples(tag: &str) -> (String, Vec<String>) {
     let mut docs = Vec::new();
     let mut sandboxes = Vec::new();
@@ -51,6 +53,10 @@ fn examples(tag: &str) -> (String, Vec<String>) {
             let mut doc = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
             if doc.is_null() {
                 continue;
+            }
+            if doc["kind"] == "Network" {
+                let spec = doc.get_mut("spec").and_then(|s| s.as_mapping_mut()).unwrap();
+                spec.insert("allowedSandboxes".into(), serde_yaml::from_str("[netns, attachment]").unwrap());
             }
             if doc["kind"] == "Attachment" {
                 let spec = doc.get_mut("spec").and_then(|s| s.as_mapping_mut()).unwrap();
@@ -67,65 +73,10 @@ fn examples(tag: &str) -> (String, Vec<String>) {
     (docs.join("---\n"), sandboxes)
 }
 
-/// What the node's dataplane holds, in a form two moments can be compared
-/// by: every link (with its index: a recreated link has a new one), address
-/// and route of the node and of every sandbox, and netlet's nft tables.
-/// Taken once the kernel's own duplicate address detection is over: until
-/// then an IPv6 address is `tentative` and its local route is still to come.
+/// The node's dataplane (see [`harness::dataplane::snapshot`]), its nft
+/// tables read on the node.
 fn dataplane(c: &LocalCluster, sandboxes: &[String]) -> String {
-    let mut out = String::new();
-    wait_until("IPv6 duplicate address detection to end", CONVERGE, || {
-        let settled;
-        (out, settled) = dataplane_now(c, sandboxes);
-        settled
-    });
-    out
-}
-
-/// The snapshot, and whether no link with a carrier has an address still in
-/// duplicate address detection (one without a carrier waits for it forever).
-fn dataplane_now(c: &LocalCluster, sandboxes: &[String]) -> (String, bool) {
-    let (mut out, mut settled) = (String::new(), true);
-    for ns in std::iter::once(&c.node.name).chain(sandboxes) {
-        for what in ["-d link show", "addr show", "route show table all"] {
-            for mut item in ip_json(ns, what) {
-                settled &= !in_dad(&item);
-                strip_moving_parts(&mut item);
-                out += &format!("{ns} {what}: {item}\n");
-            }
-        }
-    }
-    for family in ["inet", "bridge"] {
-        out += &c.on_node(&format!("nft list table {family} netlet 2>/dev/null || true"));
-    }
-    (out, settled)
-}
-
-fn in_dad(link: &Value) -> bool {
-    let has_carrier = link["flags"].as_array().is_some_and(|f| f.iter().any(|f| f == "LOWER_UP"));
-    let addrs = link["addr_info"].as_array().map(Vec::as_slice).unwrap_or_default();
-    has_carrier && addrs.iter().any(|a| a["tentative"] == true && a["dadfailed"] != true)
-}
-
-/// Drops what moves on its own (counters, timers, address lifetimes); the
-/// rest of the kernel's view must not change.
-fn strip_moving_parts(v: &mut Value) {
-    match v {
-        Value::Object(o) => {
-            o.retain(|k, _| !(k == "stats64" || k.ends_with("_timer") || k.ends_with("_life_time")));
-            o.values_mut().for_each(strip_moving_parts);
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip_moving_parts),
-        _ => {}
-    }
-}
-
-/// Fails with the lines that differ between two dataplane snapshots.
-fn assert_unchanged(before: &str, after: &str, what: &str) {
-    let (b, a): (BTreeSet<&str>, BTreeSet<&str>) = (before.lines().collect(), after.lines().collect());
-    let gone: Vec<&&str> = b.difference(&a).collect();
-    let new: Vec<&&str> = a.difference(&b).collect();
-    assert!(gone.is_empty() && new.is_empty(), "{what} changed the dataplane:\n--- before only:\n{gone:#?}\n+++ after only:\n{new:#?}");
+    dataplane::snapshot(&c.node.name, sandboxes, CONVERGE, |cmd| c.on_node(cmd))
 }
 
 /// Mutations of the first reconcile in an agent's log (`None`: none yet).
@@ -207,6 +158,9 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
 
     // Docker's scenarios, applied with kubectl: realized and reported.
     let (yaml, sandboxes) = examples(&tag);
+    // The chart's default networks, as the admin grants them to Docker's scenarios.
+    c.kubectl_ok(r#"patch network bridge --type merge -p '{"spec":{"allowedSandboxes":["netns","attachment"]}}'"#);
+    c.kubectl_ok(r#"patch network host --type merge -p '{"spec":{"allowedSandboxes":["host"]}}'"#);
     c.apply(&yaml);
     wait_all_ready(&c);
     for a in c.list("attachments", "-A") {
@@ -241,21 +195,21 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
     let upgraded = c.wait_one_ready_pod(SYSTEM, AGENT, ROLLOUT, |p| uid(p) != uid(&pod));
     assert!(upgraded["spec"]["containers"][0]["args"].as_array().unwrap().iter().any(|a| a == "--resync-period=7s"));
     agent_first_pass_changed_nothing(&c, &upgraded, 0);
-    assert_unchanged(&before, &dataplane(&c, &sandboxes), "the upgrade");
+    dataplane::assert_unchanged(&before, &dataplane(&c, &sandboxes), "the upgrade");
 
     // The agent's container killed: the kubelet restarts it, nothing moves.
     let pid = c.container_pid(&upgraded, "netlet");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     let restarted = c.wait_one_ready_pod(SYSTEM, AGENT, ROLLOUT, |p| p["status"]["containerStatuses"][0]["restartCount"] == 1);
     agent_first_pass_changed_nothing(&c, &restarted, 1);
-    assert_unchanged(&before, &dataplane(&c, &sandboxes), "a restarted agent");
+    dataplane::assert_unchanged(&before, &dataplane(&c, &sandboxes), "a restarted agent");
 
     // The pod deleted: the DaemonSet brings a new one, nothing moves, and
     // the state is still where the chart put it.
     c.kubectl_ok(&format!("delete pod -n {SYSTEM} {} --wait=false", restarted["metadata"]["name"].as_str().unwrap()));
     let recreated = c.wait_one_ready_pod(SYSTEM, AGENT, ROLLOUT, |p| uid(p) != uid(&restarted));
     agent_first_pass_changed_nothing(&c, &recreated, 0);
-    assert_unchanged(&before, &dataplane(&c, &sandboxes), "a recreated agent");
+    dataplane::assert_unchanged(&before, &dataplane(&c, &sandboxes), "a recreated agent");
     assert_eq!(std::fs::read_to_string(c.node.state_dir().join("allocations.json")).unwrap(), allocations);
     assert!(connect(&remote, "192.0.2.1", 8080, false).is_some(), "the published port after all that");
 
@@ -275,7 +229,7 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
     let networks: BTreeSet<String> = c.list("networks", "").iter().map(|n| n["metadata"]["name"].as_str().unwrap().to_string()).collect();
     assert!(["bridge", "host", "none", "isolated-nw"].iter().all(|n| networks.contains(*n)), "{networks:?}");
     assert_eq!(c.list("attachments", "-A").len(), attachments);
-    assert_unchanged(&before, &dataplane(&c, &sandboxes), "helm uninstall");
+    dataplane::assert_unchanged(&before, &dataplane(&c, &sandboxes), "helm uninstall");
     assert!(connect(&remote, "192.0.2.1", 8080, false).is_some(), "containers keep their published port without an agent");
 
     // `kubectl apply -f manifests/` gives the same result as the chart: the
@@ -308,7 +262,7 @@ fn the_agent_runs_on_a_real_node_as_a_daemonset_pod_installed_by_helm() {
     assert_eq!(applied["spec"]["serviceAccountName"], "netlet");
     agent_first_pass_changed_nothing(&c, &applied, 0);
     wait_all_ready(&c);
-    assert_unchanged(&before, &dataplane(&c, &sandboxes), "the manifests' agent");
+    dataplane::assert_unchanged(&before, &dataplane(&c, &sandboxes), "the manifests' agent");
 
     // Back to Helm (the manifests' objects go first; the default networks
     // exist, so the chart must not create them), then the README's way of

@@ -72,8 +72,9 @@ fn containers_on_three_nodes_share_one_overlay_and_only_it() {
     yaml += &att("x3", "other", "n3");
     cluster.apply(&yaml);
 
-    // Every agent computed the same addresses, in manifest order.
-    let ips = ["10.77.0.2", "10.77.0.3", "10.77.0.4"];
+    // Every agent computed the same addresses, each from its node's block
+    // (the /24 cut into /26 blocks, in peers order).
+    let ips = ["10.77.0.2", "10.77.0.64", "10.77.0.128"];
     for (i, name) in ["c1", "c2", "c3"].iter().enumerate() {
         assert_eq!(addresses(&cluster.sandbox(name), "eth0"), [format!("{}/24", ips[i])]);
     }
@@ -92,27 +93,35 @@ fn containers_on_three_nodes_share_one_overlay_and_only_it() {
         }
     }
     // A different VNI is a different segment.
-    assert!(!ping(&cluster.sandbox("c1"), "10.78.0.2"), "overlays with different VNIs are isolated");
+    assert_eq!(addresses(&cluster.sandbox("x3"), "eth0"), ["10.78.0.128/24"]);
+    assert!(!ping(&cluster.sandbox("c1"), "10.78.0.128"), "overlays with different VNIs are isolated, routed or not");
 
-    // Static entries only: node 1 knows c2 and c3 by FDB and neighbour entries.
+    // Static entries only, per node: node 1 reaches node 3 through node 3's
+    // device MAC at its VTEP, and node 3's block through one route.
     let fdb = ok(&format!("bridge -n {} fdb show dev nlx4096", cluster.nodes[0].name));
-    assert!(fdb.contains("02:42:0a:4d:00:04 dst 10.99.0.3"), "{fdb}");
+    let n3_mac = netlet::naming::format_mac(&netlet::plan::overlay::device_mac("ov", "n3"));
+    assert!(fdb.contains(&format!("{n3_mac} dst 10.99.0.3")), "{fdb}");
+    let routes = ok(&format!("ip -n {} route show dev nlx4096", cluster.nodes[0].name));
+    assert!(routes.contains("10.77.0.128/26 via 10.99.0.3 proto 78 onlink"), "{routes}");
 
     // In sync everywhere: a second pass changes nothing on any node.
     for node in &cluster.nodes {
         assert!(node.converge().contains("0 kernel mutations"));
     }
 
-    // c3 leaves: its entries are withdrawn on the other nodes; nobody moves.
+    // c3 leaves: node 3 keeps its block, so nothing changes elsewhere
+    // (entries follow nodes, not attachments); nobody moves.
     let without_c3 = yaml.split("---").filter(|d| !d.contains("name: c3}")).collect::<Vec<_>>().join("---");
-    cluster.apply(&without_c3);
+    for node in &cluster.nodes {
+        node.write("cluster.yaml", &without_c3.replace("{T}", &cluster.nodes[0].tag));
+    }
+    assert!(cluster.nodes[0].converge().contains("0 kernel mutations"), "node 1 does not hear of c3 leaving node 3");
+    cluster.nodes[2].converge();
     let fdb = ok(&format!("bridge -n {} fdb show dev nlx4096", cluster.nodes[0].name));
-    // (the bridge's own learned entry ages out; ours is the `dst` one)
-    assert!(!fdb.contains("02:42:0a:4d:00:04 dst"), "c3's FDB entry withdrawn: {fdb}");
-    let neigh = ok(&format!("ip -n {} neigh show dev nlx4096", cluster.nodes[0].name));
-    assert!(!neigh.contains("10.77.0.4"), "{neigh}");
-    assert_eq!(addresses(&cluster.sandbox("c2"), "eth0"), ["10.77.0.3/24"]);
-    assert!(ping(&cluster.sandbox("c1"), "10.77.0.3"));
+    assert!(fdb.contains(&format!("{n3_mac} dst 10.99.0.3")), "{fdb}");
+    assert!(!ping(&cluster.sandbox("c1"), "10.77.0.128"), "c3 is gone");
+    assert_eq!(addresses(&cluster.sandbox("c2"), "eth0"), ["10.77.0.64/24"]);
+    assert!(ping(&cluster.sandbox("c1"), "10.77.0.64"));
 
     // Node 2 leaves the peers: its entries go from node 1.
     let without_n2 = without_c3
@@ -140,12 +149,69 @@ fn mtu_and_unreachable_peers_are_reported_in_status() {
     n1.converge();
     assert_eq!(n1.status("networks", "ov")["mtu"], 1450);
     assert!(n1.status("networks", "ov")["unreachablePeers"].is_null(), "nothing known before any traffic");
-    // Traffic towards the ghost: ARP for its VTEP fails on the underlay.
-    assert!(!ping(&cluster.sandbox("c1"), "10.77.0.3"));
+    // Traffic towards the ghost (n4's block is the fourth /26): ARP for its
+    // VTEP fails on the underlay.
+    assert!(!ping(&cluster.sandbox("c1"), "10.77.0.192"));
     wait_until("the VTEP's ARP to fail", Duration::from_secs(10), || {
         ok(&format!("ip -n {} neigh show 10.99.0.9", n1.name)).contains("FAILED")
     });
     n1.converge();
     assert_eq!(n1.status("networks", "ov")["unreachablePeers"], serde_json::json!(["n4 (10.99.0.9)"]));
     assert_eq!(n1.ready("networks", "ov").0, "True", "the overlay still works between the other peers");
+}
+
+#[test]
+fn a_node_reaches_the_other_nodes_through_one_entry_each_whatever_their_attachment_count() {
+    let cluster = Cluster::new();
+    let mut yaml = overlay("ov", 4096, "10.77.0.0/24");
+    let mut remote = Vec::new();
+    for i in 0..8 {
+        for (n, node) in ["n1", "n2", "n3"].iter().enumerate() {
+            yaml += &att(&format!("a{n}x{i}"), "ov", node);
+            if n > 0 {
+                remote.push(format!("10.77.0.{}", 64 * n + 2 * usize::from(n == 0) + i));
+            }
+        }
+    }
+    // A static address on n2 inside n1's block (10.77.0.0/26): a host route of its own.
+    yaml += "---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {name: pinned}\nspec: {network: ov, nodeName: n2, ipv4Address: 10.77.0.40, sandbox: {netns: \"{T}pinned\"}}\n";
+    cluster.apply(&yaml);
+    assert_eq!(addresses(&cluster.sandbox("a1x0"), "eth0"), ["10.77.0.64/24"]);
+    assert_eq!(addresses(&cluster.sandbox("a2x7"), "eth0"), ["10.77.0.135/24"]);
+
+    // Node 1: one FDB and one neighbour entry per other node, one route per
+    // block, one host route for the out-of-block address.
+    let n1 = &cluster.nodes[0].name;
+    let fdb = ok(&format!("bridge -n {n1} fdb show dev nlx4096"));
+    assert_eq!(fdb.lines().filter(|l| l.contains(" dst ")).count(), 2, "{fdb}");
+    let neigh = ok(&format!("ip -n {n1} neigh show dev nlx4096 nud permanent"));
+    assert_eq!(neigh.lines().count(), 2, "{neigh}");
+    let n2_mac = netlet::naming::format_mac(&netlet::plan::overlay::device_mac("ov", "n2"));
+    assert!(neigh.contains(&format!("10.99.0.2 lladdr {n2_mac}")), "{neigh}");
+    let routes = ok(&format!("ip -n {n1} route show proto 78"));
+    let mut lines: Vec<&str> = routes.lines().map(str::trim).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "10.77.0.128/26 via 10.99.0.3 dev nlx4096 onlink",
+            "10.77.0.40 via 10.99.0.2 dev nlx4096 onlink",
+            "10.77.0.64/26 via 10.99.0.2 dev nlx4096 onlink"
+        ],
+        "{routes}"
+    );
+    // Node 2 keeps its out-of-block address from the route towards node 1.
+    let n2_routes = ok(&format!("ip -n {} route show proto 78", cluster.nodes[1].name));
+    assert!(n2_routes.lines().any(|l| l.starts_with("10.77.0.40 dev ") && l.contains("scope link")), "{n2_routes}");
+
+    // Real traffic: node 1 reaches every attachment elsewhere, and the pinned one both ways.
+    for ip in remote.iter().map(String::as_str).chain(["10.77.0.40"]) {
+        assert!(ping(&cluster.sandbox("a0x0"), ip), "a0x0 -> {ip}");
+    }
+    assert!(ping(&cluster.sandbox("pinned"), "10.77.0.2"), "pinned -> a0x0");
+    assert!(ping(&cluster.sandbox("pinned"), "10.77.0.64"), "pinned -> a1x0 on its own node");
+    assert!(ping(&cluster.sandbox("a2x0"), "10.77.0.40"), "a2x0 -> pinned");
+    for node in &cluster.nodes {
+        assert!(node.converge().contains("0 kernel mutations"));
+    }
 }

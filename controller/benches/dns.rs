@@ -22,7 +22,7 @@ fn main() {
     }
     records.insert("app".into(), (0..8).map(|i| IpAddr::from([10, 91, 0, i + 2])).collect());
     table.clients.insert("127.0.0.1".parse().unwrap(), NameClient { networks: vec!["bench".into()], upstreams: vec![] });
-    table.listen.push("127.0.0.1".parse().unwrap());
+    table.listen.insert("127.0.0.1".parse().unwrap(), "bench".into());
     let mut server = DnsServer::new(port);
     rt.block_on(server.update(&std::sync::Arc::new(table), vec![]));
     // Clients in threads; the server runs on this thread's runtime.

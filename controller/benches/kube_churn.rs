@@ -126,7 +126,7 @@ fn main() {
     assert!(nix::unistd::geteuid().is_root(), "the Kubernetes churn benchmark needs root (it builds throwaway network namespaces)");
     let n: usize = std::env::var("NETLET_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let mut k = harness::kube::KubeCluster::start(&["bench"]);
-    k.apply("apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: bench}\nspec:\n  ipam: {config: [{subnet: 10.242.0.0/16}]}\n");
+    k.apply("apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: bench}\nspec:\n  ipam: {config: [{subnet: 10.242.0.0/16}]}\n  allowedSandboxes: [netns]\n");
     k.start_agent(0);
     let (cp, kubeconfig, tag) = (k.cp.clone(), k.dir.join("kubeconfig"), k.nodes[0].tag.clone());
     let result = std::thread::spawn(move || {

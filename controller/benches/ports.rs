@@ -22,6 +22,7 @@ fn sh(cmd: &str) -> String {
 fn plan(mappings: usize) -> FirewallPlan {
     let mut p = FirewallPlan::default();
     p.networks.push(FirewallNetwork {
+        overlay_device: None,
         name: "bench".into(),
         bridge: "nlbp0".into(),
         subnets: vec!["10.242.0.0/24".parse().unwrap()],

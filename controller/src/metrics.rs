@@ -87,7 +87,7 @@ impl Metrics {
         let dns_queries = must(IntCounterVec::new(
             Opts::new(
                 "dns_queries_total",
-                "Queries to the embedded DNS server by outcome: local (answered from container names), forwarded (answered by an upstream), failed (SERVFAIL), dropped (unparseable)",
+                "Queries to the embedded DNS server by outcome: local (answered from container names), forwarded (answered by an upstream), failed (SERVFAIL), dropped (unparseable), refused (not from a container of the network asked)",
             ),
             &["result"],
         ));
@@ -192,9 +192,13 @@ impl Metrics {
     /// Brings the DNS counters up to the server's (they only grow).
     fn sync_dns(&self) {
         let Some(stats) = self.dns.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
-        for (result, value) in
-            [("local", &stats.local), ("forwarded", &stats.forwarded), ("failed", &stats.failed), ("dropped", &stats.dropped)]
-        {
+        for (result, value) in [
+            ("local", &stats.local),
+            ("forwarded", &stats.forwarded),
+            ("failed", &stats.failed),
+            ("dropped", &stats.dropped),
+            ("refused", &stats.refused),
+        ] {
             let counter = self.dns_queries.with_label_values(&[result]);
             let now = value.load(Ordering::Relaxed);
             counter.inc_by(now.saturating_sub(counter.get()));

@@ -14,12 +14,13 @@
 
 use std::time::Instant;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::dataplane::linux::Linux;
 use crate::dataplane::{facts, sysctl, Dataplane, SyncReport};
 use crate::metrics::{AddressUsage, Metrics};
+use crate::plan::attachment::SandboxRef;
 use crate::plan::{self, Allocations, NodeFacts};
 use crate::reconcile_thread::{DnsLink, Setup};
 use crate::runner::Snapshot;
@@ -91,6 +92,9 @@ pub struct Reconciler {
     recover_from_kernel: bool,
     last_plan: Option<LastPlan>,
     last_verdicts: Arc<[Verdict]>,
+    /// The sandboxes of the snapshot of this version that netlet did not
+    /// make (see `sandboxes_made_elsewhere`).
+    sandbox_candidates: Option<(u64, Vec<SandboxRef>)>,
     /// Listening sockets, with the snapshot version and time of reading.
     bound_ports_cache: Option<(u64, Instant, Vec<BoundPort>)>,
 }
@@ -135,6 +139,7 @@ impl Reconciler {
             last_plan: None,
             last_verdicts: Arc::from([]),
             bound_ports_cache: None,
+            sandbox_candidates: None,
         })
     }
 
@@ -178,6 +183,7 @@ impl Reconciler {
         let view = self.dataplane.node_view().await.unwrap_or_default();
         let (links, addrs) = (&view.0, &view.1);
         let mtus: BTreeMap<u32, u32> = links.iter().map(|l| (l.index, l.mtu)).collect();
+        let (node_namespace_at, unowned_netns) = self.sandboxes_made_elsewhere(snapshot);
         NodeFacts {
             node_name: self.node_name.clone(),
             ephemeral_ports: sysctl::ephemeral_port_range(),
@@ -187,7 +193,40 @@ impl Reconciler {
             link_mtu_by_address: addrs.iter().filter_map(|a| Some((a.net.addr(), *mtus.get(&a.index)?))).collect(),
             node_addresses: addrs.iter().map(|a| a.net).filter(|n| !n.addr().is_loopback()).collect(),
             overlay_blocks: snapshot.overlay_blocks.clone(),
+            node_namespace_at,
+            unowned_netns,
+            tenancy: snapshot.tenancy.clone(),
         }
+    }
+
+    /// The sandboxes this node's attachments name that netlet did not make
+    /// (every `path`, and each `netns` its record lacks; one it made is a
+    /// new namespace): those that are the node's own namespace, with what
+    /// each resolved to, and the `netns` names that exist. A stat each.
+    fn sandboxes_made_elsewhere(&mut self, snapshot: &Snapshot) -> (BTreeMap<String, String>, BTreeSet<String>) {
+        let owned = &self.owned.netns;
+        // Listed once per snapshot, then only shortened as netlet makes
+        // them (a quiet pass among a thousand attachments looks up none).
+        let candidates = match &mut self.sandbox_candidates {
+            Some((version, list)) if *version == snapshot.version => list,
+            slot => {
+                let local = snapshot.objects.attachments.iter().filter(|a| plan::is_local(a, &self.node_name));
+                let list = local
+                    .filter_map(|a| match (&a.spec.sandbox.netns, &a.spec.sandbox.path) {
+                        (Some(name), _) => Some(SandboxRef::Managed(name.clone())),
+                        (None, Some(path)) => Some(SandboxRef::Path(path.clone())),
+                        _ => None,
+                    })
+                    .collect::<BTreeSet<_>>();
+                &mut slot.insert((snapshot.version, list.into_iter().collect())).1
+            }
+        };
+        candidates.retain(|sandbox| sandbox.netns_name().is_none_or(|name| !owned.contains(name)));
+        let found = self.dataplane.namespaces_at(candidates.iter().map(SandboxRef::path).collect());
+        let unowned =
+            candidates.iter().filter_map(|s| s.netns_name().filter(|_| found.contains_key(&s.path()))).map(String::from).collect();
+        let node_namespace_at = found.into_iter().filter_map(|(path, node)| Some((path, node?))).collect();
+        (node_namespace_at, unowned)
     }
 
     /// One pass over `snapshot`. When its version, the node facts and the

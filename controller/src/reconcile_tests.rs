@@ -91,6 +91,41 @@ async fn a_pass_over_an_unchanged_node_changes_and_reads_nothing() {
     assert!(!Arc::ptr_eq(&third.verdicts, &fourth.verdicts), "a new snapshot is planned and reported again");
 }
 
+/// `snapshot(names)` plus attachments whose sandbox is `(name, sandbox yaml)`.
+fn with_sandboxes(names: &[&str], sandboxes: &[(&str, &str)], version: u64) -> Snapshot {
+    let mut s = snapshot(names, version);
+    let mut yaml = String::new();
+    for (name, sandbox) in sandboxes {
+        yaml += &format!(
+            "---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: {name}}}\nspec: {{network: n, sandbox: {sandbox}}}\n"
+        );
+    }
+    let loaded = manifests::parse(std::path::Path::new("t2.yaml"), &yaml);
+    let mut objects = (*s.objects).clone();
+    objects.attachments.extend(loaded.objects.attachments);
+    s.objects = Arc::new(objects);
+    s
+}
+
+#[tokio::test]
+async fn the_nodes_own_namespace_is_never_a_sandbox_by_path_or_by_name() {
+    let mut a = agent("node-ns");
+    a.reconciler.pass(&snapshot(&["a0"], 1)).await;
+    a.kernel.mount_node_namespace("/run/netns/node-alias");
+    a.kernel.changes();
+    let hostile = with_sandboxes(&["a0"], &[("by-path", "{path: /proc/self/ns/net}"), ("by-name", "{netns: node-alias}")], 2);
+    let outcome = a.reconciler.pass(&hostile).await;
+    let refused: Vec<(String, String, String)> =
+        outcome.verdicts.iter().filter(|v| !v.ready).map(|v| (v.key.to_string(), v.reason.clone(), v.message.clone())).collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for (key, reason, message) in &refused {
+        assert_eq!(reason, "Forbidden", "{key}");
+        assert!(message.contains("the node's own network namespace (net:[0])"), "{key}: {message}");
+    }
+    assert_eq!(a.kernel.changes(), Vec::<String>::new(), "nothing changed");
+    assert!(a.kernel.default_gateways("node").is_empty(), "no default route was put into the node");
+}
+
 #[tokio::test]
 async fn a_change_that_failed_is_tried_again_by_the_next_pass() {
     let mut a = agent("retry");

@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
@@ -42,8 +41,11 @@ pub struct Snapshot {
     /// Allocations only their owner decides (other nodes' overlay
     /// addresses): they override the state dir.
     pub decided: Allocations,
-    /// Kubernetes mode: this node's address blocks on each overlay network.
-    pub overlay_blocks: BTreeMap<String, Vec<IpNet>>,
+    /// Kubernetes mode: every node's address blocks on each overlay network.
+    pub overlay_blocks: BTreeMap<String, crate::plan::overlay::NodeBlocks>,
+    /// Who writes the objects (Kubernetes mode: tenants, and their
+    /// namespaces' labels); standalone by default.
+    pub tenancy: crate::plan::tenancy::Tenancy,
 }
 
 /// Where desired objects come from and status goes to.

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod dataplane;
 pub mod kube;
 pub mod kubectl;
 

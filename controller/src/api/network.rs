@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -45,9 +46,69 @@ pub struct NetworkSpec {
     /// Kubernetes mode: labels a node must carry to realize this network.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Kubernetes mode: the Namespaces whose Attachments may use this
+    /// network (a label selector on Namespaces; absent: every namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// The sandbox kinds its Attachments may use. Kubernetes mode default:
+    /// `[pod, attachment]` (a tenant's own); standalone mode: every kind.
+    /// A `netns` or `path` sandbox that is the node's own namespace is
+    /// refused whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_sandboxes: Option<Vec<SandboxKind>>,
+    /// The host ports and addresses its attachments' PortMappings may
+    /// publish. Kubernetes mode default: ports 1024-65535 on any address;
+    /// standalone mode: any port (the operator is root, as with Docker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ports: Option<HostPorts>,
     /// Docker option keys accepted as aliases (`com.docker.network.*`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
+}
+
+/// The kinds of sandbox an Attachment can name (`spec.sandbox.<kind>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxKind {
+    /// A Pod of the Attachment's own namespace.
+    Pod,
+    /// Another Attachment of the same namespace (`--network container:NAME`).
+    Attachment,
+    /// A named namespace in /run/netns.
+    Netns,
+    /// Any namespace file on the node.
+    Path,
+    /// The node's own namespace (`--network host`).
+    Host,
+}
+
+impl SandboxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxKind::Pod => "pod",
+            SandboxKind::Attachment => "attachment",
+            SandboxKind::Netns => "netns",
+            SandboxKind::Path => "path",
+            SandboxKind::Host => "host",
+        }
+    }
+}
+
+/// Which host ports (inclusive) and host addresses PortMappings of a
+/// network's attachments may publish.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostPorts {
+    /// Lowest host port (Kubernetes mode default 1024, standalone 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u16>,
+    /// Highest host port (default 65535).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u16>,
+    /// Host addresses a port may be published on; empty: any. When set, a
+    /// mapping must name one (`hostIP`, or the network's hostBindingIPv4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -146,9 +207,10 @@ pub struct OverlayOptions {
     /// `netlet.io/vtep-address` annotation or else its InternalIP.
     #[serde(default)]
     pub peers: Vec<OverlayPeer>,
-    /// Kubernetes mode: prefix length of the IPv4 address blocks each node
-    /// claims (in status.addressBlocks) and allocates from. Default 26, or
-    /// the subnet's prefix + 2 when that is longer.
+    /// Prefix length of the IPv4 address blocks each node allocates from
+    /// and is routed to: claimed in status.addressBlocks in Kubernetes mode,
+    /// the i-th block of the range for the i-th peer in standalone mode.
+    /// Default 26, or the subnet's prefix + 2 when that is longer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_prefix_length: Option<u8>,
 }
@@ -171,9 +233,12 @@ pub struct NetworkStatus {
     /// Gateway address of every subnet, in CIDR form.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
-    /// Attachments realized on this network.
-    #[serde(default)]
-    pub attachments: u32,
+    /// Standalone mode: attachments realized on this network. Absent in
+    /// Kubernetes mode: a count would make every attachment's change a
+    /// write of this object, which every node watches (count the
+    /// Attachments instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<u32>,
     /// MTU of its links (overlays: the underlay's minus 50 unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -204,16 +269,22 @@ pub struct AddressBlock {
 #[serde(rename_all = "camelCase")]
 pub struct NetworkNodeStatus {
     pub node: String,
+    /// Changes with the node's realization of the network (ready, MTU,
+    /// peers), never with its attachments: an attachment's change writes
+    /// only its own status.
     #[serde(default)]
     pub ready: bool,
-    #[serde(default)]
-    pub attachments: u32,
     /// This node's links' MTU (overlay MTUs follow each node's underlay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
     /// Overlay peers this node cannot reach on the underlay.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreachable_peers: Vec<String>,
+    /// Overlay: this node's attachments' IPv4 addresses outside its
+    /// address blocks (static ones). Agents watch only their own node's
+    /// attachments; the other nodes route each of these to this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses_outside_blocks: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }

@@ -307,8 +307,8 @@ fn scope_of(message: &RouteNetlinkMessage, nsid: Option<i32>) -> Scope {
             });
             nsid.map(Scope::Namespace).unwrap_or(Scope::NodeAddresses)
         }
-        // Addresses, and routes (which follow addresses and links; no
-        // node route is netlet's).
+        // Addresses, and routes (which follow addresses and links, and
+        // overlays' routes, checked with the node).
         _ => Scope::NodeAddresses,
     }
 }

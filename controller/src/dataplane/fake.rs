@@ -19,7 +19,7 @@ use ipnet::IpNet;
 
 use super::events::{EventLog, Scope};
 use super::kernel::{Change, DeleteNamespaces, DeletedNamespace, LinkId, Namespace, Neighbours, Result, Rtnl, Ruleset, System};
-use super::netlink::{Address, DefaultRoute, Link, Neighbour, NetlinkError};
+use super::netlink::{Address, Link, Neighbour, NetlinkError, Route};
 use super::netns::Created;
 use crate::naming::OWNER_LINK_GROUP;
 use crate::plan::attachment::NETNS_DIR;
@@ -34,7 +34,7 @@ struct Ns {
     links: BTreeMap<u32, Link>,
     /// In the order added: the first IPv4 address of a subnet is primary.
     addresses: Vec<Address>,
-    routes: Vec<DefaultRoute>,
+    routes: Vec<Route>,
     /// Interfaces with promote_secondaries on.
     promote: BTreeSet<String>,
 }
@@ -223,7 +223,7 @@ impl State {
                 self.ns(target.identity.1)?.links.insert(index, link);
                 self.event(target.identity.1, Some(index));
             }
-            Change::CreateVxlan { name, vni, port, local, mtu, controller, alias } => {
+            Change::CreateVxlan { name, vni, port, local, mtu, mac, alias } => {
                 let index = self.new_index();
                 let vxlan = Some((vni, port, Some(IpAddr::V4(local))));
                 let link = Link {
@@ -231,7 +231,7 @@ impl State {
                     group: OWNER_LINK_GROUP,
                     name: name.into(),
                     kind: Some("vxlan".into()),
-                    controller: Some(controller),
+                    mac: mac.to_vec(),
                     mtu,
                     up: true,
                     alias: Some(alias.into()),
@@ -284,11 +284,21 @@ impl State {
             }
             Change::ReplaceDefaultRoute { index, gateway } => {
                 let n = self.ns(ns)?;
-                n.routes.retain(|r| r.gateway.is_some_and(|g| g.is_ipv4()) != gateway.is_ipv4());
+                n.routes.retain(|r| r.dst.prefix_len() != 0 || r.gateway.is_some_and(|g| g.is_ipv4()) != gateway.is_ipv4());
                 let mut message = netlink_packet_route::route::RouteMessage::default();
                 message.header.address_family =
                     if gateway.is_ipv4() { netlink_packet_route::AddressFamily::Inet } else { netlink_packet_route::AddressFamily::Inet6 };
-                n.routes.push(DefaultRoute { oif: Some(index), gateway: Some(gateway), message });
+                let dst = if gateway.is_ipv4() { "0.0.0.0/0" } else { "::/0" }.parse().expect("a default destination");
+                n.routes.push(Route { dst, oif: Some(index), gateway: Some(gateway), message });
+                self.event(ns, None);
+            }
+            Change::ReplaceRoute { dst, index, gateway } => {
+                let n = self.ns(ns)?;
+                let dst = IpNet::V4(dst);
+                n.routes.retain(|r| r.dst != dst);
+                let mut message = netlink_packet_route::route::RouteMessage::default();
+                message.header.protocol = super::netlink::ROUTE_PROTOCOL;
+                n.routes.push(Route { dst, oif: Some(index), gateway: gateway.map(IpAddr::V4), message });
                 self.event(ns, None);
             }
             Change::DeleteRoute { route } => {
@@ -321,7 +331,8 @@ fn describe(change: &Change<'_>) -> String {
         Change::AddAddress { net, ifname, .. } => format!("add address {net} to {ifname}"),
         Change::DeleteAddress { net, ifname, .. } => format!("delete address {net} from {ifname}"),
         Change::ReplaceDefaultRoute { gateway, .. } => format!("replace default route via {gateway}"),
-        Change::DeleteRoute { route } => format!("delete default route via {:?}", route.gateway),
+        Change::ReplaceRoute { dst, gateway, .. } => format!("replace route {dst} via {gateway:?}"),
+        Change::DeleteRoute { route } => format!("delete route {} via {:?}", route.dst, route.gateway),
         Change::AddFdb { .. } | Change::AddNeighbour { .. } | Change::DeleteNeighbour { .. } => "neighbour".into(),
     }
 }
@@ -421,11 +432,17 @@ impl FakeKernel {
 
     pub fn default_gateways(&self, path: &str) -> Vec<IpAddr> {
         let ns = self.id(path);
-        self.lock().namespaces[&ns].routes.iter().filter_map(|r| r.gateway).collect()
+        self.lock().namespaces[&ns].routes.iter().filter(|r| r.dst.prefix_len() == 0).filter_map(|r| r.gateway).collect()
     }
 
     pub fn namespaces(&self) -> Vec<String> {
         self.lock().paths.keys().cloned().collect()
+    }
+
+    /// Someone mounts the node's own namespace at `path` (`ip netns
+    /// attach NAME 1`, a bind mount).
+    pub fn mount_node_namespace(&self, path: &str) {
+        self.lock().paths.insert(path.to_string(), NODE);
     }
 
     /// Someone else changes the ruleset (flushes it, say).
@@ -490,8 +507,14 @@ impl Rtnl for FakeRtnl {
         Box::pin(async move { addresses })
     }
 
-    fn default_routes(&self) -> BoxFuture<'_, Result<Vec<DefaultRoute>>> {
-        let routes = self.read("routes", |ns| ns.routes.clone());
+    fn default_routes(&self) -> BoxFuture<'_, Result<Vec<Route>>> {
+        let routes = self.read("routes", |ns| ns.routes.iter().filter(|r| r.dst.prefix_len() == 0).cloned().collect());
+        Box::pin(async move { routes })
+    }
+
+    fn owned_routes(&self) -> BoxFuture<'_, Result<Vec<Route>>> {
+        let ours = |r: &&Route| r.message.header.protocol == super::netlink::ROUTE_PROTOCOL;
+        let routes = self.read("routes", |ns| ns.routes.iter().filter(ours).cloned().collect());
         Box::pin(async move { routes })
     }
 
@@ -541,6 +564,9 @@ impl System for FakeSystem {
     }
 
     fn namespace_at(&self, path: &str) -> Option<(u64, u64)> {
+        if path == "/proc/self/ns/net" {
+            return Some((0, NODE)); // the agent's own
+        }
         self.0.lock().paths.get(path).map(|id| (0, *id))
     }
 

@@ -340,13 +340,23 @@ pub fn render(plan: &FirewallPlan, brnf: BrNetfilter) -> Result<Ruleset, Firewal
     let mut icc_ports = BTreeSet::new();
     for n in &plan.networks {
         let br = ifname(&n.bridge)?;
-        bridges.insert(br.clone());
-        same.insert(format!("{br} . {br}"));
-        if n.internal {
-            internal.insert(br.clone());
+        // An overlay's VXLAN device is part of its network: routed between
+        // the two is staying on it.
+        let devices = match &n.overlay_device {
+            Some(vx) => vec![br.clone(), ifname(vx)?],
+            None => vec![br.clone()],
+        };
+        for a in &devices {
+            bridges.insert(a.clone());
+            same.extend(devices.iter().map(|b| format!("{a} . {b}")));
+            if n.internal {
+                internal.insert(a.clone());
+            }
+            if !n.icc {
+                icc_off.insert(a.clone());
+            }
         }
         if !n.icc {
-            icc_off.insert(br.clone());
             for port in plan.bridge_ports.get(&n.bridge).into_iter().flatten() {
                 icc_ports.insert(ifname(port)?);
             }
@@ -359,7 +369,7 @@ pub fn render(plan: &FirewallPlan, brnf: BrNetfilter) -> Result<Ruleset, Firewal
             }
             let s = net(s);
             let own = if v4 { &mut own4 } else { &mut own6 };
-            own.insert(format!("{s} . {br}"));
+            own.extend(devices.iter().map(|d| format!("{s} . {d}")));
             if !n.icc {
                 if v4 { &mut icc4 } else { &mut icc6 }.insert(format!("{s} . {s}"));
             }
@@ -519,7 +529,8 @@ impl NftFirewall {
         // Then what other firewalls need from netlet to let its traffic by:
         // checked when the bridges change and on the passes that found our
         // own table in sync (drift checks), not on every published port.
-        let bridges: Vec<String> = plan.networks.iter().map(|n| n.bridge.clone()).collect();
+        let bridges: Vec<String> =
+            plan.networks.iter().flat_map(|n| std::iter::once(n.bridge.clone()).chain(n.overlay_device.clone())).collect();
         if own.mutated() && self.foreign_bridges.as_ref() == Some(&bridges) {
             return Ok(own);
         }
@@ -659,6 +670,7 @@ mod tests {
 
     fn network(name: &str, bridge: &str, subnets: &[&str]) -> FirewallNetwork {
         FirewallNetwork {
+            overlay_device: None,
             name: name.into(),
             bridge: bridge.into(),
             subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
@@ -712,6 +724,21 @@ mod tests {
             "add table inet netlet\ndelete table inet netlet\n\
              add table bridge netlet\ndelete table bridge netlet\n"
         );
+    }
+
+    #[test]
+    fn an_overlays_vxlan_device_counts_as_its_network() {
+        let mut plan = two_networks();
+        plan.networks[0].overlay_device = Some("nlx7".into());
+        let t = inet(&plan);
+        assert_eq!(elements(&t, "bridges"), ["\"br1\"", "\"br2\"", "\"nlx7\""]);
+        let same = elements(&t, "same_bridge");
+        for pair in ["\"br1\" . \"nlx7\"", "\"nlx7\" . \"br1\"", "\"nlx7\" . \"nlx7\""] {
+            assert!(same.iter().any(|e| e == pair), "{pair} in {same:?}");
+        }
+        assert!(!same.iter().any(|e| e.contains("br2") && e.contains("nlx7")), "other networks stay isolated from it");
+        // Routed to another node, the subnet is not masqueraded.
+        assert!(elements(&t, "subnet_bridge_v4").iter().any(|e| e.ends_with(". \"nlx7\"")));
     }
 
     #[test]

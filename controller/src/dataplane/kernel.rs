@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use ipnet::IpNet;
 
-use super::netlink::{Address, DefaultRoute, Link, LinkChange, Neighbour, NetlinkError};
+use super::netlink::{Address, Link, LinkChange, Neighbour, NetlinkError, Route};
 use super::netns::Created;
 use crate::api::MacvlanMode;
 use crate::plan::desired::FirewallPlan;
@@ -62,7 +62,7 @@ pub enum Change<'a> {
         port: u16,
         local: Ipv4Addr,
         mtu: u32,
-        controller: u32,
+        mac: [u8; 6],
         alias: &'a str,
     },
     SetLink {
@@ -101,8 +101,15 @@ pub enum Change<'a> {
         index: u32,
         gateway: IpAddr,
     },
+    /// An IPv4 route of netlet's (overlays): via `gateway` on the link
+    /// (onlink), or without one a host route on it.
+    ReplaceRoute {
+        dst: ipnet::Ipv4Net,
+        index: u32,
+        gateway: Option<Ipv4Addr>,
+    },
     DeleteRoute {
-        route: &'a DefaultRoute,
+        route: &'a Route,
     },
     AddFdb {
         index: u32,
@@ -124,7 +131,7 @@ impl Change<'_> {
     pub fn kind(&self) -> &'static str {
         match self {
             Change::AddAddress { .. } | Change::DeleteAddress { .. } => "address",
-            Change::ReplaceDefaultRoute { .. } | Change::DeleteRoute { .. } => "route",
+            Change::ReplaceDefaultRoute { .. } | Change::ReplaceRoute { .. } | Change::DeleteRoute { .. } => "route",
             Change::AddFdb { .. } | Change::AddNeighbour { .. } | Change::DeleteNeighbour { .. } => "neighbour",
             _ => "link",
         }
@@ -162,7 +169,9 @@ pub trait Rtnl: Send + Sync {
     fn link<'a>(&'a self, which: LinkId<'a>) -> BoxFuture<'a, Result<Option<Link>>>;
     fn addresses(&self) -> BoxFuture<'_, Result<Vec<Address>>>;
     /// Default routes (0.0.0.0/0 and ::/0) of the main table.
-    fn default_routes(&self) -> BoxFuture<'_, Result<Vec<DefaultRoute>>>;
+    fn default_routes(&self) -> BoxFuture<'_, Result<Vec<Route>>>;
+    /// IPv4 routes of the main table that netlet added.
+    fn owned_routes(&self) -> BoxFuture<'_, Result<Vec<Route>>>;
     fn neighbours(&self, which: Neighbours) -> BoxFuture<'_, Result<Vec<Neighbour>>>;
     /// The id this namespace knows `other` by, given one if it has none:
     /// events from there are heard here tagged with it.

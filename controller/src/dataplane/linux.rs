@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use super::files;
 use super::firewall::NftFirewall;
 use super::kernel::{Change, DeleteNamespaces, DeletedNamespace, LinkId, Namespace, Neighbours, Result, Rtnl, Ruleset, System};
-use super::netlink::{Address, DefaultRoute, Link, Neighbour, Netlink, NetlinkError};
+use super::netlink::{Address, Link, Neighbour, Netlink, NetlinkError, Route};
 use super::netns::{self, Created};
 use super::sysctl;
 use crate::plan::desired::FirewallPlan;
@@ -40,8 +40,12 @@ impl Rtnl for Netlink {
         Box::pin(Netlink::addresses(self))
     }
 
-    fn default_routes(&self) -> BoxFuture<'_, Result<Vec<DefaultRoute>>> {
+    fn default_routes(&self) -> BoxFuture<'_, Result<Vec<Route>>> {
         Box::pin(Netlink::default_routes(self))
+    }
+
+    fn owned_routes(&self) -> BoxFuture<'_, Result<Vec<Route>>> {
+        Box::pin(Netlink::owned_routes(self))
     }
 
     fn neighbours(&self, which: Neighbours) -> BoxFuture<'_, Result<Vec<Neighbour>>> {
@@ -67,8 +71,8 @@ impl Rtnl for Netlink {
                 Change::CreateMacvlan { name, parent, mode, ns, mac, mtu } => {
                     self.create_macvlan(name, parent, mode, file_of(ns)?, mac, mtu).await
                 }
-                Change::CreateVxlan { name, vni, port, local, mtu, controller, alias } => {
-                    self.create_vxlan(name, vni, port, local, mtu, controller, alias).await
+                Change::CreateVxlan { name, vni, port, local, mtu, mac, alias } => {
+                    self.create_vxlan(name, vni, port, local, mtu, mac, alias).await
                 }
                 Change::SetLink { index, name, change } => self.set_link(index, name, change).await,
                 Change::SetHairpin { index, name } => self.set_hairpin(index, name).await,
@@ -77,6 +81,7 @@ impl Rtnl for Netlink {
                 Change::AddAddress { index, net, ifname } => self.add_address(index, net, ifname).await,
                 Change::DeleteAddress { index, net, ifname } => self.delete_address(index, net, ifname).await,
                 Change::ReplaceDefaultRoute { index, gateway } => self.replace_default_route(index, gateway).await,
+                Change::ReplaceRoute { dst, index, gateway } => self.replace_route(dst, index, gateway).await,
                 Change::DeleteRoute { route } => self.delete_route(route).await,
                 Change::AddFdb { index, mac, vtep } => self.add_fdb(index, mac, vtep).await,
                 Change::AddNeighbour { index, ip, mac } => self.add_neighbour(index, ip, mac).await,

@@ -83,6 +83,8 @@ pub struct Dataplane {
     /// The node's links and addresses, and the epoch they were observed at.
     node_view: Option<(NodeView, u64)>,
     sandboxes: HashMap<String, SandboxHandle>,
+    /// The node's own network namespace(s), by identity: never a sandbox.
+    node_namespaces: Vec<(u64, u64)>,
     /// Link deletions a pass started and has not yet seen finish.
     pending_deletions: Option<tokio::task::JoinHandle<LinkDeletions>>,
     /// Advanced as a pass goes (`--once` on a terminal draws it).
@@ -108,8 +110,10 @@ impl Dataplane {
     pub fn new(system: Box<dyn System>) -> Self {
         let journal = Journal::default();
         let touched = Arc::new(Mutex::new(Touched::default()));
+        let node_namespaces = sandboxes::NODE_NAMESPACE_PATHS.iter().filter_map(|path| system.namespace_at(path)).collect();
         Dataplane {
             node: Recorded::node(system.node(), journal.clone(), touched.clone()),
+            node_namespaces,
             unhurried: system.unhurried().map(|u| Recorded::node(u, journal.clone(), touched.clone())),
             system,
             journal,

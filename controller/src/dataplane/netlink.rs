@@ -15,7 +15,7 @@ use netlink_packet_route::link::{
     MacVlanMode,
 };
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
@@ -176,9 +176,14 @@ pub struct Address {
     pub net: IpNet,
 }
 
-/// A default route of the main table.
+/// The protocol number of the routes netlet adds (`proto 78` in `ip
+/// route`): what marks them as ours, as a link's alias marks a link.
+pub const ROUTE_PROTOCOL: RouteProtocol = RouteProtocol::Other(78);
+
+/// A route of the main table.
 #[derive(Clone, Debug, PartialEq)]
-pub struct DefaultRoute {
+pub struct Route {
+    pub dst: IpNet,
     pub oif: Option<u32>,
     pub gateway: Option<IpAddr>,
     pub message: RouteMessage,
@@ -279,9 +284,23 @@ impl Netlink {
     }
 
     /// Default routes (0.0.0.0/0 and ::/0) of the main table.
-    pub async fn default_routes(&self) -> Result<Vec<DefaultRoute>> {
+    pub async fn default_routes(&self) -> Result<Vec<Route>> {
+        let mut out = self.main_routes(false).await?;
+        out.retain(|r| r.dst.prefix_len() == 0);
+        Ok(out)
+    }
+
+    /// IPv4 routes of the main table that netlet added ([`ROUTE_PROTOCOL`]).
+    pub async fn owned_routes(&self) -> Result<Vec<Route>> {
+        let mut out = self.main_routes(true).await?;
+        out.retain(|r| r.message.header.protocol == ROUTE_PROTOCOL);
+        Ok(out)
+    }
+
+    async fn main_routes(&self, ipv4_only: bool) -> Result<Vec<Route>> {
         let mut out = Vec::new();
-        for query in [RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(), RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()] {
+        let queries = [RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(), RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()];
+        for query in queries.into_iter().take(if ipv4_only { 1 } else { 2 }) {
             let msgs: Vec<RouteMessage> =
                 self.handle.route().get(query).execute().try_collect().await.map_err(|e| NetlinkError::from_rtnetlink("list routes", e))?;
             for msg in msgs {
@@ -290,18 +309,26 @@ impl Netlink {
                     .iter()
                     .find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None })
                     .unwrap_or(u32::from(msg.header.table));
-                if msg.header.destination_prefix_length != 0 || table != 254 {
+                if table != 254 {
                     continue;
                 }
-                let mut route = DefaultRoute { oif: None, gateway: None, message: msg.clone() };
+                let v4 = msg.header.address_family == AddressFamily::Inet;
+                let unspecified =
+                    if v4 { IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) };
+                let mut dst = unspecified;
+                let mut route = Route { dst: IpNet::from(dst), oif: None, gateway: None, message: msg.clone() };
                 for attr in &msg.attributes {
                     match attr {
+                        RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = IpAddr::V4(*ip),
+                        RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst = IpAddr::V6(*ip),
                         RouteAttribute::Oif(i) => route.oif = Some(*i),
                         RouteAttribute::Gateway(RouteAddress::Inet(ip)) => route.gateway = Some(IpAddr::V4(*ip)),
                         RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => route.gateway = Some(IpAddr::V6(*ip)),
                         _ => {}
                     }
                 }
+                let Ok(dst) = IpNet::new(dst, msg.header.destination_prefix_length) else { continue };
+                route.dst = dst;
                 out.push(route);
             }
         }
@@ -393,8 +420,8 @@ impl Netlink {
         self.handle.link().add(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("create macvlan {name}"), e))
     }
 
-    /// Creates a VXLAN device: static remotes only (no learning), ARP/ND
-    /// answered from its neighbour table (proxy), enslaved to `controller`.
+    /// Creates a VXLAN device with static remotes only (no learning), on
+    /// no bridge: traffic is routed into it, per node.
     #[allow(clippy::too_many_arguments)]
     pub async fn create_vxlan(
         &self,
@@ -403,17 +430,16 @@ impl Netlink {
         port: u16,
         local: std::net::Ipv4Addr,
         mtu: u32,
-        controller: u32,
+        mac: [u8; 6],
         alias: &str,
     ) -> Result<()> {
         let msg = LinkVxlan::new(name, vni)
             .port(port)
             .local(local)
             .learning(false)
-            .proxy(true)
             .mtu(mtu)
+            .address(mac.to_vec())
             .link_group(OWNER_LINK_GROUP)
-            .controller(controller)
             .up()
             .build();
         self.handle.link().add(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("create vxlan {name}"), e))?;
@@ -599,14 +625,28 @@ impl Netlink {
             .map_err(|e| NetlinkError::from_rtnetlink(format!("set default route via {gateway}"), e))
     }
 
-    pub async fn delete_route(&self, route: &DefaultRoute) -> Result<()> {
+    /// `ip route replace DST [via GW onlink] dev INDEX proto netlet`
+    /// (IPv4): without a gateway, a host route on the link.
+    pub async fn replace_route(&self, dst: ipnet::Ipv4Net, index: u32, gateway: Option<std::net::Ipv4Addr>) -> Result<()> {
+        let builder = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .output_interface(index)
+            .protocol(ROUTE_PROTOCOL);
+        let msg = match gateway {
+            Some(gw) => builder.gateway(gw).onlink().build(),
+            None => builder.scope(netlink_packet_route::route::RouteScope::Link).build(),
+        };
+        self.handle.route().add(msg).replace().execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("set route to {dst}"), e))
+    }
+
+    pub async fn delete_route(&self, route: &Route) -> Result<()> {
         match self
             .handle
             .route()
             .del(route.message.clone())
             .execute()
             .await
-            .map_err(|e| NetlinkError::from_rtnetlink("delete default route", e))
+            .map_err(|e| NetlinkError::from_rtnetlink(format!("delete route to {}", route.dst), e))
         {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,

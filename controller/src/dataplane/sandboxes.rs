@@ -27,6 +27,15 @@ impl SandboxHandle {
     }
 }
 
+/// A namespace as `readlink /proc/PID/ns/net` shows it.
+fn show_namespace((_, inode): (u64, u64)) -> String {
+    format!("net:[{inode}]")
+}
+
+/// Where the agent finds the node's own network namespace: its own, and
+/// PID 1's (the node's init, or a hostNetwork pod's first process).
+pub(super) const NODE_NAMESPACE_PATHS: [&str; 2] = ["/proc/self/ns/net", "/proc/1/ns/net"];
+
 impl Dataplane {
     /// What the kernel says attachments hold, for when the state dir lost
     /// it: each attachment's host veth (derived name, ours) leads to its
@@ -113,8 +122,23 @@ impl Dataplane {
         fresh
     }
 
+    /// The `paths` a namespace is at, each with what it resolved to when it
+    /// is the node's own network namespace (compared by identity: device
+    /// and inode), else None.
+    pub fn namespaces_at(&self, paths: Vec<String>) -> BTreeMap<String, Option<String>> {
+        paths
+            .into_iter()
+            .filter_map(|path| {
+                let id = self.system.namespace_at(&path)?;
+                Some((path, self.node_namespaces.contains(&id).then(|| show_namespace(id))))
+            })
+            .collect()
+    }
+
     /// A netlink handle inside `sandbox`, reopened when the namespace at
-    /// that path was replaced.
+    /// that path was replaced. Never the node's own namespace: the plan
+    /// refuses it, and this refuses it again should a path have come to
+    /// be it since (a bind mount replaced).
     pub(super) fn sandbox(&mut self, sandbox: &SandboxRef) -> Result<&SandboxHandle, Failure> {
         let path = sandbox.path();
         let Some(id) = self.system.namespace_at(&path) else {
@@ -125,6 +149,12 @@ impl Dataplane {
         if stale {
             let ns =
                 self.system.open(&path).map_err(|e| Failure::new(reason::SANDBOX_NOT_FOUND, format!("opening namespace {path}: {e}")))?;
+            if self.node_namespaces.contains(&ns.identity) {
+                return Err(Failure::new(
+                    reason::FORBIDDEN,
+                    format!("{path} is the node's own network namespace ({}); it is not a sandbox", show_namespace(ns.identity)),
+                ));
+            }
             let netlink = Recorded::new(ns.rtnl.clone(), self.journal.clone());
             self.sandboxes.insert(path.clone(), SandboxHandle { ns, netlink, path: path.clone() });
         }

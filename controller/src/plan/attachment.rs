@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use kube::ResourceExt;
 
-use super::outcome::Failure;
+use super::outcome::{reason, Failure};
 use crate::api::Attachment;
 use crate::naming;
 
@@ -116,6 +116,12 @@ pub fn check(att: &Attachment) -> Result<CheckedAttachment, Failure> {
             } else if let Some(owner) = &sb.attachment {
                 if owner == &att.name_any() {
                     return Err(Failure::invalid("sandbox.attachment names the attachment itself"));
+                }
+                if owner.contains('/') {
+                    return Err(Failure::new(
+                        reason::FORBIDDEN,
+                        format!("sandbox.attachment {owner:?} reaches outside the attachment's namespace: only an Attachment of the same namespace can be shared"),
+                    ));
                 }
                 SandboxChoice::SharedWith(owner.clone())
             } else if let Some(pod) = &sb.pod {

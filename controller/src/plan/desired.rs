@@ -46,7 +46,12 @@ pub struct BridgeLink {
     pub addresses: Vec<IpNet>,
 }
 
-/// The VXLAN device of one overlay network on this node.
+/// The VXLAN device of one overlay network on this node, routed per node
+/// (flannel's VXLAN scheme): the device is no bridge port; each remote
+/// node is one neighbour (its VTEP address as the next hop -> its device's
+/// MAC) and one FDB entry (that MAC -> its VTEP), and its address blocks
+/// are routes via that next hop. The network's bridge answers ARP for
+/// them (proxy ARP), so containers still see one subnet.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VxlanLink {
     pub name: String,
@@ -55,19 +60,27 @@ pub struct VxlanLink {
     pub port: u16,
     /// This node's VTEP address.
     pub local: IpAddr,
+    /// This node's device MAC: the other nodes' neighbour entries name it.
+    pub mac: [u8; 6],
     pub bridge: String,
     pub mtu: u32,
-    pub remotes: Vec<VxlanRemote>,
+    /// Every other peer, with what is routed to it (possibly nothing yet).
+    pub peers: Vec<VxlanPeer>,
+    /// Local addresses that lie in another node's block: host routes on the
+    /// bridge, so the broader route towards that node does not take them.
+    pub local_routes: Vec<IpNet>,
 }
 
-/// An attachment on another node: where to send its frames, and the
-/// addresses the VXLAN device answers ARP/ND for.
+/// Another node of an overlay: where its frames go, and what lives there.
 #[derive(Clone, Debug, PartialEq)]
-pub struct VxlanRemote {
-    pub owner: ObjectName,
-    pub mac: [u8; 6],
+pub struct VxlanPeer {
+    pub node: String,
     pub vtep: IpAddr,
-    pub addresses: Vec<IpAddr>,
+    /// Its VXLAN device's MAC.
+    pub mac: [u8; 6],
+    /// Its address blocks, then host routes for its attachments outside
+    /// them (static or held addresses).
+    pub routes: Vec<IpNet>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -125,6 +138,9 @@ pub struct FirewallPlan {
 pub struct FirewallNetwork {
     pub name: String,
     pub bridge: String,
+    /// An overlay's VXLAN device: traffic routed through it to other nodes
+    /// counts as staying on the network (isolation, masquerade).
+    pub overlay_device: Option<String>,
     pub subnets: Vec<IpNet>,
     /// Containers on the bridge may talk to each other.
     pub icc: bool,

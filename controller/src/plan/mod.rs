@@ -14,6 +14,7 @@ pub mod outcome;
 pub mod overlay;
 mod pod_sandbox;
 pub mod ports;
+pub mod tenancy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -47,11 +48,20 @@ pub struct NodeFacts {
     pub resolvers: Vec<IpAddr>,
     /// The agent serves DNS on user-defined networks (long-running agents).
     pub embedded_dns: bool,
-    /// Kubernetes mode: the IPv4 address blocks this node claimed, by
-    /// overlay network. Present for a network: this node hands out dynamic
-    /// addresses only from them, and knows other nodes' attachments only by
-    /// the addresses their status holds.
-    pub overlay_blocks: BTreeMap<String, Vec<IpNet>>,
+    /// Kubernetes mode: the IPv4 address blocks every node claimed, by
+    /// overlay network (from its status). Present for a network: this node
+    /// hands out dynamic addresses only from its own, and knows other
+    /// nodes' attachments only by the addresses their status holds.
+    /// Absent: blocks derived from the peers list (standalone).
+    pub overlay_blocks: BTreeMap<String, overlay::NodeBlocks>,
+    /// The sandbox paths of this node's attachments that are the node's
+    /// own network namespace, with what each resolved to (`net:[4026531840]`).
+    pub node_namespace_at: BTreeMap<String, String>,
+    /// The `netns` names of this node's attachments that exist on the node
+    /// but netlet did not make (its record of what it made lacks them).
+    pub unowned_netns: BTreeSet<String>,
+    /// Who writes the objects: the tenant boundary's mode and namespaces.
+    pub tenancy: tenancy::Tenancy,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Hash)]
@@ -126,6 +136,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
             }
         }
     }
+    tenancy::refuse_outsiders(&mut local, &networks, node, &mut out);
 
     let mut addresses = allocate_addresses(&local, &networks, held, &mut out);
     let overlay_addresses = overlay::allocate(objects, node, &networks, held, &mut out);
@@ -273,6 +284,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
             out.desired.firewall.networks.push(FirewallNetwork {
                 name: name.clone(),
                 bridge: net.bridge.clone(),
+                overlay_device: net.overlay.as_ref().map(|o| overlay::vxlan_name(o.vni)),
                 subnets: net.subnets.iter().map(|s| s.net).collect(),
                 icc: net.icc,
                 masquerade: net.masquerade && !net.internal,
@@ -610,5 +622,7 @@ fn choose_default_routes<'a>(
 
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod tenancy_tests;
 #[cfg(test)]
 mod tests;

@@ -29,8 +29,9 @@ pub struct NameTable {
     pub clients: BTreeMap<IpAddr, NameClient>,
     /// network -> address -> the attachment's primary name (PTR).
     pub reverse: BTreeMap<String, BTreeMap<IpAddr, String>>,
-    /// Where the server listens: each user-defined network's gateway.
-    pub listen: Vec<IpAddr>,
+    /// Where the server listens: each user-defined network's gateway, and
+    /// the network it serves there (only that network's clients are answered).
+    pub listen: BTreeMap<IpAddr, String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -98,7 +99,7 @@ pub fn name_table(local: &[Local<'_>], networks: &BTreeMap<String, Result<Resolv
     for net in networks.values().flatten() {
         if has_embedded_dns(net) {
             if let Some(s) = net.subnet_v4() {
-                table.listen.push(s.gateway);
+                table.listen.insert(s.gateway, net.name.clone());
             }
         }
     }

@@ -7,6 +7,7 @@ use ipnet::IpNet;
 use kube::ResourceExt;
 
 use super::outcome::Failure;
+use super::tenancy::NetworkTenancy;
 use crate::api::{docker_options as opt, Driver, MacvlanMode, Network};
 use crate::naming;
 
@@ -64,6 +65,8 @@ pub struct ResolvedNetwork {
     pub overlay: Option<OverlaySpec>,
     /// The MTU was given (else overlays derive it from the underlay).
     pub mtu_explicit: bool,
+    /// Who may attach to it, and what they may publish.
+    pub tenancy: NetworkTenancy,
 }
 
 /// A VXLAN overlay: VNI, UDP port and every node's VTEP address.
@@ -72,6 +75,8 @@ pub struct OverlaySpec {
     pub vni: u32,
     pub port: u16,
     pub peers: Vec<(String, IpAddr)>,
+    /// overlay.blockPrefixLength, if given.
+    pub block_prefix_length: Option<u8>,
 }
 
 pub const VXLAN_PORT: u16 = 4789;
@@ -237,7 +242,11 @@ pub fn resolve(net: &Network) -> Result<ResolvedNetwork, Failure> {
                 }
                 peers.push((peer.node.clone(), ip));
             }
-            Some(OverlaySpec { vni: o.vni, port: o.port.unwrap_or(VXLAN_PORT), peers })
+            if spec.enable_ipv6 {
+                // Routed per node through IPv4 blocks; IPv6 has neither blocks nor proxy answers here.
+                return Err(Failure::invalid("overlay networks carry IPv4 only: enableIPv6 is not supported with driver overlay"));
+            }
+            Some(OverlaySpec { vni: o.vni, port: o.port.unwrap_or(VXLAN_PORT), peers, block_prefix_length: o.block_prefix_length })
         }
         _ => None,
     };
@@ -259,6 +268,7 @@ pub fn resolve(net: &Network) -> Result<ResolvedNetwork, Failure> {
         macvlan,
         overlay,
         mtu_explicit,
+        tenancy: NetworkTenancy::resolve(spec)?,
     })
 }
 

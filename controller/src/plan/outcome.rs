@@ -26,6 +26,8 @@ pub mod reason {
     pub const ADDRESS_BLOCK_PENDING: &str = "AddressBlockPending";
     pub const POD_NOT_FOUND: &str = "PodNotFound";
     pub const POD_NOT_STARTED: &str = "PodNotStarted";
+    /// Outside the tenant boundary (see `plan::tenancy`).
+    pub const FORBIDDEN: &str = "Forbidden";
 }
 
 /// Why an object is not Ready: a reason from [`reason`] and a message a

@@ -1,14 +1,18 @@
-//! Overlay networks: one L2 segment across nodes, VXLAN between them.
+//! Overlay networks: one subnet across nodes, VXLAN between them, routed
+//! per node.
 //!
-//! Every agent computes the same thing from the same objects, with no
-//! central allocator: addresses are a function of the network's
-//! attachments on *all* nodes (held addresses kept, statics next, then
-//! lowest-free in creation order). What is "held" is the same everywhere:
-//! every agent persists the allocation of every attachment of the overlay,
-//! not only its own, and in Kubernetes mode it is read back from each
-//! Attachment's status, which all agents see. Remote endpoints are
-//! programmed statically (FDB: MAC -> VTEP; neighbour: IP -> MAC, answered
-//! by the VXLAN device's ARP proxy), so nothing is flooded or learned.
+//! Each node hands out dynamic addresses from its own address blocks:
+//! claimed in the Network's status in Kubernetes mode, derived from the
+//! position in the peers list in standalone mode. Every agent computes the
+//! same thing from the same objects, with no central allocator: in
+//! standalone mode every agent computes every attachment's address (held
+//! addresses kept, statics next, then lowest-free of its node's block in
+//! creation order), and in Kubernetes mode other nodes' addresses are read
+//! from each Attachment's status. A node reaches another node's blocks
+//! through one route, one neighbour and one FDB entry for that node
+//! (flannel's VXLAN scheme); only addresses outside their node's blocks
+//! (static or held ones) cost a host route each. Nothing is flooded or
+//! learned.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,7 +20,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::attachment::{self, SandboxChoice};
-use super::desired::{VxlanLink, VxlanRemote};
+use super::desired::{VxlanLink, VxlanPeer};
 use super::network::{ResolvedNetwork, Subnet, VXLAN_OVERHEAD};
 use super::outcome::{reason, Failure};
 use super::{ipam, is_local, AddressPair, Allocations, HeldEndpoint, Member, NodeFacts, Plan};
@@ -26,6 +30,21 @@ use crate::objects::{ObjectName, ObjectSet};
 
 /// Addresses of every attachment (any node) on overlay networks.
 pub type OverlayAddresses = BTreeMap<ObjectName, (Option<IpAddr>, Option<IpAddr>)>;
+
+/// One overlay network's IPv4 address blocks, and addresses outside them,
+/// by node.
+pub type NodeBlocks = BTreeMap<String, NodeRoutes>;
+
+/// What one node of an overlay is routed for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeRoutes {
+    /// The blocks it hands out dynamic addresses from.
+    pub blocks: Vec<IpNet>,
+    /// Kubernetes mode: its attachments' addresses outside its blocks (its
+    /// summary in the Network's status), as attachments of other nodes are
+    /// not watched. Standalone mode finds them among the attachments.
+    pub outside: Vec<IpAddr>,
+}
 
 pub fn vxlan_name(vni: u32) -> String {
     format!("nlx{vni}")
@@ -64,8 +83,9 @@ pub fn prepare(networks: &mut BTreeMap<String, Result<ResolvedNetwork, Failure>>
 
 /// Allocates addresses on every overlay network over all its attachments.
 /// Standalone: every agent computes every attachment's address the same
-/// way. Kubernetes mode (`node.overlay_blocks`): this node allocates its own
-/// attachments from its blocks and takes other nodes' from their status.
+/// way, each node's from its derived block. Kubernetes mode
+/// (`node.overlay_blocks`): this node allocates its own attachments from
+/// its claimed blocks and takes other nodes' from their status.
 pub fn allocate(
     objects: &ObjectSet,
     node: &NodeFacts,
@@ -79,20 +99,42 @@ pub fn allocate(
         if net.driver != Driver::Overlay {
             continue;
         }
-        let blocks = node.overlay_blocks.get(name);
+        let claimed = node.overlay_blocks.get(name);
         let known = |a: &Attachment| held.endpoints.get(&ObjectName::of(a)).is_some_and(|h| &h.network == name);
-        let members: Vec<(ObjectName, attachment::CheckedAttachment)> = objects
+        let members: Vec<(ObjectName, &str, attachment::CheckedAttachment)> = objects
             .attachments
             .iter()
             .filter(|a| &a.spec.network == name)
-            .filter(|a| blocks.is_none() || is_local(a, &node.node_name) || known(a))
-            .filter_map(|a| Some((ObjectName::of(&**a), attachment::check(a).ok()?)))
-            .filter(|(_, c)| matches!(c.sandbox, SandboxChoice::Namespace(_) | SandboxChoice::Pod(_)))
+            .filter(|a| claimed.is_none() || is_local(a, &node.node_name) || known(a))
+            .filter_map(|a| {
+                let owner = a.spec.node_name.as_deref().unwrap_or(&node.node_name);
+                Some((ObjectName::of(&**a), owner, attachment::check(a).ok()?))
+            })
+            .filter(|(_, _, c)| matches!(c.sandbox, SandboxChoice::Namespace(_) | SandboxChoice::Pod(_)))
             .collect();
-        let requests: Vec<Member<'_>> = members.iter().map(|(key, c)| (key.as_str(), c.ipv4, c.ipv6)).collect();
-        let results = match blocks {
-            None => super::allocate_network(name, net, &requests, held),
-            Some(blocks) => allocate_in_blocks(name, net, &requests, held, blocks),
+        let requests: Vec<Member<'_>> = members.iter().map(|(key, _, c)| (key.as_str(), c.ipv4, c.ipv6)).collect();
+        let results = match claimed {
+            Some(claimed) => {
+                let mine = claimed.get(&node.node_name).map(|r| r.blocks.as_slice()).unwrap_or_default();
+                // Other nodes' addresses inside our blocks are taken: asked
+                // for as statics, after ours, their answers dropped.
+                let taken: Vec<(String, IpAddr)> = claimed
+                    .iter()
+                    .filter(|(n, _)| *n != &node.node_name)
+                    .flat_map(|(n, r)| {
+                        r.outside.iter().filter(|ip| mine.iter().any(|b| b.contains(*ip))).map(move |ip| (format!("{n}:{ip}"), *ip))
+                    })
+                    .collect();
+                let mut asked = requests.clone();
+                asked.extend(taken.iter().map(|(key, ip)| (key.as_str(), Some(*ip), None)));
+                let mut results = allocate_in_blocks(name, net, &asked, held, mine);
+                results.truncate(requests.len());
+                results
+            }
+            None => {
+                let owners: Vec<&str> = members.iter().map(|(_, owner, _)| *owner).collect();
+                allocate_by_node(name, net, &requests, &owners, held, &derived_blocks(net))
+            }
         };
         for ((owner, _, _), result) in requests.iter().zip(results) {
             let Some(result) = result else { continue };
@@ -115,6 +157,68 @@ pub fn allocate(
         }
     }
     addresses
+}
+
+/// Standalone mode: each peer's block is the one at its position in the
+/// peers list, of the IPv4 range cut into `block_prefix` blocks; peers
+/// beyond the last block get none.
+pub fn derived_blocks(net: &ResolvedNetwork) -> NodeBlocks {
+    let (Some(ov), Some(subnet)) = (&net.overlay, net.subnet_v4()) else { return NodeBlocks::new() };
+    let prefix = block_prefix(subnet.range, ov.block_prefix_length);
+    let mut blocks = subnet.range.subnets(prefix).into_iter().flatten();
+    ov.peers
+        .iter()
+        .map(|(node, _)| (node.clone(), NodeRoutes { blocks: blocks.next().into_iter().collect(), outside: Vec::new() }))
+        .collect()
+}
+
+/// Standalone mode: every node's dynamic addresses from its own blocks.
+/// One node at a time, each seeing what the earlier ones got (as held) and
+/// every static and held address, so nothing is handed out twice and every
+/// agent gets the same answer. `owners` is each request's node.
+fn allocate_by_node(
+    name: &str,
+    net: &ResolvedNetwork,
+    requests: &[Member<'_>],
+    owners: &[&str],
+    held: &Allocations,
+    blocks: &NodeBlocks,
+) -> Vec<Option<Result<AddressPair, Failure>>> {
+    let mut held = held.clone();
+    let mut out = vec![None; requests.len()];
+    let nodes: std::collections::BTreeSet<&str> = owners.iter().copied().collect();
+    for node in nodes {
+        let is_placed = |i: usize, held: &Allocations| {
+            let (key, v4, v6) = requests[i];
+            v4.is_some() || v6.is_some() || held.endpoints.get(key).is_some_and(|h| h.network == name)
+        };
+        let subset: Vec<usize> = (0..requests.len()).filter(|&i| owners[i] == node || is_placed(i, &held)).collect();
+        let asked: Vec<Member<'_>> = subset.iter().map(|&i| requests[i]).collect();
+        let own = blocks.get(node).map(|r| r.blocks.as_slice()).unwrap_or_default();
+        let results = allocate_in_blocks(name, net, &asked, &held, own);
+        for (&i, mut result) in subset.iter().zip(results) {
+            if owners[i] != node {
+                continue;
+            }
+            match &mut result {
+                Some(Ok((v4, v6))) => {
+                    let h = held.endpoints.entry(ObjectName::from(requests[i].0)).or_default();
+                    (h.network, h.ipv4, h.ipv6) = (name.into(), *v4, *v6);
+                }
+                Some(Err(f)) if own.is_empty() && f.reason == reason::ADDRESS_BLOCK_PENDING => {
+                    *f = Failure::new(
+                        reason::POOL_EXHAUSTED,
+                        format!(
+                            "node {node} has no address block of network {name}: its range holds fewer blocks than overlay.peers lists nodes (overlay.blockPrefixLength sets their size)"
+                        ),
+                    )
+                }
+                _ => {}
+            }
+            out[i] = result;
+        }
+    }
+    out
 }
 
 /// Kubernetes mode: dynamic IPv4 addresses from this node's blocks only,
@@ -180,8 +284,15 @@ pub fn block_capacity(subnet: &Subnet, block: IpNet) -> u64 {
     ipam::capacity(&Subnet { range: block, ..subnet.clone() })
 }
 
+/// The MAC of `node`'s VXLAN device of `network`: every node derives the
+/// same one, so a node's neighbour entry for another needs no exchange.
+pub fn device_mac(network: &str, node: &str) -> [u8; 6] {
+    naming::mac_from_key(&format!("overlay/{network}/{node}"))
+}
+
 /// The VXLAN device of every overlay network realized here, with every
-/// attachment on *other* nodes as a static remote.
+/// other peer's blocks routed to it, and host routes for the addresses
+/// that lie outside their node's blocks.
 pub fn vxlans(
     objects: &ObjectSet,
     node: &NodeFacts,
@@ -193,32 +304,50 @@ pub fn vxlans(
         let (Ok(net), true) = (net, net.as_ref().is_ok_and(|n| n.driver == Driver::Overlay)) else { continue };
         let ov = net.overlay.as_ref().expect("overlay network has overlay options");
         let Some(local) = ov.peers.iter().find(|(n, _)| n == &node.node_name).map(|(_, ip)| *ip) else { continue };
-        let mut remotes = Vec::new();
-        for att in objects.attachments.iter().filter(|a| &a.spec.network == name && !is_local(a, &node.node_name)) {
-            let Some(remote_node) = att.spec.node_name.as_deref() else { continue };
-            let Some(vtep) = ov.peers.iter().find(|(n, _)| n == remote_node).map(|(_, ip)| *ip) else { continue };
-            let key = ObjectName::of(&**att);
-            let Some((v4, v6)) = addresses.get(&key).copied() else { continue };
-            let mac = match att.spec.mac_address.as_deref().map(naming::parse_mac) {
-                Some(Ok(mac)) => mac,
-                Some(Err(_)) => continue,
-                None => match v4 {
-                    Some(IpAddr::V4(ip)) => naming::mac_from_ipv4(ip),
-                    _ => naming::mac_from_key(key.as_str()),
-                },
-            };
-            remotes.push(VxlanRemote { owner: key, mac, vtep, addresses: v4.into_iter().chain(v6).collect() });
+        let blocks = node.overlay_blocks.get(name).cloned().unwrap_or_else(|| derived_blocks(net));
+        let in_blocks = |owner: &str, ip: &IpAddr| blocks.get(owner).is_some_and(|r| r.blocks.iter().any(|block| block.contains(ip)));
+        let mut peers: Vec<VxlanPeer> = ov
+            .peers
+            .iter()
+            .filter(|(n, _)| n != &node.node_name)
+            .map(|(n, vtep)| VxlanPeer {
+                node: n.clone(),
+                vtep: *vtep,
+                mac: device_mac(name, n),
+                routes: blocks
+                    .get(n)
+                    .map(|r| r.blocks.iter().copied().chain(r.outside.iter().map(|ip| IpNet::from(*ip))).collect())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let mut local_routes = Vec::new();
+        for att in objects.attachments.iter().filter(|a| &a.spec.network == name) {
+            let Some((Some(ip), _)) = addresses.get(&ObjectName::of(&**att)).copied() else { continue };
+            if is_local(att, &node.node_name) {
+                if peers.iter().any(|p| p.routes.iter().any(|r| r.contains(&ip))) {
+                    local_routes.push(IpNet::from(ip));
+                }
+                continue;
+            }
+            let Some(owner) = att.spec.node_name.as_deref() else { continue };
+            let host = IpNet::from(ip);
+            if let Some(peer) = peers.iter_mut().find(|p| p.node == owner).filter(|p| !in_blocks(owner, &ip) && !p.routes.contains(&host)) {
+                peer.routes.push(host);
+            }
         }
-        remotes.sort_by(|a, b| a.owner.cmp(&b.owner));
+        local_routes.sort();
+        local_routes.dedup();
         out.push(VxlanLink {
             name: vxlan_name(ov.vni),
             network: name.clone(),
             vni: ov.vni,
             port: ov.port,
             local,
+            mac: device_mac(name, &node.node_name),
             bridge: net.bridge.clone(),
             mtu: net.mtu,
-            remotes,
+            peers,
+            local_routes,
         });
     }
     out

@@ -9,6 +9,7 @@ use foldhash::{HashMap, HashMapExt};
 use super::desired::PublishedPort;
 use super::network::ResolvedNetwork;
 use super::outcome::{reason, Failure};
+use super::tenancy;
 use super::{is_local, Allocations, NodeFacts, Plan, PortKey};
 use crate::api::{Attachment, Driver, PortBinding, PortMapping, Protocol};
 use crate::objects::{namespace_of, ObjectName, ObjectSet};
@@ -61,6 +62,17 @@ pub(super) fn plan_ports(
     let mapping_name = |position: usize| ObjectName::of(&*objects.port_mappings[position]);
     for (position, pm) in objects.port_mappings.iter().map(|p| &**p).enumerate() {
         let key = ObjectName::of(pm);
+        if pm.spec.attachment.contains('/') {
+            let failure = Failure::new(
+                reason::FORBIDDEN,
+                format!(
+                    "spec.attachment {:?} reaches outside the port mapping's namespace: it publishes an Attachment of its own namespace",
+                    pm.spec.attachment
+                ),
+            );
+            out.port_mappings.insert(key, Err(failure));
+            continue;
+        }
         let att_key = key.sibling(&pm.spec.attachment);
         let Some(&att) = attachments.get(&(namespace_of(pm), pm.spec.attachment.as_str())) else {
             out.port_mappings.insert(key, Err(Failure::new(reason::ATTACHMENT_NOT_FOUND, format!("attachment {att_key} does not exist"))));
@@ -69,9 +81,22 @@ pub(super) fn plan_ports(
         if !is_local(att, &node.node_name) {
             continue; // another node publishes it
         }
+        let network = networks.get(&att.spec.network).and_then(|n| n.as_ref().ok());
+        // Ephemeral ports come from the node's range within the network's
+        // (from the network's when the two do not meet).
+        let (lo, hi) = match network.map(|n| n.tenancy.host_port_range(&node.tenancy)) {
+            Some((min, max)) if lo.max(min) <= hi.min(max) => (lo.max(min), hi.min(max)),
+            Some((min, max)) => (min, max),
+            None => (lo, hi),
+        };
         let result = wanted_bindings(pm, att, &att_key, networks, out).and_then(|wanted| {
             // Check every fixed port first: a mapping is applied whole or not at all.
             let mut mine: Vec<(Protocol, Option<IpAddr>, u16, u16, IpAddr)> = Vec::with_capacity(wanted.len());
+            if let Some(network) = network {
+                for w in &wanted {
+                    tenancy::check_host_binding(network, &node.tenancy, w.host_ip, w.host_port.unwrap_or(lo))?;
+                }
+            }
             for w in wanted.iter().filter(|w| w.host_port.is_some()) {
                 let port = w.host_port.expect("filtered");
                 if let Some((_, winner)) = published
@@ -120,8 +145,13 @@ pub(super) fn plan_ports(
                         })
                         && !node.bound_ports.iter().any(|(p, ip, bp)| *p == w.protocol && *bp == port && overlaps(Some(*ip), w.host_ip))
                 };
-                let port =
-                    held.ports.get(&alloc_key).copied().filter(|p| free(*p)).or_else(|| (lo..=hi).find(|p| free(*p))).ok_or_else(|| {
+                let port = held
+                    .ports
+                    .get(&alloc_key)
+                    .copied()
+                    .filter(|p| (lo..=hi).contains(p) && free(*p))
+                    .or_else(|| (lo..=hi).find(|p| free(*p)))
+                    .ok_or_else(|| {
                         Failure::new(reason::PORTS_EXHAUSTED, format!("no free host port left in {lo}-{hi} for {}", w.protocol.as_str()))
                     })?;
                 out.allocations.ports.insert(alloc_key, port);

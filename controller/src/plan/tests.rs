@@ -249,7 +249,7 @@ fn facts_for(node: &str) -> NodeFacts {
 }
 
 #[test]
-fn every_node_computes_the_same_overlay_addresses_and_programs_the_others() {
+fn every_node_computes_the_same_overlay_addresses_each_from_its_nodes_block() {
     let objects = ObjectSet {
         networks: arcs(vec![overlay_network()]),
         attachments: arcs(vec![
@@ -261,31 +261,78 @@ fn every_node_computes_the_same_overlay_addresses_and_programs_the_others() {
     };
     let plans: Vec<Plan> = ["n1", "n2", "n3"].iter().map(|n| plan(&objects, &facts_for(n), &Allocations::default())).collect();
     for p in &plans {
+        // /26 blocks of the /24, in peers order.
         assert_eq!(p.allocations.endpoints["default/c1"].ipv4, Some("10.77.0.2".parse().unwrap()));
-        assert_eq!(p.allocations.endpoints["default/c3"].ipv4, Some("10.77.0.4".parse().unwrap()));
+        assert_eq!(p.allocations.endpoints["default/c2"].ipv4, Some("10.77.0.64".parse().unwrap()));
+        assert_eq!(p.allocations.endpoints["default/c3"].ipv4, Some("10.77.0.128".parse().unwrap()));
         assert_eq!(p.desired.endpoints.len(), 1, "one local container per node");
         let vx = &p.desired.vxlans[0];
         assert_eq!((vx.name.as_str(), vx.vni, vx.port, vx.mtu), ("nlx4096", 4096, 4789, 1450));
-        assert_eq!(vx.remotes.len(), 2);
+        assert_eq!(vx.peers.len(), 2);
+        assert!(vx.local_routes.is_empty(), "every address is in its node's block");
     }
     let n1 = &plans[0].desired.vxlans[0];
     assert_eq!(n1.local.to_string(), "10.99.0.1");
-    assert_eq!(n1.remotes[0].vtep.to_string(), "10.99.0.2");
-    assert_eq!(n1.remotes[0].addresses, vec!["10.77.0.3".parse::<IpAddr>().unwrap()]);
-    assert_eq!(crate::naming::format_mac(&n1.remotes[0].mac), "02:42:0a:4d:00:03");
+    assert_eq!(n1.mac, overlay::device_mac("ov", "n1"));
+    let n2 = &n1.peers[0];
+    assert_eq!((n2.node.as_str(), n2.vtep.to_string()), ("n2", "10.99.0.2".to_string()));
+    assert_eq!(n2.mac, plans[1].desired.vxlans[0].mac, "n1 names n2's device by the MAC n2 gives it");
+    assert_eq!(n2.routes, ["10.77.0.64/26".parse::<ipnet::IpNet>().unwrap()], "one route for the whole block, not one per attachment");
+}
+
+#[test]
+fn an_address_outside_its_nodes_block_is_routed_on_its_own() {
+    let mut c2 = on_node(attachment("c2", "ov", "c2"), "n2");
+    c2.spec.ipv4_address = Some("10.77.0.2".into()); // inside n1's block
+    let objects = ObjectSet {
+        networks: arcs(vec![overlay_network()]),
+        attachments: arcs(vec![on_node(attachment("c1", "ov", "c1"), "n1"), c2]),
+        ..Default::default()
+    };
+    let plans: Vec<Plan> = ["n1", "n2", "n3"].iter().map(|n| plan(&objects, &facts_for(n), &Allocations::default())).collect();
+    for p in &plans {
+        assert_eq!(p.allocations.endpoints["default/c1"].ipv4, Some("10.77.0.3".parse().unwrap()), "n2's static is never handed out");
+    }
+    let host: ipnet::IpNet = "10.77.0.2/32".parse().unwrap();
+    let n2_on = |p: &Plan| p.desired.vxlans[0].peers.iter().find(|peer| peer.node == "n2").unwrap().routes.clone();
+    assert_eq!(n2_on(&plans[0]), ["10.77.0.64/26".parse().unwrap(), host]);
+    assert_eq!(n2_on(&plans[2]), ["10.77.0.64/26".parse().unwrap(), host]);
+    assert_eq!(plans[1].desired.vxlans[0].local_routes, [host], "n2 keeps it from the route towards n1");
+    assert!(plans[0].desired.vxlans[0].local_routes.is_empty());
+}
+
+#[test]
+fn a_peer_beyond_the_last_block_gets_a_clear_error() {
+    let mut net = overlay_network();
+    net.spec.overlay.as_mut().unwrap().block_prefix_length = Some(25); // two blocks, three peers
+    let objects =
+        ObjectSet { networks: arcs(vec![net]), attachments: arcs(vec![on_node(attachment("c3", "ov", "c3"), "n3")]), ..Default::default() };
+    let p = plan(&objects, &facts_for("n3"), &Allocations::default());
+    let err = p.attachments["default/c3"].clone().unwrap_err();
+    assert_eq!(err.reason, reason::POOL_EXHAUSTED);
+    assert!(err.message.contains("node n3 has no address block"), "{}", err.message);
 }
 
 #[test]
 fn overlay_addresses_stay_put_when_an_earlier_attachment_goes() {
     let all = ObjectSet {
         networks: arcs(vec![overlay_network()]),
-        attachments: arcs(vec![on_node(attachment("c1", "ov", "c1"), "n1"), on_node(attachment("c2", "ov", "c2"), "n2")]),
+        attachments: arcs(vec![on_node(attachment("c1", "ov", "c1"), "n2"), on_node(attachment("c2", "ov", "c2"), "n2")]),
         ..Default::default()
     };
     let first = plan(&all, &facts_for("n2"), &Allocations::default());
     let fewer = ObjectSet { networks: arcs(vec![overlay_network()]), attachments: vec![all.attachments[1].clone()], ..Default::default() };
     let second = plan(&fewer, &facts_for("n2"), &first.allocations);
-    assert_eq!(second.allocations.endpoints["default/c2"].ipv4, Some("10.77.0.3".parse().unwrap()));
+    assert_eq!(second.allocations.endpoints["default/c2"].ipv4, Some("10.77.0.65".parse().unwrap()));
+}
+
+#[test]
+fn overlays_refuse_ipv6() {
+    let mut net = overlay_network();
+    net.spec.enable_ipv6 = true;
+    net.spec.ipam.config.push(IpamConfig { subnet: "fd00:77::/64".into(), ..Default::default() });
+    let p = plan(&ObjectSet { networks: arcs(vec![net]), ..Default::default() }, &facts_for("n1"), &Allocations::default());
+    assert!(p.networks["ov"].clone().unwrap_err().message.contains("enableIPv6 is not supported"));
 }
 
 #[test]
@@ -334,14 +381,17 @@ fn kubernetes_overlay_allocates_only_from_the_nodes_blocks_and_trusts_other_node
     held.endpoints
         .insert("default/r1".into(), HeldEndpoint { network: "ov".into(), ipv4: Some("10.77.0.2".parse().unwrap()), ..Default::default() });
     let mut node = facts_for("n1");
-    node.overlay_blocks.insert("ov".into(), vec!["10.77.0.64/31".parse().unwrap(), "10.77.0.128/30".parse().unwrap()]);
+    let mine = vec!["10.77.0.64/31".parse().unwrap(), "10.77.0.128/30".parse().unwrap()];
+    node.overlay_blocks.insert("ov".into(), [("n1".to_string(), overlay::NodeRoutes { blocks: mine, outside: Vec::new() })].into());
     let p = plan(&objects, &node, &held);
     let ip = |k: &str| p.allocations.endpoints.get(k).and_then(|h| h.ipv4).map(|ip| ip.to_string());
     // The first block first, then the next; never the lowest free of the subnet.
     assert_eq!(ip("default/c1").as_deref(), Some("10.77.0.64"));
     assert_eq!(ip("default/c2").as_deref(), Some("10.77.0.65"));
     let vx = &p.desired.vxlans[0];
-    assert_eq!(vx.remotes.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>(), ["default/r1"], "r2 is not known yet");
+    // r1 is known by its status; n2's blocks are not: a host route for it alone.
+    let n2 = vx.peers.iter().find(|p| p.node == "n2").unwrap();
+    assert_eq!(n2.routes, ["10.77.0.2/32".parse::<ipnet::IpNet>().unwrap()], "r2 is not known yet");
     assert!(!p.attachments.contains_key("default/r2"), "no verdict on another node's attachment");
 
     // A third local attachment spills into the second block.
@@ -351,7 +401,7 @@ fn kubernetes_overlay_allocates_only_from_the_nodes_blocks_and_trusts_other_node
     assert_eq!(p.allocations.endpoints["default/c3"].ipv4, Some("10.77.0.128".parse().unwrap()), "a block boundary is no subnet boundary");
 
     // No block yet: the dynamic attachments wait, with a reason that says so.
-    node.overlay_blocks.insert("ov".into(), Vec::new());
+    node.overlay_blocks.insert("ov".into(), Default::default());
     let p = plan(&objects, &node, &held);
     assert_eq!(p.attachments["default/c1"].clone().unwrap_err().reason, reason::ADDRESS_BLOCK_PENDING);
 }
@@ -397,5 +447,27 @@ fn the_name_table_holds_every_name_its_reverse_and_who_asks() {
     assert_eq!(client.upstreams, [ip("10.9.9.9")]);
     assert_eq!(names.clients[&ip("10.1.0.2")], *client);
     assert!(names.clients[&ip("10.1.0.3")].upstreams.is_empty());
-    assert_eq!(names.listen, [ip("10.2.0.1"), ip("10.1.0.1")], "by network name");
+    assert_eq!(names.listen, BTreeMap::from([(ip("10.1.0.1"), "n".to_string()), (ip("10.2.0.1"), "m".to_string())]));
+}
+
+#[test]
+fn kubernetes_overlay_routes_and_never_hands_out_another_nodes_address_outside_its_blocks() {
+    let objects = ObjectSet {
+        networks: arcs(vec![overlay_network()]),
+        attachments: arcs(vec![on_node(attachment("c1", "ov", "c1"), "n1"), on_node(attachment("c2", "ov", "c2"), "n1")]),
+        ..Default::default()
+    };
+    let mut node = facts_for("n1");
+    let n1 = overlay::NodeRoutes { blocks: vec!["10.77.0.64/31".parse().unwrap(), "10.77.0.128/30".parse().unwrap()], outside: Vec::new() };
+    // n2's summary: a static address of its own inside n1's first block.
+    let n2 = overlay::NodeRoutes { blocks: vec!["10.77.0.0/26".parse().unwrap()], outside: vec!["10.77.0.65".parse().unwrap()] };
+    node.overlay_blocks.insert("ov".into(), [("n1".to_string(), n1), ("n2".to_string(), n2)].into());
+    let p = plan(&objects, &node, &Allocations::default());
+    let ip = |k: &str| p.allocations.endpoints[k].ipv4.map(|ip| ip.to_string());
+    assert_eq!(ip("default/c1").as_deref(), Some("10.77.0.64"));
+    assert_eq!(ip("default/c2").as_deref(), Some("10.77.0.128"), "10.77.0.65 is n2's");
+    assert!(!p.allocations.endpoints.keys().any(|k| k.as_str().contains("10.77.0.65")), "the reservation is no allocation");
+    let routes = &p.desired.vxlans[0].peers.iter().find(|peer| peer.node == "n2").unwrap().routes;
+    assert_eq!(routes, &["10.77.0.0/26".parse::<ipnet::IpNet>().unwrap(), "10.77.0.65/32".parse().unwrap()]);
+    assert_eq!(p.desired.vxlans[0].local_routes, Vec::<ipnet::IpNet>::new());
 }

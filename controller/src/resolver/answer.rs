@@ -20,6 +20,9 @@ use crate::plan::names::NameTable;
 pub enum Reply {
     /// Send these bytes back.
     Answer(Vec<u8>),
+    /// Send these bytes back: REFUSED, to an address that is not a client
+    /// of the network served at the address asked.
+    Refused(Vec<u8>),
     /// Not a local name: forward the query as is to these upstreams (empty:
     /// the node's resolvers).
     Forward(Vec<IpAddr>),
@@ -65,9 +68,13 @@ fn respond(query: &Message, code: ResponseCode, answers: Vec<Record>, transport:
     Reply::Answer(bytes)
 }
 
-/// Answers `packet` from `client`. `rotation` varies the order of several
-/// addresses for one name (load sharing across an alias).
-pub fn answer(table: &NameTable, client: IpAddr, packet: &[u8], rotation: usize, transport: Transport) -> Reply {
+/// Answers `packet` from `client`, asked at `server` (a network's
+/// gateway). Only the sandboxes of that network are served: anyone else
+/// (another network's container, the node, a remote host) is REFUSED,
+/// names and forwarding alike, so the server is no open resolver.
+/// `rotation` varies the order of several addresses for one name (load
+/// sharing across an alias).
+pub fn answer(table: &NameTable, server: IpAddr, client: IpAddr, packet: &[u8], rotation: usize, transport: Transport) -> Reply {
     let Ok(query) = Message::from_vec(packet) else { return Reply::Drop };
     if query.metadata.message_type != MessageType::Query {
         return Reply::Drop;
@@ -76,9 +83,14 @@ pub fn answer(table: &NameTable, client: IpAddr, packet: &[u8], rotation: usize,
         return respond(&query, ResponseCode::NotImp, Vec::new(), transport);
     }
     let q = &query.queries[0];
-    let who = table.clients.get(&client);
-    let upstreams = who.map(|c| c.upstreams.clone()).unwrap_or_default();
-    let Some(who) = who else { return Reply::Forward(upstreams) };
+    let served = table.listen.get(&server);
+    let Some(who) = table.clients.get(&client).filter(|who| served.is_some_and(|net| who.networks.contains(net))) else {
+        return match respond(&query, ResponseCode::Refused, Vec::new(), transport) {
+            Reply::Answer(bytes) => Reply::Refused(bytes),
+            other => other,
+        };
+    };
+    let upstreams = who.upstreams.clone();
     let networks: BTreeSet<&String> = who.networks.iter().collect();
     let qname = q.name().to_lowercase();
     let text = qname.to_ascii();
@@ -157,7 +169,17 @@ mod tests {
         t.reverse.entry("isolated_nw".into()).or_default().insert(ip("172.25.5.0"), "container2".into());
         t.clients.insert(ip("172.25.5.0"), NameClient { networks: vec!["isolated_nw".into()], upstreams: vec![] });
         t.clients.insert(ip("172.26.0.3"), NameClient { networks: vec!["local_alias".into()], upstreams: vec![ip("10.0.0.53")] });
+        t.listen.insert(ip(GATEWAY), "isolated_nw".into());
+        t.listen.insert(ip(OTHER_GATEWAY), "local_alias".into());
         t
+    }
+
+    /// Where isolated_nw's and local_alias's clients ask.
+    const GATEWAY: &str = "172.25.0.1";
+    const OTHER_GATEWAY: &str = "172.26.0.1";
+
+    fn at(server: &str) -> IpAddr {
+        server.parse().unwrap()
     }
 
     fn query(name: &str, rtype: RecordType) -> Vec<u8> {
@@ -167,8 +189,33 @@ mod tests {
         m.to_vec().unwrap()
     }
 
+    /// Asked at the gateway of the client's network.
     fn answer_udp(t: &NameTable, client: IpAddr, packet: &[u8], rotation: usize) -> Reply {
-        answer(t, client, packet, rotation, Transport::Udp)
+        let server = t.listen.iter().find(|(_, net)| t.clients.get(&client).is_some_and(|c| c.networks.contains(net)));
+        answer(t, server.map(|(ip, _)| *ip).unwrap_or(at(GATEWAY)), client, packet, rotation, Transport::Udp)
+    }
+
+    fn refused(reply: Reply) -> bool {
+        let Reply::Refused(bytes) = reply else { return false };
+        let m = Message::from_vec(&bytes).unwrap();
+        m.metadata.response_code == ResponseCode::Refused && m.answers.is_empty()
+    }
+
+    #[test]
+    fn only_the_served_networks_clients_are_answered_or_forwarded_for() {
+        let t = table();
+        let member: IpAddr = "172.25.5.0".parse().unwrap();
+        let other_network: IpAddr = "172.26.0.3".parse().unwrap();
+        let stranger: IpAddr = "192.0.2.7".parse().unwrap();
+        for name in ["app1.", "example.com."] {
+            let q = query(name, RecordType::A);
+            assert!(refused(answer(&t, at(GATEWAY), stranger, &q, 0, Transport::Udp)), "{name}: a remote host");
+            assert!(refused(answer(&t, at(GATEWAY), stranger, &q, 0, Transport::Tcp)), "{name}: a remote host over TCP");
+            assert!(refused(answer(&t, at(GATEWAY), other_network, &q, 0, Transport::Udp)), "{name}: another network's container");
+            assert!(refused(answer(&t, at("10.9.9.9"), member, &q, 0, Transport::Udp)), "{name}: at an address serving nothing");
+        }
+        assert!(matches!(answer(&t, at(GATEWAY), member, &query("app1.", RecordType::A), 0, Transport::Udp), Reply::Answer(_)));
+        assert_eq!(answer(&t, at(GATEWAY), member, &query("example.com.", RecordType::A), 0, Transport::Udp), Reply::Forward(vec![]));
     }
 
     fn addresses(reply: Reply) -> Vec<String> {
@@ -230,24 +277,24 @@ mod tests {
         let me: IpAddr = "172.25.5.0".parse().unwrap();
         // 50 A records: 28 + 50 * 16 bytes, more than 512.
         let (t, plain) = many(None);
-        let Reply::Answer(bytes) = answer(&t, me, &plain, 0, Transport::Udp) else { panic!() };
+        let Reply::Answer(bytes) = answer(&t, at(GATEWAY), me, &plain, 0, Transport::Udp) else { panic!() };
         let m = Message::from_vec(&bytes).unwrap();
         assert!(m.metadata.truncation && m.answers.is_empty(), "TC, no partial answer");
         assert!(bytes.len() <= 512);
         assert_eq!(m.queries.len(), 1, "the question stays for the retry");
-        let Reply::Answer(bytes) = answer(&t, me, &plain, 0, Transport::Tcp) else { panic!() };
+        let Reply::Answer(bytes) = answer(&t, at(GATEWAY), me, &plain, 0, Transport::Tcp) else { panic!() };
         let m = Message::from_vec(&bytes).unwrap();
         assert!(!m.metadata.truncation);
         assert_eq!(m.answers.len(), 50);
         // EDNS0: the client's advertised size is honoured, and OPT answered.
         let (t, big) = many(Some(1232));
-        let Reply::Answer(bytes) = answer(&t, me, &big, 0, Transport::Udp) else { panic!() };
+        let Reply::Answer(bytes) = answer(&t, at(GATEWAY), me, &big, 0, Transport::Udp) else { panic!() };
         let m = Message::from_vec(&bytes).unwrap();
         assert_eq!((m.metadata.truncation, m.answers.len()), (false, 50));
         assert_eq!(m.edns.as_ref().map(|e| e.max_payload()), Some(EDNS_PAYLOAD));
         // An advertised size below 512 still means 512.
         let (t, tiny) = many(Some(100));
-        let Reply::Answer(bytes) = answer(&t, me, &tiny, 0, Transport::Udp) else { panic!() };
+        let Reply::Answer(bytes) = answer(&t, at(GATEWAY), me, &tiny, 0, Transport::Udp) else { panic!() };
         assert!(Message::from_vec(&bytes).unwrap().metadata.truncation);
         assert!(bytes.len() <= 512);
     }
@@ -272,8 +319,9 @@ mod tests {
                 state = state.rotate_left(7);
             }
             p.truncate((state % 700) as usize);
-            let _ = answer(&t, me, &p, i, Transport::Udp);
-            let _ = answer(&t, me, &p, i, Transport::Tcp);
+            let _ = answer(&t, at(GATEWAY), me, &p, i, Transport::Udp);
+            let _ = answer(&t, at(GATEWAY), me, &p, i, Transport::Tcp);
+            let _ = answer(&t, at(GATEWAY), "192.0.2.7".parse().unwrap(), &p, i, Transport::Udp);
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct DnsStats {
     pub forwarded: AtomicU64,
     pub failed: AtomicU64,
     pub dropped: AtomicU64,
+    /// Asked by an address that is not a client of the network served there.
+    pub refused: AtomicU64,
 }
 
 /// What every listener shares.
@@ -40,9 +42,9 @@ struct Shared {
 }
 
 impl Shared {
-    fn answer(&self, peer: IpAddr, packet: &[u8], transport: Transport) -> Reply {
+    fn answer(&self, server: IpAddr, peer: IpAddr, packet: &[u8], transport: Transport) -> Reply {
         let table = self.table.read().expect("not poisoned").clone();
-        answer(&table, peer, packet, self.rotation.fetch_add(1, Ordering::Relaxed), transport)
+        answer(&table, server, peer, packet, self.rotation.fetch_add(1, Ordering::Relaxed), transport)
     }
 
     fn upstreams(&self, mut given: Vec<IpAddr>) -> Vec<IpAddr> {
@@ -92,7 +94,7 @@ impl DnsServer {
             let _replaced = std::mem::replace(&mut *self.shared.table.write().expect("not poisoned"), table.clone());
         }
         self.listeners.retain(|addr, listener| {
-            let keep = table.listen.contains(addr) && !listener.udp.is_finished();
+            let keep = table.listen.contains_key(addr) && !listener.udp.is_finished();
             if !keep {
                 listener.abort();
             }
@@ -103,7 +105,7 @@ impl DnsServer {
                 listener.tcp = listen_tcp(SocketAddr::new(*addr, self.port), &self.shared).await;
             }
         }
-        for addr in &table.listen {
+        for addr in table.listen.keys() {
             if self.listeners.contains_key(addr) {
                 continue;
             }
@@ -114,7 +116,7 @@ impl DnsServer {
                     // yet: UDP, what most queries use, is not held back.
                     let tcp = listen_tcp(at, &self.shared).await;
                     tracing::info!(%addr, port = self.port, tcp = tcp.is_some(), "embedded DNS listening");
-                    let udp = tokio::spawn(serve(Arc::new(socket), self.shared.clone()));
+                    let udp = tokio::spawn(serve(Arc::new(socket), *addr, self.shared.clone()));
                     self.listeners.insert(*addr, Listener { udp, tcp });
                 }
                 Err(e) => tracing::warn!(%addr, error = %e, "embedded DNS cannot listen yet"),
@@ -141,7 +143,8 @@ impl Drop for DnsServer {
     }
 }
 
-async fn serve(socket: Arc<UdpSocket>, shared: Shared) {
+/// Answers on `socket`, bound to `server` (one network's gateway).
+async fn serve(socket: Arc<UdpSocket>, server: IpAddr, shared: Shared) {
     let stats = &shared.stats;
     let mut buf = vec![0u8; 4096];
     loop {
@@ -155,10 +158,14 @@ async fn serve(socket: Arc<UdpSocket>, shared: Shared) {
             }
         };
         let packet = buf[..len].to_vec();
-        let reply = shared.answer(peer.ip(), &packet, Transport::Udp);
+        let reply = shared.answer(server, peer.ip(), &packet, Transport::Udp);
         match reply {
             Reply::Answer(bytes) => {
                 stats.local.fetch_add(1, Ordering::Relaxed);
+                let _ = socket.send_to(&bytes, peer).await;
+            }
+            Reply::Refused(bytes) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
                 let _ = socket.send_to(&bytes, peer).await;
             }
             Reply::Drop => {
@@ -193,7 +200,8 @@ async fn serve_tcp(listener: TcpListener, shared: Shared) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio::spawn(serve_tcp_client(stream, peer.ip(), shared.clone()));
+                let Ok(server) = stream.local_addr() else { continue };
+                tokio::spawn(serve_tcp_client(stream, server.ip(), peer.ip(), shared.clone()));
             }
             Err(e) => {
                 // e.g. EMFILE: back off instead of spinning.
@@ -204,12 +212,16 @@ async fn serve_tcp(listener: TcpListener, shared: Shared) {
     }
 }
 
-async fn serve_tcp_client(mut stream: TcpStream, peer: IpAddr, shared: Shared) {
+async fn serve_tcp_client(mut stream: TcpStream, server: IpAddr, peer: IpAddr, shared: Shared) {
     let stats = &shared.stats;
     while let Ok(Some(packet)) = tokio::time::timeout(TCP_IDLE, read_framed(&mut stream)).await {
-        let bytes = match shared.answer(peer, &packet, Transport::Tcp) {
+        let bytes = match shared.answer(server, peer, &packet, Transport::Tcp) {
             Reply::Answer(bytes) => {
                 stats.local.fetch_add(1, Ordering::Relaxed);
+                bytes
+            }
+            Reply::Refused(bytes) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
                 bytes
             }
             Reply::Drop => {

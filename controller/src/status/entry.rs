@@ -125,7 +125,7 @@ pub fn status_of(inputs: &Inputs<'_>, previous: &[Condition], now: &str) -> Obje
                 conditions: ready(*generation, inputs.result()),
                 bridge: info.and_then(|i| i.bridge.clone()),
                 gateways: info.map(|i| i.gateways.clone()).unwrap_or_default(),
-                attachments: info.map(|i| i.attachments).unwrap_or(0),
+                attachments: Some(info.map(|i| i.attachments).unwrap_or(0)),
                 observed_generation: *generation,
                 nodes: Vec::new(),
                 address_blocks: Vec::new(),

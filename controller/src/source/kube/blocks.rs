@@ -13,16 +13,17 @@ use super::publish::post_params;
 use super::{note_api, scheduled_on, Cluster};
 use crate::api::{AddressBlock, Driver, Network, NetworkStatus};
 use crate::objects::ObjectSet;
-use crate::plan::overlay;
+use crate::plan::overlay::{self, NodeBlocks};
 
 impl Cluster {
-    /// This node's IPv4 address blocks on every overlay network it realizes,
-    /// claiming another one (the lowest free block, recorded in the
+    /// Every node's IPv4 address blocks on every overlay network this node
+    /// realizes (other nodes' blocks are routed to them), claiming another
+    /// one for this node (the lowest free block, recorded in the
     /// Network's status.addressBlocks) while its own attachments outnumber
     /// them. The claim is a replace with the resourceVersion just read, so
     /// two nodes claiming at once cannot both win the same block: the loser
     /// gets a 409, reads again and takes the next one.
-    pub(super) async fn overlay_blocks(&self, objects: &ObjectSet) -> BTreeMap<String, Vec<IpNet>> {
+    pub(super) async fn overlay_blocks(&self, objects: &ObjectSet) -> BTreeMap<String, NodeBlocks> {
         let mut out = BTreeMap::new();
         for net in objects.networks.iter().filter(|n| n.spec.driver == Driver::Overlay) {
             let name = net.name_any();
@@ -33,19 +34,29 @@ impl Cluster {
                 .iter()
                 .filter(|a| a.spec.network == name && scheduled_on(a, &self.node) && a.spec.ipv4_address.is_none())
                 .count() as u64;
-            let mine = |status: &Option<NetworkStatus>| -> Vec<IpNet> {
-                let blocks = status.as_ref().map(|s| s.address_blocks.as_slice()).unwrap_or_default();
-                blocks.iter().filter(|b| b.node == self.node).filter_map(|b| b.cidr.parse().ok()).collect()
+            let by_node = |status: &Option<NetworkStatus>| -> NodeBlocks {
+                let mut out = NodeBlocks::new();
+                let Some(status) = status else { return out };
+                for b in &status.address_blocks {
+                    if let Ok(cidr) = b.cidr.parse::<IpNet>() {
+                        out.entry(b.node.clone()).or_default().blocks.push(cidr);
+                    }
+                }
+                for n in &status.nodes {
+                    let outside = n.addresses_outside_blocks.iter().filter_map(|ip| ip.parse::<std::net::IpAddr>().ok());
+                    out.entry(n.node.clone()).or_default().outside.extend(outside);
+                }
+                out
             };
+            let mine = |all: &NodeBlocks| all.get(&self.node).map(|r| r.blocks.clone()).unwrap_or_default();
             let capacity = |blocks: &[IpNet]| blocks.iter().map(|b| overlay::block_capacity(&subnet, *b)).sum::<u64>();
             // The cached copy usually shows enough: no API call.
-            let cached = self.networks.get(&reflector::ObjectRef::new(&name)).map(|n| mine(&n.status)).unwrap_or_default();
-            if capacity(&cached) >= need {
-                out.insert(name, cached);
+            let mut all = self.networks.get(&reflector::ObjectRef::new(&name)).map(|n| by_node(&n.status)).unwrap_or_default();
+            if capacity(&mine(&all)) >= need {
+                out.insert(name, all);
                 continue;
             }
             let api: Api<Network> = Api::all(self.client.clone());
-            let mut blocks = cached;
             for _ in 0..10 {
                 let current = api.get_status(&name).await;
                 note_api(&self.metrics, "get networks/status", current.as_ref().err());
@@ -56,8 +67,8 @@ impl Cluster {
                         break;
                     }
                 };
-                blocks = mine(&current.status);
-                if capacity(&blocks) >= need {
+                all = by_node(&current.status);
+                if capacity(&mine(&all)) >= need {
                     break;
                 }
                 let mut status = current.status.clone().unwrap_or_default();
@@ -72,7 +83,10 @@ impl Cluster {
                 let result = api.replace_status(&name, &post_params(), &updated).await;
                 note_api(&self.metrics, "update networks/status", result.as_ref().err());
                 match result {
-                    Ok(_) => tracing::info!(network = %name, %block, "claimed an address block"),
+                    Ok(_) => {
+                        tracing::info!(network = %name, %block, "claimed an address block");
+                        all.entry(self.node.clone()).or_default().blocks.push(block);
+                    }
                     Err(kube::Error::Api(e)) if e.code == 409 => {
                         tracing::info!(network = %name, "address block claim raced another writer (409); reading again")
                     }
@@ -82,7 +96,7 @@ impl Cluster {
                     }
                 }
             }
-            out.insert(name, blocks);
+            out.insert(name, all);
         }
         out
     }

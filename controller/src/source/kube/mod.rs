@@ -18,8 +18,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -29,6 +30,7 @@ use tokio::sync::Notify;
 use crate::api::{Attachment, Driver, Network, OverlayPeer, PortMapping};
 use crate::metrics::Metrics;
 use crate::objects::{namespace_of, ObjectName, ObjectSet};
+use crate::plan::tenancy::Tenancy;
 use crate::plan::{Allocations, HeldEndpoint, PortKey};
 use crate::pods::cni::PodCalls;
 use crate::pods::{PodSandbox, SandboxBook};
@@ -39,8 +41,10 @@ use crate::status::ObjectStatus;
 mod blocks;
 mod pods;
 mod publish;
+mod scope;
 
 pub use publish::{IN_USE_FINALIZER, TEARDOWN_FINALIZER};
+pub use scope::{label_value, NETWORK_LABEL, NODE_LABEL};
 
 /// Is this attachment for `node`? (Unscheduled ones are nobody's here.)
 fn scheduled_on(a: &Attachment, node: &str) -> bool {
@@ -195,11 +199,14 @@ struct Cluster {
     client: Client,
     node: String,
     networks: Store<Network>,
-    attachments: Store<Attachment>,
-    port_mappings: Store<PortMapping>,
+    /// This node's (and not yet labeled) Attachments and PortMappings.
+    attachments: scope::Scoped<Attachment>,
+    port_mappings: scope::Scoped<PortMapping>,
     nodes: Store<Node>,
     /// This node's pods.
     pods: Store<Pod>,
+    /// Namespaces' labels (Networks' namespaceSelector).
+    namespaces: Store<PartialObjectMeta<Namespace>>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
 }
@@ -239,15 +246,11 @@ impl Cluster {
             }
             set.networks.push(n);
         }
-        let overlays: BTreeSet<String> = set.networks.iter().filter(|n| n.spec.driver == Driver::Overlay).map(|n| n.name_any()).collect();
         let mut deleting_attachments = Vec::new();
         for a in &attachments {
             if !self.ours(a, pods) {
-                // Another node's attachment matters here only as an overlay
-                // remote (a static FDB and neighbour entry), until deleted.
-                if a.spec.node_name.is_some() && overlays.contains(&a.spec.network) && a.meta().deletion_timestamp.is_none() {
-                    set.attachments.push(a.clone());
-                }
+                // Another node's (seen only until it is labeled): overlays
+                // reach it through its node's blocks and summary.
                 continue;
             }
             if a.meta().deletion_timestamp.is_some() {
@@ -260,9 +263,16 @@ impl Cluster {
         for p in self.port_mappings.state() {
             let attachment = attachments.iter().find(|a| namespace_of(&***a) == namespace_of(&*p) && a.name_any() == p.spec.attachment);
             let Some(attachment) = attachment else {
-                // No attachment, so no node realizes it: nothing to tear
-                // down anywhere, and any agent may let it go (the loser of
-                // that race gets a 409 on its conditional patch).
+                // A reach into another namespace: refused by the plan, on
+                // whichever node (each says the same).
+                if p.spec.attachment.contains('/') && p.meta().deletion_timestamp.is_none() {
+                    set.port_mappings.push(p);
+                    continue;
+                }
+                // No attachment here. If none exists anywhere, no node
+                // realizes it: nothing to tear down, and any agent may let
+                // it go (checked before, in publish; the loser of that race
+                // gets a 409 on its conditional patch).
                 if p.meta().deletion_timestamp.is_some() {
                     deleting_pms.push(p.clone());
                 }
@@ -281,6 +291,13 @@ impl Cluster {
         set.sort_by_creation_then_name();
         (Arc::new(set), deleting_attachments, deleting_pms, deleting_networks)
     }
+
+    /// Tenants write the Attachments; their namespaces' labels decide
+    /// which Networks admit them.
+    fn tenancy(&self) -> Tenancy {
+        let labels = self.namespaces.state().iter().map(|n| (n.name_any(), n.labels().clone())).collect();
+        Tenancy { kubernetes: true, namespace_labels: Arc::new(labels) }
+    }
 }
 
 /// Kubernetes mode's source: the watches, the node's desired set from
@@ -297,6 +314,8 @@ pub struct KubeSource {
     no_sandboxes: BTreeMap<ObjectName, PodSandbox>,
     /// Pod attachments whose pod exists nowhere: this agent reports them.
     orphans: BTreeSet<ObjectName>,
+    /// The overlay blocks of the last snapshot.
+    last_blocks: BTreeMap<String, crate::plan::overlay::NodeBlocks>,
 }
 
 impl KubeSource {
@@ -307,15 +326,20 @@ impl KubeSource {
         let client = client(opts.kubeconfig.as_ref()).await?;
         let changed = Arc::new(Notify::new());
         let networks = reflect(Api::<Network>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
-        let attachments = reflect(Api::<Attachment>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
-        let port_mappings = reflect(Api::<PortMapping>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
+        let node = &opts.node_name;
+        let attachments = scope::Scoped::start(Api::<Attachment>::all(client.clone()), node, changed.clone(), metrics.clone());
+        let port_mappings = scope::Scoped::start(Api::<PortMapping>::all(client.clone()), node, changed.clone(), metrics.clone());
         // Every Node: this one's labels select networks, the others' addresses are overlay VTEPs.
         let nodes = reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
         // This node's pods only: the sandboxes `pod` attachments name.
         let on_this_node = watcher::Config::default().fields(&format!("spec.nodeName={}", opts.node_name));
         let pods = reflect(Api::<Pod>::all(client.clone()), on_this_node, changed.clone(), metrics.clone());
+        // Namespaces: their labels only (metadata-only requests).
+        let namespaces =
+            reflect(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default(), changed.clone(), metrics.clone());
         let cluster = Cluster {
             networks,
+            namespaces,
             attachments,
             port_mappings,
             nodes,
@@ -329,7 +353,15 @@ impl KubeSource {
             Some(calls) => Some(PodCalls::new(calls, SandboxBook::load(crate::state::StateDir::open(&opts.state_dir)?))),
             None => None,
         };
-        Ok(KubeSource { cluster, changed, last: None, calls, no_sandboxes: BTreeMap::new(), orphans: BTreeSet::new() })
+        Ok(KubeSource {
+            cluster,
+            changed,
+            last: None,
+            last_blocks: BTreeMap::new(),
+            calls,
+            no_sandboxes: BTreeMap::new(),
+            orphans: BTreeSet::new(),
+        })
     }
 
     fn sandboxes(&self) -> &BTreeMap<ObjectName, PodSandbox> {
@@ -341,7 +373,12 @@ impl KubeSource {
 /// resourceVersion, which moves with any change of it, status included),
 /// what was derived from elsewhere (overlay peers from Nodes), held
 /// allocations and address blocks.
-fn version_of(objects: &ObjectSet, known: &Allocations, decided: &Allocations, blocks: &BTreeMap<String, Vec<ipnet::IpNet>>) -> u64 {
+fn version_of(
+    objects: &ObjectSet,
+    known: &Allocations,
+    decided: &Allocations,
+    blocks: &BTreeMap<String, crate::plan::overlay::NodeBlocks>,
+) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let mut object = |meta: &kube::core::ObjectMeta| (&meta.namespace, &meta.name, &meta.resource_version).hash(&mut h);
@@ -358,6 +395,30 @@ fn version_of(objects: &ObjectSet, known: &Allocations, decided: &Allocations, b
     h.finish()
 }
 
+/// This node's overlay attachment addresses outside its blocks, by
+/// network: its summary for the nodes that do not watch its attachments.
+fn outside_blocks(
+    blocks: &BTreeMap<String, crate::plan::overlay::NodeBlocks>,
+    node: &str,
+    objects: &ObjectSet,
+    outcome: &Outcome,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for entry in &outcome.status.entries {
+        let ObjectStatus::Attachment(status, _) = &entry.status else { continue };
+        let Some(att) = objects.attachments.iter().find(|a| ObjectName::of(&***a) == entry.key.name) else { continue };
+        let Some(mine) = blocks.get(&att.spec.network).map(|b| b.get(node).map(|r| r.blocks.as_slice()).unwrap_or_default()) else {
+            continue;
+        };
+        let ip = status.ipv4_address.as_deref().and_then(|c| c.split('/').next()).and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        if let Some(ip) = ip.filter(|ip| !mine.iter().any(|b| b.contains(ip))) {
+            out.entry(att.spec.network.clone()).or_default().push(ip.to_string());
+        }
+    }
+    out.values_mut().for_each(|v| v.sort());
+    out
+}
+
 impl Source for KubeSource {
     /// Nothing is reconciled before every list is in: a partial view (no
     /// Node labels, say) would tear down what a full one keeps. A list the
@@ -369,6 +430,7 @@ impl Source for KubeSource {
         self.cluster.port_mappings.wait_until_ready().await?;
         self.cluster.nodes.wait_until_ready().await?;
         self.cluster.pods.wait_until_ready().await?;
+        self.cluster.namespaces.wait_until_ready().await?;
         tracing::info!("initial lists complete");
         Ok(())
     }
@@ -398,7 +460,10 @@ impl Source for KubeSource {
         let decided = allocations_from_status(&others, &[]);
         let overlay_blocks = self.cluster.overlay_blocks(&desired.0).await;
         let version = version_of(&desired.0, &known, &decided, &overlay_blocks);
-        let snapshot = Snapshot { objects: desired.0.clone(), load_errors: Arc::from([]), version, known, decided, overlay_blocks };
+        self.last_blocks = overlay_blocks.clone();
+        let tenancy = self.cluster.tenancy();
+        let snapshot =
+            Snapshot { objects: desired.0.clone(), load_errors: Arc::from([]), version, known, decided, overlay_blocks, tenancy };
         self.last = Some(desired);
         snapshot
     }
@@ -427,7 +492,10 @@ impl Source for KubeSource {
         if let Some(calls) = &mut self.calls {
             calls.answer(outcome, &pods::PodView { attachments: &cluster.attachments, pods: &cluster.pods });
         }
-        // Finalizers first on live objects, so a later delete waits for us.
+        // Labels first: the other agents stop hearing of our new objects
+        // before our finalizer and status writes. Then finalizers on live
+        // objects, so a later delete waits for us.
+        cluster.label_own().await;
         let client = &cluster.client;
         let att_api = |ns: &str| Api::<Attachment>::namespaced(client.clone(), ns);
         let pm_api = |ns: &str| Api::<PortMapping>::namespaced(client.clone(), ns);
@@ -447,9 +515,14 @@ impl Source for KubeSource {
         let live_pms: BTreeMap<ObjectName, Arc<PortMapping>> =
             cluster.port_mappings.state().into_iter().map(|p| (ObjectName::of(&*p), p)).collect();
         let namespace = |name: &ObjectName| name.namespace().unwrap_or("default").to_string();
+        let outside = outside_blocks(&self.last_blocks, &cluster.node, objects, outcome);
         for entry in &outcome.status.entries {
             match &entry.status {
-                ObjectStatus::Network(ours) => cluster.publish_network_status(entry.key.name.name(), ours).await,
+                ObjectStatus::Network(ours) => {
+                    let name = entry.key.name.name();
+                    let outside = outside.get(name).map(Vec::as_slice).unwrap_or_default();
+                    cluster.publish_network_status(name, ours, outside).await
+                }
                 ObjectStatus::Attachment(want, _) => {
                     let Some(live) = live_atts.get(&entry.key.name) else { continue };
                     let api = att_api(&namespace(&entry.key.name));
@@ -470,12 +543,20 @@ impl Source for KubeSource {
             for a in deleting_atts {
                 cluster.remove_finalizer(&att_api(&namespace_of(&**a)), &**a, TEARDOWN_FINALIZER).await;
             }
+            let visible: BTreeSet<ObjectName> = cluster.attachments.state().iter().map(|a| ObjectName::of(&**a)).collect();
             for p in deleting_pms {
-                cluster.remove_finalizer(&pm_api(&namespace_of(&**p)), &**p, TEARDOWN_FINALIZER).await;
+                let namespace = namespace_of(&**p);
+                // With an Attachment this node does not see: let go only
+                // if that Attachment exists nowhere.
+                let seen = visible.contains(&ObjectName::namespaced(&namespace, &p.spec.attachment));
+                if seen || !cluster.attachment_exists(&namespace, &p.spec.attachment).await {
+                    cluster.remove_finalizer(&pm_api(&namespace), &**p, TEARDOWN_FINALIZER).await;
+                }
             }
-            let referenced: BTreeSet<String> = cluster.attachments.state().iter().map(|a| a.spec.network.clone()).collect();
-            for n in deleting_nets.iter().filter(|n| !referenced.contains(&n.name_any())) {
-                cluster.remove_finalizer(&net_api, &**n, IN_USE_FINALIZER).await;
+            for n in deleting_nets {
+                if publish::has_finalizer(&**n, IN_USE_FINALIZER) && !cluster.network_in_use(&n.name_any()).await {
+                    cluster.remove_finalizer(&net_api, &**n, IN_USE_FINALIZER).await;
+                }
             }
         }
     }

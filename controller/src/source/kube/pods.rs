@@ -47,7 +47,7 @@ fn selections(pod: &Pod) -> Result<Vec<annotation::Selection>, String> {
 
 /// A view of the pods and attachments the agent has, for CNI calls.
 pub(super) struct PodView<'a> {
-    pub attachments: &'a Store<Attachment>,
+    pub attachments: &'a super::scope::Scoped<Attachment>,
     pub pods: &'a Store<Pod>,
 }
 

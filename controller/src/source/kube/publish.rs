@@ -1,5 +1,9 @@
 //! What this agent writes back: finalizers, status (its own objects', its
 //! entry of each Network's), and Events when an object stops being Ready.
+//! Writes stay proportional: an attachment's change writes its own status
+//! only; a Network's entry of this node changes with the node's
+//! realization of it (ready, MTU, unreachable peers), not with its
+//! attachments, since every agent watches every Network.
 
 use std::time::Duration;
 
@@ -121,10 +125,10 @@ impl Cluster {
     /// Networks are written by every node realizing them: each agent owns
     /// its entry in `status.nodes`; Ready summarizes all entries. Conflicts
     /// (409) are retried with a fresh read.
-    pub(super) async fn publish_network_status(&self, name: &str, ours: &NetworkStatus) {
+    pub(super) async fn publish_network_status(&self, name: &str, ours: &NetworkStatus, outside: &[String]) {
         // The watched copy usually shows our entry as it is: no request.
         let cached = self.networks.get(&reflector::ObjectRef::new(name));
-        if cached.is_some_and(|c| self.network_status(&c, ours) == c.status.clone().unwrap_or_default()) {
+        if cached.is_some_and(|c| self.network_status(&c, ours, outside) == c.status.clone().unwrap_or_default()) {
             return;
         }
         let api: Api<Network> = Api::all(self.client.clone());
@@ -134,7 +138,7 @@ impl Cluster {
             let Ok(current) = current else {
                 return;
             };
-            let new = self.network_status(&current, ours);
+            let new = self.network_status(&current, ours, outside);
             if current.status.as_ref() == Some(&new) {
                 return;
             }
@@ -158,15 +162,15 @@ impl Cluster {
 
     /// `current`'s status with this node's entry as `ours` says, and Ready
     /// summarizing every node's.
-    fn network_status(&self, current: &Network, ours: &NetworkStatus) -> NetworkStatus {
+    fn network_status(&self, current: &Network, ours: &NetworkStatus, outside: &[String]) -> NetworkStatus {
         let status = current.status.clone().unwrap_or_default();
         let our_ready = ready_condition(&ours.conditions);
         let entry = NetworkNodeStatus {
             node: self.node.clone(),
             ready: our_ready.is_some_and(|c| c.is_true()),
-            attachments: ours.attachments,
             mtu: ours.mtu,
             unreachable_peers: ours.unreachable_peers.clone(),
+            addresses_outside_blocks: outside.to_vec(),
             message: our_ready.filter(|c| !c.is_true()).map(|c| c.message.clone()).unwrap_or_default(),
         };
         let mut nodes: Vec<NetworkNodeStatus> = status.nodes.iter().filter(|n| n.node != self.node).cloned().collect();
@@ -197,7 +201,8 @@ impl Cluster {
             conditions: crate::api::merge_condition(&status.conditions, cond, &now),
             bridge: ours.bridge.clone(),
             gateways: ours.gateways.clone(),
-            attachments: nodes.iter().map(|n| n.attachments).sum(),
+            // No count here (see NetworkStatus::attachments).
+            attachments: None,
             observed_generation: current.meta().generation,
             nodes,
             address_blocks: status.address_blocks,
