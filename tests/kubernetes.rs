@@ -519,7 +519,7 @@ fn an_overlay_address_outside_its_nodes_blocks_is_summarized_and_routed_to_it() 
     let mut k = KubeCluster::start(&["n1", "n2"]);
     k.start_agent(0);
     k.start_agent(1);
-    let ov = "---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: ov}\nspec:\n  driver: overlay\n  overlay: {vni: 4097, blockPrefixLength: 28}\n  ipam: {config: [{subnet: 10.77.0.0/24}]}\n";
+    let ov = "---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: ov}\nspec:\n  driver: overlay\n  overlay: {vni: 4097, blockPrefixLength: 28}\n  ipam: {config: [{subnet: 10.77.0.0/24}]}\n  allowedSandboxes: [netns]\n";
     k.apply(&(ov.to_string() + &attachment("c1", "ov", "n1")));
     k.wait_ready("attachment", "default/c1", CONVERGE);
     assert_eq!(address(&k.get("attachment", "default/c1")), "10.77.0.2/24", "n1's block is the lowest");
