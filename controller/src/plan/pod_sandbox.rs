@@ -111,6 +111,21 @@ mod tests {
     }
 
     #[test]
+    fn in_kubernetes_mode_a_found_pod_sandbox_is_of_kind_pod_not_path() {
+        let kubernetes = NodeFacts { tenancy: crate::plan::tenancy::Tenancy { kubernetes: true, ..Default::default() }, ..facts() };
+        let pods = Pods::from([("team/web".into(), running("s1"))]);
+        let mut set = objects(Some(pods), &[("web-net1", "web")]);
+        let p = plan(&set, &kubernetes, &Allocations::default());
+        assert!(p.attachments["team/web-net1"].is_ok(), "the default [pod, attachment] admits it: {:?}", p.attachments["team/web-net1"]);
+        // The same namespace given by path is a path sandbox, which the default refuses.
+        let mut by_path = (*set.attachments[0]).clone();
+        by_path.spec.sandbox = Sandbox { path: Some("/run/netns/cni-s1".into()), ..Default::default() };
+        set.attachments[0] = Arc::new(by_path);
+        let p = plan(&set, &kubernetes, &Allocations::default());
+        assert_eq!(p.attachments["team/web-net1"].as_ref().unwrap_err().reason, reason::FORBIDDEN);
+    }
+
+    #[test]
     fn standalone_mode_refuses_a_pod_sandbox() {
         let p = pass(&objects(None, &[("web-net1", "web")]), &Allocations::default());
         let failure = p.attachments["team/web-net1"].as_ref().unwrap_err();

@@ -92,9 +92,13 @@ impl NetworkTenancy {
     }
 }
 
-/// The kind of sandbox an attachment asked for.
-pub fn kind_of(choice: &SandboxChoice) -> SandboxKind {
-    match choice {
+/// The kind of sandbox an attachment asked for (a pod's stays a pod once
+/// its sandbox is found: a path the runtime made, not one the tenant gave).
+pub fn kind_of(checked: &CheckedAttachment) -> SandboxKind {
+    if checked.pod.is_some() {
+        return SandboxKind::Pod;
+    }
+    match &checked.sandbox {
         SandboxChoice::Namespace(SandboxRef::Managed(_)) => SandboxKind::Netns,
         SandboxChoice::Namespace(SandboxRef::Path(_)) => SandboxKind::Path,
         SandboxChoice::SharedWith(_) => SandboxKind::Attachment,
@@ -204,7 +208,7 @@ pub fn admit(
     // Kubernetes mode allows a tenant's own kinds, standalone every kind.
     let listed = network.tenancy.allowed_sandboxes.as_deref();
     let allowed = listed.or(tenancy.kubernetes.then_some(&KUBERNETES_SANDBOXES[..]));
-    let kind = kind_of(&checked.sandbox);
+    let kind = kind_of(checked);
     if let Some(allowed) = allowed.filter(|allowed| !allowed.contains(&kind)) {
         let names: Vec<&str> = allowed.iter().map(|k| k.as_str()).collect();
         return Err(Failure::new(
