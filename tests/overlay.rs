@@ -223,11 +223,13 @@ fn a_node_reaches_the_other_nodes_through_one_entry_each_whatever_their_attachme
 #[test]
 fn a_dual_stack_overlay_routes_ipv6_per_node_as_well() {
     let cluster = Cluster::new();
-    let ov = overlay("ov", 4096, "10.77.0.0/24").replace(
-        "  ipam: {config: [{subnet: 10.77.0.0/24}]}",
-        "  enableIPv6: true\n  ipam: {config: [{subnet: 10.77.0.0/24}, {subnet: \"fd00:77::/64\"}]}",
-    );
-    let mut yaml = ov + &overlay("other", 5000, "10.78.0.0/24");
+    let dual = |name: &str, vni: u32, v4: &str, v6: &str| {
+        overlay(name, vni, v4).replace(
+            &format!("  ipam: {{config: [{{subnet: {v4}}}]}}"),
+            &format!("  enableIPv6: true\n  ipam: {{config: [{{subnet: {v4}}}, {{subnet: \"{v6}\"}}]}}"),
+        )
+    };
+    let mut yaml = dual("ov", 4096, "10.77.0.0/24", "fd00:77::/64") + &dual("other", 5000, "10.78.0.0/24", "fd00:78::/64");
     for (name, node) in [("a1", "n1"), ("b1", "n2"), ("b2", "n2"), ("c1", "n3")] {
         yaml += &att(name, "ov", node);
     }
@@ -277,7 +279,7 @@ fn a_dual_stack_overlay_routes_ipv6_per_node_as_well() {
     assert!(neigh.contains(&format!("{n2_ll} lladdr {}", netlet::naming::format_mac(&n2_mac))), "{neigh}");
     let n3_ll = netlet::plan::overlay::link_local(netlet::plan::overlay::device_mac("ov", "n3"));
     let routes = ok(&format!("ip -n {n1} -6 route show proto 78"));
-    let mut lines: Vec<&str> = routes.lines().map(str::trim).collect();
+    let mut lines: Vec<&str> = routes.lines().map(str::trim).filter(|l| l.contains(" dev nlx4096 ")).collect();
     lines.sort();
     assert_eq!(
         lines,
@@ -328,6 +330,8 @@ fn a_dual_stack_overlay_routes_ipv6_per_node_as_well() {
     // IPv4 still works, and the other VNI stays apart.
     assert!(ping(&cluster.sandbox("a1"), "10.77.0.128"));
     assert!(!ping(&cluster.sandbox("a1"), "10.78.0.128"));
+    assert_eq!(addresses(&cluster.sandbox("x3"), "eth0"), ["10.78.0.128/24".to_string(), format!("{}/64", v6("fd00:78::8000:0:0:0"))]);
+    assert!(!ping(&cluster.sandbox("a1"), &v6("fd00:78::8000:0:0:0")), "nor over IPv6");
 
     // In sync everywhere: a second pass changes nothing on any node.
     for node in &cluster.nodes {

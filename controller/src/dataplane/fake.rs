@@ -424,6 +424,14 @@ impl FakeKernel {
         state.event(ns, None);
     }
 
+    /// Someone else deletes the routes to `dst` in `path`.
+    pub fn delete_routes_to(&self, path: &str, dst: IpNet) {
+        let ns = self.id(path);
+        let mut state = self.lock();
+        state.namespaces.get_mut(&ns).expect("exists").routes.retain(|r| r.dst != dst);
+        state.event(ns, None);
+    }
+
     pub fn link(&self, path: &str, name: &str) -> Option<Link> {
         let ns = self.id(path);
         self.lock().namespaces[&ns].links.values().find(|l| l.name == name).cloned()
