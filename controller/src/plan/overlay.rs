@@ -125,17 +125,21 @@ pub fn allocate(
         let results = match claimed {
             Some(claimed) => {
                 let mine = claimed.get(&node.node_name).map(|r| r.blocks.as_slice()).unwrap_or_default();
+                let mine_both = with_mirrors(net, mine);
                 // Other nodes' addresses inside our blocks are taken: asked
                 // for as statics, after ours, their answers dropped.
                 let taken: Vec<(String, IpAddr)> = claimed
                     .iter()
                     .filter(|(n, _)| *n != &node.node_name)
                     .flat_map(|(n, r)| {
-                        r.outside.iter().filter(|ip| mine.iter().any(|b| b.contains(*ip))).map(move |ip| (format!("{n}:{ip}"), *ip))
+                        r.outside.iter().filter(|ip| mine_both.iter().any(|b| b.contains(*ip))).map(move |ip| (format!("{n}:{ip}"), *ip))
                     })
                     .collect();
                 let mut asked = requests.clone();
-                asked.extend(taken.iter().map(|(key, ip)| (key.as_str(), Some(*ip), None)));
+                asked.extend(taken.iter().map(|(key, ip)| match ip {
+                    IpAddr::V4(_) => (key.as_str(), Some(*ip), None),
+                    IpAddr::V6(_) => (key.as_str(), None, Some(*ip)),
+                }));
                 let mut results = allocate_in_blocks(name, net, &asked, held, mine);
                 results.truncate(requests.len());
                 results

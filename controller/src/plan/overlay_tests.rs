@@ -167,6 +167,15 @@ fn kubernetes_mode_mirrors_the_claimed_blocks_and_waits_for_one_for_a_dynamic_ip
     let n2 = p.desired.vxlans[0].peers.iter().find(|peer| peer.node == "n2").unwrap();
     assert_eq!(n2.routes, [net("10.77.0.0/26"), net("fd00:77::/66")]);
 
+    // n2's static IPv6 address inside n1's mirrored block is never handed out.
+    let mut with_outside = node.clone();
+    let n2 = overlay::NodeRoutes { blocks: vec![net("10.77.0.0/26")], outside: vec!["fd00:77::8000:0:0:0".parse().unwrap()] };
+    with_outside.overlay_blocks.get_mut("ov").unwrap().insert("n2".into(), n2);
+    let p = plan(&objects, &with_outside, &Allocations::default());
+    assert_eq!(v6(&p, "default/c1"), "fd00:77::8000:0:0:1".parse().ok());
+    assert_eq!(v6(&p, "default/c2"), "fd00:77::8000:0:0:2".parse().ok());
+    assert!(p.desired.vxlans[0].proxy_ndp.contains(&"fd00:77::8000:0:0:0".parse().unwrap()), "and answered for here");
+
     // No block yet: the IPv6 address waits too.
     node.overlay_blocks.insert("ov".into(), Default::default());
     let p = plan(&objects, &node, &Allocations::default());
