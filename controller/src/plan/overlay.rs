@@ -363,6 +363,16 @@ pub fn node_blocks(name: &str, net: &ResolvedNetwork, node: &NodeFacts) -> NodeB
     blocks
 }
 
+/// This node's blocks of overlay `net`, both families (without copying
+/// every other node's: it is asked once per container).
+fn own_blocks(net: &ResolvedNetwork, node: &NodeFacts) -> Vec<IpNet> {
+    let v4 = match node.overlay_blocks.get(&net.name) {
+        Some(claimed) => claimed.get(&node.node_name).map(|r| r.blocks.clone()).unwrap_or_default(),
+        None => derived_blocks(net).remove(&node.node_name).map(|r| r.blocks).unwrap_or_default(),
+    };
+    with_mirrors(net, &v4)
+}
+
 /// IPv4 `blocks` of `net`, then the IPv6 mirror of each (if `net` has
 /// an IPv6 subnet).
 pub fn with_mirrors(net: &ResolvedNetwork, blocks: &[IpNet]) -> Vec<IpNet> {
@@ -388,8 +398,8 @@ pub const CONTAINER_ROUTE_METRIC: u32 = 1;
 pub fn container_routes(net: &ResolvedNetwork, node: &NodeFacts, ipv6: Option<IpAddr>) -> Vec<EndpointRoute> {
     let (Some(ipv6), Some(_)) = (ipv6, &net.overlay) else { return Vec::new() };
     let Some(subnet) = net.subnet_for(ipv6) else { return Vec::new() };
-    let mine = node_blocks(&net.name, net, node).remove(&node.node_name).unwrap_or_default();
-    let on_link = std::iter::once(IpNet::from(subnet.gateway)).chain(mine.blocks.into_iter().filter(|b| b.addr().is_ipv6()));
+    let mine = own_blocks(net, node).into_iter().filter(|b| b.addr().is_ipv6());
+    let on_link = std::iter::once(IpNet::from(subnet.gateway)).chain(mine);
     std::iter::once(EndpointRoute { dst: subnet.net, gateway: Some(subnet.gateway), metric: CONTAINER_ROUTE_METRIC })
         .chain(on_link.map(|dst| EndpointRoute { dst, gateway: None, metric: CONTAINER_ROUTE_METRIC }))
         .collect()
