@@ -519,23 +519,33 @@ fn an_overlay_address_outside_its_nodes_blocks_is_summarized_and_routed_to_it() 
     let mut k = KubeCluster::start(&["n1", "n2"]);
     k.start_agent(0);
     k.start_agent(1);
-    let ov = "---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: ov}\nspec:\n  driver: overlay\n  overlay: {vni: 4097, blockPrefixLength: 28}\n  ipam: {config: [{subnet: 10.77.0.0/24}]}\n  allowedSandboxes: [netns]\n";
+    // Dual-stack: the IPv6 blocks mirror the claimed /28s (/64 + 4 bits: /68s).
+    let ov = "---\napiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: ov}\nspec:\n  driver: overlay\n  overlay: {vni: 4097, blockPrefixLength: 28}\n  enableIPv6: true\n  ipam: {config: [{subnet: 10.77.0.0/24}, {subnet: \"fd00:77::/64\"}]}\n  allowedSandboxes: [netns]\n";
     k.apply(&(ov.to_string() + &attachment("c1", "ov", "n1")));
     k.wait_ready("attachment", "default/c1", CONVERGE);
     assert_eq!(address(&k.get("attachment", "default/c1")), "10.77.0.2/24", "n1's block is the lowest");
-    // n2's static address lies in n1's block; n1 does not watch n2's attachments.
-    let pinned = attachment("pinned", "ov", "n2").replace("nodeName: n2,", "nodeName: n2, ipv4Address: 10.77.0.5,");
+    assert_eq!(k.get("attachment", "default/c1")["status"]["ipv6Address"], "fd00:77::2/64", "from its block's mirror");
+    // n2's static addresses lie in n1's blocks; n1 does not watch n2's attachments.
+    let pinned =
+        attachment("pinned", "ov", "n2").replace("nodeName: n2,", "nodeName: n2, ipv4Address: 10.77.0.5, ipv6Address: \"fd00:77::5\",");
     k.apply(&pinned);
     k.wait_ready("attachment", "default/pinned", CONVERGE);
     wait_until("n2's summary in the Network's status", CONVERGE, || {
         let nodes = k.get("network", "ov")["status"]["nodes"].as_array().cloned().unwrap_or_default();
-        nodes.iter().any(|n| n["node"] == "n2" && n["addressesOutsideBlocks"] == serde_json::json!(["10.77.0.5"]))
+        nodes.iter().any(|n| n["node"] == "n2" && n["addressesOutsideBlocks"] == serde_json::json!(["10.77.0.5", "fd00:77::5"]))
     });
-    wait_until("n1's host route to it", CONVERGE, || {
-        ok(&format!("ip -n {} route show proto 78 dev nlx4097", k.nodes[0].name)).contains("10.77.0.5 via 10.97.0.2")
+    wait_until("n1's host routes to it", CONVERGE, || {
+        let routes = ok(&format!("ip -n {} route show proto 78 dev nlx4097", k.nodes[0].name));
+        let routes6 = ok(&format!("ip -n {} -6 route show proto 78 dev nlx4097", k.nodes[0].name));
+        routes.contains("10.77.0.5 via 10.97.0.2") && routes6.contains("fd00:77::5 via fe80::")
     });
     let n2_routes = ok(&format!("ip -n {} route show proto 78", k.nodes[1].name));
     assert!(n2_routes.lines().any(|l| l.starts_with("10.77.0.5 dev ")), "n2 keeps it from the route to n1's block: {n2_routes}");
+    // c1 takes fd00:77::5 for on-link (its node's block): n1's bridge answers for it.
+    let proxies = ok(&format!("ip -n {} -6 neigh show proxy", k.nodes[0].name));
+    assert!(proxies.contains("fd00:77::5 dev "), "{proxies}");
     assert!(ping(&k.nodes[0].ns("c1"), "10.77.0.5"), "c1 -> pinned");
     assert!(ping(&k.nodes[0].ns("pinned"), "10.77.0.2"), "pinned -> c1");
+    assert!(ping(&k.nodes[0].ns("c1"), "fd00:77::5"), "c1 -> pinned over IPv6");
+    assert!(ping(&k.nodes[0].ns("pinned"), "fd00:77::2"), "pinned -> c1 over IPv6");
 }

@@ -215,3 +215,129 @@ fn a_node_reaches_the_other_nodes_through_one_entry_each_whatever_their_attachme
         assert!(node.converge().contains("0 kernel mutations"));
     }
 }
+
+/// A dual-stack overlay: IPv6 blocks mirror the IPv4 ones (the /24 in /26
+/// blocks and the /64 in /66 blocks, in peers order), remote IPv6 blocks
+/// are routed via each node's device link-local address, and containers
+/// route the subnet via the gateway, their own node's block on the link.
+#[test]
+fn a_dual_stack_overlay_routes_ipv6_per_node_as_well() {
+    let cluster = Cluster::new();
+    let dual = |name: &str, vni: u32, v4: &str, v6: &str| {
+        overlay(name, vni, v4).replace(
+            &format!("  ipam: {{config: [{{subnet: {v4}}}]}}"),
+            &format!("  enableIPv6: true\n  ipam: {{config: [{{subnet: {v4}}}, {{subnet: \"{v6}\"}}]}}"),
+        )
+    };
+    let mut yaml = dual("ov", 4096, "10.77.0.0/24", "fd00:77::/64") + &dual("other", 5000, "10.78.0.0/24", "fd00:78::/64");
+    for (name, node) in [("a1", "n1"), ("b1", "n2"), ("b2", "n2"), ("c1", "n3")] {
+        yaml += &att(name, "ov", node);
+    }
+    yaml += &att("x3", "other", "n3");
+    // Statics on n2: in the fourth /66, which no node holds, and in n1's
+    // block: a host route each; n1's bridge answers for the second (proxy
+    // NDP), as n1's containers take it for on-link.
+    let statik = |name: &str, ip: &str| {
+        format!("---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {{name: {name}}}\nspec: {{network: ov, nodeName: n2, ipv6Address: \"{ip}\", sandbox: {{netns: \"{{T}}{name}\"}}}}\n")
+    };
+    yaml += &(statik("pinned", "fd00:77::c000:0:0:9") + &statik("inside", "fd00:77::40"));
+    cluster.apply(&yaml);
+
+    let v6 = |text: &str| text.parse::<std::net::Ipv6Addr>().unwrap().to_string();
+    let (a1, b1, b2, c1, pinned) =
+        (v6("fd00:77::2"), v6("fd00:77::4000:0:0:0"), v6("fd00:77::4000:0:0:1"), v6("fd00:77::8000:0:0:0"), v6("fd00:77::c000:0:0:9"));
+    let inside = v6("fd00:77::40");
+    assert_eq!(addresses(&cluster.sandbox("a1"), "eth0"), ["10.77.0.2/24".to_string(), format!("{a1}/64")]);
+    assert_eq!(addresses(&cluster.sandbox("b2"), "eth0"), ["10.77.0.65/24".to_string(), format!("{b2}/64")]);
+    assert_eq!(addresses(&cluster.sandbox("pinned"), "eth0"), ["10.77.0.66/24".to_string(), format!("{pinned}/64")]);
+
+    // The container: the subnet via the gateway (ahead of the kernel's
+    // prefix route), the gateway and its node's block on the link.
+    let routes = ok(&format!("ip -n {} -6 route show proto 78", cluster.sandbox("b1")));
+    let mut lines: Vec<&str> = routes.lines().map(str::trim).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "fd00:77:0:0:4000::/66 dev eth0 metric 1 pref medium",
+            "fd00:77::/64 via fd00:77::1 dev eth0 metric 1 onlink pref medium",
+            "fd00:77::1 dev eth0 metric 1 pref medium"
+        ],
+        "{routes}"
+    );
+
+    // Node 1: one FDB entry per other node, one neighbour entry per other
+    // node and family (IPv6 needs an IPv6 next hop), one route per block
+    // and family, and a host route for the static outside every block.
+    let n1 = &cluster.nodes[0].name;
+    let fdb = ok(&format!("bridge -n {n1} fdb show dev nlx4096"));
+    assert_eq!(fdb.lines().filter(|l| l.contains(" dst ")).count(), 2, "{fdb}");
+    let neigh = ok(&format!("ip -n {n1} neigh show dev nlx4096 nud permanent"));
+    assert_eq!(neigh.lines().count(), 4, "{neigh}");
+    let n2_mac = netlet::plan::overlay::device_mac("ov", "n2");
+    let n2_ll = netlet::plan::overlay::link_local(n2_mac);
+    assert!(neigh.contains(&format!("{n2_ll} lladdr {}", netlet::naming::format_mac(&n2_mac))), "{neigh}");
+    let n3_ll = netlet::plan::overlay::link_local(netlet::plan::overlay::device_mac("ov", "n3"));
+    let routes = ok(&format!("ip -n {n1} -6 route show proto 78"));
+    let mut lines: Vec<&str> = routes.lines().map(str::trim).filter(|l| l.contains(" dev nlx4096 ")).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            format!("fd00:77:0:0:4000::/66 via {n2_ll} dev nlx4096 metric 1024 onlink pref medium"),
+            format!("fd00:77:0:0:8000::/66 via {n3_ll} dev nlx4096 metric 1024 onlink pref medium"),
+            format!("fd00:77::40 via {n2_ll} dev nlx4096 metric 1024 onlink pref medium"),
+            format!("{pinned} via {n2_ll} dev nlx4096 metric 1024 onlink pref medium"),
+        ],
+        "{routes}"
+    );
+    let proxies = ok(&format!("ip -n {n1} -6 neigh show proxy"));
+    assert_eq!(proxies.trim(), "fd00:77::40 dev nl-ov proxy", "{proxies}");
+
+    // The bridges' link-local addresses skip DAD: Linux solicits no
+    // neighbour for a forwarded packet while it is tentative.
+    for node in &cluster.nodes {
+        assert_eq!(ok(&format!("ip -n {} -6 addr show dev nl-ov tentative", node.name)), "", "{}", node.name);
+    }
+    // Traffic both ways: across nodes, on one node, to and from the static.
+    for (from, to) in [
+        ("a1", &b1),
+        ("a1", &c1),
+        ("a1", &pinned),
+        ("b1", &a1),
+        ("b1", &b2),
+        ("c1", &b2),
+        ("pinned", &a1),
+        ("pinned", &b1),
+        ("a1", &inside),
+        ("inside", &a1),
+        ("inside", &b1),
+        ("c1", &inside),
+    ] {
+        assert!(ping(&cluster.sandbox(from), to), "{from} -> {to}");
+    }
+    let server = Server::start(&cluster.sandbox("c1"), 8080, false, true);
+    assert_eq!(connect(&cluster.sandbox("a1"), &c1, 8080, false), Some(format!("hello {a1}")), "TCP over IPv6 across nodes");
+    assert_eq!(connect(&cluster.sandbox("pinned"), &c1, 8080, false), Some(format!("hello {pinned}")));
+    drop(server);
+    let server = Server::start(&cluster.sandbox("b2"), 8081, false, true);
+    assert_eq!(connect(&cluster.sandbox("b1"), &b2, 8081, false), Some(format!("hello {b1}")), "TCP over IPv6 on one node");
+    drop(server);
+    // IPv4 still works, and the other VNI stays apart.
+    assert!(ping(&cluster.sandbox("a1"), "10.77.0.128"));
+    assert!(!ping(&cluster.sandbox("a1"), "10.78.0.128"));
+    assert_eq!(addresses(&cluster.sandbox("x3"), "eth0"), ["10.78.0.128/24".to_string(), format!("{}/64", v6("fd00:78::8000:0:0:0"))]);
+    assert!(!ping(&cluster.sandbox("a1"), &v6("fd00:78::8000:0:0:0")), "nor over IPv6");
+
+    // In sync everywhere: a second pass changes nothing on any node.
+    for node in &cluster.nodes {
+        assert!(node.converge().contains("0 kernel mutations"));
+    }
+    // Drift: a container route and a node route deleted are made again.
+    ok(&format!("ip -n {} -6 route del fd00:77::/64 via fd00:77::1 dev eth0 metric 1", cluster.sandbox("a1")));
+    ok(&format!("ip -n {n1} -6 route del fd00:77:0:0:8000::/66 dev nlx4096"));
+    cluster.nodes[0].converge();
+    assert!(ping(&cluster.sandbox("a1"), &c1), "a1 -> c1 after the repair");
+    assert!(ping(&cluster.sandbox("a1"), &b1), "a1 -> b1 after the repair");
+    assert!(cluster.nodes[0].converge().contains("0 kernel mutations"));
+}

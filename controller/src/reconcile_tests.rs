@@ -283,3 +283,35 @@ async fn the_ruleset_is_applied_again_only_when_someone_else_changed_it() {
     assert!(a.kernel.changes().contains(&"ruleset".to_string()), "rebuilt");
     assert!(a.kernel.ruleset().is_some());
 }
+
+/// A dual-stack overlay with this node its only peer (nothing remote, so
+/// no neighbour entries the fake does not keep).
+fn dual_stack_overlay(version: u64) -> Snapshot {
+    let yaml = "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: ov}\nspec:\n  driver: overlay\n  overlay: {vni: 42, peers: [{node: n1, address: 10.99.0.1}]}\n  enableIPv6: true\n  ipam: {config: [{subnet: 10.42.0.0/24}, {subnet: \"fd00:42::/64\"}]}\n---\napiVersion: netlet.io/v1alpha1\nkind: Attachment\nmetadata: {name: c}\nspec: {network: ov, sandbox: {netns: c}}\n";
+    let loaded = manifests::parse(std::path::Path::new("t.yaml"), yaml);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    Snapshot { objects: Arc::new(loaded.objects), version, ..Default::default() }
+}
+
+#[tokio::test]
+async fn an_overlay_containers_ipv6_routes_are_made_kept_and_repaired_alone() {
+    let mut a = agent("overlay-v6");
+    let s = dual_stack_overlay(1);
+    assert!(ready(&a.reconciler.pass(&s).await));
+    let net = |text: &str| text.parse::<ipnet::IpNet>().unwrap();
+    let gateway = "fd00:42::1".parse().ok();
+    let want = [(net("fd00:42::/64"), gateway, Some(1)), (net("fd00:42::1/128"), None, Some(1)), (net("fd00:42::/66"), None, Some(1))];
+    assert_eq!(a.kernel.owned_routes("/run/netns/c"), want);
+    let second = a.reconciler.pass(&s).await;
+    assert_eq!(second.mutations, 0, "{:?}", a.kernel.changes());
+    a.kernel.changes();
+    a.kernel.delete_routes_to("/run/netns/c", net("fd00:42::/64"));
+    let repaired = a.reconciler.pass(&s).await;
+    assert!(ready(&repaired));
+    assert_eq!(a.kernel.changes(), ["/run/netns/c: replace route fd00:42::/64 via Some(fd00:42::1) metric Some(1)"]);
+    let mut have = a.kernel.owned_routes("/run/netns/c");
+    have.sort();
+    let mut want = want.to_vec();
+    want.sort();
+    assert_eq!(have, want);
+}

@@ -210,7 +210,10 @@ pub struct OverlayOptions {
     /// Prefix length of the IPv4 address blocks each node allocates from
     /// and is routed to: claimed in status.addressBlocks in Kubernetes mode,
     /// the i-th block of the range for the i-th peer in standalone mode.
-    /// Default 26, or the subnet's prefix + 2 when that is longer.
+    /// Default 26, or the subnet's prefix + 2 when that is longer. With
+    /// enableIPv6, the node holding the k-th IPv4 block also holds the k-th
+    /// IPv6 block (prefix: the IPv6 subnet's plus as many bits as the IPv4
+    /// blocks add), which must be /124 or shorter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_prefix_length: Option<u8>,
 }

@@ -15,7 +15,7 @@ use super::sandboxes::SandboxHandle;
 use super::{is_link_local, is_ours, netns, Dataplane, LOOPBACK_INDEX};
 use crate::naming::OWNER_ALIAS_PREFIX;
 use crate::plan::attachment::SandboxRef;
-use crate::plan::desired::{Endpoint, EndpointKind};
+use crate::plan::desired::{Endpoint, EndpointKind, EndpointRoute};
 use crate::plan::outcome::{reason, Failure};
 
 impl Dataplane {
@@ -127,7 +127,7 @@ impl Dataplane {
         } else if created {
             links = sb.links().await?;
         }
-        let (addresses, routes) = if fresh { (Vec::new(), Vec::new()) } else { (sb.addresses().await?, sb.default_routes().await?) };
+        let (addresses, routes) = if fresh { (Vec::new(), Vec::new()) } else { (sb.addresses().await?, sb.routes().await?) };
         let mut default_v4 = None;
         let mut default_v6 = None;
         let mut our_indexes = BTreeSet::new();
@@ -160,9 +160,11 @@ impl Dataplane {
                 default_v6 = Some((link.index, IpAddr::V6(gw), ep.owner.clone()));
             }
         }
+        self.sync_endpoint_routes(sb, endpoints, &links, &routes, &our_indexes, report).await?;
         for (want, v4) in [(default_v4, true), (default_v6, false)] {
             let current: Vec<_> = routes
                 .iter()
+                .filter(|r| r.dst.prefix_len() == 0)
                 .filter(|r| {
                     r.message.header.address_family
                         == if v4 { netlink_packet_route::AddressFamily::Inet } else { netlink_packet_route::AddressFamily::Inet6 }
@@ -189,6 +191,46 @@ impl Dataplane {
             }
         }
         Ok(host_links)
+    }
+
+    /// The endpoints' own routes (IPv6 on overlays), marked as netlet's:
+    /// added where missing, netlet's on their interfaces that no endpoint
+    /// wants removed. Runs once the interfaces are up (Linux refuses an
+    /// IPv6 route on a device that is down).
+    async fn sync_endpoint_routes(
+        &self,
+        sb: &super::kernel::Recorded,
+        endpoints: &[&Endpoint],
+        links: &[Link],
+        routes: &[super::netlink::Route],
+        our_indexes: &BTreeSet<u32>,
+        report: &mut SyncReport,
+    ) -> Result<(), NetlinkError> {
+        let mut want = Vec::new();
+        for ep in endpoints.iter().filter(|ep| !report.endpoint_errors.contains_key(&ep.owner)) {
+            let Some(link) = links.iter().find(|l| l.name == ep.ifname) else { continue };
+            want.extend(ep.routes.iter().map(|r| (link.index, *r, &ep.owner)));
+        }
+        let matches = |r: &super::netlink::Route, index: u32, w: &EndpointRoute| {
+            r.oif == Some(index) && r.dst == w.dst && r.gateway == w.gateway && r.metric == Some(w.metric)
+        };
+        let ours: Vec<_> = routes
+            .iter()
+            .filter(|r| r.message.header.protocol == super::netlink::ROUTE_PROTOCOL && r.oif.is_some_and(|o| our_indexes.contains(&o)))
+            .collect();
+        for (index, route, owner) in &want {
+            if ours.iter().any(|r| matches(r, *index, route)) {
+                continue;
+            }
+            let change = Change::ReplaceRoute { dst: route.dst, index: *index, gateway: route.gateway, metric: Some(route.metric) };
+            if let Err(e) = sb.apply(change).await {
+                report.endpoint_errors.insert((*owner).clone(), SyncReport::kernel(&e));
+            }
+        }
+        for r in ours.iter().filter(|r| !want.iter().any(|(index, w, _)| matches(r, *index, w))) {
+            sb.apply(Change::DeleteRoute { route: r }).await?;
+        }
+        Ok(())
     }
 
     /// One interface of a sandbox: its MTU and MAC, then its addresses,

@@ -289,23 +289,28 @@ impl State {
                 message.header.address_family =
                     if gateway.is_ipv4() { netlink_packet_route::AddressFamily::Inet } else { netlink_packet_route::AddressFamily::Inet6 };
                 let dst = if gateway.is_ipv4() { "0.0.0.0/0" } else { "::/0" }.parse().expect("a default destination");
-                n.routes.push(Route { dst, oif: Some(index), gateway: Some(gateway), message });
+                n.routes.push(Route { dst, oif: Some(index), gateway: Some(gateway), metric: None, message });
                 self.event(ns, None);
             }
-            Change::ReplaceRoute { dst, index, gateway } => {
+            Change::ReplaceRoute { dst, index, gateway, metric } => {
                 let n = self.ns(ns)?;
-                let dst = IpNet::V4(dst);
-                n.routes.retain(|r| r.dst != dst);
+                // Linux replaces the route of the same destination and metric.
+                n.routes.retain(|r| !(r.dst == dst && r.metric == metric));
                 let mut message = netlink_packet_route::route::RouteMessage::default();
                 message.header.protocol = super::netlink::ROUTE_PROTOCOL;
-                n.routes.push(Route { dst, oif: Some(index), gateway: gateway.map(IpAddr::V4), message });
+                message.header.address_family = if dst.addr().is_ipv4() {
+                    netlink_packet_route::AddressFamily::Inet
+                } else {
+                    netlink_packet_route::AddressFamily::Inet6
+                };
+                n.routes.push(Route { dst, oif: Some(index), gateway, metric, message });
                 self.event(ns, None);
             }
             Change::DeleteRoute { route } => {
                 self.ns(ns)?.routes.retain(|r| r != route);
                 self.event(ns, None);
             }
-            Change::AddFdb { .. } | Change::AddNeighbour { .. } | Change::DeleteNeighbour { .. } => {}
+            Change::AddFdb { .. } | Change::AddNeighbour { .. } | Change::AddProxy { .. } | Change::DeleteNeighbour { .. } => {}
         }
         if let Some(i) = self.deletions_when.iter().position(|(word, _, _)| description.contains(word.as_str())) {
             let (_, path, name) = self.deletions_when.remove(i);
@@ -331,9 +336,11 @@ fn describe(change: &Change<'_>) -> String {
         Change::AddAddress { net, ifname, .. } => format!("add address {net} to {ifname}"),
         Change::DeleteAddress { net, ifname, .. } => format!("delete address {net} from {ifname}"),
         Change::ReplaceDefaultRoute { gateway, .. } => format!("replace default route via {gateway}"),
-        Change::ReplaceRoute { dst, gateway, .. } => format!("replace route {dst} via {gateway:?}"),
+        Change::ReplaceRoute { dst, gateway, metric, .. } => format!("replace route {dst} via {gateway:?} metric {metric:?}"),
         Change::DeleteRoute { route } => format!("delete route {} via {:?}", route.dst, route.gateway),
-        Change::AddFdb { .. } | Change::AddNeighbour { .. } | Change::DeleteNeighbour { .. } => "neighbour".into(),
+        Change::AddFdb { .. } | Change::AddNeighbour { .. } | Change::AddProxy { .. } | Change::DeleteNeighbour { .. } => {
+            "neighbour".into()
+        }
     }
 }
 
@@ -417,6 +424,14 @@ impl FakeKernel {
         state.event(ns, None);
     }
 
+    /// Someone else deletes the routes to `dst` in `path`.
+    pub fn delete_routes_to(&self, path: &str, dst: IpNet) {
+        let ns = self.id(path);
+        let mut state = self.lock();
+        state.namespaces.get_mut(&ns).expect("exists").routes.retain(|r| r.dst != dst);
+        state.event(ns, None);
+    }
+
     pub fn link(&self, path: &str, name: &str) -> Option<Link> {
         let ns = self.id(path);
         self.lock().namespaces[&ns].links.values().find(|l| l.name == name).cloned()
@@ -433,6 +448,14 @@ impl FakeKernel {
     pub fn default_gateways(&self, path: &str) -> Vec<IpAddr> {
         let ns = self.id(path);
         self.lock().namespaces[&ns].routes.iter().filter(|r| r.dst.prefix_len() == 0).filter_map(|r| r.gateway).collect()
+    }
+
+    /// netlet's routes in the namespace at `path`: (destination, gateway, metric).
+    pub fn owned_routes(&self, path: &str) -> Vec<(IpNet, Option<IpAddr>, Option<u32>)> {
+        let ns = self.id(path);
+        let state = self.lock();
+        let ours = state.namespaces[&ns].routes.iter().filter(|r| r.message.header.protocol == super::netlink::ROUTE_PROTOCOL);
+        ours.map(|r| (r.dst, r.gateway, r.metric)).collect()
     }
 
     pub fn namespaces(&self) -> Vec<String> {
@@ -507,8 +530,8 @@ impl Rtnl for FakeRtnl {
         Box::pin(async move { addresses })
     }
 
-    fn default_routes(&self) -> BoxFuture<'_, Result<Vec<Route>>> {
-        let routes = self.read("routes", |ns| ns.routes.iter().filter(|r| r.dst.prefix_len() == 0).cloned().collect());
+    fn routes(&self) -> BoxFuture<'_, Result<Vec<Route>>> {
+        let routes = self.read("routes", |ns| ns.routes.clone());
         Box::pin(async move { routes })
     }
 

@@ -101,12 +101,14 @@ pub enum Change<'a> {
         index: u32,
         gateway: IpAddr,
     },
-    /// An IPv4 route of netlet's (overlays): via `gateway` on the link
-    /// (onlink), or without one a host route on it.
+    /// A route of netlet's (overlays; containers on them): via `gateway`
+    /// (of `dst`'s family) on the link (onlink), or without one on the
+    /// link; at `metric`, or the kernel's default.
     ReplaceRoute {
-        dst: ipnet::Ipv4Net,
+        dst: IpNet,
         index: u32,
-        gateway: Option<Ipv4Addr>,
+        gateway: Option<IpAddr>,
+        metric: Option<u32>,
     },
     DeleteRoute {
         route: &'a Route,
@@ -121,6 +123,12 @@ pub enum Change<'a> {
         ip: IpAddr,
         mac: [u8; 6],
     },
+    /// A proxy entry: the node answers neighbour solicitations for `ip`
+    /// on the link (with proxy_ndp on).
+    AddProxy {
+        index: u32,
+        ip: IpAddr,
+    },
     DeleteNeighbour {
         neighbour: &'a Neighbour,
     },
@@ -132,7 +140,7 @@ impl Change<'_> {
         match self {
             Change::AddAddress { .. } | Change::DeleteAddress { .. } => "address",
             Change::ReplaceDefaultRoute { .. } | Change::ReplaceRoute { .. } | Change::DeleteRoute { .. } => "route",
-            Change::AddFdb { .. } | Change::AddNeighbour { .. } | Change::DeleteNeighbour { .. } => "neighbour",
+            Change::AddFdb { .. } | Change::AddNeighbour { .. } | Change::AddProxy { .. } | Change::DeleteNeighbour { .. } => "neighbour",
             _ => "link",
         }
     }
@@ -160,6 +168,8 @@ pub enum Neighbours {
     OnDevice(u32),
     /// IPv4 entries on every device.
     Ipv4,
+    /// IPv6 proxy entries on one device.
+    Proxies(u32),
 }
 
 /// One network namespace's netlink.
@@ -168,9 +178,9 @@ pub trait Rtnl: Send + Sync {
     /// One link (a get, not a dump); None if there is none.
     fn link<'a>(&'a self, which: LinkId<'a>) -> BoxFuture<'a, Result<Option<Link>>>;
     fn addresses(&self) -> BoxFuture<'_, Result<Vec<Address>>>;
-    /// Default routes (0.0.0.0/0 and ::/0) of the main table.
-    fn default_routes(&self) -> BoxFuture<'_, Result<Vec<Route>>>;
-    /// IPv4 routes of the main table that netlet added.
+    /// Every route of the main table, both families.
+    fn routes(&self) -> BoxFuture<'_, Result<Vec<Route>>>;
+    /// Routes of the main table that netlet added, both families.
     fn owned_routes(&self) -> BoxFuture<'_, Result<Vec<Route>>>;
     fn neighbours(&self, which: Neighbours) -> BoxFuture<'_, Result<Vec<Neighbour>>>;
     /// The id this namespace knows `other` by, given one if it has none:

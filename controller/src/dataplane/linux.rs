@@ -40,8 +40,8 @@ impl Rtnl for Netlink {
         Box::pin(Netlink::addresses(self))
     }
 
-    fn default_routes(&self) -> BoxFuture<'_, Result<Vec<Route>>> {
-        Box::pin(Netlink::default_routes(self))
+    fn routes(&self) -> BoxFuture<'_, Result<Vec<Route>>> {
+        Box::pin(Netlink::main_routes(self))
     }
 
     fn owned_routes(&self) -> BoxFuture<'_, Result<Vec<Route>>> {
@@ -53,6 +53,7 @@ impl Rtnl for Netlink {
             match which {
                 Neighbours::OnDevice(index) => Netlink::neighbours(self, index).await,
                 Neighbours::Ipv4 => self.ipv4_neighbours().await,
+                Neighbours::Proxies(index) => self.proxy_neighbours(index).await,
             }
         })
     }
@@ -81,10 +82,11 @@ impl Rtnl for Netlink {
                 Change::AddAddress { index, net, ifname } => self.add_address(index, net, ifname).await,
                 Change::DeleteAddress { index, net, ifname } => self.delete_address(index, net, ifname).await,
                 Change::ReplaceDefaultRoute { index, gateway } => self.replace_default_route(index, gateway).await,
-                Change::ReplaceRoute { dst, index, gateway } => self.replace_route(dst, index, gateway).await,
+                Change::ReplaceRoute { dst, index, gateway, metric } => self.replace_route(dst, index, gateway, metric).await,
                 Change::DeleteRoute { route } => self.delete_route(route).await,
                 Change::AddFdb { index, mac, vtep } => self.add_fdb(index, mac, vtep).await,
                 Change::AddNeighbour { index, ip, mac } => self.add_neighbour(index, ip, mac).await,
+                Change::AddProxy { index, ip } => self.add_proxy(index, ip).await,
                 Change::DeleteNeighbour { neighbour } => self.delete_neighbour(neighbour).await,
             }
         })

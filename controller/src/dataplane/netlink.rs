@@ -186,6 +186,7 @@ pub struct Route {
     pub dst: IpNet,
     pub oif: Option<u32>,
     pub gateway: Option<IpAddr>,
+    pub metric: Option<u32>,
     pub message: RouteMessage,
 }
 
@@ -283,24 +284,18 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Default routes (0.0.0.0/0 and ::/0) of the main table.
-    pub async fn default_routes(&self) -> Result<Vec<Route>> {
-        let mut out = self.main_routes(false).await?;
-        out.retain(|r| r.dst.prefix_len() == 0);
-        Ok(out)
-    }
-
-    /// IPv4 routes of the main table that netlet added ([`ROUTE_PROTOCOL`]).
+    /// Routes of the main table that netlet added ([`ROUTE_PROTOCOL`]).
     pub async fn owned_routes(&self) -> Result<Vec<Route>> {
-        let mut out = self.main_routes(true).await?;
+        let mut out = self.main_routes().await?;
         out.retain(|r| r.message.header.protocol == ROUTE_PROTOCOL);
         Ok(out)
     }
 
-    async fn main_routes(&self, ipv4_only: bool) -> Result<Vec<Route>> {
+    /// Every route of the main table, both families.
+    pub async fn main_routes(&self) -> Result<Vec<Route>> {
         let mut out = Vec::new();
         let queries = [RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(), RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()];
-        for query in queries.into_iter().take(if ipv4_only { 1 } else { 2 }) {
+        for query in queries {
             let msgs: Vec<RouteMessage> =
                 self.handle.route().get(query).execute().try_collect().await.map_err(|e| NetlinkError::from_rtnetlink("list routes", e))?;
             for msg in msgs {
@@ -316,7 +311,7 @@ impl Netlink {
                 let unspecified =
                     if v4 { IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) };
                 let mut dst = unspecified;
-                let mut route = Route { dst: IpNet::from(dst), oif: None, gateway: None, message: msg.clone() };
+                let mut route = Route { dst: IpNet::from(dst), oif: None, gateway: None, metric: None, message: msg.clone() };
                 for attr in &msg.attributes {
                     match attr {
                         RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = IpAddr::V4(*ip),
@@ -324,6 +319,7 @@ impl Netlink {
                         RouteAttribute::Oif(i) => route.oif = Some(*i),
                         RouteAttribute::Gateway(RouteAddress::Inet(ip)) => route.gateway = Some(IpAddr::V4(*ip)),
                         RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => route.gateway = Some(IpAddr::V6(*ip)),
+                        RouteAttribute::Priority(metric) => route.metric = Some(*metric),
                         _ => {}
                     }
                 }
@@ -456,18 +452,22 @@ impl Netlink {
         self.neighbour_dump(&[AddressFamily::Inet], None).await
     }
 
+    /// The IPv6 proxy entries on device `index`.
+    pub async fn proxy_neighbours(&self, index: u32) -> Result<Vec<Neighbour>> {
+        self.neighbour_dump_of(&[AddressFamily::Inet6], Some(index), true).await
+    }
+
     async fn neighbour_dump(&self, families: &[AddressFamily], only: Option<u32>) -> Result<Vec<Neighbour>> {
+        self.neighbour_dump_of(families, only, false).await
+    }
+
+    async fn neighbour_dump_of(&self, families: &[AddressFamily], only: Option<u32>, proxies: bool) -> Result<Vec<Neighbour>> {
         let mut out = Vec::new();
         for &family in families {
-            let msgs: Vec<NeighbourMessage> = self
-                .handle
-                .neighbours()
-                .get()
-                .set_address_family(family)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| NetlinkError::from_rtnetlink("list neighbours", e))?;
+            let request = self.handle.neighbours().get().set_address_family(family);
+            let request = if proxies { request.proxies() } else { request };
+            let msgs: Vec<NeighbourMessage> =
+                request.execute().try_collect().await.map_err(|e| NetlinkError::from_rtnetlink("list neighbours", e))?;
             for msg in msgs.into_iter().filter(|m| only.is_none_or(|i| m.header.ifindex == i)) {
                 let mut n = Neighbour { index: msg.header.ifindex, mac: Vec::new(), ip: None, message: msg.clone() };
                 for a in &msg.attributes {
@@ -517,6 +517,18 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| NetlinkError::from_rtnetlink(format!("add neighbour {ip}"), e))
+    }
+
+    /// `ip -6 neigh add proxy IP dev INDEX`.
+    pub async fn add_proxy(&self, index: u32, ip: IpAddr) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .flags(NeighbourFlags::Proxy)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::from_rtnetlink(format!("add proxy neighbour {ip}"), e))
     }
 
     pub async fn delete_neighbour(&self, n: &Neighbour) -> Result<()> {
@@ -625,16 +637,24 @@ impl Netlink {
             .map_err(|e| NetlinkError::from_rtnetlink(format!("set default route via {gateway}"), e))
     }
 
-    /// `ip route replace DST [via GW onlink] dev INDEX proto netlet`
-    /// (IPv4): without a gateway, a host route on the link.
-    pub async fn replace_route(&self, dst: ipnet::Ipv4Net, index: u32, gateway: Option<std::net::Ipv4Addr>) -> Result<()> {
-        let builder = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+    /// `ip route replace DST [via GW onlink] dev INDEX [metric M] proto
+    /// netlet`: without a gateway, a route on the link. An IPv6 route takes
+    /// only an IPv6 gateway (Linux refuses RTA_VIA for IPv6).
+    pub async fn replace_route(&self, dst: IpNet, index: u32, gateway: Option<IpAddr>, metric: Option<u32>) -> Result<()> {
+        let invalid =
+            |e: &dyn std::fmt::Display| NetlinkError { op: format!("set route to {dst}"), message: e.to_string(), errno: Some(22) };
+        let mut builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.addr(), dst.prefix_len())
+            .map_err(|e| invalid(&e))?
             .output_interface(index)
             .protocol(ROUTE_PROTOCOL);
+        if let Some(metric) = metric {
+            builder = builder.priority(metric);
+        }
         let msg = match gateway {
-            Some(gw) => builder.gateway(gw).onlink().build(),
-            None => builder.scope(netlink_packet_route::route::RouteScope::Link).build(),
+            Some(gw) => builder.gateway(gw).map_err(|e| invalid(&e))?.onlink().build(),
+            None if dst.addr().is_ipv4() => builder.scope(netlink_packet_route::route::RouteScope::Link).build(),
+            None => builder.build(),
         };
         self.handle.route().add(msg).replace().execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("set route to {dst}"), e))
     }

@@ -2,11 +2,14 @@
 //! bridge), and for each other node one FDB entry (its device's MAC -> its
 //! VTEP), one neighbour entry (its VTEP address, as the next hop -> that
 //! MAC) and a route per block it holds (see `plan::desired::VxlanLink`).
+//! IPv6 blocks go via that node's device's link-local address instead, one
+//! more neighbour entry for that MAC: Linux refuses an IPv4 next hop
+//! (RTA_VIA, or an IPv4 nexthop object) for an IPv6 route.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use netlink_packet_route::AddressFamily;
 
@@ -56,27 +59,20 @@ impl Dataplane {
                 };
                 let want = wanted_routes(vx, link.index, bridge);
                 let mine = |r: &&netlink::Route| r.oif == Some(link.index) || r.oif == Some(bridge);
-                let stale: Vec<netlink::Route> = have
-                    .iter()
-                    .filter(mine)
-                    .filter(|r| {
-                        !want
-                            .iter()
-                            .any(|(dst, index, gw)| r.dst == IpNet::V4(*dst) && r.oif == Some(*index) && r.gateway == gw.map(IpAddr::V4))
-                    })
-                    .cloned()
-                    .collect();
+                let wanted =
+                    |r: &netlink::Route| want.iter().any(|(dst, index, gw)| r.dst == *dst && r.oif == Some(*index) && r.gateway == *gw);
+                let stale: Vec<netlink::Route> = have.iter().filter(mine).filter(|r| !wanted(r)).cloned().collect();
                 for (dst, index, gateway) in &want {
-                    let present =
-                        have.iter().any(|r| r.dst == IpNet::V4(*dst) && r.oif == Some(*index) && r.gateway == gateway.map(IpAddr::V4));
+                    let present = have.iter().any(|r| r.dst == *dst && r.oif == Some(*index) && r.gateway == *gateway);
                     if !present {
-                        self.node.apply(Change::ReplaceRoute { dst: *dst, index: *index, gateway: *gateway }).await.map_err(kernel)?;
+                        let change = Change::ReplaceRoute { dst: *dst, index: *index, gateway: *gateway, metric: None };
+                        self.node.apply(change).await.map_err(kernel)?;
                     }
                 }
                 for route in &stale {
                     self.node.apply(Change::DeleteRoute { route }).await.map_err(kernel)?;
                 }
-                Ok(())
+                self.sync_proxies(vx, bridge).await
             }
             .await;
             if let Err(f) = result {
@@ -134,7 +130,8 @@ impl Dataplane {
         Ok(link)
     }
 
-    /// One FDB and one neighbour entry per other node that holds anything:
+    /// One FDB and one neighbour entry per other node that holds anything
+    /// (and a second neighbour entry, its IPv6 next hop, if it holds IPv6):
     /// added where missing, ours that nobody wants removed.
     async fn sync_vxlan_entries(&mut self, vx: &VxlanLink, index: u32) -> Result<(), Failure> {
         let kernel = |e: NetlinkError| SyncReport::kernel(&e);
@@ -147,7 +144,8 @@ impl Dataplane {
             current.iter().filter(|n| !is_fdb(n) && n.message.header.state == NeighbourState::Permanent).collect();
         let peers = vx.peers.iter().filter(|p| !p.routes.is_empty());
         let want_fdb: BTreeSet<([u8; 6], IpAddr)> = peers.clone().map(|p| (p.mac, p.vtep)).collect();
-        let want_neigh: BTreeSet<(IpAddr, [u8; 6])> = peers.map(|p| (p.vtep, p.mac)).collect();
+        let want_neigh: BTreeSet<(IpAddr, [u8; 6])> =
+            peers.flat_map(|p| std::iter::once(p.vtep).chain(p.ipv6_next_hop.map(IpAddr::V6)).map(|ip| (ip, p.mac))).collect();
         for (mac, vtep) in &want_fdb {
             if !have_fdb.iter().any(|n| n.mac == mac.as_slice() && n.ip == Some(*vtep)) {
                 self.node.apply(Change::AddFdb { index, mac: *mac, vtep: *vtep }).await.map_err(kernel)?;
@@ -162,6 +160,32 @@ impl Dataplane {
             }
         }
         for n in have_neigh.iter().filter(|n| !want_neigh.iter().any(|(ip, mac)| n.ip == Some(*ip) && n.mac == mac.as_slice())) {
+            self.node.apply(Change::DeleteNeighbour { neighbour: n }).await.map_err(kernel)?;
+        }
+        Ok(())
+    }
+
+    /// Proxy NDP entries on the bridge for the other nodes' IPv6 addresses
+    /// inside this node's blocks (proxy_ndp on, answered at once), and none
+    /// of netlet's that nobody wants.
+    async fn sync_proxies(&mut self, vx: &VxlanLink, bridge: u32) -> Result<(), Failure> {
+        let kernel = |e: NetlinkError| SyncReport::kernel(&e);
+        if !vx.proxy_ndp.is_empty() {
+            for (key, value) in
+                [(format!("net/ipv6/conf/{}/proxy_ndp", vx.bridge), "1"), (format!("net/ipv6/neigh/{}/proxy_delay", vx.bridge), "0")]
+            {
+                match self.system.sysctl(&key, value) {
+                    Ok(wrote) => self.journal.count("sysctl", u32::from(wrote)),
+                    Err(e) => return Err(Failure::new(reason::KERNEL_ERROR, format!("{key}: {e}"))),
+                }
+            }
+        }
+        // The bridge is netlet's: every proxy entry on it is too.
+        let have = self.node.neighbours(Neighbours::Proxies(bridge)).await.map_err(kernel)?;
+        for ip in vx.proxy_ndp.iter().filter(|ip| !have.iter().any(|n| n.ip == Some(**ip))) {
+            self.node.apply(Change::AddProxy { index: bridge, ip: *ip }).await.map_err(kernel)?;
+        }
+        for n in have.iter().filter(|n| !n.ip.is_some_and(|ip| vx.proxy_ndp.contains(&ip))) {
             self.node.apply(Change::DeleteNeighbour { neighbour: n }).await.map_err(kernel)?;
         }
         Ok(())
@@ -188,19 +212,22 @@ impl Dataplane {
 }
 
 /// (destination, device, next hop) of every route `vx` needs: each other
-/// node's blocks and host routes via its VTEP address on the VXLAN device,
-/// and host routes on the bridge for local addresses inside their blocks.
-fn wanted_routes(vx: &VxlanLink, device: u32, bridge: u32) -> Vec<(Ipv4Net, u32, Option<std::net::Ipv4Addr>)> {
-    let v4 = |net: &IpNet| match net {
-        IpNet::V4(n) => Some(n.trunc()),
-        IpNet::V6(_) => None,
-    };
+/// node's blocks and host routes on the VXLAN device, via its VTEP address
+/// (IPv4) or its IPv6 next hop, and host routes on the bridge for local
+/// addresses inside their blocks.
+fn wanted_routes(vx: &VxlanLink, device: u32, bridge: u32) -> Vec<(IpNet, u32, Option<IpAddr>)> {
     let mut out = Vec::new();
     for peer in &vx.peers {
-        let IpAddr::V4(gateway) = peer.vtep else { continue };
-        out.extend(peer.routes.iter().filter_map(v4).map(|dst| (dst, device, Some(gateway))));
+        let IpAddr::V4(vtep) = peer.vtep else { continue };
+        for dst in &peer.routes {
+            let gateway = match dst {
+                IpNet::V4(_) => Some(IpAddr::V4(vtep)),
+                IpNet::V6(_) => peer.ipv6_next_hop.map(IpAddr::V6),
+            };
+            out.extend(gateway.map(|gw| (dst.trunc(), device, Some(gw))));
+        }
     }
-    out.extend(vx.local_routes.iter().filter_map(v4).map(|dst| (dst, bridge, None)));
+    out.extend(vx.local_routes.iter().map(|dst| (dst.trunc(), bridge, None)));
     out.sort();
     out.dedup_by_key(|(dst, _, _)| *dst);
     out

@@ -69,6 +69,10 @@ pub struct VxlanLink {
     /// Local addresses that lie in another node's block: host routes on the
     /// bridge, so the broader route towards that node does not take them.
     pub local_routes: Vec<IpNet>,
+    /// Other nodes' IPv6 addresses inside this node's IPv6 blocks: this
+    /// node's containers take them for on-link (their block's route), so
+    /// the bridge answers for them (proxy NDP), as proxy ARP does for IPv4.
+    pub proxy_ndp: Vec<IpAddr>,
 }
 
 /// Another node of an overlay: where its frames go, and what lives there.
@@ -79,8 +83,13 @@ pub struct VxlanPeer {
     /// Its VXLAN device's MAC.
     pub mac: [u8; 6],
     /// Its address blocks, then host routes for its attachments outside
-    /// them (static or held addresses).
+    /// them (static or held addresses), IPv4 and IPv6.
     pub routes: Vec<IpNet>,
+    /// The next hop of its IPv6 routes (its device's link-local address,
+    /// with a neighbour entry of its own): Linux routes IPv6 only via an
+    /// IPv6 next hop, not via the VTEP's IPv4 address. None: nothing of it
+    /// is IPv6.
+    pub ipv6_next_hop: Option<Ipv6Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -111,6 +120,17 @@ pub struct Endpoint {
     /// Default route via these gateways, when the attachment carries it.
     pub gateway_v4: Option<Ipv4Addr>,
     pub gateway_v6: Option<Ipv6Addr>,
+    /// More routes on the interface (IPv6 on overlays), netlet's own.
+    pub routes: Vec<EndpointRoute>,
+}
+
+/// A route on an endpoint's interface: via `gateway` (onlink), or on the
+/// link without one, at `metric`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EndpointRoute {
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub metric: u32,
 }
 
 impl Endpoint {

@@ -217,6 +217,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
             addresses: cidr4.into_iter().chain(cidr6).collect(),
             gateway_v4: carries_default.then_some(gw4).flatten().and_then(as_v4),
             gateway_v6: carries_default.then_some(gw6).flatten().and_then(as_v6),
+            routes: overlay::container_routes(net, node, v6),
             kind,
         };
         out.attachments.insert(
@@ -622,6 +623,8 @@ fn choose_default_routes<'a>(
 
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod overlay_tests;
 #[cfg(test)]
 mod tenancy_tests;
 #[cfg(test)]

@@ -242,10 +242,7 @@ pub fn resolve(net: &Network) -> Result<ResolvedNetwork, Failure> {
                 }
                 peers.push((peer.node.clone(), ip));
             }
-            if spec.enable_ipv6 {
-                // Routed per node through IPv4 blocks; IPv6 has neither blocks nor proxy answers here.
-                return Err(Failure::invalid("overlay networks carry IPv4 only: enableIPv6 is not supported with driver overlay"));
-            }
+            super::overlay::check_ipv6_blocks(&subnets, o.block_prefix_length)?;
             Some(OverlaySpec { vni: o.vni, port: o.port.unwrap_or(VXLAN_PORT), peers, block_prefix_length: o.block_prefix_length })
         }
         _ => None,

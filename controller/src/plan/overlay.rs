@@ -13,14 +13,22 @@
 //! (flannel's VXLAN scheme); only addresses outside their node's blocks
 //! (static or held ones) cost a host route each. Nothing is flooded or
 //! learned.
+//!
+//! IPv6 follows the IPv4 blocks: the node holding the k-th IPv4 block
+//! holds the k-th IPv6 block (`mirror_block`), so nothing more is claimed
+//! or exchanged. Linux routes IPv6 only via an IPv6 next hop, so each
+//! remote node holding IPv6 costs one more neighbour entry (its device's
+//! link-local address -> its MAC, the same FDB entry). There is no proxy
+//! NDP for a range, so containers route instead of the bridge answering
+//! for them (`container_routes`).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
 
 use super::attachment::{self, SandboxChoice};
-use super::desired::{VxlanLink, VxlanPeer};
+use super::desired::{EndpointRoute, VxlanLink, VxlanPeer};
 use super::network::{ResolvedNetwork, Subnet, VXLAN_OVERHEAD};
 use super::outcome::{reason, Failure};
 use super::{ipam, is_local, AddressPair, Allocations, HeldEndpoint, Member, NodeFacts, Plan};
@@ -31,14 +39,15 @@ use crate::objects::{ObjectName, ObjectSet};
 /// Addresses of every attachment (any node) on overlay networks.
 pub type OverlayAddresses = BTreeMap<ObjectName, (Option<IpAddr>, Option<IpAddr>)>;
 
-/// One overlay network's IPv4 address blocks, and addresses outside them,
-/// by node.
+/// One overlay network's address blocks, and addresses outside them, by
+/// node.
 pub type NodeBlocks = BTreeMap<String, NodeRoutes>;
 
 /// What one node of an overlay is routed for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NodeRoutes {
-    /// The blocks it hands out dynamic addresses from.
+    /// The blocks it hands out dynamic addresses from: IPv4 as claimed or
+    /// derived; IPv6 ones mirrored from them where the plan needs both.
     pub blocks: Vec<IpNet>,
     /// Kubernetes mode: its attachments' addresses outside its blocks (its
     /// summary in the Network's status), as attachments of other nodes are
@@ -116,17 +125,21 @@ pub fn allocate(
         let results = match claimed {
             Some(claimed) => {
                 let mine = claimed.get(&node.node_name).map(|r| r.blocks.as_slice()).unwrap_or_default();
+                let mine_both = with_mirrors(net, mine);
                 // Other nodes' addresses inside our blocks are taken: asked
                 // for as statics, after ours, their answers dropped.
                 let taken: Vec<(String, IpAddr)> = claimed
                     .iter()
                     .filter(|(n, _)| *n != &node.node_name)
                     .flat_map(|(n, r)| {
-                        r.outside.iter().filter(|ip| mine.iter().any(|b| b.contains(*ip))).map(move |ip| (format!("{n}:{ip}"), *ip))
+                        r.outside.iter().filter(|ip| mine_both.iter().any(|b| b.contains(*ip))).map(move |ip| (format!("{n}:{ip}"), *ip))
                     })
                     .collect();
                 let mut asked = requests.clone();
-                asked.extend(taken.iter().map(|(key, ip)| (key.as_str(), Some(*ip), None)));
+                asked.extend(taken.iter().map(|(key, ip)| match ip {
+                    IpAddr::V4(_) => (key.as_str(), Some(*ip), None),
+                    IpAddr::V6(_) => (key.as_str(), None, Some(*ip)),
+                }));
                 let mut results = allocate_in_blocks(name, net, &asked, held, mine);
                 results.truncate(requests.len());
                 results
@@ -221,8 +234,8 @@ fn allocate_by_node(
     out
 }
 
-/// Kubernetes mode: dynamic IPv4 addresses from this node's blocks only,
-/// the first block first; held and static addresses as usual.
+/// Dynamic addresses from this node's blocks only (IPv6 from their
+/// mirrors), the first block first; held and static addresses as usual.
 fn allocate_in_blocks(
     name: &str,
     net: &ResolvedNetwork,
@@ -231,14 +244,21 @@ fn allocate_in_blocks(
     blocks: &[IpNet],
 ) -> Vec<Option<Result<AddressPair, Failure>>> {
     let Some(v4) = net.subnet_v4().map(|s| s.net) else { return super::allocate_network(name, net, requests, held) };
-    let scoped = |range: IpNet| {
+    // The IPv4 range becomes the block, the IPv6 range its mirror (no
+    // block: the network address alone, so nothing dynamic is free).
+    let v6 = net.subnet_v6().map(|s| s.net);
+    let scoped = |block: Option<IpNet>| {
         let mut n = net.clone();
-        n.subnets.iter_mut().filter(|s| s.net == v4).for_each(|s| s.range = range);
+        for s in n.subnets.iter_mut().filter(|s| s.net == v4 || Some(s.net) == v6) {
+            let range = if s.net == v4 { block } else { block.and_then(|b| mirror_block(v4, s.net, b)) };
+            s.range = range.unwrap_or(IpNet::from(s.net.network()));
+        }
         n
     };
+    let blocks: Vec<IpNet> = blocks.iter().filter(|b| b.addr().is_ipv4()).copied().collect();
     if blocks.is_empty() {
         // No block yet: held and static addresses stand, dynamic ones wait.
-        let mut out = super::allocate_network(name, &scoped(IpNet::from(v4.network())), requests, held);
+        let mut out = super::allocate_network(name, &scoped(None), requests, held);
         for result in out.iter_mut().flatten() {
             if matches!(result, Err(f) if f.reason == reason::POOL_EXHAUSTED) {
                 *result = Err(Failure::new(
@@ -252,7 +272,7 @@ fn allocate_in_blocks(
     let mut held = held.clone();
     let mut out = Vec::new();
     for block in blocks {
-        out = super::allocate_network(name, &scoped(*block), requests, &held);
+        out = super::allocate_network(name, &scoped(Some(block)), requests, &held);
         for ((owner, _, _), result) in requests.iter().zip(&out) {
             if let Some(Ok((v4, v6))) = result {
                 let h = held
@@ -284,6 +304,115 @@ pub fn block_capacity(subnet: &Subnet, block: IpNet) -> u64 {
     ipam::capacity(&Subnet { range: block, ..subnet.clone() })
 }
 
+/// The fewest host bits an IPv6 block keeps (16 addresses): a mirrored
+/// prefix longer than /124 is refused.
+pub const MIN_IPV6_BLOCK_HOST_BITS: u8 = 4;
+
+/// IPv6 blocks mirror the IPv4 ones (see [`mirror_block`]): an overlay
+/// with an IPv6 subnet needs an IPv4 one to mirror, and an IPv6 subnet
+/// large enough that each mirrored block keeps
+/// [`MIN_IPV6_BLOCK_HOST_BITS`] host bits.
+pub fn check_ipv6_blocks(subnets: &[Subnet], configured: Option<u8>) -> Result<(), Failure> {
+    let Some(v6) = subnets.iter().find(|s| s.net.addr().is_ipv6()) else { return Ok(()) };
+    let Some(v4) = subnets.iter().find(|s| s.net.addr().is_ipv4()) else {
+        return Err(Failure::invalid(format!(
+            "overlay subnet {} needs an IPv4 subnet beside it: an overlay's IPv6 blocks mirror its IPv4 blocks",
+            v6.net
+        )));
+    };
+    // Standalone mode cuts the IPv4 range, Kubernetes mode the subnet: the
+    // smaller blocks of the two decide.
+    let b4 = block_prefix(v4.range, configured).max(block_prefix(v4.net, configured));
+    let b6 = v6.net.prefix_len() + (b4 - v4.net.prefix_len());
+    let longest = 128 - MIN_IPV6_BLOCK_HOST_BITS;
+    if b6 > longest {
+        return Err(Failure::invalid(format!(
+            "overlay IPv6 subnet {} is too small: each node's IPv6 block mirrors its IPv4 block (/{b4} of {}), a /{b6}, \
+             longer than /{longest}; use a shorter IPv6 prefix (e.g. a /64) or a larger overlay.blockPrefixLength span",
+            v6.net, v4.net
+        )));
+    }
+    Ok(())
+}
+
+/// The IPv6 block that mirrors `block`, an IPv4 block of subnet `v4`: the
+/// k-th block of `v4` (prefix B4 in a /P4) gives the k-th block of `v6`
+/// (a /P6), of prefix P6 + (B4 - P4). None if it has no mirror.
+pub fn mirror_block(v4: IpNet, v6: IpNet, block: IpNet) -> Option<IpNet> {
+    let (IpNet::V4(v4), IpNet::V6(v6), IpNet::V4(block)) = (v4, v6, block) else { return None };
+    if !v4.contains(&block.network()) {
+        return None;
+    }
+    let prefix = v6.prefix_len() + block.prefix_len().checked_sub(v4.prefix_len())?;
+    if prefix > 128 {
+        return None;
+    }
+    let offset = u64::from(u32::from(block.network()) - u32::from(v4.network()));
+    let index = u128::from(offset.checked_shr(u32::from(32 - block.prefix_len())).unwrap_or(0));
+    let start = u128::from(v6.network()) | index.checked_shl(u32::from(128 - prefix)).unwrap_or(0);
+    Ipv6Net::new(Ipv6Addr::from(start), prefix).ok().map(IpNet::V6)
+}
+
+/// Every node's blocks of overlay `name`, both families: claimed
+/// (Kubernetes mode) or derived, with the IPv6 mirror of each IPv4 block.
+pub fn node_blocks(name: &str, net: &ResolvedNetwork, node: &NodeFacts) -> NodeBlocks {
+    let mut blocks = node.overlay_blocks.get(name).cloned().unwrap_or_else(|| derived_blocks(net));
+    for routes in blocks.values_mut() {
+        routes.blocks = with_mirrors(net, &routes.blocks);
+    }
+    blocks
+}
+
+/// This node's blocks of overlay `net`, both families (without copying
+/// every other node's: it is asked once per container).
+fn own_blocks(net: &ResolvedNetwork, node: &NodeFacts) -> Vec<IpNet> {
+    let v4 = match node.overlay_blocks.get(&net.name) {
+        Some(claimed) => claimed.get(&node.node_name).map(|r| r.blocks.clone()).unwrap_or_default(),
+        None => derived_blocks(net).remove(&node.node_name).map(|r| r.blocks).unwrap_or_default(),
+    };
+    with_mirrors(net, &v4)
+}
+
+/// IPv4 `blocks` of `net`, then the IPv6 mirror of each (if `net` has
+/// an IPv6 subnet).
+pub fn with_mirrors(net: &ResolvedNetwork, blocks: &[IpNet]) -> Vec<IpNet> {
+    let v4: Vec<IpNet> = blocks.iter().filter(|b| b.addr().is_ipv4()).copied().collect();
+    let mirrors = match (net.subnet_v4(), net.subnet_v6()) {
+        (Some(s4), Some(s6)) => v4.iter().filter_map(|b| mirror_block(s4.net, s6.net, *b)).collect(),
+        _ => Vec::new(),
+    };
+    v4.into_iter().chain(mirrors).collect()
+}
+
+/// Below the kernel's own prefix route (metric 256), so it wins.
+pub const CONTAINER_ROUTE_METRIC: u32 = 1;
+
+/// The IPv6 routes of a container on overlay `net` at address `ipv6`: the
+/// subnet via the gateway, ahead of the kernel's prefix route, so an
+/// address on another node goes through this node, which routes it (no
+/// proxy NDP answers for a range); the gateway itself on the link (else
+/// Linux finds it behind that very route and refuses a default route via
+/// it: EHOSTUNREACH); and this node's own IPv6 blocks on the link, more
+/// specific, so neighbours on this node are reached directly. The address
+/// keeps the subnet's prefix.
+pub fn container_routes(net: &ResolvedNetwork, node: &NodeFacts, ipv6: Option<IpAddr>) -> Vec<EndpointRoute> {
+    let (Some(ipv6), Some(_)) = (ipv6, &net.overlay) else { return Vec::new() };
+    let Some(subnet) = net.subnet_for(ipv6) else { return Vec::new() };
+    let mine = own_blocks(net, node).into_iter().filter(|b| b.addr().is_ipv6());
+    let on_link = std::iter::once(IpNet::from(subnet.gateway)).chain(mine);
+    std::iter::once(EndpointRoute { dst: subnet.net, gateway: Some(subnet.gateway), metric: CONTAINER_ROUTE_METRIC })
+        .chain(on_link.map(|dst| EndpointRoute { dst, gateway: None, metric: CONTAINER_ROUTE_METRIC }))
+        .collect()
+}
+
+/// The link-local address the kernel gives a device of MAC `mac`
+/// (modified EUI-64): the IPv6 next hop towards that node's device.
+pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
+    let [a, b, c, d, e, f] = mac;
+    let word = |hi: u8, lo: u8| u16::from_be_bytes([hi, lo]);
+    Ipv6Addr::new(0xfe80, 0, 0, 0, word(a ^ 0x02, b), word(c, 0xff), word(0xfe, d), word(e, f))
+}
+
 /// The MAC of `node`'s VXLAN device of `network`: every node derives the
 /// same one, so a node's neighbour entry for another needs no exchange.
 pub fn device_mac(network: &str, node: &str) -> [u8; 6] {
@@ -304,7 +433,7 @@ pub fn vxlans(
         let (Ok(net), true) = (net, net.as_ref().is_ok_and(|n| n.driver == Driver::Overlay)) else { continue };
         let ov = net.overlay.as_ref().expect("overlay network has overlay options");
         let Some(local) = ov.peers.iter().find(|(n, _)| n == &node.node_name).map(|(_, ip)| *ip) else { continue };
-        let blocks = node.overlay_blocks.get(name).cloned().unwrap_or_else(|| derived_blocks(net));
+        let blocks = node_blocks(name, net, node);
         let in_blocks = |owner: &str, ip: &IpAddr| blocks.get(owner).is_some_and(|r| r.blocks.iter().any(|block| block.contains(ip)));
         let mut peers: Vec<VxlanPeer> = ov
             .peers
@@ -318,25 +447,43 @@ pub fn vxlans(
                     .get(n)
                     .map(|r| r.blocks.iter().copied().chain(r.outside.iter().map(|ip| IpNet::from(*ip))).collect())
                     .unwrap_or_default(),
+                ipv6_next_hop: None,
             })
             .collect();
         let mut local_routes = Vec::new();
         for att in objects.attachments.iter().filter(|a| &a.spec.network == name) {
-            let Some((Some(ip), _)) = addresses.get(&ObjectName::of(&**att)).copied() else { continue };
-            if is_local(att, &node.node_name) {
-                if peers.iter().any(|p| p.routes.iter().any(|r| r.contains(&ip))) {
-                    local_routes.push(IpNet::from(ip));
+            let Some((v4, v6)) = addresses.get(&ObjectName::of(&**att)).copied() else { continue };
+            for ip in [v4, v6].into_iter().flatten() {
+                if is_local(att, &node.node_name) {
+                    if peers.iter().any(|p| p.routes.iter().any(|r| r.contains(&ip))) {
+                        local_routes.push(IpNet::from(ip));
+                    }
+                    continue;
                 }
-                continue;
+                let Some(owner) = att.spec.node_name.as_deref() else { continue };
+                let host = IpNet::from(ip);
+                if let Some(peer) =
+                    peers.iter_mut().find(|p| p.node == owner).filter(|p| !in_blocks(owner, &ip) && !p.routes.contains(&host))
+                {
+                    peer.routes.push(host);
+                }
             }
-            let Some(owner) = att.spec.node_name.as_deref() else { continue };
-            let host = IpNet::from(ip);
-            if let Some(peer) = peers.iter_mut().find(|p| p.node == owner).filter(|p| !in_blocks(owner, &ip) && !p.routes.contains(&host)) {
-                peer.routes.push(host);
-            }
+        }
+        for peer in &mut peers {
+            peer.ipv6_next_hop = peer.routes.iter().any(|r| r.addr().is_ipv6()).then(|| link_local(peer.mac));
         }
         local_routes.sort();
         local_routes.dedup();
+        let own_v6: Vec<IpNet> =
+            blocks.get(&node.node_name).map(|r| r.blocks.iter().filter(|b| b.addr().is_ipv6()).copied().collect()).unwrap_or_default();
+        let mut proxy_ndp: Vec<IpAddr> = peers
+            .iter()
+            .flat_map(|p| &p.routes)
+            .filter(|r| r.addr().is_ipv6() && r.prefix_len() == 128 && own_v6.iter().any(|b| b.contains(&r.addr())))
+            .map(|r| r.addr())
+            .collect();
+        proxy_ndp.sort();
+        proxy_ndp.dedup();
         out.push(VxlanLink {
             name: vxlan_name(ov.vni),
             network: name.clone(),
@@ -348,6 +495,7 @@ pub fn vxlans(
             mtu: net.mtu,
             peers,
             local_routes,
+            proxy_ndp,
         });
     }
     out

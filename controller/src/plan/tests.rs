@@ -2,13 +2,13 @@ use super::*;
 use crate::api::{AttachmentSpec, IpamConfig, Network, NetworkSpec, PortMapping, PortMappingSpec, PortSpec, Sandbox};
 use std::net::IpAddr;
 
-fn network(name: &str, subnet: &str) -> Network {
+pub(super) fn network(name: &str, subnet: &str) -> Network {
     let mut n = Network::new(name, NetworkSpec::default());
     n.spec.ipam.config.push(IpamConfig { subnet: subnet.into(), ..Default::default() });
     n
 }
 
-fn attachment(name: &str, network: &str, netns: &str) -> Attachment {
+pub(super) fn attachment(name: &str, network: &str, netns: &str) -> Attachment {
     let mut a = Attachment::new(
         name,
         AttachmentSpec {
@@ -34,7 +34,7 @@ fn port_mapping(name: &str, att: &str, container: u16, host: Option<u16>) -> Por
     p
 }
 
-fn arcs<T>(objects: Vec<T>) -> Vec<std::sync::Arc<T>> {
+pub(super) fn arcs<T>(objects: Vec<T>) -> Vec<std::sync::Arc<T>> {
     objects.into_iter().map(std::sync::Arc::new).collect()
 }
 
@@ -223,7 +223,7 @@ fn port_mappings_expand_allocate_and_conflict_in_creation_order() {
     assert_eq!(p.desired.firewall.ports.len(), 2);
 }
 
-fn overlay_network() -> Network {
+pub(super) fn overlay_network() -> Network {
     let mut n = network("ov", "10.77.0.0/24");
     n.spec.driver = crate::api::Driver::Overlay;
     n.spec.overlay = Some(crate::api::OverlayOptions {
@@ -239,12 +239,12 @@ fn overlay_network() -> Network {
     n
 }
 
-fn on_node(mut a: Attachment, node: &str) -> Attachment {
+pub(super) fn on_node(mut a: Attachment, node: &str) -> Attachment {
     a.spec.node_name = Some(node.into());
     a
 }
 
-fn facts_for(node: &str) -> NodeFacts {
+pub(super) fn facts_for(node: &str) -> NodeFacts {
     NodeFacts { node_name: node.into(), ephemeral_ports: (32768, 60999), ..Default::default() }
 }
 
@@ -324,15 +324,6 @@ fn overlay_addresses_stay_put_when_an_earlier_attachment_goes() {
     let fewer = ObjectSet { networks: arcs(vec![overlay_network()]), attachments: vec![all.attachments[1].clone()], ..Default::default() };
     let second = plan(&fewer, &facts_for("n2"), &first.allocations);
     assert_eq!(second.allocations.endpoints["default/c2"].ipv4, Some("10.77.0.65".parse().unwrap()));
-}
-
-#[test]
-fn overlays_refuse_ipv6() {
-    let mut net = overlay_network();
-    net.spec.enable_ipv6 = true;
-    net.spec.ipam.config.push(IpamConfig { subnet: "fd00:77::/64".into(), ..Default::default() });
-    let p = plan(&ObjectSet { networks: arcs(vec![net]), ..Default::default() }, &facts_for("n1"), &Allocations::default());
-    assert!(p.networks["ov"].clone().unwrap_err().message.contains("enableIPv6 is not supported"));
 }
 
 #[test]

@@ -27,13 +27,14 @@ impl Cluster {
         let mut out = BTreeMap::new();
         for net in objects.networks.iter().filter(|n| n.spec.driver == Driver::Overlay) {
             let name = net.name_any();
-            let Some(subnet) = crate::plan::network::resolve(net).ok().and_then(|r| r.subnet_v4().cloned()) else { continue };
+            let Ok(resolved) = crate::plan::network::resolve(net) else { continue };
+            let Some(subnet) = resolved.subnet_v4().cloned() else { continue };
             let prefix = overlay::block_prefix(subnet.net, net.spec.overlay.as_ref().and_then(|o| o.block_prefix_length));
-            let need = objects
-                .attachments
-                .iter()
-                .filter(|a| a.spec.network == name && scheduled_on(a, &self.node) && a.spec.ipv4_address.is_none())
-                .count() as u64;
+            // A dynamic IPv6 address needs a block too (its mirror).
+            let dynamic =
+                |a: &crate::api::Attachment| a.spec.ipv4_address.is_none() || (resolved.enable_ipv6 && a.spec.ipv6_address.is_none());
+            let need =
+                objects.attachments.iter().filter(|a| a.spec.network == name && scheduled_on(a, &self.node) && dynamic(a)).count() as u64;
             let by_node = |status: &Option<NetworkStatus>| -> NodeBlocks {
                 let mut out = NodeBlocks::new();
                 let Some(status) = status else { return out };

@@ -403,16 +403,25 @@ fn outside_blocks(
     objects: &ObjectSet,
     outcome: &Outcome,
 ) -> BTreeMap<String, Vec<String>> {
+    // This node's blocks by network, with their IPv6 mirrors.
+    let mine: BTreeMap<&str, Vec<ipnet::IpNet>> = blocks
+        .iter()
+        .filter_map(|(name, by_node)| {
+            let net = crate::plan::network::resolve(objects.networks.iter().find(|n| &n.name_any() == name)?).ok()?;
+            let claimed = by_node.get(node).map(|r| r.blocks.as_slice()).unwrap_or_default();
+            Some((name.as_str(), crate::plan::overlay::with_mirrors(&net, claimed)))
+        })
+        .collect();
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for entry in &outcome.status.entries {
         let ObjectStatus::Attachment(status, _) = &entry.status else { continue };
         let Some(att) = objects.attachments.iter().find(|a| ObjectName::of(&***a) == entry.key.name) else { continue };
-        let Some(mine) = blocks.get(&att.spec.network).map(|b| b.get(node).map(|r| r.blocks.as_slice()).unwrap_or_default()) else {
-            continue;
-        };
-        let ip = status.ipv4_address.as_deref().and_then(|c| c.split('/').next()).and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
-        if let Some(ip) = ip.filter(|ip| !mine.iter().any(|b| b.contains(ip))) {
-            out.entry(att.spec.network.clone()).or_default().push(ip.to_string());
+        let Some(mine) = mine.get(att.spec.network.as_str()) else { continue };
+        for cidr in [&status.ipv4_address, &status.ipv6_address].into_iter().flatten() {
+            let ip = cidr.split('/').next().and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+            if let Some(ip) = ip.filter(|ip| !mine.iter().any(|b| b.contains(ip))) {
+                out.entry(att.spec.network.clone()).or_default().push(ip.to_string());
+            }
         }
     }
     out.values_mut().for_each(|v| v.sort());
