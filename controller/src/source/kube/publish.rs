@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::{note_api, Cluster};
 use crate::api::{ready_condition, Condition, Network, NetworkNodeStatus, NetworkStatus};
+use crate::plan::outcome::reason;
 
 /// Finalizer on Attachments and PortMappings: the node's agent tears the
 /// object down before it disappears.
@@ -102,7 +103,11 @@ impl Cluster {
             tracing::warn!(object = %live.name_any(), error = %e, "status update failed; will retry");
             return;
         }
-        if let (true, Some(condition)) = (was_ready != Some(false), ready_condition(conditions(want)).filter(|c| !c.is_true())) {
+        // A state that resolves itself (a pod's sandbox not made yet, an
+        // address block being claimed) is no Warning: every pod start
+        // would raise one.
+        let failed = |c: &&Condition| !c.is_true() && !reason::is_pending(&c.reason);
+        if let (true, Some(condition)) = (was_ready != Some(false), ready_condition(conditions(want)).filter(failed)) {
             self.event(live, condition).await;
         }
     }
