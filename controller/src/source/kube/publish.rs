@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector;
@@ -31,6 +32,14 @@ pub(super) fn patch_params() -> PatchParams {
 
 pub(super) fn post_params() -> PostParams {
     PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
+
+/// Writes of one kind go out together, this many at a time: a pass that
+/// changed many objects is not published one round trip after another.
+const WRITES_IN_FLIGHT: usize = 16;
+
+pub(super) async fn concurrently<F: std::future::Future<Output = ()>>(writes: impl IntoIterator<Item = F>) {
+    futures::stream::iter(writes).for_each_concurrent(WRITES_IN_FLIGHT, |write| write).await
 }
 
 pub(super) fn has_finalizer<K: ResourceExt>(o: &K, f: &str) -> bool {
