@@ -118,6 +118,13 @@ fn pods_on_a_user_defined_network_reach_each_other_by_address_and_name_and_keep_
             && status[0]["ready"] == true
     });
 
+    // A pod start is no warning: its attachments waited for the sandbox
+    // (PodNotStarted) in the normal course.
+    let events = c.kubectl_ok(&format!("get events -n {NS} -o json"));
+    let events: Value = serde_json::from_str(&events).unwrap();
+    let warned: Vec<&Value> = events["items"].as_array().unwrap().iter().filter(|e| e["reason"] == "PodNotStarted").collect();
+    assert!(warned.is_empty(), "no Warning for a pod being started: {warned:?}");
+
     // The primary network: eth0 keeps the default route and pods reach
     // each other over it.
     let primary_b = pb["status"]["podIP"].as_str().unwrap().to_string();

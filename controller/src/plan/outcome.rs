@@ -28,6 +28,14 @@ pub mod reason {
     pub const POD_NOT_STARTED: &str = "PodNotStarted";
     /// Outside the tenant boundary (see `plan::tenancy`).
     pub const FORBIDDEN: &str = "Forbidden";
+
+    /// Reasons that pass by themselves in the normal course (a pod's
+    /// sandbox about to be made, a block being claimed, a mapping waiting
+    /// on its attachment, which has a condition of its own): not worth a
+    /// Warning Event.
+    pub fn is_pending(reason: &str) -> bool {
+        [POD_NOT_STARTED, ADDRESS_BLOCK_PENDING, ATTACHMENT_NOT_READY].contains(&reason)
+    }
 }
 
 /// Why an object is not Ready: a reason from [`reason`] and a message a

@@ -43,6 +43,7 @@ mod pods;
 mod publish;
 mod scope;
 
+use publish::concurrently;
 pub use publish::{IN_USE_FINALIZER, TEARDOWN_FINALIZER};
 pub use scope::{label_value, NETWORK_LABEL, NODE_LABEL};
 
@@ -509,15 +510,17 @@ impl Source for KubeSource {
         let att_api = |ns: &str| Api::<Attachment>::namespaced(client.clone(), ns);
         let pm_api = |ns: &str| Api::<PortMapping>::namespaced(client.clone(), ns);
         let net_api: Api<Network> = Api::all(client.clone());
-        for a in objects.attachments.iter().map(|a| &**a).filter(|a| crate::plan::is_local(a, &cluster.node)) {
-            cluster.ensure_finalizer(&att_api(&namespace_of(a)), a, TEARDOWN_FINALIZER).await;
-        }
-        for p in objects.port_mappings.iter().map(|p| &**p) {
-            cluster.ensure_finalizer(&pm_api(&namespace_of(p)), p, TEARDOWN_FINALIZER).await;
-        }
-        for n in &objects.networks {
-            cluster.ensure_finalizer(&net_api, n, IN_USE_FINALIZER).await;
-        }
+        let local_atts = objects.attachments.iter().map(|a| &**a).filter(|a| crate::plan::is_local(a, &cluster.node));
+        concurrently(local_atts.map(|a| async move { cluster.ensure_finalizer(&att_api(&namespace_of(a)), a, TEARDOWN_FINALIZER).await }))
+            .await;
+        concurrently(
+            objects
+                .port_mappings
+                .iter()
+                .map(|p| async move { cluster.ensure_finalizer(&pm_api(&namespace_of(&**p)), &**p, TEARDOWN_FINALIZER).await }),
+        )
+        .await;
+        concurrently(objects.networks.iter().map(|n| cluster.ensure_finalizer(&net_api, n, IN_USE_FINALIZER))).await;
         // Status, only where it changed.
         let live_atts: BTreeMap<ObjectName, Arc<Attachment>> =
             cluster.attachments.state().into_iter().map(|a| (ObjectName::of(&*a), a)).collect();
@@ -525,7 +528,8 @@ impl Source for KubeSource {
             cluster.port_mappings.state().into_iter().map(|p| (ObjectName::of(&*p), p)).collect();
         let namespace = |name: &ObjectName| name.namespace().unwrap_or("default").to_string();
         let outside = outside_blocks(&self.last_blocks, &cluster.node, objects, outcome);
-        for entry in &outcome.status.entries {
+        let (outside, live_atts, live_pms) = (&outside, &live_atts, &live_pms);
+        concurrently(outcome.status.entries.iter().map(|entry| async move {
             match &entry.status {
                 ObjectStatus::Network(ours) => {
                     let name = entry.key.name.name();
@@ -533,27 +537,32 @@ impl Source for KubeSource {
                     cluster.publish_network_status(name, ours, outside).await
                 }
                 ObjectStatus::Attachment(want, _) => {
-                    let Some(live) = live_atts.get(&entry.key.name) else { continue };
+                    let Some(live) = live_atts.get(&entry.key.name) else { return };
                     let api = att_api(&namespace(&entry.key.name));
                     cluster.publish_status(api, &**live, live.status.as_ref(), want, |s| &s.conditions).await
                 }
                 ObjectStatus::PortMapping(want) => {
-                    let Some(live) = live_pms.get(&entry.key.name) else { continue };
+                    let Some(live) = live_pms.get(&entry.key.name) else { return };
                     let api = pm_api(&namespace(&entry.key.name));
                     cluster.publish_status(api, &**live, live.status.as_ref(), want, |s| &s.conditions).await
                 }
                 ObjectStatus::Unloaded(_) => {}
             }
-        }
+        }))
+        .await;
         cluster.sync_annotation_attachments().await;
         cluster.publish_pod_network_status(outcome).await;
         // Teardown finished for excluded objects: let them go.
         if outcome.node_errors.is_empty() {
-            for a in deleting_atts {
-                cluster.remove_finalizer(&att_api(&namespace_of(&**a)), &**a, TEARDOWN_FINALIZER).await;
-            }
+            concurrently(
+                deleting_atts
+                    .iter()
+                    .map(|a| async move { cluster.remove_finalizer(&att_api(&namespace_of(&**a)), &**a, TEARDOWN_FINALIZER).await }),
+            )
+            .await;
             let visible: BTreeSet<ObjectName> = cluster.attachments.state().iter().map(|a| ObjectName::of(&**a)).collect();
-            for p in deleting_pms {
+            let visible = &visible;
+            concurrently(deleting_pms.iter().map(|p| async move {
                 let namespace = namespace_of(&**p);
                 // With an Attachment this node does not see: let go only
                 // if that Attachment exists nowhere.
@@ -561,7 +570,8 @@ impl Source for KubeSource {
                 if seen || !cluster.attachment_exists(&namespace, &p.spec.attachment).await {
                     cluster.remove_finalizer(&pm_api(&namespace), &**p, TEARDOWN_FINALIZER).await;
                 }
-            }
+            }))
+            .await;
             for n in deleting_nets {
                 if publish::has_finalizer(&**n, IN_USE_FINALIZER) && !cluster.network_in_use(&n.name_any()).await {
                     cluster.remove_finalizer(&net_api, &**n, IN_USE_FINALIZER).await;

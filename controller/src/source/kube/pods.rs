@@ -18,7 +18,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::publish::{patch_params, post_params};
+use super::publish::{concurrently, patch_params, post_params};
 use super::{note_api, Cluster};
 use crate::api::{Attachment, AttachmentStatus};
 use crate::objects::{namespace_of, ObjectKey, ObjectName};
@@ -232,6 +232,7 @@ impl Cluster {
     pub(super) async fn publish_pod_network_status(&self, outcome: &Outcome) {
         let status = attachment_statuses(outcome);
         let mut named = by_pod(&self.attachments.state());
+        let mut changes: Vec<(Arc<Pod>, Option<String>)> = Vec::new();
         for pod in self.pods.state() {
             if pod.metadata.deletion_timestamp.is_some() {
                 continue;
@@ -242,16 +243,17 @@ impl Cluster {
                 Err(e) => json!([{"error": format!("{NETWORKS_ANNOTATION}: {e}")}]).to_string(),
                 Ok(_) if attachments.is_empty() => {
                     if pod.annotations().contains_key(NETWORK_STATUS_ANNOTATION) {
-                        self.annotate(&pod, None).await;
+                        changes.push((pod, None));
                     }
                     continue;
                 }
                 Ok(_) => network_status(&attachments, &status).to_string(),
             };
             if pod.annotations().get(NETWORK_STATUS_ANNOTATION) != Some(&text) {
-                self.annotate(&pod, Some(&text)).await;
+                changes.push((pod, Some(text)));
             }
         }
+        concurrently(changes.iter().map(|(pod, text)| self.annotate(pod, text.as_deref()))).await;
     }
 
     async fn annotate(&self, pod: &Pod, value: Option<&str>) {

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector;
@@ -15,6 +16,7 @@ use serde_json::json;
 
 use super::{note_api, Cluster};
 use crate::api::{ready_condition, Condition, Network, NetworkNodeStatus, NetworkStatus};
+use crate::plan::outcome::reason;
 
 /// Finalizer on Attachments and PortMappings: the node's agent tears the
 /// object down before it disappears.
@@ -30,6 +32,14 @@ pub(super) fn patch_params() -> PatchParams {
 
 pub(super) fn post_params() -> PostParams {
     PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
+
+/// Writes of one kind go out together, this many at a time: a pass that
+/// changed many objects is not published one round trip after another.
+const WRITES_IN_FLIGHT: usize = 16;
+
+pub(super) async fn concurrently<F: std::future::Future<Output = ()>>(writes: impl IntoIterator<Item = F>) {
+    futures::stream::iter(writes).for_each_concurrent(WRITES_IN_FLIGHT, |write| write).await
 }
 
 pub(super) fn has_finalizer<K: ResourceExt>(o: &K, f: &str) -> bool {
@@ -102,7 +112,11 @@ impl Cluster {
             tracing::warn!(object = %live.name_any(), error = %e, "status update failed; will retry");
             return;
         }
-        if let (true, Some(condition)) = (was_ready != Some(false), ready_condition(conditions(want)).filter(|c| !c.is_true())) {
+        // A state that resolves itself (a pod's sandbox not made yet, an
+        // address block being claimed) is no Warning: every pod start
+        // would raise one.
+        let failed = |c: &&Condition| !c.is_true() && !reason::is_pending(&c.reason);
+        if let (true, Some(condition)) = (was_ready != Some(false), ready_condition(conditions(want)).filter(failed)) {
             self.event(live, condition).await;
         }
     }
