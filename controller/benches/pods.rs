@@ -12,7 +12,8 @@
 //!
 //! Each figure is ROUNDS pods created and deleted one after the other; p50
 //! and p99 (with 20 rounds, the p99 is the worst). Writes
-//! target/bench-pods.json.
+//! target/bench-pods.json, and the agent's log to
+//! target/bench-pods-agent.log (NETLET_BENCH_LOG sets its RUST_LOG).
 
 #[path = "../../tests/harness/mod.rs"]
 mod harness;
@@ -191,7 +192,9 @@ fn main() {
     let c = LocalCluster::up();
     c.load_agent_image();
     c.kubectl_ok(&format!("create namespace {SYSTEM}"));
-    c.helm_install("--set defaultNetworks.enabled=false,cni.enabled=false");
+    // NETLET_BENCH_LOG: the agent's RUST_LOG (its log is kept beside the figures).
+    let log_level = std::env::var("NETLET_BENCH_LOG").map(|l| format!("--set-string logLevel={l}")).unwrap_or_default();
+    c.helm_install(&format!("--set defaultNetworks.enabled=false,cni.enabled=false {log_level}"));
     c.wait_one_ready_pod(SYSTEM, AGENT, ROLLOUT, |_| true);
     c.apply("apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: bench}\nspec: {ipam: {config: [{subnet: 172.31.0.0/16}]}}\n");
     let client = Client::new(&c);
@@ -217,7 +220,9 @@ fn main() {
         figures.push(figure(&format!("netlet-cni ADD at the agent (attachments realized), {level} annotated pods in place"), adds));
     }
 
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-pods.json");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    std::fs::write(target.join("bench-pods-agent.log"), c.container_log(&agent, "netlet", 0)).unwrap();
+    let out = target.join("bench-pods.json");
     std::fs::write(&out, serde_json::to_string_pretty(&figures).unwrap()).unwrap();
     println!("results: {}", out.display());
     let names: Vec<String> = (0..in_place).map(|i| format!("bg{i}")).collect();
