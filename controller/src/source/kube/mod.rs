@@ -79,13 +79,23 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let what = format!("list/watch {}", K::plural(&()));
+    let resource = K::plural(&()).to_string();
+    let what = format!("list/watch {resource}");
     let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => {
+                Ok(event) => {
+                    let received = match event {
+                        watcher::Event::Apply(_) => Some("apply"),
+                        watcher::Event::Delete(_) => Some("delete"),
+                        watcher::Event::InitApply(_) => Some("list"),
+                        watcher::Event::Init | watcher::Event::InitDone => None,
+                    };
+                    if let Some(received) = received {
+                        metrics.watch_event(&resource, received);
+                    }
                     note_api(&metrics, &what, None);
                     changed.notify_one()
                 }
