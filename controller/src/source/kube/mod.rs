@@ -79,6 +79,12 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
+    // Lists (at start, and after a watch expired) from the API server's
+    // watch cache, filtered there in memory: a most-recent list reads every
+    // object of the kind from etcd to find this node's few, so each
+    // agent's relist costs the cluster's size, and on a busy server it
+    // timed out (504) again and again while attachments elsewhere churned.
+    let config = config.any_semantic();
     let resource = K::plural(&()).to_string();
     let what = format!("list/watch {resource}");
     let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
