@@ -51,8 +51,9 @@ pub struct AgentSample {
     pub rss_kib: u64,
     /// utime + stime, seconds.
     pub cpu_seconds: f64,
-    /// Bytes its node received on the underlay: the API server's answers
-    /// and watch streams (no other traffic reaches an idle node).
+    /// Bytes its node's underlay link received: the API server's answers
+    /// and watch streams, bookmarks included (no other traffic reaches an
+    /// idle node; the link's count is the node's IP octets plus framing).
     pub rx_bytes: u64,
     /// Objects it received on lists and watches (netlet_watch_events_total).
     pub watch_events: u64,
@@ -166,7 +167,7 @@ impl SimCluster {
             let writes = (from..total).map(|j| {
                 let api = api.clone();
                 let node = nodes[j % nodes.len()].clone();
-                async move { write_as_agent(&api, j, &node).await }
+                async move { with_retries(|| write_as_agent(&api, j, &node)).await }
             });
             futures::stream::iter(writes).buffer_unordered(CREATE_POOL).try_collect::<Vec<()>>().await?;
             Ok(())
@@ -211,6 +212,24 @@ impl SimCluster {
     }
 }
 
+/// `f` again while the API server answers that it is overloaded (a busy
+/// machine makes it time out: 429, 5xx).
+async fn with_retries<Fut: Future<Output = anyhow::Result<()>>>(f: impl Fn() -> Fut) -> anyhow::Result<()> {
+    for attempt in 1.. {
+        match f().await {
+            Err(e) if attempt < 10 && e.downcast_ref::<kube::Error>().is_some_and(overloaded) => {
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await
+            }
+            result => return result,
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+fn overloaded(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 429 || s.code >= 500)
+}
+
 /// Attachment `x{j}` on `node`, as that node's agent leaves it: created,
 /// labeled, its finalizer added and its Ready status written.
 async fn write_as_agent(api: &Api<Attachment>, j: usize, node: &str) -> anyhow::Result<()> {
@@ -232,7 +251,11 @@ async fn write_as_agent(api: &Api<Attachment>, j: usize, node: &str) -> anyhow::
             .collect(),
     );
     a.metadata.finalizers = Some(vec![netlet::source::kube::TEARDOWN_FINALIZER.into()]);
-    let created = api.create(&PostParams::default(), &a).await?;
+    let created = match api.create(&PostParams::default(), &a).await {
+        // A retry after a create that went through but timed out.
+        Err(kube::Error::Api(s)) if s.code == 409 => api.get(&name).await?,
+        result => result?,
+    };
     let subnet: ipnet::Ipv4Net = SPREAD_SUBNET.parse().unwrap();
     // Made-up but distinct: the j-th address after the gateway.
     let ip = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 2 + j as u32);
