@@ -98,6 +98,9 @@ fn pods_on_a_user_defined_network_reach_each_other_by_address_and_name_and_keep_
         assert_eq!(att["metadata"]["ownerReferences"][0]["uid"], pod["metadata"]["uid"], "owned by its pod");
         assert_eq!(att["status"]["pod"]["uid"], pod["metadata"]["uid"], "status names the pod");
         assert_eq!(att["status"]["interface"], "net1");
+        // Labeled for the pod's node: no other node's agent hears of it.
+        assert_eq!(att["metadata"]["labels"]["netlet.io/node"], pod["spec"]["nodeName"], "{att}");
+        assert_eq!(att["metadata"]["labels"]["netlet.io/network"], "blue", "{att}");
     }
     let (addr_a, addr_b) = (address_of(&a), address_of(&b));
     let sandbox_a = a["status"]["sandboxPath"].as_str().unwrap().to_string();

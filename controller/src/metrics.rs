@@ -28,6 +28,7 @@ pub struct Metrics {
     address_capacity: IntGaugeVec,
     published_ports: IntGaugeVec,
     dns_queries: IntCounterVec,
+    watch_events: IntCounterVec,
     /// The embedded DNS server's own counters, copied in at each scrape.
     dns: std::sync::Mutex<Option<Arc<crate::resolver::DnsStats>>>,
     /// Set after the first complete reconcile: `/readyz` answers 200.
@@ -91,6 +92,13 @@ impl Metrics {
             ),
             &["result"],
         ));
+        let watch_events = must(IntCounterVec::new(
+            Opts::new(
+                "watch_events_total",
+                "Objects received from the API server (Kubernetes mode), by resource and event: apply and delete from watches, list from (re)lists; a node's count follows its own objects, not the cluster's",
+            ),
+            &["resource", "event"],
+        ));
         for c in [
             Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(full_reconcile_duration.clone()),
@@ -103,6 +111,7 @@ impl Metrics {
             Box::new(address_capacity.clone()),
             Box::new(published_ports.clone()),
             Box::new(dns_queries.clone()),
+            Box::new(watch_events.clone()),
         ] {
             must(registry.register(c));
         }
@@ -119,6 +128,7 @@ impl Metrics {
             address_capacity,
             published_ports,
             dns_queries,
+            watch_events,
             dns: std::sync::Mutex::new(None),
             ready: AtomicBool::new(false),
             problems: Default::default(),
@@ -182,6 +192,11 @@ impl Metrics {
     pub fn problems(&self) -> Vec<String> {
         let problems = self.problems.lock().unwrap_or_else(|e| e.into_inner());
         problems.iter().map(|(what, p)| format!("{what}: {p}")).collect()
+    }
+
+    /// Counts one object received on a list or watch of `resource`.
+    pub fn watch_event(&self, resource: &str, event: &str) {
+        self.watch_events.with_label_values(&[resource, event]).inc();
     }
 
     /// Reports the DNS server's counters from now on.
@@ -333,6 +348,10 @@ mod tests {
         assert!(text.contains("netlet_addresses_in_use{network=\"n\"} 2"));
         assert!(text.contains("netlet_address_capacity{network=\"n\"} 253"));
         assert!(text.contains("netlet_published_ports{protocol=\"tcp\"} 4"));
+        m.watch_event("attachments", "apply");
+        m.watch_event("attachments", "apply");
+        let text = m.render();
+        assert!(text.contains("netlet_watch_events_total{event=\"apply\",resource=\"attachments\"} 2"), "{text}");
         assert!(text.contains("netlet_reconcile_duration_seconds_count 1"));
         assert!(text.contains("netlet_full_reconcile_duration_seconds_count 0"), "a quick pass is not a full one");
         let mut full = outcome(true);

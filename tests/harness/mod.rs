@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod dataplane;
 pub mod kube;
 pub mod kubectl;
+pub mod sim;
 
 use std::fs;
 use std::path::PathBuf;

@@ -80,13 +80,29 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let what = format!("list/watch {}", K::plural(&()));
+    // Lists (at start, and after a watch expired) from the API server's
+    // watch cache, filtered there in memory: a most-recent list reads every
+    // object of the kind from etcd to find this node's few, so each
+    // agent's relist costs the cluster's size, and on a busy server it
+    // timed out (504) again and again while attachments elsewhere churned.
+    let config = config.any_semantic();
+    let resource = K::plural(&()).to_string();
+    let what = format!("list/watch {resource}");
     let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => {
+                Ok(event) => {
+                    let received = match event {
+                        watcher::Event::Apply(_) => Some("apply"),
+                        watcher::Event::Delete(_) => Some("delete"),
+                        watcher::Event::InitApply(_) => Some("list"),
+                        watcher::Event::Init | watcher::Event::InitDone => None,
+                    };
+                    if let Some(received) = received {
+                        metrics.watch_event(&resource, received);
+                    }
                     note_api(&metrics, &what, None);
                     changed.notify_one()
                 }

@@ -19,6 +19,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::publish::{concurrently, patch_params, post_params};
+use super::scope::{label_value, NETWORK_LABEL, NODE_LABEL};
 use super::{note_api, Cluster};
 use crate::api::{Attachment, AttachmentStatus};
 use crate::objects::{namespace_of, ObjectKey, ObjectName};
@@ -32,7 +33,7 @@ pub(super) fn pod_of(a: &Attachment) -> Option<ObjectName> {
     a.spec.sandbox.pod.as_deref().map(|pod| ObjectName::namespaced(&namespace_of(a), pod))
 }
 
-fn pod_in(store: &Store<Pod>, key: &ObjectName) -> Option<Arc<Pod>> {
+pub(super) fn pod_in(store: &Store<Pod>, key: &ObjectName) -> Option<Arc<Pod>> {
     store.get(&ObjectRef::new(key.name()).within(key.namespace().unwrap_or("default")))
 }
 
@@ -185,8 +186,12 @@ impl Cluster {
             let (Some(uid), None) = (pod.metadata.uid.as_deref(), pod.metadata.deletion_timestamp.as_ref()) else { continue };
             let namespace = namespace_of(&*pod);
             let name = pod.name_any();
-            let wanted: Vec<Attachment> =
-                selections(&pod).unwrap_or_default().iter().map(|s| annotation::attachment_for(&namespace, &name, uid, s)).collect();
+            // Labeled for this node from the start: no other agent hears of them.
+            let wanted: Vec<Attachment> = selections(&pod)
+                .unwrap_or_default()
+                .iter()
+                .map(|s| self.labeled_for_this_node(annotation::attachment_for(&namespace, &name, uid, s)))
+                .collect();
             let api = Api::<Attachment>::namespaced(self.client.clone(), &namespace);
             let made = made_for.remove(&ObjectName::namespaced(&namespace, &name)).unwrap_or_default();
             for want in &wanted {
@@ -195,7 +200,7 @@ impl Cluster {
                     None => api.create(&post_params(), want).await.map(drop),
                     Some(have) if have.spec != want.spec => {
                         // The annotation changed: the object follows it.
-                        let patch = json!({"spec": want.spec, "metadata": {"ownerReferences": want.metadata.owner_references}});
+                        let patch = json!({"spec": want.spec, "metadata": {"ownerReferences": want.metadata.owner_references, "labels": want.metadata.labels}});
                         api.patch(&want.name_any(), &patch_params(), &Patch::Merge(&patch)).await.map(drop)
                     }
                     Some(have) if have.owner_references() != want.owner_references() && have.metadata.deletion_timestamp.is_none() => {
@@ -225,6 +230,17 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// `a` with this node's node and network labels (see scope.rs). A pod
+    /// recreated under the same name on another node gets its attachments
+    /// once the old ones go with the old pod, their owner: that node's
+    /// agent does not see them, and its create is refused until then.
+    fn labeled_for_this_node(&self, mut a: Attachment) -> Attachment {
+        let labels = a.metadata.labels.get_or_insert_with(Default::default);
+        labels.insert(NODE_LABEL.into(), label_value(&self.node));
+        labels.insert(NETWORK_LABEL.into(), label_value(&a.spec.network));
+        a
     }
 
     /// Writes each pod's `netlet.io/network-status` annotation where it

@@ -4,8 +4,10 @@
 //! Attachments and PortMappings carry the label `netlet.io/node` (and
 //! Attachments `netlet.io/network`); each agent watches those labeled for
 //! its node, and those labeled for no node yet (a new object, whatever
-//! tool made it): the agent of the Attachment's `spec.nodeName` labels it
-//! and its PortMappings, after which the others stop hearing of it. Label
+//! tool made it): the agent of the Attachment's `spec.nodeName`, or of its
+//! pod's node for a `pod` sandbox, labels it and its PortMappings, after
+//! which the others stop hearing of it. The attachments a pod's
+//! `netlet.io/networks` annotation stands for are made labeled. Label
 //! values are the names, or a hash of a name that is no valid label value.
 //! Networks and Nodes are watched whole: there are few, and an overlay
 //! needs every peer.
@@ -20,8 +22,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
 
+use super::pods::{pod_in, pod_of};
 use super::publish::patch_params;
-use super::{note_api, reflect, scheduled_on, Cluster};
+use super::{note_api, reflect, Cluster};
 use crate::api::{Attachment, PortMapping};
 use crate::metrics::Metrics;
 use crate::objects::{namespace_of, ObjectName};
@@ -91,9 +94,9 @@ impl Cluster {
     pub(super) async fn label_own(&self) {
         let attachments = self.attachments.state();
         for a in &attachments {
-            let Some(node) = a.spec.node_name.as_deref() else { continue };
+            let Some(node) = self.node_of(a) else { continue };
             let labeled_mine = a.labels().get(NODE_LABEL) == Some(&label_value(&self.node));
-            if !scheduled_on(a, &self.node) && !labeled_mine {
+            if node != self.node && !labeled_mine {
                 continue; // another node's, and not labeled for us: theirs to label
             }
             let want = [(NODE_LABEL, label_value(node)), (NETWORK_LABEL, label_value(&a.spec.network))];
@@ -104,7 +107,7 @@ impl Cluster {
         }
         for p in self.port_mappings.state() {
             let owner = attachments.iter().find(|a| namespace_of(&***a) == namespace_of(&*p) && a.name_any() == p.spec.attachment);
-            let Some(node) = owner.and_then(|a| a.spec.node_name.as_deref()) else { continue };
+            let Some(node) = owner.and_then(|a| self.node_of(a)) else { continue };
             if node != self.node {
                 continue;
             }
@@ -112,6 +115,16 @@ impl Cluster {
                 let api: Api<PortMapping> = Api::namespaced(self.client.clone(), &namespace_of(&*p));
                 self.patch_labels(&api, &p.name_any(), &patch).await;
             }
+        }
+    }
+
+    /// The node an Attachment is for, as far as labels go: its `nodeName`,
+    /// or this node for a pod's attachment whose pod runs here (the pod
+    /// watch holds this node's pods only).
+    fn node_of<'a>(&'a self, a: &'a Attachment) -> Option<&'a str> {
+        match a.spec.node_name.as_deref() {
+            Some(node) => Some(node),
+            None => pod_of(a).filter(|pod| pod_in(&self.pods, pod).is_some()).map(|_| self.node.as_str()),
         }
     }
 
