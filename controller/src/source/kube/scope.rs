@@ -12,7 +12,7 @@
 //! Networks and Nodes are watched whole: there are few, and an overlay
 //! needs every peer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use kube::api::{Api, ListParams, Patch};
@@ -93,9 +93,10 @@ impl Cluster {
     /// labeled for this node but moved to another gets that node's label.
     pub(super) async fn label_own(&self) {
         let attachments = self.attachments.state();
+        let mine = label_value(&self.node);
         for a in &attachments {
             let Some(node) = self.node_of(a) else { continue };
-            let labeled_mine = a.labels().get(NODE_LABEL) == Some(&label_value(&self.node));
+            let labeled_mine = a.labels().get(NODE_LABEL) == Some(&mine);
             if node != self.node && !labeled_mine {
                 continue; // another node's, and not labeled for us: theirs to label
             }
@@ -105,8 +106,11 @@ impl Cluster {
                 self.patch_labels(&api, &a.name_any(), &patch).await;
             }
         }
+        // Looked up by name: a scan per PortMapping was quadratic in the
+        // node's objects, on every pass.
+        let by_name: HashMap<ObjectName, &Attachment> = attachments.iter().map(|a| (ObjectName::of(&**a), &**a)).collect();
         for p in self.port_mappings.state() {
-            let owner = attachments.iter().find(|a| namespace_of(&***a) == namespace_of(&*p) && a.name_any() == p.spec.attachment);
+            let owner = by_name.get(&ObjectName::namespaced(&namespace_of(&*p), &p.spec.attachment));
             let Some(node) = owner.and_then(|a| self.node_of(a)) else { continue };
             if node != self.node {
                 continue;
