@@ -13,7 +13,7 @@
 //! address blocks claimed in Network status; `publish`: finalizers, status
 //! and Events written back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -430,14 +430,20 @@ fn outside_blocks(
         })
         .collect();
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    if mine.is_empty() {
+        return out; // no overlay here
+    }
+    // Each entry's network, looked up by name (not a scan per entry).
+    let network_of: HashMap<ObjectName, &str> =
+        objects.attachments.iter().map(|a| (ObjectName::of(&**a), a.spec.network.as_str())).collect();
     for entry in &outcome.status.entries {
         let ObjectStatus::Attachment(status, _) = &entry.status else { continue };
-        let Some(att) = objects.attachments.iter().find(|a| ObjectName::of(&***a) == entry.key.name) else { continue };
-        let Some(mine) = mine.get(att.spec.network.as_str()) else { continue };
+        let Some(&network) = network_of.get(&entry.key.name) else { continue };
+        let Some(mine) = mine.get(network) else { continue };
         for cidr in [&status.ipv4_address, &status.ipv6_address].into_iter().flatten() {
             let ip = cidr.split('/').next().and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
             if let Some(ip) = ip.filter(|ip| !mine.iter().any(|b| b.contains(ip))) {
-                out.entry(att.spec.network.clone()).or_default().push(ip.to_string());
+                out.entry(network.to_string()).or_default().push(ip.to_string());
             }
         }
     }
