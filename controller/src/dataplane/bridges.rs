@@ -13,6 +13,13 @@ use crate::plan::desired::DesiredState;
 use crate::plan::outcome::{reason, Failure};
 
 impl Dataplane {
+    /// Sets the node's sysctl `key` to `value` (counted when it wrote).
+    pub(super) fn node_sysctl(&self, key: &str, value: &str) -> std::io::Result<()> {
+        let wrote = self.system.sysctl(key, value)?;
+        self.journal.count("sysctl", u32::from(wrote));
+        Ok(())
+    }
+
     pub(super) fn sync_sysctls(&self, desired: &DesiredState, report: &mut SyncReport) {
         let mut wanted: Vec<(String, &str)> = Vec::new();
         if desired.ipv4_forwarding {
@@ -22,9 +29,8 @@ impl Dataplane {
             wanted.push(("net/ipv6/conf/all/forwarding".into(), "1"));
         }
         for (key, value) in wanted {
-            match self.system.sysctl(&key, value) {
-                Ok(wrote) => self.journal.count("sysctl", u32::from(wrote)),
-                Err(e) => report.node_errors.push(format!("sysctl {key}: {e}")),
+            if let Err(e) = self.node_sysctl(&key, value) {
+                report.node_errors.push(format!("sysctl {key}: {e}"));
             }
         }
     }
@@ -60,9 +66,8 @@ impl Dataplane {
                             // for a forwarded IPv6 packet before that address is usable, so
                             // routed IPv6 to its containers would wait ~1-2 s.
                             if bridge.addresses.iter().any(|a| a.addr().is_ipv6()) {
-                                match self.system.sysctl(&format!("net/ipv6/conf/{}/accept_dad", bridge.name), "0") {
-                                    Ok(wrote) => self.journal.count("sysctl", u32::from(wrote)),
-                                    Err(e) => tracing::warn!(bridge = %bridge.name, error = %e, "cannot turn DAD off on the bridge"),
+                                if let Err(e) = self.node_sysctl(&format!("net/ipv6/conf/{}/accept_dad", bridge.name), "0") {
+                                    tracing::warn!(bridge = %bridge.name, error = %e, "cannot turn DAD off on the bridge");
                                 }
                             }
                             self.node.link(LinkId::Name(&bridge.name)).await.map_err(|e| SyncReport::kernel(&e))?.ok_or_else(|| {
@@ -92,10 +97,8 @@ impl Dataplane {
                     self.node.apply(delete).await.map_err(|e| SyncReport::kernel(&e))?;
                 }
                 // Published ports on 127.0.0.1 are DNATed out through the bridge.
-                match self.system.sysctl(&format!("net/ipv4/conf/{}/route_localnet", bridge.name), "1") {
-                    Ok(wrote) => self.journal.count("sysctl", u32::from(wrote)),
-                    Err(e) => return Err(Failure::new(reason::KERNEL_ERROR, format!("route_localnet on {}: {e}", bridge.name))),
-                }
+                self.node_sysctl(&format!("net/ipv4/conf/{}/route_localnet", bridge.name), "1")
+                    .map_err(|e| Failure::new(reason::KERNEL_ERROR, format!("route_localnet on {}: {e}", bridge.name)))?;
                 Ok(link.index)
             }
             .await;

@@ -47,10 +47,7 @@ impl Dataplane {
                 for (key, value) in
                     [(format!("net/ipv4/conf/{}/proxy_arp", vx.bridge), "1"), (format!("net/ipv4/neigh/{}/proxy_delay", vx.bridge), "0")]
                 {
-                    match self.system.sysctl(&key, value) {
-                        Ok(wrote) => self.journal.count("sysctl", u32::from(wrote)),
-                        Err(e) => return Err(Failure::new(reason::KERNEL_ERROR, format!("{key}: {e}"))),
-                    }
+                    self.node_sysctl(&key, value).map_err(|e| Failure::new(reason::KERNEL_ERROR, format!("{key}: {e}")))?;
                 }
                 self.sync_vxlan_entries(vx, link.index).await?;
                 let have = match &routes {
@@ -174,10 +171,7 @@ impl Dataplane {
             for (key, value) in
                 [(format!("net/ipv6/conf/{}/proxy_ndp", vx.bridge), "1"), (format!("net/ipv6/neigh/{}/proxy_delay", vx.bridge), "0")]
             {
-                match self.system.sysctl(&key, value) {
-                    Ok(wrote) => self.journal.count("sysctl", u32::from(wrote)),
-                    Err(e) => return Err(Failure::new(reason::KERNEL_ERROR, format!("{key}: {e}"))),
-                }
+                self.node_sysctl(&key, value).map_err(|e| Failure::new(reason::KERNEL_ERROR, format!("{key}: {e}")))?;
             }
         }
         // The bridge is netlet's: every proxy entry on it is too.
