@@ -61,20 +61,22 @@ impl Dataplane {
                         None => {
                             let create = Change::CreateBridge { name: &bridge.name, mtu: bridge.mtu, mac: bridge.mac, alias: &alias };
                             self.node.apply(create).await.map_err(|e| SyncReport::kernel(&e))?;
-                            // Its link-local address skips DAD (set before its first port
-                            // brings carrier and the address): Linux solicits no neighbour
-                            // for a forwarded IPv6 packet before that address is usable, so
-                            // routed IPv6 to its containers would wait ~1-2 s.
-                            if bridge.addresses.iter().any(|a| a.addr().is_ipv6()) {
-                                if let Err(e) = self.node_sysctl(&format!("net/ipv6/conf/{}/accept_dad", bridge.name), "0") {
-                                    tracing::warn!(bridge = %bridge.name, error = %e, "cannot turn DAD off on the bridge");
-                                }
-                            }
                             self.node.link(LinkId::Name(&bridge.name)).await.map_err(|e| SyncReport::kernel(&e))?.ok_or_else(|| {
                                 Failure::new(reason::KERNEL_ERROR, format!("bridge {} vanished after creation", bridge.name))
                             })?
                         }
                     };
+                // Its addresses skip DAD, set before it comes up and before
+                // any is added (an older bridge keeps what it has, its next
+                // addresses skip it): Linux solicits no neighbour for a
+                // forwarded IPv6 packet while the bridge's link-local address
+                // is tentative, so routed IPv6 to its containers would wait
+                // ~1-2 s.
+                if bridge.addresses.iter().any(|a| a.addr().is_ipv6()) {
+                    if let Err(e) = self.node_sysctl(&format!("net/ipv6/conf/{}/accept_dad", bridge.name), "0") {
+                        tracing::warn!(bridge = %bridge.name, error = %e, "cannot turn DAD off on the bridge");
+                    }
+                }
                 let change = LinkChange {
                     up: !link.up,
                     mtu: (link.mtu != bridge.mtu).then_some(bridge.mtu),
