@@ -315,3 +315,38 @@ async fn an_overlay_containers_ipv6_routes_are_made_kept_and_repaired_alone() {
     want.sort();
     assert_eq!(have, want);
 }
+
+/// `names`' attachments, each publishing its own host port.
+fn with_ports(names: &[&str], version: u64) -> Snapshot {
+    let mut snapshot = snapshot(names, version);
+    let mut yaml = String::new();
+    for (i, name) in names.iter().enumerate() {
+        yaml += &format!("---\napiVersion: netlet.io/v1alpha1\nkind: PortMapping\nmetadata: {{name: {name}}}\nspec: {{attachment: {name}, ports: [{{containerPort: 80, hostPort: {}}}]}}\n", 8080 + i);
+    }
+    let loaded = manifests::parse(std::path::Path::new("p.yaml"), &yaml);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let mut objects = (*snapshot.objects).clone();
+    objects.port_mappings.extend(loaded.objects.port_mappings);
+    snapshot.objects = Arc::new(objects);
+    snapshot
+}
+
+#[tokio::test]
+async fn a_ruleset_change_that_only_removes_is_reported_without_waiting_and_retried_if_it_failed() {
+    let mut a = agent("ruleset-removal");
+    assert!(ready(&a.reconciler.pass(&with_ports(&["a0", "a1"], 1)).await));
+    a.reconciler.pass(&with_ports(&["a0", "a1"], 1)).await;
+    a.kernel.fail("ruleset", 1);
+    let removed = a.reconciler.pass(&with_ports(&["a0"], 2)).await;
+    // What remains was never in doubt: its status says so; the failed
+    // removal is the node's error, found after the status was written.
+    assert!(removed.verdicts.iter().all(|v| v.ready), "{:?}", removed.failures());
+    assert_eq!(removed.verdicts.len(), 3);
+    assert!(removed.node_errors.iter().any(|e| e.contains("failed on purpose")), "{:?}", removed.node_errors);
+    let published = |a: &Agent| a.kernel.ruleset().expect("a ruleset").ports.len();
+    assert_eq!(published(&a), 2, "the failed removal left the ruleset as it was");
+    let again = a.reconciler.pass(&with_ports(&["a0"], 2)).await;
+    assert!(ready(&again));
+    assert_eq!(published(&a), 1, "retried by the next pass");
+    assert!(a.kernel.ruleset().expect("a ruleset").bridge_ports.values().flatten().all(|veth| *veth != host_veth("a1")));
+}

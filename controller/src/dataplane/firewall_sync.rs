@@ -15,6 +15,10 @@ pub(super) type FirewallJob = tokio::task::JoinHandle<(Box<dyn Ruleset>, Firewal
 pub(super) struct Started {
     job: FirewallJob,
     generation: Option<u64>,
+    /// It only takes away from a ruleset known to be in place (a mapping
+    /// unpublished, a veth gone from a bridge's set): the pass reports
+    /// before it finishes, as it does before link deletions finish.
+    pub(super) removes_only: bool,
 }
 
 impl Dataplane {
@@ -26,14 +30,16 @@ impl Dataplane {
         if judge.holds_at(self.realized.ruleset.as_ref(), &desired.firewall, generation) {
             return None;
         }
-        self.realized.ruleset = None;
+        let removes_only = self.realized.ruleset.take().is_some_and(|record| {
+            !judge.trusts_nothing() && generation == Some(record.observed) && desired.firewall.only_removes_from(&record.desired)
+        });
         let mut ruleset = self.system.take_ruleset();
         let plan = desired.firewall.clone();
         let job = tokio::task::spawn_blocking(move || {
             let result = ruleset.sync(&plan);
             (ruleset, plan, result)
         });
-        Some(Started { job, generation })
+        Some(Started { job, generation, removes_only })
     }
 
     pub(super) async fn finish_firewall(&mut self, started: Started, report: &mut SyncReport) {

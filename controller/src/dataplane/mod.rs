@@ -87,6 +87,8 @@ pub struct Dataplane {
     node_namespaces: Vec<(u64, u64)>,
     /// Link deletions a pass started and has not yet seen finish.
     pending_deletions: Option<tokio::task::JoinHandle<LinkDeletions>>,
+    /// A ruleset sync that only removes, finished with the link deletions.
+    pending_firewall: Option<firewall_sync::Started>,
     /// Advanced as a pass goes (`--once` on a terminal draws it).
     pub progress: Option<Arc<crate::progress::Progress>>,
 }
@@ -125,6 +127,7 @@ impl Dataplane {
             node_view: None,
             sandboxes: HashMap::new(),
             pending_deletions: None,
+            pending_firewall: None,
             progress: None,
         }
     }
@@ -265,8 +268,10 @@ impl Dataplane {
         self.prune(desired, node_links, owned, record_owned, report).await;
         lap("prune", &mut phases);
         self.set_phase("firewall", 0);
-        if let Some(job) = firewall_job {
-            self.finish_firewall(job, report).await;
+        match firewall_job {
+            Some(job) if job.removes_only => self.pending_firewall = Some(job),
+            Some(job) => self.finish_firewall(job, report).await,
+            None => {}
         }
         lap("nft wait", &mut phases);
         tracing::debug!(?phases, full = report.full, sandboxes = stale.len(), "sync phases");

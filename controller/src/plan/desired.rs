@@ -154,6 +154,22 @@ pub struct FirewallPlan {
     pub bridge_ports: BTreeMap<String, Vec<String>>,
 }
 
+impl FirewallPlan {
+    /// Whether this is `before` with ports or bridge ports taken away, and
+    /// nothing added or changed (the lists keep their order: ports sorted,
+    /// bridge ports in endpoint order).
+    pub fn only_removes_from(&self, before: &FirewallPlan) -> bool {
+        fn within<T: PartialEq>(fewer: &[T], more: &[T]) -> bool {
+            let mut more = more.iter();
+            fewer.iter().all(|x| more.any(|y| y == x))
+        }
+        self != before
+            && self.networks == before.networks
+            && within(&self.ports, &before.ports)
+            && self.bridge_ports.iter().all(|(bridge, ports)| before.bridge_ports.get(bridge).is_some_and(|b| within(ports, b)))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct FirewallNetwork {
     pub name: String,
@@ -181,4 +197,53 @@ pub struct PublishedPort {
     pub container_port: u16,
     /// The bridge the container sits on (for hairpin and localhost rules).
     pub bridge: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(host_port: u16) -> PublishedPort {
+        PublishedPort {
+            protocol: crate::api::Protocol::Tcp,
+            host_ip: None,
+            host_port,
+            container_ip: "10.0.0.2".parse().unwrap(),
+            container_port: 80,
+            bridge: "br0".into(),
+        }
+    }
+
+    fn plan(ports: &[u16], veths: &[&str]) -> FirewallPlan {
+        FirewallPlan {
+            networks: Vec::new(),
+            ports: ports.iter().map(|p| port(*p)).collect(),
+            bridge_ports: [("br0".to_string(), veths.iter().map(|v| v.to_string()).collect())].into(),
+        }
+    }
+
+    #[test]
+    fn a_plan_only_removes_when_it_takes_away_and_adds_nothing() {
+        let before = plan(&[80, 81, 82], &["v0", "v1", "v2"]);
+        assert!(plan(&[80, 82], &["v0", "v2"]).only_removes_from(&before));
+        assert!(plan(&[], &[]).only_removes_from(&before));
+        assert!(!before.only_removes_from(&before), "nothing changed");
+        assert!(!plan(&[80, 83], &["v0"]).only_removes_from(&before), "a port added");
+        assert!(!plan(&[80], &["v0", "v3"]).only_removes_from(&before), "a veth added");
+        assert!(!plan(&[82, 80], &["v0"]).only_removes_from(&before), "out of order");
+        let mut moved = plan(&[80], &["v0"]);
+        moved.ports[0].container_port = 81;
+        assert!(!moved.only_removes_from(&before), "a port changed");
+        let mut network = plan(&[80], &["v0"]);
+        network.networks.push(FirewallNetwork {
+            name: "n".into(),
+            bridge: "br0".into(),
+            overlay_device: None,
+            subnets: Vec::new(),
+            icc: true,
+            masquerade: true,
+            internal: false,
+        });
+        assert!(!network.only_removes_from(&before), "a network added");
+    }
 }
