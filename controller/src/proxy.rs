@@ -106,7 +106,11 @@ impl LoopbackProxy {
     /// Whether a socket the node lists is one of these relays (the agent's
     /// own: no process stands in a published port's way there).
     pub fn holds(&self, (protocol, ip, port): &(Protocol, IpAddr, u16)) -> bool {
-        *ip == IpAddr::V6(Ipv6Addr::LOCALHOST) && self.listeners.keys().any(|(p, hp, _)| p == protocol && hp == port)
+        // One listener per protocol and port: the first route at or after
+        // the lowest target of that port (a lookup: the node lists them all).
+        let lowest = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
+        *ip == IpAddr::V6(Ipv6Addr::LOCALHOST)
+            && self.listeners.range((*protocol, *port, lowest)..).next().is_some_and(|((p, hp, _), _)| p == protocol && hp == port)
     }
 }
 
@@ -192,5 +196,22 @@ mod tests {
         ];
         let got: Vec<String> = routes(&ports).iter().map(|(p, port, t)| format!("{} {port} {t}", p.as_str())).collect();
         assert_eq!(got, ["tcp 8080 172.25.0.2:80", "tcp 8081 [fd00::2]:80", "udp 8053 172.25.0.2:80"]);
+    }
+
+    #[tokio::test]
+    async fn the_agents_own_relays_are_found_by_protocol_and_port() {
+        let mut proxy = LoopbackProxy::new(tokio::runtime::Handle::current());
+        for (protocol, port, target) in
+            [(Protocol::Tcp, 8080, "10.0.0.2:80"), (Protocol::Tcp, 8081, "[fd00::2]:80"), (Protocol::Udp, 8080, "10.0.0.3:53")]
+        {
+            proxy.listeners.insert((protocol, port, target.parse().unwrap()), tokio::spawn(async {}));
+        }
+        let lo6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        assert!(proxy.holds(&(Protocol::Tcp, lo6, 8080)));
+        assert!(proxy.holds(&(Protocol::Tcp, lo6, 8081)));
+        assert!(proxy.holds(&(Protocol::Udp, lo6, 8080)));
+        assert!(!proxy.holds(&(Protocol::Udp, lo6, 8081)));
+        assert!(!proxy.holds(&(Protocol::Tcp, lo6, 8079)));
+        assert!(!proxy.holds(&(Protocol::Tcp, "127.0.0.1".parse().unwrap(), 8080)), "relays listen at [::1] only");
     }
 }
