@@ -160,29 +160,27 @@ impl Reconciler {
         self.allocations.endpoints.extend(held.endpoints.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 
-    /// Listening sockets of the node. Reading them walks the kernel's whole
-    /// socket tables (~5 ms, most of a no-op pass), and they only matter
-    /// when ports are allocated: re-read when the snapshot changed, else at
-    /// most every BOUND_PORTS_TTL (no event reports a socket).
-    fn bound_ports(&mut self, version: u64) -> Vec<BoundPort> {
-        match &self.bound_ports_cache {
-            Some((v, at, ports)) if *v == version && at.elapsed() < BOUND_PORTS_TTL => ports.clone(),
-            _ => {
-                let ports = facts::bound_ports();
-                self.bound_ports_cache = Some((version, Instant::now(), ports.clone()));
-                ports
-            }
-        }
-    }
-
+    /// The node facts a plan needs. The listening sockets (other than the
+    /// loopback proxy's) are read again when the snapshot changed, else at
+    /// most every BOUND_PORTS_TTL (no event reports a socket; they only
+    /// matter when ports are published): the kernel's whole socket tables
+    /// are walked, on another thread while the node's links are read.
     async fn facts(&mut self, snapshot: &Snapshot) -> NodeFacts {
-        let mut bound_ports = self.bound_ports(snapshot.version);
-        if let Some(proxy) = &self.loopback_proxy {
-            bound_ports.retain(|b| !proxy.holds(b));
-        }
+        let due = self.bound_ports_cache.as_ref().is_none_or(|(v, at, _)| *v != snapshot.version || at.elapsed() >= BOUND_PORTS_TTL);
+        let reading = due.then(|| tokio::task::spawn_blocking(facts::bound_ports));
         let view = self.dataplane.node_view().await.unwrap_or_default();
+        if let Some(reading) = reading {
+            let mut ports = reading.await.unwrap_or_default();
+            // Left out as read: the proxy's sockets come and go with the
+            // ports it relays, and must not make the next facts differ.
+            if let Some(proxy) = &self.loopback_proxy {
+                ports.retain(|b| !proxy.holds(b));
+            }
+            self.bound_ports_cache = Some((snapshot.version, Instant::now(), ports));
+        }
+        let bound_ports = self.bound_ports_cache.as_ref().map(|(_, _, ports)| ports.clone()).unwrap_or_default();
         let (links, addrs) = (&view.0, &view.1);
-        let mtus: BTreeMap<u32, u32> = links.iter().map(|l| (l.index, l.mtu)).collect();
+        let mtu_of = |index: u32| links.iter().find(|l| l.index == index).map(|l| l.mtu);
         let (node_namespace_at, unowned_netns) = self.sandboxes_made_elsewhere(snapshot);
         NodeFacts {
             node_name: self.node_name.clone(),
@@ -190,7 +188,7 @@ impl Reconciler {
             bound_ports,
             resolvers: crate::dataplane::files::node_resolvers(),
             embedded_dns: self.dns.is_some(),
-            link_mtu_by_address: addrs.iter().filter_map(|a| Some((a.net.addr(), *mtus.get(&a.index)?))).collect(),
+            link_mtu_by_address: addrs.iter().filter_map(|a| Some((a.net.addr(), mtu_of(a.index)?))).collect(),
             node_addresses: addrs.iter().map(|a| a.net).filter(|n| !n.addr().is_loopback()).collect(),
             overlay_blocks: snapshot.overlay_blocks.clone(),
             node_namespace_at,

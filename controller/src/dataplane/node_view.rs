@@ -35,7 +35,7 @@ impl Dataplane {
                         self.node_view = Some((view.clone(), epoch));
                         return Ok(view);
                     }
-                    match self.read_again(&view, &changed, &touched, addresses_changed).await {
+                    match self.read_again(view, &changed, &touched, addresses_changed).await {
                         #[cfg(debug_assertions)]
                         Ok(view) => self.checked(view, epoch).await,
                         #[cfg(not(debug_assertions))]
@@ -68,12 +68,18 @@ impl Dataplane {
     /// and the addresses if they changed.
     async fn read_again(
         &self,
-        view: &NodeView,
+        mut view: NodeView,
         changed: &[u32],
         touched: &Touched,
         addresses_changed: bool,
     ) -> Result<NodeView, NetlinkError> {
-        let mut links = view.0.clone();
+        let addresses = match addresses_changed {
+            true => Some(self.node.addresses().await?),
+            false => None,
+        };
+        // Updated in place unless a caller still holds the view (a thousand
+        // links are not copied for the few that changed).
+        let (links, held_addresses) = Arc::make_mut(&mut view);
         let mut fresh: Vec<Link> = Vec::new();
         for index in changed.iter().chain(&touched.indexes) {
             links.retain(|l| l.index != *index);
@@ -88,11 +94,10 @@ impl Dataplane {
             links.retain(|l| l.index != link.index && l.name != link.name);
             links.push(link);
         }
-        let addresses = match addresses_changed {
-            true => self.node.addresses().await?,
-            false => view.1.clone(),
-        };
-        Ok(Arc::new((links, addresses)))
+        if let Some(addresses) = addresses {
+            *held_addresses = addresses;
+        }
+        Ok(view)
     }
 
     /// Debug builds (the tests' agents) check a view read link by link
