@@ -42,7 +42,7 @@ mod vxlan;
 pub use node_view::NodeView;
 pub use report::{FinishedDeletions, SyncReport};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -230,7 +230,9 @@ impl Dataplane {
         lap("node", &mut phases);
         // Sandboxes whose record does not hold are looked at; the rest are
         // as they were converged.
-        let mut by_sandbox: BTreeMap<&SandboxRef, Vec<&Endpoint>> = BTreeMap::new();
+        // (Hashed, not ordered: a thousand sandboxes are looked at on every
+        // pass that changes anything; the few stale ones are sorted.)
+        let mut by_sandbox: foldhash::HashMap<&SandboxRef, Vec<&Endpoint>> = foldhash::HashMapExt::with_capacity(desired.sandboxes.len());
         for spec in &desired.sandboxes {
             by_sandbox.entry(&spec.sandbox).or_default();
         }
@@ -238,12 +240,13 @@ impl Dataplane {
             by_sandbox.entry(&ep.sandbox).or_default().push(ep);
         }
         self.realized.sandboxes.retain(|sandbox, _| by_sandbox.contains_key(sandbox));
-        let stale: Vec<(&SandboxRef, Vec<&Endpoint>)> = by_sandbox
+        let mut stale: Vec<(&SandboxRef, Vec<&Endpoint>)> = by_sandbox
             .into_iter()
             .filter(|(sandbox, endpoints)| {
                 !judge.holds_by(self.realized.sandboxes.get(*sandbox), |d| d.iter().eq(endpoints.iter().copied()))
             })
             .collect();
+        stale.sort_unstable_by(|a, b| a.0.cmp(b.0));
         self.set_phase("namespaces", 0);
         let fresh = self.sync_sandboxes(&stale, owned, record_owned, report).await;
         lap("netns", &mut phases);

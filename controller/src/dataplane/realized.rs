@@ -24,7 +24,7 @@
 //! reuses besides (a plan, a status entry) is a pure function of inputs
 //! compared by value: see `reconcile` and `status`.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use super::events::{EventLog, Scope};
