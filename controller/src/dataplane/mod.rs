@@ -11,7 +11,9 @@
 //! against the node's links (`node_view`); missing namespaces made
 //! (`sandboxes`); each sandbox's interfaces, addresses and routes
 //! (`endpoints`); /etc/netns files; what is no longer wanted removed
-//! (`prune`). `report` is what it did.
+//! (`prune`). The removals that wait for the kernel (link deletions, a
+//! ruleset change that only takes away) finish after the pass reported
+//! (`Dataplane::finish_deletions`). `report` is what it did.
 
 mod bridges;
 pub mod coexist;
