@@ -327,7 +327,8 @@ fn an_exhausted_pool_fails_only_the_attachments_that_did_not_fit() {
     // /29: .0 network, .1 gateway, .7 broadcast -> 5 usable
     let ok = p.attachments.values().filter(|r| r.is_ok()).count();
     assert_eq!(ok, 5);
-    let failed: Vec<_> = p.attachments.iter().filter_map(|(k, r)| r.as_ref().err().map(|f| (k.clone(), f.reason))).collect();
+    let mut failed: Vec<_> = p.attachments.iter().filter_map(|(k, r)| r.as_ref().err().map(|f| (k.clone(), f.reason))).collect();
+    failed.sort();
     assert_eq!(failed, vec![("default/c5".into(), reason::POOL_EXHAUSTED), ("default/c6".into(), reason::POOL_EXHAUSTED)]);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -101,10 +101,11 @@ pub struct Plan {
     pub desired: DesiredState,
     pub allocations: Allocations,
     pub networks: BTreeMap<String, Result<NetworkInfo, Failure>>,
-    /// Only attachments of this node.
-    pub attachments: BTreeMap<ObjectName, Result<AttachmentInfo, Failure>>,
-    /// Only port mappings of this node's attachments.
-    pub port_mappings: BTreeMap<ObjectName, Result<Vec<crate::api::PortBinding>, Failure>>,
+    /// Only attachments of this node. Hashed: only ever looked up by name
+    /// (a dozen times per attachment in a pass), never walked in order.
+    pub attachments: HashMap<ObjectName, Result<AttachmentInfo, Failure>>,
+    /// Only port mappings of this node's attachments (hashed, as above).
+    pub port_mappings: HashMap<ObjectName, Result<Vec<crate::api::PortBinding>, Failure>>,
 }
 
 /// An attachment of this node that passed its own checks: its name, the
@@ -521,7 +522,8 @@ pub(crate) fn allocate_network(
 /// for the rest in creation order, keeping names assigned earlier. The
 /// answer is by position in `local`; failed attachments have none.
 fn assign_interfaces(local: &[Local<'_>], held: &Allocations, out: &mut Plan) -> Vec<Option<String>> {
-    let mut by_sandbox: BTreeMap<&SandboxRef, Vec<usize>> = BTreeMap::new();
+    // Each sandbox is named apart from the others: hashed, in no order.
+    let mut by_sandbox: HashMap<&SandboxRef, Vec<usize>> = HashMap::with_capacity(local.len());
     for (position, entry) in local.iter().enumerate() {
         if let SandboxChoice::Namespace(sandbox) = &entry.2.sandbox {
             by_sandbox.entry(sandbox).or_default().push(position);

@@ -21,14 +21,16 @@ use crate::api::{Attachment, DnsConfig};
 
 /// What the embedded DNS server answers, per network: built by the plan,
 /// served by `resolver`. Names are lower-case, without a trailing dot.
+/// The big maps are hashed: they are only looked up, and rebuilt for
+/// every attachment on every pass that changes any.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NameTable {
     /// network -> name -> addresses (every attachment holding the name).
-    pub records: BTreeMap<String, BTreeMap<String, Vec<IpAddr>>>,
+    pub records: BTreeMap<String, HashMap<String, Vec<IpAddr>>>,
     /// A container address -> who is asking: its networks and upstreams.
-    pub clients: BTreeMap<IpAddr, NameClient>,
+    pub clients: HashMap<IpAddr, NameClient>,
     /// network -> address -> the attachment's primary name (PTR).
-    pub reverse: BTreeMap<String, BTreeMap<IpAddr, String>>,
+    pub reverse: BTreeMap<String, HashMap<IpAddr, String>>,
     /// Where the server listens: each user-defined network's gateway, and
     /// the network it serves there (only that network's clients are answered).
     pub listen: BTreeMap<IpAddr, String>,
@@ -45,7 +47,7 @@ pub struct NameClient {
 /// its Attachment name, netns or pod name, hostname and aliases.
 /// `local` is this node's checked attachments, in creation order.
 pub fn name_table(local: &[Local<'_>], networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>, out: &Plan) -> NameTable {
-    let mut table = NameTable::default();
+    let mut table = NameTable { clients: HashMap::with_capacity(local.len()), ..Default::default() };
     // Built for a thousand attachments on every pass that changes any:
     // names are borrowed until they are stored, stored once.
     let mut sandbox_networks: HashMap<&str, (Vec<&str>, Vec<IpAddr>)> = HashMap::with_capacity(local.len());
@@ -141,13 +143,14 @@ pub fn sandbox_files(
     embedded_dns: bool,
     out: &Plan,
 ) -> Vec<SandboxFiles> {
-    let mut by_netns: BTreeMap<&str, Vec<(&Attachment, &AttachmentInfo)>> = BTreeMap::new();
+    // Grouped in a hash map, and the files sorted once at the end.
+    let mut by_netns: HashMap<&str, Vec<(&Attachment, &AttachmentInfo)>> = HashMap::with_capacity(local.len());
     for (key, att, _) in local {
         let Some(Ok(info)) = out.attachments.get(key) else { continue };
         let Some(netns) = att.spec.sandbox.netns.as_deref() else { continue };
         by_netns.entry(netns).or_default().push((att, info));
     }
-    let mut files = Vec::new();
+    let mut files = Vec::with_capacity(by_netns.len());
     for (netns, members) in by_netns {
         let hostname = members.iter().find_map(|(a, _)| a.spec.hostname.as_deref()).unwrap_or(netns);
         // Sized once: a thousand of these are built on every pass that
@@ -201,5 +204,6 @@ pub fn sandbox_files(
         }
         files.push(SandboxFiles { netns: netns.to_string(), hosts, resolv_conf: resolv });
     }
+    files.sort_unstable_by(|a, b| a.netns.cmp(&b.netns));
     files
 }
