@@ -27,8 +27,14 @@ pub const OWNER_ALIAS_PREFIX: &str = "netlet:";
 /// `DefaultHasher`), which matters because names derived from it are
 /// persisted in the kernel.
 pub fn stable_hash(data: &str) -> u64 {
+    stable_hash_of(&[data])
+}
+
+/// [`stable_hash`] of the parts written one after the other (without
+/// building the joined string: a plan names a thousand veths per pass).
+fn stable_hash_of(parts: &[&str]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in data.bytes() {
+    for byte in parts.iter().flat_map(|p| p.bytes()) {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -70,7 +76,11 @@ pub fn default_bridge_name(network: &str) -> String {
 
 /// Host end of an attachment's veth pair.
 pub fn host_veth_name(namespace: &str, name: &str) -> String {
-    format!("{HOST_VETH_PREFIX}{}", hex12(&format!("{namespace}/{name}")))
+    use std::fmt::Write;
+    let mut out = String::with_capacity(MAX_IFNAME);
+    out.push_str(HOST_VETH_PREFIX);
+    let _ = write!(out, "{:012x}", stable_hash_of(&[namespace, "/", name]) & 0xffff_ffff_ffff);
+    out
 }
 
 /// [`host_veth_name`] of an Attachment (its namespace "default" when unset).
@@ -140,6 +150,9 @@ mod tests {
         assert_eq!(veth.len(), 15);
         assert_eq!(veth, host_veth_name("default", "container3"));
         assert_ne!(veth, host_veth_name("default", "container4"));
+        // Links already made carry these names: the hash of the joined
+        // `namespace/name`, whatever way it is computed.
+        assert_eq!(veth, format!("{HOST_VETH_PREFIX}{}", hex12("default/container3")));
         assert_eq!(default_bridge_name("isolated_nw"), "nl-isolated_nw");
         let long = default_bridge_name("a-very-long-network-name");
         assert!(long.len() <= 15 && long.starts_with("nl-"));
