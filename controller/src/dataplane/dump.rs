@@ -14,6 +14,9 @@ use netlink_packet_core::{
 };
 use netlink_sys::{Socket, SocketAddr};
 
+/// Twice the largest batch Linux sends in a dump (32 KiB less overhead).
+const DUMP_BUFFER: usize = 64 * 1024;
+
 /// Sends `request` as a dump on a new socket of `protocol`, in the calling
 /// thread's network namespace, and passes every reply to `each`.
 pub fn dump<M>(protocol: isize, request: M, mut each: impl FnMut(M)) -> io::Result<()>
@@ -30,8 +33,18 @@ where
     let mut bytes = vec![0u8; packet.buffer_len()];
     packet.serialize(&mut bytes);
     socket.send(&bytes, 0)?;
+    // One buffer for the whole dump, big enough for any batch: the kernel
+    // sizes each batch of a dump to the buffer the last read offered (up
+    // to 32 KiB), so a large buffer also means few batches. (Peeking at
+    // each batch's size first kept them at one page: two reads per 28
+    // sockets in a sock_diag dump.)
+    let mut buf: Vec<u8> = Vec::with_capacity(DUMP_BUFFER);
     loop {
-        let (buf, _) = socket.recv_from_full()?;
+        buf.clear();
+        let length = socket.recv(&mut buf, nix::libc::MSG_TRUNC)?;
+        if length > buf.len() {
+            return Err(io::Error::other(format!("netlink reply of {length} bytes does not fit a {DUMP_BUFFER}-byte buffer")));
+        }
         let mut offset = 0;
         while offset < buf.len() {
             let message = NetlinkMessage::<M>::deserialize(&buf[offset..]).map_err(|e| io::Error::other(format!("netlink reply: {e}")))?;
