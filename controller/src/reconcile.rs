@@ -24,7 +24,7 @@ use crate::plan::attachment::SandboxRef;
 use crate::plan::{self, Allocations, NodeFacts};
 use crate::reconcile_thread::{DnsLink, Setup};
 use crate::runner::Snapshot;
-use crate::state::{Owned, OwnedRecord, StateDir, StatusStore};
+use crate::state::{AllocationsWrite, Owned, OwnedRecord, StateDir, StatusStore};
 use crate::status::{self, StatusBook, Verdict};
 
 /// What one pass did, for logs, `--once`, metrics and the source.
@@ -160,6 +160,16 @@ impl Reconciler {
         self.allocations.endpoints.extend(held.endpoints.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 
+    /// Waits for an allocations write; what it made durable is what the
+    /// next pass holds (a failed write is tried again by the next pass).
+    fn finish_allocations(held: &mut Allocations, write: Option<AllocationsWrite>, node_errors: &mut Vec<String>) {
+        match write.map(AllocationsWrite::finish) {
+            Some(Ok(allocations)) => *held = allocations,
+            Some(Err(e)) => node_errors.push(format!("persisting allocations: {e}")),
+            None => {}
+        }
+    }
+
     /// The node facts a plan needs. The listening sockets (other than the
     /// loopback proxy's) are read again when the snapshot changed, else at
     /// most every BOUND_PORTS_TTL (no event reports a socket; they only
@@ -274,10 +284,14 @@ impl Reconciler {
         // Allocations are made durable while the kernel work runs, and the
         // pass reports nothing before they are: what a crash in between
         // leaves unrecorded is in the kernel, and the first pass after a
-        // restart reads it back from there (`recover_allocations`).
+        // restart reads it back from there (`recover_allocations`). A write
+        // that only forgets (objects removed) is waited for after the
+        // status instead: a crash before it lands leaves entries of objects
+        // that are gone, which no plan reads.
         let mut node_errors = Vec::new();
-        let allocations_write =
-            (plan.allocations != self.allocations).then(|| self.state.store_allocations_in_background(plan.allocations.clone()));
+        let changed = plan.allocations != self.allocations;
+        let forgets_only = changed && plan.allocations.only_forgets(&self.allocations);
+        let mut allocations_write = changed.then(|| self.state.store_allocations_in_background(plan.allocations.clone()));
         let t_allocations = started.elapsed();
         let state = self.state.clone();
         // Namespaces about to be made are logged (an append); the whole
@@ -292,11 +306,8 @@ impl Reconciler {
             OwnedRecord::Whole(owned) => state.store_owned(owned).map_err(|e| e.to_string()),
         };
         let report: SyncReport = self.dataplane.sync(&plan.desired, self.desired_generation, &mut self.owned, &mut record).await;
-        if let Some(write) = allocations_write {
-            match write.finish() {
-                Ok(allocations) => self.allocations = allocations,
-                Err(e) => node_errors.push(format!("persisting allocations: {e}")),
-            }
+        if !forgets_only {
+            Self::finish_allocations(&mut self.allocations, allocations_write.take(), &mut node_errors);
         }
         let t_sync = started.elapsed();
         // The names are served before the status says they are there.
@@ -340,6 +351,7 @@ impl Reconciler {
         };
         let t_status = started.elapsed();
         let mut mutations_by_kind = report.mutations.clone();
+        Self::finish_allocations(&mut self.allocations, allocations_write, &mut node_errors);
         self.dataplane.finish_deletions().await.record(&mut mutations_by_kind, &mut node_errors);
         self.dataplane.refill_spare_namespace();
         if report.owned_to_record || namespaces_logged {

@@ -21,6 +21,19 @@ pub struct Allocations {
     pub ports: BTreeMap<PortKey, u16>,
 }
 
+impl Allocations {
+    /// Whether this is `before` with entries taken away, and none added or
+    /// changed.
+    pub fn only_forgets(&self, before: &Allocations) -> bool {
+        // Both maps are sorted: one walk of `before` finds every entry.
+        fn within<K: Eq, V: PartialEq>(fewer: &BTreeMap<K, V>, more: &BTreeMap<K, V>) -> bool {
+            let mut more = more.iter();
+            fewer.iter().all(|entry| more.any(|other| other == entry))
+        }
+        within(&self.endpoints, &before.endpoints) && within(&self.ports, &before.ports)
+    }
+}
+
 /// One port of one PortMapping that holds an ephemeral host port:
 /// `namespace/name|protocol|containerPort|hostIP` in allocations.json.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,4 +93,30 @@ pub struct HeldEndpoint {
     pub ipv6: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(endpoints: &[(&str, &str)], ports: &[(&str, u16)]) -> Allocations {
+        Allocations {
+            endpoints: endpoints
+                .iter()
+                .map(|(k, ip)| (ObjectName::from(*k), HeldEndpoint { ipv4: ip.parse().ok(), ..Default::default() }))
+                .collect(),
+            ports: ports.iter().map(|(k, p)| (k.parse().unwrap(), *p)).collect(),
+        }
+    }
+
+    #[test]
+    fn forgetting_is_taking_away_without_adding_or_changing() {
+        let before = held(&[("ns/a", "10.0.0.2"), ("ns/b", "10.0.0.3"), ("ns/c", "10.0.0.4")], &[("ns/p|tcp|80|0.0.0.0", 32768)]);
+        assert!(held(&[("ns/a", "10.0.0.2"), ("ns/c", "10.0.0.4")], &[("ns/p|tcp|80|0.0.0.0", 32768)]).only_forgets(&before));
+        assert!(held(&[], &[]).only_forgets(&before));
+        assert!(before.only_forgets(&before), "forgetting nothing");
+        assert!(!held(&[("ns/a", "10.0.0.2"), ("ns/d", "10.0.0.5")], &[]).only_forgets(&before), "an entry added");
+        assert!(!held(&[("ns/a", "10.0.0.9")], &[]).only_forgets(&before), "an address changed");
+        assert!(!held(&[], &[("ns/p|tcp|80|0.0.0.0", 32769)]).only_forgets(&before), "a port changed");
+    }
 }

@@ -462,3 +462,23 @@ fn kubernetes_overlay_routes_and_never_hands_out_another_nodes_address_outside_i
     assert_eq!(routes, &["10.77.0.0/26".parse::<ipnet::IpNet>().unwrap(), "10.77.0.65/32".parse().unwrap()]);
     assert_eq!(p.desired.vxlans[0].local_routes, Vec::<ipnet::IpNet>::new());
 }
+
+/// What a crash leaves when it comes before a write that only forgets
+/// lands (the reconciler waits for such writes after the status): entries
+/// of objects that are gone. They hold nothing.
+#[test]
+fn held_entries_of_objects_that_are_gone_are_dropped_and_reserve_nothing() {
+    let objects = ObjectSet {
+        networks: arcs(vec![network("n", "10.9.0.0/24")]),
+        attachments: arcs(vec![attachment("b", "n", "b")]),
+        ..Default::default()
+    };
+    let mut held = Allocations::default();
+    let gone =
+        HeldEndpoint { network: "n".into(), ipv4: Some("10.9.0.2".parse().unwrap()), interface: Some("eth0".into()), ..Default::default() };
+    held.endpoints.insert("default/a".into(), gone);
+    held.ports.insert("default/pa|tcp|80|0.0.0.0".parse().unwrap(), 32768);
+    let p = plan(&objects, &facts(), &held);
+    assert_eq!(ok_att(&p, "default/b").ipv4, Some("10.9.0.2/24".parse().unwrap()), "the address of what is gone is free");
+    assert!(!p.allocations.endpoints.contains_key("default/a") && p.allocations.ports.is_empty());
+}
