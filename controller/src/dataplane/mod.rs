@@ -303,13 +303,18 @@ impl Dataplane {
     fn sync_files(&mut self, files: &Arc<Vec<SandboxFiles>>, judge: &Judge<'_>, report: &mut SyncReport) {
         let record = self.realized.files.take();
         if judge.trusts_nothing() || record.as_ref().is_none_or(|r| r.desired != *files) {
-            // The lists are sorted by namespace name (a miss only costs a
-            // look at the files on disk).
+            // Both lists are sorted by namespace name: one walk of the last
+            // finds each file's last version (a miss only costs a look at
+            // the files on disk).
             let last: &[SandboxFiles] = match (&record, judge.trusts_nothing()) {
                 (Some(r), false) => &r.desired,
                 _ => &[],
             };
-            let unchanged = |f: &SandboxFiles| last.binary_search_by(|l| l.netns.cmp(&f.netns)).is_ok_and(|i| last[i] == *f);
+            let mut last = last.iter().peekable();
+            let mut unchanged = |f: &SandboxFiles| {
+                while last.next_if(|l| l.netns < f.netns).is_some() {}
+                last.next_if(|l| l.netns == f.netns).is_some_and(|l| l == f)
+            };
             let mut ok = true;
             for f in files.iter().filter(|f| !unchanged(f)) {
                 match self.system.write_files(f) {

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use foldhash::HashSet;
+
 use super::kernel::Change;
 use super::netlink::{Link, NetlinkError};
 use super::report::{FinishedDeletions, SyncReport};
@@ -52,7 +54,8 @@ impl Dataplane {
         record_owned: &mut dyn FnMut(OwnedRecord<'_>) -> Result<(), String>,
         report: &mut SyncReport,
     ) {
-        let wanted_links: BTreeSet<&str> = desired
+        // Membership only, asked of every link and namespace of the node: hashed.
+        let wanted_links: HashSet<&str> = desired
             .bridges
             .iter()
             .map(|b| b.name.as_str())
@@ -100,7 +103,7 @@ impl Dataplane {
         }
         // Namespaces we made and no longer want: deleted on a blocking
         // thread while the links go (both wait for the kernel).
-        let wanted_netns: BTreeSet<&str> = desired.sandboxes.iter().filter_map(|s| s.sandbox.netns_name()).collect();
+        let wanted_netns: HashSet<&str> = desired.sandboxes.iter().filter_map(|s| s.sandbox.netns_name()).collect();
         let stale_netns: Vec<String> = owned.netns.iter().filter(|n| !wanted_netns.contains(n.as_str())).cloned().collect();
         for name in &stale_netns {
             self.sandboxes.remove(&SandboxRef::Managed(name.clone()).path());
