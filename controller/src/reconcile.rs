@@ -20,6 +20,7 @@ use std::sync::Arc;
 use crate::dataplane::linux::Linux;
 use crate::dataplane::{facts, sysctl, Dataplane, SyncReport};
 use crate::metrics::{AddressUsage, Metrics};
+use crate::objects::ObjectSet;
 use crate::plan::attachment::SandboxRef;
 use crate::plan::{self, Allocations, NodeFacts};
 use crate::reconcile_thread::{DnsLink, Setup};
@@ -101,6 +102,9 @@ pub struct Reconciler {
 
 type BoundPort = (crate::api::Protocol, std::net::IpAddr, u16);
 
+/// A reading of the node's listening sockets under way.
+type SocketsRead = tokio::task::JoinHandle<Vec<BoundPort>>;
+
 const BOUND_PORTS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Reconciler {
@@ -174,25 +178,23 @@ impl Reconciler {
     /// loopback proxy's) are read again when the snapshot changed, else at
     /// most every BOUND_PORTS_TTL (no event reports a socket; they only
     /// matter when ports are published): the kernel's whole socket tables
-    /// are walked, on another thread while the node's links are read.
-    async fn facts(&mut self, snapshot: &Snapshot) -> NodeFacts {
+    /// are walked on another thread. The facts hold the last reading
+    /// meanwhile, and the read under way is returned for the pass to finish
+    /// (the first one is waited for here).
+    async fn facts(&mut self, snapshot: &Snapshot) -> (NodeFacts, Option<SocketsRead>) {
         let due = self.bound_ports_cache.as_ref().is_none_or(|(v, at, _)| *v != snapshot.version || at.elapsed() >= BOUND_PORTS_TTL);
-        let reading = due.then(|| tokio::task::spawn_blocking(facts::bound_ports));
+        let mut reading = due.then(|| tokio::task::spawn_blocking(facts::bound_ports));
         let view = self.dataplane.node_view().await.unwrap_or_default();
-        if let Some(reading) = reading {
-            let mut ports = reading.await.unwrap_or_default();
-            // Left out as read: the proxy's sockets come and go with the
-            // ports it relays, and must not make the next facts differ.
-            if let Some(proxy) = &self.loopback_proxy {
-                ports.retain(|b| !proxy.holds(b));
+        if self.bound_ports_cache.is_none() {
+            if let Some(read) = reading.take() {
+                self.finish_sockets_read(read, snapshot).await;
             }
-            self.bound_ports_cache = Some((snapshot.version, Instant::now(), ports));
         }
         let bound_ports = self.bound_ports_cache.as_ref().map(|(_, _, ports)| ports.clone()).unwrap_or_default();
         let (links, addrs) = (&view.0, &view.1);
         let mtu_of = |index: u32| links.iter().find(|l| l.index == index).map(|l| l.mtu);
         let (node_namespace_at, unowned_netns) = self.sandboxes_made_elsewhere(snapshot);
-        NodeFacts {
+        let facts = NodeFacts {
             node_name: self.node_name.clone(),
             ephemeral_ports: sysctl::ephemeral_port_range(),
             bound_ports,
@@ -204,7 +206,34 @@ impl Reconciler {
             node_namespace_at,
             unowned_netns,
             tenancy: snapshot.tenancy.clone(),
+        };
+        (facts, reading)
+    }
+
+    /// Takes a reading of the listening sockets as the last one.
+    async fn finish_sockets_read(&mut self, read: SocketsRead, snapshot: &Snapshot) -> &[BoundPort] {
+        let mut ports = read.await.unwrap_or_default();
+        // Left out as read: the proxy's sockets come and go with the
+        // ports it relays, and must not make the next facts differ.
+        if let Some(proxy) = &self.loopback_proxy {
+            ports.retain(|b| !proxy.holds(b));
         }
+        &self.bound_ports_cache.insert((snapshot.version, Instant::now(), ports)).2
+    }
+
+    /// Makes the plan for `facts` the last plan, unless it is already (the
+    /// same snapshot version, facts and held allocations). Returns None
+    /// when it was, else the last plan it replaced and whether the desired
+    /// state changed.
+    fn replan(&mut self, snapshot: &Snapshot, objects: &ObjectSet, facts: NodeFacts) -> Option<(Option<LastPlan>, bool)> {
+        let last = self.last_plan.as_ref();
+        if last.is_some_and(|last| last.version == snapshot.version && last.facts == facts && last.plan.allocations == self.allocations) {
+            return None;
+        }
+        let plan = plan::plan(objects, &facts, &self.allocations);
+        let desired_changed = last.is_none_or(|last| last.plan.desired != plan.desired);
+        self.desired_generation += u64::from(desired_changed);
+        Some((self.last_plan.replace(LastPlan { version: snapshot.version, facts, plan }), desired_changed))
     }
 
     /// The sandboxes this node's attachments name that netlet did not make
@@ -220,6 +249,7 @@ impl Reconciler {
             slot => {
                 let local = snapshot.objects.attachments.iter().filter(|a| plan::is_local(a, &self.node_name));
                 let list = local
+                    .filter(|a| a.spec.sandbox.netns.as_ref().is_none_or(|name| !owned.contains(name)))
                     .filter_map(|a| match (&a.spec.sandbox.netns, &a.spec.sandbox.path) {
                         (Some(name), _) => Some(SandboxRef::Managed(name.clone())),
                         (None, Some(path)) => Some(SandboxRef::Path(path.clone())),
@@ -254,29 +284,42 @@ impl Reconciler {
                 self.seed_allocations(&recovered);
             }
         }
-        let facts = self.facts(snapshot).await;
+        let (facts, sockets_read) = self.facts(snapshot).await;
         let t_facts = started.elapsed();
-        let reused = self
-            .last_plan
-            .as_ref()
-            .is_some_and(|last| last.version == snapshot.version && last.facts == facts && last.plan.allocations == self.allocations);
         let objects = match snapshot.objects.is_sorted_by_creation() {
             true => snapshot.objects.clone(),
             false => Arc::new(snapshot.objects.in_creation_order().into_owned()),
         };
         let load_errors = &snapshot.load_errors[..];
+        // Planned with the last reading of the listening sockets while they
+        // are read again; planned again in the rare case they changed.
+        let mut first = self.replan(snapshot, &objects, facts);
+        let again = match sockets_read {
+            Some(read) => {
+                let sockets = self.finish_sockets_read(read, snapshot).await.to_vec();
+                let last = &self.last_plan.as_ref().expect("planned above").facts;
+                match last.bound_ports != sockets {
+                    true => {
+                        let facts = NodeFacts { bound_ports: sockets, ..last.clone() };
+                        // The plan made with the old reading goes before
+                        // the new one is made, which replaces the last.
+                        if let Some((previous, _)) = first.take() {
+                            self.last_plan = previous;
+                        }
+                        self.replan(snapshot, &objects, facts)
+                    }
+                    false => None,
+                }
+            }
+            None => None,
+        };
+        let reused = first.is_none() && again.is_none();
+        // Mutations made while the desired state is unchanged are drift repairs.
+        let desired_changed = [&first, &again].iter().any(|p| p.as_ref().is_some_and(|(_, changed)| *changed));
         // What this pass replaces is dropped once its status is written
         // (freeing thousands of objects takes a millisecond or two).
-        let (mut replaced_plan, mut replaced_status) = (None, None);
-        // Mutations made while the desired state is unchanged are drift repairs.
-        let mut desired_changed = false;
-        if !reused {
-            let plan = plan::plan(&objects, &facts, &self.allocations);
-            desired_changed = self.last_plan.as_ref().is_none_or(|last| last.plan.desired != plan.desired);
-            self.desired_generation += u64::from(desired_changed);
-            let last = LastPlan { version: snapshot.version, facts, plan };
-            replaced_plan = self.last_plan.replace(last).map(|last| last.plan);
-        }
+        let replaced_plan = (first.and_then(|p| p.0), again.and_then(|p| p.0));
+        let mut replaced_status = None;
         let last = self.last_plan.as_ref().expect("set above");
         let plan = &last.plan;
         let t_plan = started.elapsed();

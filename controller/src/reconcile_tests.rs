@@ -350,3 +350,23 @@ async fn a_ruleset_change_that_only_removes_is_reported_without_waiting_and_retr
     assert_eq!(published(&a), 1, "retried by the next pass");
     assert!(a.kernel.ruleset().expect("a ruleset").bridge_ports.values().flatten().all(|veth| *veth != host_veth("a1")));
 }
+
+#[tokio::test]
+async fn a_port_bound_since_the_last_reading_of_the_sockets_is_not_published_over() {
+    let mut a = agent("sockets");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    assert!(ready(&a.reconciler.pass(&snapshot(&["a0"], 1)).await), "the sockets are read once without the listener");
+    let _listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is still free");
+    // The pass plans with the last reading while it reads the sockets
+    // again: the listener, found by that reading, makes it plan again.
+    let mut publishing = snapshot(&["a0"], 2);
+    let yaml = format!("apiVersion: netlet.io/v1alpha1\nkind: PortMapping\nmetadata: {{name: p0}}\nspec: {{attachment: a0, ports: [{{containerPort: 80, hostPort: {port}}}]}}\n");
+    let loaded = manifests::parse(std::path::Path::new("p.yaml"), &yaml);
+    let mut objects = (*publishing.objects).clone();
+    objects.port_mappings.extend(loaded.objects.port_mappings);
+    publishing.objects = Arc::new(objects);
+    let outcome = a.reconciler.pass(&publishing).await;
+    let mapping = outcome.verdicts.iter().find(|v| v.key.kind == crate::api::Kind::PortMapping).expect("the mapping has a verdict");
+    assert!(!mapping.ready && mapping.reason == crate::plan::outcome::reason::PORT_IN_USE, "{mapping:?}");
+    assert!(a.kernel.ruleset().is_none_or(|r| r.ports.is_empty()), "nothing published over the listener");
+}
