@@ -4,9 +4,11 @@
 //! No I/O happens here. Everything the dataplane will do is decided here,
 //! which is why this is where most unit tests live.
 
+mod addresses;
 mod allocations;
 pub mod attachment;
 pub mod desired;
+mod interfaces;
 pub mod ipam;
 pub mod names;
 pub mod network;
@@ -26,6 +28,7 @@ use kube::ResourceExt;
 use crate::api::{Attachment, Driver, Protocol};
 use crate::naming;
 use crate::objects::{ObjectName, ObjectSet};
+pub(crate) use addresses::{AddressPair, Member};
 pub use allocations::{Allocations, HeldEndpoint, PortKey};
 use attachment::{CheckedAttachment, SandboxChoice, SandboxRef};
 use desired::{BridgeLink, DesiredState, Endpoint, EndpointKind, FirewallNetwork, SandboxSpec};
@@ -139,15 +142,15 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
     }
     tenancy::refuse_outsiders(&mut local, &networks, node, &mut out);
 
-    let mut addresses = allocate_addresses(&local, &networks, held, &mut out);
+    let mut addresses = addresses::allocate_addresses(&local, &networks, held, &mut out);
     let overlay_addresses = overlay::allocate(objects, node, &networks, held, &mut out);
     for ((key, _, _), pair) in local.iter().zip(&mut addresses) {
         if let Some(a) = overlay_addresses.get(key) {
             *pair = *a;
         }
     }
-    let interfaces = assign_interfaces(&local, held, &mut out);
-    let default_routes = choose_default_routes(&local, &networks, &out);
+    let interfaces = interfaces::assign_interfaces(&local, held, &mut out);
+    let default_routes = interfaces::choose_default_routes(&local, &networks, &out);
 
     // (network, MAC) -> the attachment holding it.
     let mut macs: HashMap<(&str, [u8; 6]), &str> = HashMap::new();
@@ -425,202 +428,6 @@ fn check_against_network(
         return Err(Failure::invalid(format!("ipv6Address is set but network {name:?} does not enable IPv6")));
     }
     Ok(())
-}
-
-/// Runs IPAM for every subnet of every ready network; the answer is by
-/// position in `local` (failures go to `out`).
-fn allocate_addresses(
-    local: &[Local<'_>],
-    networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
-    held: &Allocations,
-    out: &mut Plan,
-) -> Vec<AddressPair> {
-    let mut addresses: Vec<AddressPair> = vec![(None, None); local.len()];
-    for (name, net) in networks {
-        let Ok(net) = net else { continue };
-        if !matches!(net.driver, Driver::Bridge | Driver::Macvlan) {
-            continue;
-        }
-        let members: Vec<usize> = (0..local.len())
-            .filter(|i| {
-                let (_, att, checked) = &local[*i];
-                &att.spec.network == name && checked.holds_addresses()
-            })
-            .collect();
-        let requests: Vec<Member<'_>> = members.iter().map(|i| (local[*i].0.as_str(), local[*i].2.ipv4, local[*i].2.ipv6)).collect();
-        for (i, result) in members.into_iter().zip(allocate_network(name, net, &requests, held)) {
-            match result {
-                Some(Ok(pair)) => addresses[i] = pair,
-                Some(Err(f)) => {
-                    out.attachments.entry(local[i].0.clone()).or_insert(Err(f));
-                }
-                None => {}
-            }
-        }
-    }
-    addresses
-}
-
-/// An attachment's IPv4 and IPv6 address on one network.
-pub(crate) type AddressPair = (Option<IpAddr>, Option<IpAddr>);
-
-/// An attachment asking for addresses on a network: its key, static IPv4, static IPv6.
-pub(crate) type Member<'a> = (&'a str, Option<IpAddr>, Option<IpAddr>);
-
-/// One network's IPAM over `members`: in each family, statics go to the
-/// subnet holding them and dynamic addresses come from the family's first
-/// subnet; what `held` records is kept. The answer is by position in
-/// `members`; None for a member no subnet took.
-pub(crate) fn allocate_network(
-    name: &str,
-    net: &ResolvedNetwork,
-    members: &[Member<'_>],
-    held: &Allocations,
-) -> Vec<Option<Result<AddressPair, Failure>>> {
-    let mut out: Vec<Option<Result<AddressPair, Failure>>> = vec![None; members.len()];
-    for (v4, first) in [(true, net.subnet_v4()), (false, net.subnet_v6())] {
-        let Some(first) = first else { continue };
-        for subnet in net.subnets.iter().filter(|s| s.net.addr().is_ipv4() == v4) {
-            let mut positions = Vec::new();
-            let mut requests: Vec<ipam::Request> = Vec::new();
-            for (i, (key, ipv4, ipv6)) in members.iter().enumerate() {
-                let static_ip = if v4 { *ipv4 } else { *ipv6 };
-                let wanted = match static_ip {
-                    Some(ip) => match net.subnet_for(ip) {
-                        Some(s) => s,
-                        None => continue,
-                    },
-                    None => first,
-                };
-                if wanted != subnet {
-                    continue;
-                }
-                let previous = held
-                    .endpoints
-                    .get(*key)
-                    .filter(|h| h.network == name)
-                    .and_then(|h| if v4 { h.ipv4 } else { h.ipv6 })
-                    .filter(|ip| subnet.net.contains(ip));
-                positions.push(i);
-                requests.push(ipam::Request { owner: key, static_ip, previous });
-            }
-            for (i, result) in positions.into_iter().zip(ipam::allocate(subnet, &requests)) {
-                let entry = out[i].get_or_insert(Ok((None, None)));
-                match (result, entry.as_mut()) {
-                    (Ok(ip), Ok(pair)) if v4 => pair.0 = Some(ip),
-                    (Ok(ip), Ok(pair)) => pair.1 = Some(ip),
-                    (Err(f), Ok(_)) => *entry = Err(f),
-                    (_, Err(_)) => {}
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Names interfaces per sandbox: names held before, then explicit names, then eth0, eth1, ...
-/// for the rest in creation order, keeping names assigned earlier. The
-/// answer is by position in `local`; failed attachments have none.
-fn assign_interfaces(local: &[Local<'_>], held: &Allocations, out: &mut Plan) -> Vec<Option<String>> {
-    // Each sandbox is named apart from the others: hashed, in no order.
-    let mut by_sandbox: HashMap<&SandboxRef, Vec<usize>> = HashMap::with_capacity(local.len());
-    for (position, entry) in local.iter().enumerate() {
-        if let SandboxChoice::Namespace(sandbox) = &entry.2.sandbox {
-            by_sandbox.entry(sandbox).or_default().push(position);
-        }
-    }
-    let mut names: Vec<Option<String>> = vec![None; local.len()];
-    for members in by_sandbox.values() {
-        // interface name -> attachment holding it, within this sandbox
-        let mut taken: HashMap<String, &str> = HashMap::new();
-        // Names held from earlier reconciles come first: a running
-        // container's interface is never renamed because of a newcomer.
-        for &i in members {
-            let (key, att, _) = &local[i];
-            let Some(ifname) = held.endpoints.get(key).and_then(|h| h.interface.as_ref()) else {
-                continue;
-            };
-            if att.spec.interface.as_ref().is_none_or(|wanted| wanted == ifname) && !taken.contains_key(ifname) {
-                taken.insert(ifname.clone(), key.as_str());
-                names[i] = Some(ifname.clone());
-            }
-        }
-        // Then explicit names, in creation order.
-        for &i in members {
-            let (key, att, _) = &local[i];
-            let Some(ifname) = &att.spec.interface else {
-                continue;
-            };
-            if names[i].is_some() {
-                continue;
-            }
-            match taken.get(ifname) {
-                Some(holder) => {
-                    out.attachments.entry(key.clone()).or_insert(Err(Failure::new(
-                        reason::INTERFACE_CONFLICT,
-                        format!("interface {ifname} in this sandbox is already used by attachment {holder}"),
-                    )));
-                }
-                None => {
-                    taken.insert(ifname.clone(), key.as_str());
-                    names[i] = Some(ifname.clone());
-                }
-            }
-        }
-        // The rest: the lowest free ethN, in creation order.
-        let mut next = 0;
-        for &i in members {
-            let key = &local[i].0;
-            if names[i].is_some() || out.attachments.contains_key(key) {
-                continue;
-            }
-            while taken.contains_key(&format!("eth{next}")) {
-                next += 1;
-            }
-            let ifname = format!("eth{next}");
-            taken.insert(ifname.clone(), key.as_str());
-            names[i] = Some(ifname);
-        }
-    }
-    names
-}
-
-/// One default route per sandbox: an explicit `defaultRoute: true` wins over
-/// the default; ties go to the earliest created. Internal and null networks
-/// never carry it. The answer is a position in `local`.
-fn choose_default_routes<'a>(
-    local: &'a [Local<'_>],
-    networks: &BTreeMap<String, Result<ResolvedNetwork, Failure>>,
-    out: &Plan,
-) -> HashMap<&'a SandboxRef, usize> {
-    let mut chosen: HashMap<&SandboxRef, (bool, usize)> = HashMap::new();
-    for (position, (key, att, checked)) in local.iter().enumerate() {
-        let SandboxChoice::Namespace(sandbox) = &checked.sandbox else {
-            continue;
-        };
-        if out.attachments.contains_key(key) || att.spec.default_route == Some(false) {
-            continue;
-        }
-        // A pod's default route is its primary network's: taken only when asked.
-        if checked.pod.is_some() && att.spec.default_route != Some(true) {
-            continue;
-        }
-        let Some(Ok(net)) = networks.get(&att.spec.network) else {
-            continue;
-        };
-        if net.internal || net.driver == Driver::Null {
-            continue;
-        }
-        let explicit = att.spec.default_route == Some(true);
-        match chosen.get(sandbox) {
-            Some((true, _)) => {}
-            Some((false, _)) if !explicit => {}
-            _ => {
-                chosen.insert(sandbox, (explicit, position));
-            }
-        }
-    }
-    chosen.into_iter().map(|(s, (_, i))| (s, i)).collect()
 }
 
 #[cfg(test)]

@@ -243,7 +243,7 @@ fn allocate_in_blocks(
     held: &Allocations,
     blocks: &[IpNet],
 ) -> Vec<Option<Result<AddressPair, Failure>>> {
-    let Some(v4) = net.subnet_v4().map(|s| s.net) else { return super::allocate_network(name, net, requests, held) };
+    let Some(v4) = net.subnet_v4().map(|s| s.net) else { return super::addresses::allocate_network(name, net, requests, held) };
     // The IPv4 range becomes the block, the IPv6 range its mirror (no
     // block: the network address alone, so nothing dynamic is free).
     let v6 = net.subnet_v6().map(|s| s.net);
@@ -258,7 +258,7 @@ fn allocate_in_blocks(
     let blocks: Vec<IpNet> = blocks.iter().filter(|b| b.addr().is_ipv4()).copied().collect();
     if blocks.is_empty() {
         // No block yet: held and static addresses stand, dynamic ones wait.
-        let mut out = super::allocate_network(name, &scoped(None), requests, held);
+        let mut out = super::addresses::allocate_network(name, &scoped(None), requests, held);
         for result in out.iter_mut().flatten() {
             if matches!(result, Err(f) if f.reason == reason::POOL_EXHAUSTED) {
                 *result = Err(Failure::new(
@@ -272,7 +272,7 @@ fn allocate_in_blocks(
     let mut held = held.clone();
     let mut out = Vec::new();
     for block in blocks {
-        out = super::allocate_network(name, &scoped(Some(block)), requests, &held);
+        out = super::addresses::allocate_network(name, &scoped(Some(block)), requests, &held);
         for ((owner, _, _), result) in requests.iter().zip(&out) {
             if let Some(Ok((v4, v6))) = result {
                 let h = held
