@@ -26,11 +26,7 @@ impl Allocations {
     /// changed.
     pub fn only_forgets(&self, before: &Allocations) -> bool {
         // Both maps are sorted: one walk of `before` finds every entry.
-        fn within<K: Eq, V: PartialEq>(fewer: &BTreeMap<K, V>, more: &BTreeMap<K, V>) -> bool {
-            let mut more = more.iter();
-            fewer.iter().all(|entry| more.any(|other| other == entry))
-        }
-        within(&self.endpoints, &before.endpoints) && within(&self.ports, &before.ports)
+        super::taken_from(&self.endpoints, &before.endpoints) && super::taken_from(&self.ports, &before.ports)
     }
 }
 

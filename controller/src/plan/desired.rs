@@ -159,14 +159,10 @@ impl FirewallPlan {
     /// nothing added or changed (the lists keep their order: ports sorted,
     /// bridge ports in endpoint order).
     pub fn only_removes_from(&self, before: &FirewallPlan) -> bool {
-        fn within<T: PartialEq>(fewer: &[T], more: &[T]) -> bool {
-            let mut more = more.iter();
-            fewer.iter().all(|x| more.any(|y| y == x))
-        }
         self != before
             && self.networks == before.networks
-            && within(&self.ports, &before.ports)
-            && self.bridge_ports.iter().all(|(bridge, ports)| before.bridge_ports.get(bridge).is_some_and(|b| within(ports, b)))
+            && super::taken_from(&self.ports, &before.ports)
+            && self.bridge_ports.iter().all(|(bridge, ports)| before.bridge_ports.get(bridge).is_some_and(|b| super::taken_from(ports, b)))
     }
 }
 

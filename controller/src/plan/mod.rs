@@ -336,6 +336,13 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
     out
 }
 
+/// Whether `fewer` is `more` with items taken away: each of its items is
+/// found in `more`, in the same order (one walk of each).
+fn taken_from<T: PartialEq>(fewer: impl IntoIterator<Item = T>, more: impl IntoIterator<Item = T>) -> bool {
+    let mut more = more.into_iter();
+    fewer.into_iter().all(|item| more.any(|other| other == item))
+}
+
 fn as_v4(ip: IpAddr) -> Option<Ipv4Addr> {
     match ip {
         IpAddr::V4(v4) => Some(v4),
