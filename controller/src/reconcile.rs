@@ -211,14 +211,14 @@ impl Reconciler {
     }
 
     /// Takes a reading of the listening sockets as the last one.
-    async fn finish_sockets_read(&mut self, read: SocketsRead, snapshot: &Snapshot) -> &[BoundPort] {
+    async fn finish_sockets_read(&mut self, read: SocketsRead, snapshot: &Snapshot) {
         let mut ports = read.await.unwrap_or_default();
         // Left out as read: the proxy's sockets come and go with the
         // ports it relays, and must not make the next facts differ.
         if let Some(proxy) = &self.loopback_proxy {
             ports.retain(|b| !proxy.holds(b));
         }
-        &self.bound_ports_cache.insert((snapshot.version, Instant::now(), ports)).2
+        self.bound_ports_cache = Some((snapshot.version, Instant::now(), ports));
     }
 
     /// Makes the plan for `facts` the last plan, unless it is already (the
@@ -296,11 +296,12 @@ impl Reconciler {
         let mut first = self.replan(snapshot, &objects, facts);
         let again = match sockets_read {
             Some(read) => {
-                let sockets = self.finish_sockets_read(read, snapshot).await.to_vec();
+                self.finish_sockets_read(read, snapshot).await;
+                let sockets = self.bound_ports_cache.as_ref().map(|(_, _, ports)| ports).expect("just read");
                 let last = &self.last_plan.as_ref().expect("planned above").facts;
-                match last.bound_ports != sockets {
+                match last.bound_ports != *sockets {
                     true => {
-                        let facts = NodeFacts { bound_ports: sockets, ..last.clone() };
+                        let facts = NodeFacts { bound_ports: sockets.clone(), ..last.clone() };
                         // The plan made with the old reading goes before
                         // the new one is made, which replaces the last.
                         if let Some((previous, _)) = first.take() {
