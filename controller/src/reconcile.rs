@@ -241,7 +241,7 @@ impl Reconciler {
     /// new namespace): those that are the node's own namespace, with what
     /// each resolved to, and the `netns` names that exist. A stat each.
     fn sandboxes_made_elsewhere(&mut self, snapshot: &Snapshot) -> (BTreeMap<String, String>, BTreeSet<String>) {
-        let owned = &self.owned.netns;
+        let made_here = |name: &str| self.owned.netns.contains(name);
         // Listed once per snapshot, then only shortened as netlet makes
         // them (a quiet pass among a thousand attachments looks up none).
         let candidates = match &mut self.sandbox_candidates {
@@ -249,7 +249,7 @@ impl Reconciler {
             slot => {
                 let local = snapshot.objects.attachments.iter().filter(|a| plan::is_local(a, &self.node_name));
                 let list = local
-                    .filter(|a| a.spec.sandbox.netns.as_ref().is_none_or(|name| !owned.contains(name)))
+                    .filter(|a| !a.spec.sandbox.netns.as_deref().is_some_and(made_here))
                     .filter_map(|a| match (&a.spec.sandbox.netns, &a.spec.sandbox.path) {
                         (Some(name), _) => Some(SandboxRef::Managed(name.clone())),
                         (None, Some(path)) => Some(SandboxRef::Path(path.clone())),
@@ -259,7 +259,7 @@ impl Reconciler {
                 &mut slot.insert((snapshot.version, list.into_iter().collect())).1
             }
         };
-        candidates.retain(|sandbox| sandbox.netns_name().is_none_or(|name| !owned.contains(name)));
+        candidates.retain(|sandbox| !sandbox.netns_name().is_some_and(made_here));
         let found = self.dataplane.namespaces_at(candidates.iter().map(SandboxRef::path).collect());
         let unowned =
             candidates.iter().filter_map(|s| s.netns_name().filter(|_| found.contains_key(&s.path()))).map(String::from).collect();
