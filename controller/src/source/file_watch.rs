@@ -19,6 +19,10 @@ pub struct FileWatch {
     /// Names in the directory written to and not closed since: a write in
     /// progress, which must not be read half-done.
     writing: BTreeSet<OsString>,
+    /// Names with an event since the set was last read. A file that
+    /// changed without one may be mid-write: the kernel updates a file's
+    /// size before it queues the event (`open(O_TRUNC)` empties it first).
+    touched: BTreeSet<OsString>,
 }
 
 /// The inotify instance, as tokio's readiness wants it.
@@ -51,7 +55,7 @@ impl FileWatch {
         // one is owned by the registration itself (its replacement is unsafe).
         #[allow(deprecated)]
         let inotify = AsyncFd::new(Handle(inotify)).ok()?;
-        Some(FileWatch { inotify, dir: dir.to_path_buf(), writing: BTreeSet::new() })
+        Some(FileWatch { inotify, dir: dir.to_path_buf(), writing: BTreeSet::new(), touched: BTreeSet::new() })
     }
 
     /// Returns once something in the directory changed.
@@ -85,9 +89,22 @@ impl FileWatch {
         !self.writing.iter().any(|name| matters(Path::new(name)))
     }
 
+    /// Whether `file` (in the directory watched) had an event since
+    /// [`FileWatch::forget_touched`]: its change is one inotify saw, so
+    /// [`FileWatch::quiet`] speaks for it.
+    pub fn touched(&self, file: &Path) -> bool {
+        file.file_name().is_some_and(|n| self.touched.contains(n))
+    }
+
+    /// The set was read: changes from now on need events of their own.
+    pub fn forget_touched(&mut self) {
+        self.touched.clear();
+    }
+
     fn note(&mut self, events: Vec<nix::sys::inotify::InotifyEvent>) {
         for e in events {
             let Some(name) = e.name else { continue };
+            self.touched.insert(name.clone());
             // A directory, symlink or hard link made here is never closed.
             let opened = e.mask.contains(AddWatchFlags::IN_CREATE)
                 && !e.mask.contains(AddWatchFlags::IN_ISDIR)

@@ -81,6 +81,13 @@ pub fn fingerprint(path: &Path) -> Fingerprint {
         .collect()
 }
 
+/// The files added, removed or modified between two fingerprints.
+pub fn changed_files<'a>(before: &'a Fingerprint, after: &'a Fingerprint) -> impl Iterator<Item = &'a Path> {
+    let gone = before.iter().filter(|b| !after.iter().any(|a| a.0 == b.0));
+    let new_or_modified = after.iter().filter(|a| !before.contains(a));
+    gone.chain(new_or_modified).map(|(file, ..)| file.as_path())
+}
+
 /// Loads every object under `path`; problems are collected, not fatal.
 pub fn load(path: &Path) -> Loaded {
     let mut loaded = Loaded::default();

@@ -46,17 +46,22 @@ impl ManifestSource {
     }
 
     /// Waits until the manifest set at `changed` is whole: inotify saw
-    /// every write to one closed (an editor's save, `cp`, a rename lands
-    /// at once). Without inotify, or for a file held open for writing over
-    /// HELD_OPEN, until the set holds still for SETTLE.
+    /// every changed file written and closed (an editor's save, `cp`, a
+    /// rename lands at once). Without inotify, for a change inotify has not
+    /// reported yet, or for a file held open for writing over HELD_OPEN,
+    /// until the set holds still for SETTLE with no write seen starting.
     async fn until_written(&mut self, changed: Fingerprint) -> Fingerprint {
         let named = self.path.file_name().map(|n| n.to_os_string());
         let matters = |f: &Path| manifests::is_manifest(f) || f.file_name() == named.as_deref();
         let since = Instant::now();
-        let mut settled = changed;
+        let mut last = changed;
         loop {
-            if self.watch.as_mut().is_some_and(|w| w.quiet(matters)) {
-                return manifests::fingerprint(&self.path);
+            if let Some(w) = &mut self.watch {
+                let now = manifests::fingerprint(&self.path);
+                if w.quiet(matters) && manifests::changed_files(&self.settled, &now).all(|f| w.touched(f)) {
+                    w.forget_touched();
+                    return now;
+                }
             }
             // With inotify, the close that ends the write wakes us at
             // once; SETTLE bounds the wait either way.
@@ -67,10 +72,14 @@ impl ManifestSource {
                 None => tokio::time::sleep(SETTLE).await,
             }
             let again = manifests::fingerprint(&self.path);
-            if again == settled && (self.watch.is_none() || since.elapsed() >= HELD_OPEN) {
+            let quiet = self.watch.as_mut().is_none_or(|w| w.quiet(matters));
+            if again == last && (quiet || since.elapsed() >= HELD_OPEN) {
+                if let Some(w) = &mut self.watch {
+                    w.forget_touched();
+                }
                 return again;
             }
-            settled = again;
+            last = again;
         }
     }
 }
@@ -114,4 +123,44 @@ impl Source for ManifestSource {
     }
 
     async fn publish(&mut self, _outcome: &Outcome) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io::Write;
+
+    /// The kernel sizes a file before it queues the event that says so, so
+    /// a write can be seen before inotify reports it. Here the file is
+    /// emptied through a hard link outside the watched directory, which
+    /// inotify never reports, and then written through its own name.
+    #[tokio::test]
+    async fn a_change_inotify_has_not_reported_is_not_read_until_its_write_ends() {
+        let root = std::env::temp_dir().join(format!("netlet-unreported-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (manifests, elsewhere) = (root.join("manifests"), root.join("elsewhere"));
+        fs::create_dir_all(&manifests).unwrap();
+        fs::create_dir_all(&elsewhere).unwrap();
+        let whole = "apiVersion: netlet.io/v1alpha1\nkind: Network\nmetadata: {name: n}\n";
+        fs::write(manifests.join("all.yaml"), whole).unwrap();
+        fs::hard_link(manifests.join("all.yaml"), elsewhere.join("all.yaml")).unwrap();
+        let mut source = ManifestSource::new(&manifests, true);
+        assert!(source.watch.is_some(), "inotify works here");
+
+        // As `open(O_TRUNC)` leaves it before its event is queued.
+        drop(fs::File::create(elsewhere.join("all.yaml")).unwrap());
+        let emptied = manifests::fingerprint(&manifests);
+        let mut waiting = Box::pin(source.until_written(emptied));
+        assert!(futures::poll!(&mut waiting).is_pending(), "an emptied file was read before inotify said a word");
+
+        let mut file = fs::OpenOptions::new().write(true).open(manifests.join("all.yaml")).unwrap();
+        file.write_all(whole.as_bytes()).unwrap();
+        let open = tokio::time::timeout(Duration::from_millis(200), &mut waiting).await;
+        assert!(open.is_err(), "read while still open for writing");
+        drop(file);
+        let read = tokio::time::timeout(Duration::from_secs(1), waiting).await.expect("read once closed");
+        assert_eq!(read[0].2, whole.len() as u64);
+        let _ = fs::remove_dir_all(&root);
+    }
 }
