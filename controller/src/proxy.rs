@@ -34,7 +34,7 @@ pub struct LoopbackProxy {
     listeners: BTreeMap<Route, JoinHandle<()>>,
 }
 
-/// The relays the plan's published ports ask for.
+/// The relays the plan's published ports ask for, sorted.
 fn routes(ports: &[PublishedPort]) -> Vec<Route> {
     let mut routes: Vec<Route> = ports
         .iter()
@@ -59,7 +59,9 @@ impl LoopbackProxy {
     pub fn update(&mut self, ports: &[PublishedPort]) {
         let wanted = routes(ports);
         self.listeners.retain(|route, task| {
-            let keep = wanted.contains(route) && !task.is_finished();
+            // `wanted` is sorted: a lookup per relay, not a scan (a thousand
+            // relays made this a million comparisons on every pass).
+            let keep = wanted.binary_search(route).is_ok() && !task.is_finished();
             if !keep {
                 task.abort();
             }
@@ -196,6 +198,29 @@ mod tests {
         ];
         let got: Vec<String> = routes(&ports).iter().map(|(p, port, t)| format!("{} {port} {t}", p.as_str())).collect();
         assert_eq!(got, ["tcp 8080 172.25.0.2:80", "tcp 8081 [fd00::2]:80", "udp 8053 172.25.0.2:80"]);
+    }
+
+    #[tokio::test]
+    async fn an_update_keeps_the_relays_still_published_and_stops_the_others() {
+        let mut proxy = LoopbackProxy::new(tokio::runtime::Handle::current());
+        let protocol = |i: u16| if i.is_multiple_of(2) { Protocol::Tcp } else { Protocol::Udp };
+        let published: Vec<PublishedPort> = (0..40).rev().map(|i| port(protocol(i), None, 9000 + i, "10.0.0.2")).collect();
+        let mut relays = Vec::new();
+        for route in routes(&published) {
+            let task = tokio::spawn(std::future::pending::<()>());
+            relays.push((route.1, task.abort_handle()));
+            proxy.listeners.insert(route, task);
+        }
+        // Every third port is unpublished. The rest are relayed already,
+        // so nothing is bound here.
+        let kept: Vec<PublishedPort> = published.iter().filter(|p| !p.host_port.is_multiple_of(3)).cloned().collect();
+        proxy.update(&kept);
+        tokio::task::yield_now().await;
+        for (port, relay) in &relays {
+            let held = proxy.listeners.keys().any(|(_, p, _)| p == port);
+            assert_eq!(held, !port.is_multiple_of(3), "port {port}");
+            assert_eq!(relay.is_finished(), !held, "port {port}: a relay kept runs on, one dropped is stopped");
+        }
     }
 
     #[tokio::test]
