@@ -81,10 +81,13 @@ pub fn fingerprint(path: &Path) -> Fingerprint {
         .collect()
 }
 
-/// The files added, removed or modified between two fingerprints.
+/// The files added, removed or modified between two fingerprints (hashed:
+/// a directory may hold a manifest per object).
 pub fn changed_files<'a>(before: &'a Fingerprint, after: &'a Fingerprint) -> impl Iterator<Item = &'a Path> {
-    let gone = before.iter().filter(|b| !after.iter().any(|a| a.0 == b.0));
-    let new_or_modified = after.iter().filter(|a| !before.contains(a));
+    let files_after: foldhash::HashSet<&PathBuf> = after.iter().map(|(file, ..)| file).collect();
+    let entries_before: foldhash::HashSet<_> = before.iter().collect();
+    let gone = before.iter().filter(move |(file, ..)| !files_after.contains(file));
+    let new_or_modified = after.iter().filter(move |entry| !entries_before.contains(entry));
     gone.chain(new_or_modified).map(|(file, ..)| file.as_path())
 }
 
@@ -318,6 +321,18 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn the_changed_files_are_those_added_removed_or_modified() {
+        let at = |secs: u64| Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        let entry = |file: &str, secs: u64, len: u64| (PathBuf::from(file), at(secs), len);
+        let before = vec![entry("a.yaml", 1, 10), entry("b.yaml", 1, 10), entry("c.yaml", 1, 10), entry("e.yaml", 1, 10)];
+        let after = vec![entry("a.yaml", 1, 10), entry("b.yaml", 2, 10), entry("d.yaml", 1, 10), entry("e.yaml", 1, 0)];
+        let mut changed: Vec<&Path> = changed_files(&before, &after).collect();
+        changed.sort();
+        assert_eq!(changed, [Path::new("b.yaml"), Path::new("c.yaml"), Path::new("d.yaml"), Path::new("e.yaml")]);
+        assert_eq!(changed_files(&after, &after).count(), 0);
     }
 
     #[test]
