@@ -56,11 +56,13 @@ impl ManifestSource {
         let since = Instant::now();
         let mut last = changed;
         loop {
+            // No write open, and inotify saw each change: read at once.
             if let Some(w) = &mut self.watch {
-                let now = manifests::fingerprint(&self.path);
-                if w.quiet(matters) && manifests::changed_files(&self.settled, &now).all(|f| w.touched(f)) {
-                    w.forget_touched();
-                    return now;
+                if w.quiet(matters) {
+                    let now = manifests::fingerprint(&self.path);
+                    if manifests::changed_files(&self.settled, &now).all(|f| w.touched(f)) {
+                        return now;
+                    }
                 }
             }
             // With inotify, the close that ends the write wakes us at
@@ -74,9 +76,6 @@ impl ManifestSource {
             let again = manifests::fingerprint(&self.path);
             let quiet = self.watch.as_mut().is_none_or(|w| w.quiet(matters));
             if again == last && (quiet || since.elapsed() >= HELD_OPEN) {
-                if let Some(w) = &mut self.watch {
-                    w.forget_touched();
-                }
                 return again;
             }
             last = again;
@@ -117,6 +116,9 @@ impl Source for ManifestSource {
             if now != self.settled {
                 // Never read a manifest half-written.
                 self.settled = self.until_written(now).await;
+                if let Some(w) = &mut self.watch {
+                    w.forget_touched();
+                }
                 return;
             }
         }
