@@ -68,3 +68,54 @@ fn a_veth_deleted_while_a_pass_runs_is_back_within_a_second() {
     eprintln!("{ROUNDS} rounds, slowest repair {slowest:?}");
     assert!(ping(&node.ns("a0"), "10.93.0.1"));
 }
+
+/// A bridge sends a port's notice again whenever one of its timers expires,
+/// with nothing changed: with STP off, when the port's forward delay ends
+/// (15 s after a container joins, by default). The agent's event watch
+/// takes that repeat for nothing, for ports made before it started as for
+/// those made after, so it does not make the container's sandbox be read
+/// again; a real change of a port is still heard.
+#[test]
+fn a_bridge_timer_repeating_a_port_notice_is_not_a_change() {
+    use std::sync::Arc;
+
+    use netlet::dataplane::events::{watch, EventLog, Scope};
+
+    let node = Node::new();
+    let n = &node.name;
+    // Ports of this bridge end their forward delay 1 s after they join.
+    let port = |name: &str| {
+        ok(&format!(
+            "ip -n {n} link add {name} type veth peer name {name}-peer && ip -n {n} link set {name} master nlt-br && \
+             ip -n {n} link set {name} up && ip -n {n} link set {name}-peer up"
+        ));
+        Scope::NodeLink(ifindex(n, name).expect("the port") as u32)
+    };
+    ok(&format!("ip -n {n} link add nlt-br type bridge forward_delay 100 && ip -n {n} link set nlt-br up"));
+    let before = port("nlt-a");
+
+    let log = Arc::new(EventLog::default());
+    let namespace = std::fs::File::open(format!("/run/netns/{n}")).expect("the node namespace");
+    let watcher = log.clone();
+    // The watch's socket is made in the node namespace, by a thread that
+    // goes there and ends. (Its reader never stops: it holds the deleted
+    // node namespace until this test binary exits.)
+    std::thread::spawn(move || {
+        nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the node namespace");
+        watch(watcher, Arc::new(tokio::sync::Notify::new())).expect("the event watch starts");
+    })
+    .join()
+    .unwrap();
+    let after = port("nlt-b");
+    std::thread::sleep(Duration::from_millis(300));
+    let (observed, repeats) = (log.epoch(), log.repeats_ignored());
+
+    wait_until("the bridge to repeat both ports' notices", Duration::from_secs(5), || log.repeats_ignored() >= repeats + 2);
+    assert!(!log.stale(&[before], observed), "a repeat made the port made before the watch look changed");
+    assert!(!log.stale(&[after], observed), "a repeat made the port made after the watch look changed");
+
+    ok(&format!("ip netns exec {n} bridge link set dev nlt-a hairpin on"));
+    wait_until("hairpin turned on to be heard", Duration::from_secs(5), || log.stale(&[before], observed));
+    assert!(!log.stale(&[after], observed), "only the port that changed looks changed");
+    ok(&format!("ip -n {n} link del nlt-a && ip -n {n} link del nlt-b && ip -n {n} link del nlt-br"));
+}

@@ -10,17 +10,18 @@
 //! an item was observed makes that item stale (see `realized`), and a
 //! change of the agent's own costs a second look at what it changed.
 //! Events that can mean drift (something removed, a link down) also wake
-//! the agent at once.
+//! the agent at once. A bridge port's notice that only repeats the last
+//! one (a bridge timer expired) is about nothing and stamps nothing.
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
-use netlink_packet_route::link::LinkFlags;
+use netlink_packet_core::{Emitable, NetlinkMessage, NetlinkPayload, Nla};
+use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkMessage, LinkProtoInfoBridge};
 use netlink_packet_route::nsid::NsidAttribute;
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::{NETLINK_NETFILTER, NETLINK_ROUTE};
 use netlink_sys::Socket;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
@@ -58,6 +59,8 @@ struct Log {
     node_addresses: u64,
     namespaces: HashMap<i32, u64>,
     ruleset: u64,
+    /// Bridge port notices heard that only repeated the last one.
+    repeats: u64,
 }
 
 impl Log {
@@ -133,6 +136,17 @@ impl EventLog {
         self.lock().stamp(scope);
     }
 
+    /// How many bridge port notices were heard that only repeated the
+    /// port's last one (and stamped nothing).
+    pub fn repeats_ignored(&self) -> u64 {
+        self.lock().repeats
+    }
+
+    /// Records a bridge port notice that only repeated the last one.
+    fn record_repeat(&self) {
+        self.lock().repeats += 1;
+    }
+
     /// Records that events may have been lost.
     pub(super) fn record_loss(&self) {
         let mut log = self.lock();
@@ -177,8 +191,11 @@ pub fn watch(log: Arc<EventLog>, wake: Arc<Notify>) -> std::io::Result<()> {
     }
     rtnl.set_listen_all_namespaces(true)?;
     force_receive_buffer(&rtnl);
+    // Read once subscribed, before any pass observes the node: a change
+    // the reading already holds is one the first pass sees.
+    let ports = BridgePorts::as_they_are();
     let (l, w) = (log.clone(), wake.clone());
-    std::thread::Builder::new().name("kernel-events".into()).spawn(move || read_rtnl(rtnl, &l, &w))?;
+    std::thread::Builder::new().name("kernel-events".into()).spawn(move || read_rtnl(rtnl, ports, &l, &w))?;
     let nft = Socket::new(NETLINK_NETFILTER).and_then(|mut s| {
         s.bind_auto()?;
         s.add_membership(NFNLGRP_NFTABLES)?;
@@ -224,7 +241,7 @@ fn receive(socket: &Socket, buffer: &mut [u8], control: &mut [u8]) -> Result<(Op
     }
 }
 
-fn read_rtnl(socket: Socket, log: &EventLog, wake: &Notify) {
+fn read_rtnl(socket: Socket, mut ports: BridgePorts, log: &EventLog, wake: &Notify) {
     let mut buffer = vec![0u8; 1 << 16];
     let mut control = nix::cmsg_space!(i32);
     loop {
@@ -236,14 +253,19 @@ fn read_rtnl(socket: Socket, log: &EventLog, wake: &Notify) {
                     let Ok(message) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buffer[offset..len]) else {
                         // Not understood: about anything.
                         log.record_loss();
+                        ports.forget();
                         drift = true;
                         break;
                     };
                     let length = message.header.length as usize;
                     if let NetlinkPayload::InnerMessage(m) = &message.payload {
                         tracing::trace!(event = ?EventSummary(m), ?nsid, "kernel event");
-                        log.record(scope_of(m, nsid));
-                        drift |= may_be_drift(m);
+                        if nsid.is_none() && ports.repeats(m) {
+                            log.record_repeat();
+                        } else {
+                            log.record(scope_of(m, nsid));
+                            drift |= may_be_drift(m);
+                        }
                     }
                     if length == 0 {
                         break;
@@ -257,6 +279,7 @@ fn read_rtnl(socket: Socket, log: &EventLog, wake: &Notify) {
             Err(None) => {
                 tracing::debug!("kernel events were lost (receive buffer overrun); the next pass looks at everything");
                 log.record_loss();
+                ports.forget();
                 wake.notify_one();
             }
             Err(Some(nix::errno::Errno::EINTR)) => {}
@@ -268,6 +291,91 @@ fn read_rtnl(socket: Socket, log: &EventLog, wake: &Notify) {
             }
         }
     }
+}
+
+/// The node's bridge ports, by link index, as their last bridge-family
+/// notice described them, running state aside. A bridge sends a port's
+/// notice again whenever one of its timers expires, changed or not: with
+/// STP off, 15 s (the forward delay) after every port joined. Heard as
+/// events, those would make every container's sandbox be read again for
+/// nothing (a thousand at once, 15 s after a cold start). A real change
+/// (hairpin, master, flags, MTU, any port setting) differs from the last
+/// notice; one that only repeats it says nothing new. Each is kept as its
+/// bytes (a few hundred, a parsed message takes kilobytes).
+#[derive(Default)]
+struct BridgePorts(HashMap<u32, Vec<u8>>);
+
+/// What a port's notice reports of the bridge's own running state, which
+/// no one sets: what spanning tree computes (designated root, bridge, port
+/// and cost, IFLA_BRPORT_ROOT_ID to _DESIGNATED_COST; its topology change
+/// flags, _TOPOLOGY_CHANGE_ACK and _CONFIG_PENDING; what is left of its
+/// timers, _MESSAGE_AGE_TIMER to _HOLD_TIMER), and what multicast snooping
+/// counts (_MCAST_EHT_HOSTS_CNT, _MCAST_N_GROUPS). Each can change without
+/// a notice of its own: the bridge's id follows its lowest port MAC unless
+/// set, a container joining a group changes the counts.
+const PORT_RUNNING_STATE: [u16; 11] = [13, 14, 15, 16, 19, 20, 21, 22, 23, 38, 41];
+
+impl BridgePorts {
+    /// Every port's notice as the bridge would send it now (a dump of the
+    /// bridge family, with the notices' VLAN filter): the timers of ports
+    /// made before the watch began expire while it runs too. Unread, every
+    /// port's first notice is news.
+    fn as_they_are() -> Self {
+        let started = std::time::Instant::now();
+        let mut ports = BridgePorts::default();
+        let mut request = LinkMessage::default();
+        request.header.interface_family = AddressFamily::Bridge;
+        request.attributes.push(LinkAttribute::ExtMask(vec![LinkExtentMask::BrvlanCompressed]));
+        let read = super::dump::dump(NETLINK_ROUTE, RouteNetlinkMessage::GetLink(request), |reply| {
+            if let RouteNetlinkMessage::NewLink(link) = reply {
+                ports.0.insert(link.header.index, without_running_state(&link));
+            }
+        });
+        match read {
+            Ok(()) => tracing::debug!(ports = ports.0.len(), took = ?started.elapsed(), "bridge ports read"),
+            Err(e) => {
+                tracing::debug!(error = %e, "bridge ports unread: each one's first notice counts as a change");
+                ports.forget();
+            }
+        }
+        ports
+    }
+
+    /// Whether `message`, heard in the node namespace, only repeats the
+    /// last notice of its port; remembers it as the last one. Nothing else
+    /// is a repeat.
+    fn repeats(&mut self, message: &RouteNetlinkMessage) -> bool {
+        match message {
+            RouteNetlinkMessage::NewLink(link) if link.header.interface_family == AddressFamily::Bridge => {
+                let notice = without_running_state(link);
+                self.0.insert(link.header.index, notice.clone()).is_some_and(|last| last == notice)
+            }
+            // Gone, or no longer a port: the next notice is news.
+            RouteNetlinkMessage::DelLink(link) => {
+                self.0.remove(&link.header.index);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Events were lost: any notice may be news.
+    fn forget(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// The bytes of a port's notice without its running state.
+fn without_running_state(link: &LinkMessage) -> Vec<u8> {
+    let mut notice = link.clone();
+    for attribute in &mut notice.attributes {
+        if let LinkAttribute::ProtoInfoBridge(port) = attribute {
+            port.retain(|a| !matches!(a, LinkProtoInfoBridge::Other(nla) if PORT_RUNNING_STATE.contains(&nla.kind())));
+        }
+    }
+    let mut bytes = vec![0; notice.buffer_len()];
+    notice.emit(&mut bytes);
+    bytes
 }
 
 /// Counts nf_tables changes on a netlink socket of our own, not through an
@@ -356,5 +464,52 @@ impl EventSummary<'_> {
             RouteNetlinkMessage::DelRoute(_) => "deleted route",
             _ => "other",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_core::DefaultNla;
+
+    use super::*;
+
+    /// A bridge-family notice of port `index`: hairpin on or off, with
+    /// `forward_delay` left on its timer (and as many multicast groups).
+    fn port_notice(index: u32, hairpin: bool, forward_delay: u64) -> RouteNetlinkMessage {
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.header.interface_family = AddressFamily::Bridge;
+        link.attributes = vec![
+            LinkAttribute::IfName("nlv0".into()),
+            LinkAttribute::Mtu(1500),
+            LinkAttribute::ProtoInfoBridge(vec![
+                LinkProtoInfoBridge::Other(DefaultNla::new(4, vec![u8::from(hairpin)])),
+                LinkProtoInfoBridge::Other(DefaultNla::new(22, forward_delay.to_ne_bytes().to_vec())),
+                LinkProtoInfoBridge::Other(DefaultNla::new(41, (forward_delay as u32).to_ne_bytes().to_vec())),
+            ]),
+        ];
+        RouteNetlinkMessage::NewLink(link)
+    }
+
+    #[test]
+    fn a_port_notice_that_only_repeats_the_last_one_is_a_repeat() {
+        let mut ports = BridgePorts::default();
+        assert!(!ports.repeats(&port_notice(7, false, 1500)), "the first notice of a port is news");
+        assert!(ports.repeats(&port_notice(7, false, 0)), "the same port, its timer run out, its group count changed");
+        assert!(!ports.repeats(&port_notice(7, true, 0)), "hairpin turned on");
+        assert!(!ports.repeats(&port_notice(7, false, 0)), "and off again");
+        assert!(!ports.repeats(&port_notice(8, false, 0)), "another port's first notice");
+
+        let RouteNetlinkMessage::NewLink(link) = port_notice(7, false, 0) else { unreachable!() };
+        assert!(!ports.repeats(&RouteNetlinkMessage::DelLink(link.clone())), "a deletion is never a repeat");
+        assert!(!ports.repeats(&port_notice(7, false, 0)), "after the deletion, the port is new");
+
+        let mut unspec = link;
+        unspec.header.interface_family = AddressFamily::Unspec;
+        let unspec = RouteNetlinkMessage::NewLink(unspec);
+        assert!(!ports.repeats(&unspec) && !ports.repeats(&unspec), "only bridge-family notices repeat");
+
+        ports.forget();
+        assert!(!ports.repeats(&port_notice(8, false, 0)), "after a loss, every notice is news");
     }
 }
