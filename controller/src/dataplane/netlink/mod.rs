@@ -63,6 +63,14 @@ impl NetlinkError {
 
 type Result<T> = std::result::Result<T, NetlinkError>;
 
+/// A deletion's outcome: what is already gone counts as deleted.
+fn deleted(result: Result<()>) -> Result<()> {
+    match result {
+        Err(e) if e.is_not_found() => Ok(()),
+        other => other,
+    }
+}
+
 /// What we read back about a link.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Link {
@@ -453,10 +461,7 @@ impl Netlink {
     }
 
     pub async fn delete_link(&self, index: u32, what: &str) -> Result<()> {
-        match self.handle.link().del(index).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("delete link {what}"), e)) {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other,
-        }
+        deleted(self.handle.link().del(index).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("delete link {what}"), e)))
     }
 
     /// Deletes many links in one kernel transaction: they are moved to
@@ -466,17 +471,14 @@ impl Netlink {
     pub async fn delete_links_batched(&self, links: &[(u32, String)], group: u32) -> Result<()> {
         for (index, name) in links {
             let msg = LinkUnspec::new_with_index(*index).link_group(group).build();
-            match self.handle.link().set(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("regroup link {name}"), e)) {
-                Err(e) if e.is_not_found() => {}
-                other => other?,
-            }
+            // A link already gone needs no deleting.
+            deleted(
+                self.handle.link().set(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink(format!("regroup link {name}"), e)),
+            )?;
         }
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::Group(group));
-        match self.handle.link().del_with_message(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink("delete link group", e)) {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other,
-        }
+        deleted(self.handle.link().del_with_message(msg).execute().await.map_err(|e| NetlinkError::from_rtnetlink("delete link group", e)))
     }
 
     pub async fn add_address(&self, index: u32, net: IpNet, what: &str) -> Result<()> {
@@ -498,17 +500,14 @@ impl Netlink {
         if net.addr().is_ipv4() {
             msg.attributes.push(AddressAttribute::Local(net.addr()));
         }
-        match self
-            .handle
-            .address()
-            .del(msg)
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::from_rtnetlink(format!("delete address {net} from {what}"), e))
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other,
-        }
+        deleted(
+            self.handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(|e| NetlinkError::from_rtnetlink(format!("delete address {net} from {what}"), e)),
+        )
     }
 
     /// `ip route replace default via GW dev INDEX`.
@@ -549,17 +548,14 @@ impl Netlink {
     }
 
     pub async fn delete_route(&self, route: &Route) -> Result<()> {
-        match self
-            .handle
-            .route()
-            .del(route.message.clone())
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::from_rtnetlink(format!("delete route to {}", route.dst), e))
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other,
-        }
+        deleted(
+            self.handle
+                .route()
+                .del(route.message.clone())
+                .execute()
+                .await
+                .map_err(|e| NetlinkError::from_rtnetlink(format!("delete route to {}", route.dst), e)),
+        )
     }
 }
 

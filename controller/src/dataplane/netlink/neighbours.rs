@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
 use netlink_packet_route::AddressFamily;
 
-use super::{Netlink, NetlinkError, Result};
+use super::{deleted, Netlink, NetlinkError, Result};
 
 /// A neighbour-table entry: an FDB entry (bridge family: MAC -> remote
 /// VTEP) or an ARP/ND entry (IP -> MAC), on device `index`.
@@ -112,16 +112,13 @@ impl Netlink {
     }
 
     pub async fn delete_neighbour(&self, n: &Neighbour) -> Result<()> {
-        match self
-            .handle
-            .neighbours()
-            .del(n.message.clone())
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::from_rtnetlink("delete neighbour", e))
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other,
-        }
+        deleted(
+            self.handle
+                .neighbours()
+                .del(n.message.clone())
+                .execute()
+                .await
+                .map_err(|e| NetlinkError::from_rtnetlink("delete neighbour", e)),
+        )
     }
 }
