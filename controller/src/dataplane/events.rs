@@ -347,8 +347,8 @@ impl BridgePorts {
     fn repeats(&mut self, message: &RouteNetlinkMessage) -> bool {
         match message {
             RouteNetlinkMessage::NewLink(link) if link.header.interface_family == AddressFamily::Bridge => {
-                let notice = without_running_state(link);
-                self.0.insert(link.header.index, notice.clone()).is_some_and(|last| last == notice)
+                let last = self.0.insert(link.header.index, without_running_state(link));
+                last.is_some_and(|last| self.0.get(&link.header.index) == Some(&last))
             }
             // Gone, or no longer a port: the next notice is news.
             RouteNetlinkMessage::DelLink(link) => {
