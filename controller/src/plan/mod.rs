@@ -141,6 +141,10 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
         }
     }
     tenancy::refuse_outsiders(&mut local, &networks, node, &mut out);
+    // Sized once: grown one attachment at a time, the map of results moved
+    // every entry a dozen times over on each pass.
+    out.attachments.reserve(local.len());
+    out.desired.endpoints.reserve(local.len());
 
     let mut addresses = addresses::allocate_addresses(&local, &networks, held, &mut out);
     let overlay_addresses = overlay::allocate(objects, node, &networks, held, &mut out);
@@ -154,7 +158,8 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
 
     // (network, MAC) -> the attachment holding it.
     let mut macs: HashMap<(&str, [u8; 6]), &str> = HashMap::new();
-    let mut sandboxes: BTreeSet<SandboxRef> = BTreeSet::new();
+    // Sorted once at the end (a sorted set compared names on every insert).
+    let mut sandboxes: Vec<SandboxRef> = Vec::with_capacity(local.len());
     for (position, (key, att, checked)) in local.iter().enumerate() {
         if out.attachments.contains_key(key) {
             continue; // already failed
@@ -171,7 +176,7 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
             continue;
         };
         let net = &networks[&att.spec.network].as_ref().expect("checked against a ready network");
-        sandboxes.insert(sandbox.clone());
+        sandboxes.push(sandbox.clone());
         if net.driver == Driver::Null {
             out.attachments.insert(
                 key.clone(),
@@ -326,6 +331,8 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
         out.desired.names = std::sync::Arc::new(names::name_table(&local, &networks, &out));
     }
 
+    sandboxes.sort_unstable();
+    sandboxes.dedup();
     out.desired.sandboxes = sandboxes.into_iter().map(|sandbox| SandboxSpec { sandbox }).collect();
     out.desired.endpoints.sort_by(|a, b| a.owner.cmp(&b.owner));
     for ep in &out.desired.endpoints {

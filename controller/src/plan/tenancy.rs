@@ -171,7 +171,8 @@ pub fn admit(
     node: &NodeFacts,
     claims: &NetnsClaims<'_>,
 ) -> Result<(), Failure> {
-    if let SandboxChoice::Namespace(sandbox) = &checked.sandbox {
+    // (Empty but for a misdirected sandbox: no path is made to look it up.)
+    if let (SandboxChoice::Namespace(sandbox), false) = (&checked.sandbox, node.node_namespace_at.is_empty()) {
         if let Some(resolved) = node.node_namespace_at.get(&sandbox.path()) {
             let field = match sandbox {
                 SandboxRef::Managed(name) => format!("sandbox.netns {name:?} ({})", sandbox.path()),
