@@ -1,7 +1,8 @@
 //! The state directory: what must survive a crash or restart.
 //!
 //! - `allocations.json`: addresses, interface names and ephemeral ports held
-//!   by objects (the plan's memory; losing it could move an address).
+//!   by objects (the plan's memory; losing it could move an address), with
+//!   a journal of the small changes since (`allocations`).
 //! - `owned.json`: namespaces netlet created, recorded *before* creating
 //!   them, so a crash never leaks one (links carry their own marker). A copy
 //!   is kept under `/run/netlet/` (tmpfs: the same lifetime as the
@@ -12,18 +13,22 @@
 //!   status write, and read back with it.
 //! - `status.json`: the last status of every object, for `netlet get`.
 //!
-//! Every file is written atomically: temp file, rename. Allocations must
-//! survive the machine and also fsync file and dir; owned.json only needs
-//! to survive the agent (what it lists, namespaces and the links in them,
+//! Every file is written atomically: temp file, rename (a journal line is
+//! appended whole, and read back only whole). Allocations must survive the
+//! machine and are fsynced (file and dir); owned.json only needs to survive
+//! the agent (what it lists, namespaces and the links in them,
 //! does not outlive the machine), so it is not fsynced: it is written
 //! before each namespace is created, on the path of every add.
 //! A file that cannot be parsed is reported and set aside (`*.corrupt`),
 //! never silently trusted.
 
+mod allocations;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -78,13 +83,15 @@ pub type StatusStore = Vec<serde_json::Value>;
 #[derive(Clone, Debug)]
 pub struct StateDir {
     dir: PathBuf,
+    /// What the allocation files hold, shared by the clones that write them.
+    journal: Arc<Mutex<allocations::Journal>>,
 }
 
 impl StateDir {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StateError> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(|source| StateError::Io { dir: dir.clone(), source })?;
-        Ok(StateDir { dir })
+        Ok(StateDir { dir, journal: Arc::default() })
     }
 
     pub fn path(&self) -> &Path {
@@ -131,14 +138,8 @@ impl StateDir {
         self.store(name, value, true)
     }
 
-    pub fn load_allocations(&self) -> Allocations {
-        self.load("allocations.json")
-    }
-    pub fn store_allocations(&self, a: &Allocations) -> Result<(), StateError> {
-        self.store("allocations.json", a, true)
-    }
-    /// As [`StateDir::store_allocations`], on a thread of its own (encoding
-    /// and two fsyncs take a few milliseconds); the returned write is
+    /// As [`StateDir::store_allocations`], on a thread of its own (an
+    /// fsync, or two for a fold, take milliseconds); the returned write is
     /// waited for with [`AllocationsWrite::finish`].
     pub fn store_allocations_in_background(&self, a: Allocations) -> AllocationsWrite {
         let state = self.clone();
@@ -212,7 +213,7 @@ impl StateDir {
     fn runtime(&self) -> Option<StateDir> {
         let dir = self.runtime_path()?;
         fs::create_dir_all(&dir).ok()?;
-        Some(StateDir { dir })
+        Some(StateDir { dir, journal: Arc::default() })
     }
 
     pub fn runtime_path(&self) -> Option<PathBuf> {
@@ -301,7 +302,8 @@ fn write_atomically(
 mod tests {
     use super::*;
 
-    fn temp_dir(tag: &str) -> PathBuf {
+    /// A fresh directory for one test (the journal's tests use it too).
+    pub(super) fn temp_dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("netlet-state-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         d
