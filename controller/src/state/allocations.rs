@@ -77,14 +77,15 @@ fn apply<K: Ord, V>(map: &mut BTreeMap<K, V>, changes: BTreeMap<K, Option<V>>) {
 /// What the files hold, as this process last read or wrote them.
 #[derive(Debug, Default)]
 pub(super) struct Journal {
-    /// None until read: the first write is then a fold.
-    on_disk: Option<Allocations>,
+    on_disk: Allocations,
     number: u64,
     lines: usize,
-    /// The next write folds: there is no file yet for a journal to follow
-    /// (an operator looking at the state dir finds allocations.json), or
-    /// the journal may end in a partial line (a crash or a failed write).
-    fold_next: bool,
+    /// Whether the next write may be a line. Not until the files were read,
+    /// nor when there is no file yet for a journal to follow (an operator
+    /// looking at the state dir finds allocations.json), nor when the
+    /// journal may end in a partial line (a crash or a failed write): that
+    /// write folds.
+    appendable: bool,
 }
 
 fn journal_name(number: u64) -> String {
@@ -96,12 +97,11 @@ impl StateDir {
     pub fn load_allocations(&self) -> Allocations {
         let file: AllocationsFile = self.load(FILE);
         let mut allocations = file.allocations;
-        let fold_next = !self.dir.join(FILE).exists();
-        let mut journal = Journal { number: file.journal, fold_next, ..Default::default() };
         let path = self.dir.join(journal_name(file.journal));
         let text = fs::read_to_string(&path).unwrap_or_default();
-        journal.fold_next |= !text.is_empty() && !text.ends_with('\n');
-        for line in text.split_inclusive('\n').filter_map(|l| l.strip_suffix('\n')) {
+        let appendable = self.dir.join(FILE).exists() && (text.is_empty() || text.ends_with('\n'));
+        let mut journal = Journal { number: file.journal, appendable, ..Default::default() };
+        for line in super::whole_lines(&text) {
             match serde_json::from_str::<Changes>(line) {
                 Ok(changes) => {
                     changes.apply_to(&mut allocations);
@@ -112,7 +112,7 @@ impl StateDir {
                     tracing::error!(file = %path.display(), error = %e, moved_to = %aside.display(),
                         "allocations journal is corrupt from here on; it is set aside, and what it held is read back from the kernel");
                     let _ = fs::rename(&path, &aside);
-                    journal.fold_next = true;
+                    journal.appendable = false;
                     break;
                 }
             }
@@ -121,7 +121,7 @@ impl StateDir {
         if let Some(older) = file.journal.checked_sub(1) {
             let _ = fs::remove_file(self.dir.join(journal_name(older)));
         }
-        journal.on_disk = Some(allocations.clone());
+        journal.on_disk = allocations.clone();
         *self.journal.lock().expect("not poisoned") = journal;
         allocations
     }
@@ -130,25 +130,25 @@ impl StateDir {
     /// read or written, or a fold (see the module's doc).
     pub fn store_allocations(&self, a: &Allocations) -> Result<(), StateError> {
         let mut journal = self.journal.lock().expect("not poisoned");
-        let appended = match &journal.on_disk {
-            Some(on_disk) if !journal.fold_next && journal.lines < MAX_LINES => {
-                let changes = Changes::between(on_disk, a);
+        let appended = match journal.appendable && journal.lines < MAX_LINES {
+            true => {
+                let changes = Changes::between(&journal.on_disk, a);
                 match changes.len() {
                     0 => return Ok(()),
                     n if n > MAX_CHANGES => None,
                     _ => Some(self.append(journal.number, &changes).map(|()| changes)),
                 }
             }
-            _ => None,
+            false => None,
         };
         match appended {
             Some(Ok(changes)) => {
-                changes.apply_to(journal.on_disk.as_mut().expect("matched above"));
+                changes.apply_to(&mut journal.on_disk);
                 journal.lines += 1;
                 Ok(())
             }
             Some(Err(source)) => {
-                journal.fold_next = true;
+                journal.appendable = false;
                 Err(StateError::Io { dir: self.dir.clone(), source })
             }
             None => {
@@ -156,11 +156,11 @@ impl StateDir {
                 if let Err(e) = self.store(FILE, &file, true) {
                     // The new file may be in place: appending to the journal
                     // it does not name would be lost. Fold again next time.
-                    journal.fold_next = true;
+                    journal.appendable = false;
                     return Err(e);
                 }
                 let _ = fs::remove_file(self.dir.join(journal_name(journal.number)));
-                *journal = Journal { on_disk: Some(file.allocations), number: file.journal, lines: 0, fold_next: false };
+                *journal = Journal { on_disk: file.allocations, number: file.journal, lines: 0, appendable: true };
                 Ok(())
             }
         }

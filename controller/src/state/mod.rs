@@ -197,8 +197,7 @@ impl StateDir {
     }
     fn logged_namespaces(&self) -> Vec<String> {
         let text = fs::read_to_string(self.dir.join(OWNED_LOG)).unwrap_or_default();
-        // Only whole lines: the last one may have been cut by a crash.
-        text.split_inclusive('\n').filter_map(|l| l.strip_suffix('\n')).filter(|l| !l.is_empty()).map(String::from).collect()
+        whole_lines(&text).filter(|l| !l.is_empty()).map(String::from).collect()
     }
     fn drop_log(&self) {
         if let Err(e) = fs::remove_file(self.dir.join(OWNED_LOG)) {
@@ -251,6 +250,12 @@ impl StateDir {
         };
         write_atomically(&self.dir, "status.json", len, false, write).map_err(|source| StateError::Io { dir: self.dir.clone(), source })
     }
+}
+
+/// The lines of an appended log that end in a newline: the last one may
+/// have been cut by a crash, and what it recorded was never relied on.
+fn whole_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split_inclusive('\n').filter_map(|l| l.strip_suffix('\n'))
 }
 
 /// An allocations write under way; `finish` waits for it and gives back
