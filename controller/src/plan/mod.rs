@@ -141,8 +141,8 @@ pub fn plan(objects: &ObjectSet, node: &NodeFacts, held: &Allocations) -> Plan {
         }
     }
     tenancy::refuse_outsiders(&mut local, &networks, node, &mut out);
-    // Sized once: grown one attachment at a time, the map of results moved
-    // every entry a dozen times over on each pass.
+    // Sized once: grown one attachment at a time, the map of results was
+    // rehashed about ten times on each pass.
     out.attachments.reserve(local.len());
     out.desired.endpoints.reserve(local.len());
 
